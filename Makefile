@@ -1,0 +1,40 @@
+# The commands the README names. Everything runs from a virtualenv in .venv (made by `make install`).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install demo test lint format bench sandbox clean
+
+$(BIN)/airflow: requirements.txt constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt -c constraints.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check
+	touch $(BIN)/airflow
+
+install: $(BIN)/airflow ## venv with pinned dependencies and the package (editable)
+
+demo: install ## sandbox + Airflow standalone, then a finished user sync
+	bash scripts/demo.sh
+
+test: install ## the whole test suite (sandbox over HTTP, SQLite and the local PostgreSQL, real DAG runs)
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install ## benchmarks (not part of `make test`); figures and the machine are printed
+	$(BIN)/python tests/perf/bench_clients.py
+
+sandbox: install ## serve the sandbox APIs on 127.0.0.1:8301 (Optimove) and :8302 (Netmera)
+	$(BIN)/python -m optimove_netmera.sandbox
+
+clean:
+	rm -rf .airflow build *.egg-info include/*.egg-info

@@ -1,0 +1,260 @@
+"""Integration settings: one YAML file, environment overrides, validated on load with clear errors.
+
+Where they come from, later sources winning:
+
+1. the YAML file named by ``OPTIMOVE_NETMERA_CONFIG``, else ``config/optimove_netmera.yaml`` in the repository;
+2. environment variables ``OPTIMOVE_NETMERA__<SECTION>__<KEY>=<YAML value>``, e.g.
+   ``OPTIMOVE_NETMERA__SYNC__BATCH_SIZE=500`` or ``OPTIMOVE_NETMERA__CAMPAIGNS__CHANNELS='[506, 510]'``;
+3. at task run time only, the Airflow Variable ``optimove_netmera_config`` (a JSON object, deep-merged), so
+   ops can change batch sizes or guards without a deploy. DAG files never read Variables while parsing.
+
+Secrets never live here: API keys are in Airflow Connections, the inbound key in an env var or Variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from croniter import croniter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "OPTIMOVE_NETMERA__"
+CONFIG_ENV = "OPTIMOVE_NETMERA_CONFIG"
+VARIABLE_NAME = "optimove_netmera_config"
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "optimove_netmera.yaml"
+
+AttributeType = Literal["string", "number", "boolean", "date"]
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class SettingsError(ValueError):
+    """The integration settings are invalid; the message says which setting and what to do."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AttributeMapping(_Model):
+    """One Optimove customer attribute and the Netmera profile attribute ("pretty name") it feeds."""
+
+    optimove: str = Field(description="Optimove RealFieldName, e.g. FirstName")
+    netmera: str = Field(description="Netmera profile attribute name (case-sensitive), e.g. name")
+    type: AttributeType = "string"
+
+    @field_validator("optimove", "netmera")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"{value!r} is not a valid attribute name (letters, digits, underscore)")
+        return value
+
+
+class ExtIdTransform(_Model):
+    """How an Optimove CustomerID becomes a Netmera extId (identity by default)."""
+
+    prefix: str = ""
+    suffix: str = ""
+    case: Literal["preserve", "lower", "upper"] = "preserve"
+
+    def apply(self, customer_id: str) -> str:
+        """The extId for ``customer_id``."""
+        value = customer_id.strip()
+        if self.case == "lower":
+            value = value.lower()
+        elif self.case == "upper":
+            value = value.upper()
+        return f"{self.prefix}{value}{self.suffix}"
+
+
+class ConnectionIds(_Model):
+    """Airflow Connection ids of the two APIs."""
+
+    optimove: str = "optimove_default"
+    netmera: str = "netmera_default"
+
+
+class SyncSettings(_Model):
+    """The nightly user sync."""
+
+    schedule: str = "0 3 * * *"
+    timezone: str = "UTC"
+    batch_size: int = Field(1000, ge=1, le=1000)
+    batches_per_task: int = Field(50, ge=1)
+    max_change_ratio: float = Field(0.5, gt=0, le=1)
+    pool: str = "netmera_api"
+    pool_slots: int = Field(4, ge=1)
+    data_ready_poke_seconds: int = Field(300, ge=1)
+    data_ready_timeout_hours: float = Field(12, gt=0)
+    export_chunk_rows: int = Field(100_000, ge=1000)
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        if not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a valid cron expression (e.g. '0 3 * * *' for 03:00 daily)")
+        return value
+
+
+class CampaignSettings(_Model):
+    """Campaign sends: channels handled, template -> notificationKey, personalisation params."""
+
+    channels: list[int] = Field(default_factory=lambda: [506])
+    templates: dict[int, str] = Field(default_factory=dict, description="Optimove TemplateID -> notificationKey")
+    params: dict[str, str] = Field(default_factory=dict, description="Optimove attribute -> Netmera message param")
+    required_params: list[str] = Field(default_factory=list)
+    chunk_size: int = Field(1000, ge=1, le=1000)
+
+    @field_validator("templates", mode="before")
+    @classmethod
+    def _keys_as_strings(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {int(k): str(v) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _required_are_params(self) -> CampaignSettings:
+        unknown = sorted(set(self.required_params) - set(self.params.values()) - {"promoCode"})
+        if unknown:
+            raise ValueError(
+                f"required_params {unknown} are not among the mapped params {sorted(self.params.values())}"
+            )
+        return self
+
+
+class InboundSettings(_Model):
+    """The event endpoint: the app key in its path and where its API key comes from."""
+
+    app_key: str = "optimove-netmera"
+    api_key_env: str = "OPTIMOVE_NETMERA_INBOUND_API_KEY"
+    max_body_bytes: int = Field(65_536, ge=1024)
+
+
+class Settings(_Model):
+    """All integration settings."""
+
+    connections: ConnectionIds = Field(default_factory=ConnectionIds)
+    state_db_url: str | None = None
+    attributes: list[AttributeMapping] = Field(default_factory=list)
+    ext_id: ExtIdTransform = Field(default_factory=ExtIdTransform)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+    campaigns: CampaignSettings = Field(default_factory=CampaignSettings)
+    inbound: InboundSettings = Field(default_factory=InboundSettings)
+
+    @model_validator(mode="after")
+    def _unique_attributes(self) -> Settings:
+        for side in ("optimove", "netmera"):
+            names = [getattr(a, side) for a in self.attributes]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"attributes: {side} name(s) {dupes} mapped more than once")
+        return self
+
+    @property
+    def optimove_attributes(self) -> list[str]:
+        """Optimove RealFieldNames of the mapped attributes, in mapping order."""
+        return [a.optimove for a in self.attributes]
+
+
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"{name}: not a valid YAML value ({exc.__class__.__name__})") from exc
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def config_path(env: Mapping[str, str] | None = None) -> Path:
+    """The settings file in use."""
+    env = os.environ if env is None else env
+    return Path(env.get(CONFIG_ENV) or REPO_CONFIG)
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid optimove-netmera settings ({source}):"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  - {where}: {err['msg']}")
+    lines.append(f"Fix the file (or the {ENV_PREFIX}* override) and try again.")
+    return "\n".join(lines)
+
+
+def load_settings(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overlay: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read, merge and validate the settings; raises :class:`SettingsError` with every problem listed."""
+    env = os.environ if env is None else env
+    file = Path(path) if path is not None else config_path(env)
+    if not file.is_file():
+        raise SettingsError(f"settings file {file} not found: create it or point {CONFIG_ENV} at one")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"settings file {file} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SettingsError(f"settings file {file} must hold a mapping at the top level")
+    data = _deep_merge(data, _env_overrides(env))
+    if overlay:
+        data = _deep_merge(data, overlay)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(_format_errors(exc, str(file))) from None
+
+
+@lru_cache(maxsize=8)
+def _cached(path: str, env_items: tuple[tuple[str, str], ...]) -> Settings:
+    return load_settings(path, dict(env_items))
+
+
+def get_settings() -> Settings:
+    """The settings from file and environment, cached per (file, relevant env); cheap enough for DAG parsing."""
+    relevant = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(ENV_PREFIX) or k == CONFIG_ENV))
+    return _cached(str(config_path()), relevant)
+
+
+def get_runtime_settings() -> Settings:
+    """Settings for a running task: file + env + the Airflow Variable ``optimove_netmera_config`` (if set)."""
+    import json
+
+    from airflow.sdk import Variable
+
+    raw = Variable.get(VARIABLE_NAME, default=None)
+    if not raw:
+        return get_settings()
+    try:
+        overlay = json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"Airflow Variable {VARIABLE_NAME} is not valid JSON: {exc.msg}") from exc
+    if not isinstance(overlay, dict):
+        raise SettingsError(f"Airflow Variable {VARIABLE_NAME} must be a JSON object")
+    return load_settings(config_path(), overlay=overlay)
