@@ -16,7 +16,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
-from airflow.sdk import BaseHook
+from airflow.sdk import BaseHook, Connection
 
 from optimove_netmera.http import ApiError
 from optimove_netmera.netmera import NetmeraClient
@@ -75,9 +75,14 @@ class OptimoveHook(BaseHook):
 
     def get_conn(self) -> OptimoveClient:
         """Read the Connection and build a new client."""
-        conn = self.get_connection(self.optimove_conn_id)
+        return self.client_from_connection(self.get_connection(self.optimove_conn_id))
+
+    @staticmethod
+    def client_from_connection(conn: Connection) -> OptimoveClient:
+        """Build a client from an ``optimove`` Connection (also used by triggers, which fetch it async)."""
+        conn_id = conn.conn_id or OptimoveHook.default_conn_name
         extra = conn.extra_dejson
-        base_url = _base_url(conn.host, conn.schema, conn.port, self.optimove_conn_id)
+        base_url = _base_url(conn.host, conn.schema, conn.port, conn_id)
         kwargs: dict[str, Any] = {
             "timeout": _timeout(extra),
             "rate_limit": _rate_limit(extra, (50, 10.0)),
@@ -87,12 +92,12 @@ class OptimoveHook(BaseHook):
             return OptimoveClient(base_url, api_key=str(extra["api_key"]), **kwargs)
         if conn.login:
             if not conn.password:
-                raise ValueError(f"Connection {self.optimove_conn_id!r} has a login but no password")
+                raise ValueError(f"Connection {conn_id!r} has a login but no password")
             return OptimoveClient(base_url, username=conn.login, password=conn.password, **kwargs)
         if conn.password:
             return OptimoveClient(base_url, api_key=conn.password, **kwargs)
         raise ValueError(
-            f"Connection {self.optimove_conn_id!r} has no credentials: set extra.api_key (X-API-KEY), "
+            f"Connection {conn_id!r} has no credentials: set extra.api_key (X-API-KEY), "
             "or login + password for the legacy token flow"
         )
 

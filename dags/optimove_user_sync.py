@@ -1,0 +1,80 @@
+"""Nightly user sync: Optimove customer attributes -> Netmera profile attributes on extId = Client_ID.
+
+wait for Optimove's daily data -> open the sync run -> extract changed customers -> diff & plan batches
+-> load (mapped, pooled) -> report. Logic lives in ``optimove_netmera.sync``; see the README for settings.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, CronTriggerTimetable, Param, get_current_context, task
+from optimove_netmera.sensors import OptimoveDataReadySensor
+from optimove_netmera.settings import get_settings
+from optimove_netmera.sync import tasks as sync
+
+settings = get_settings()  # the settings file and env only: no network or database at parse time
+
+with DAG(
+    dag_id="optimove_user_sync",
+    description="Sync changed Optimove customer attributes into Netmera profiles",
+    schedule=CronTriggerTimetable(settings.sync.schedule, timezone=settings.sync.timezone),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["optimove", "netmera", "sync"],
+    default_args={
+        "owner": "data-engineering",
+        "retries": 3,
+        "retry_delay": pendulum.duration(minutes=1),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": pendulum.duration(minutes=30),
+    },
+    params={
+        "full_refresh": Param(False, type="boolean", description="Read every customer from export_path"),
+        "dry_run": Param(False, type="boolean", description="Plan and report only; send nothing"),
+        "since": Param(None, type=["null", "string"], format="date", description="Window start (YYYY-MM-DD)"),
+        "until": Param(None, type=["null", "string"], format="date", description="Window end (YYYY-MM-DD)"),
+        "max_change_ratio": Param(
+            settings.sync.max_change_ratio,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=1,
+            description="Stop before sending if more than this share of known customers would change",
+        ),
+        "export_path": Param(None, type=["null", "string"], description="CSV/Parquet customer export"),
+    },
+    doc_md=__doc__,
+) as dag:
+    data_date = OptimoveDataReadySensor(
+        task_id="wait_for_optimove_data",
+        optimove_conn_id=settings.connections.optimove,
+        poke_interval=settings.sync.data_ready_poke_seconds,
+        timeout=settings.sync.data_ready_timeout_hours * 3600,
+        deferrable=True,
+        retries=0,
+    )
+
+    @task
+    def open_run(data_date: str, dag_run=None, params=None) -> dict:
+        return sync.open_run(dag_run.dag_id, dag_run.run_id, dict(params), data_date)
+
+    @task
+    def extract(run: dict) -> dict:
+        return sync.run_extract(run)
+
+    @task(multiple_outputs=True)
+    def plan(run: dict, extracted: dict, params=None) -> dict:
+        return sync.run_plan(run, float(params["max_change_ratio"]))
+
+    @task(pool=settings.sync.pool, map_index_template="{{ batch_range }}")
+    def load(run: dict, batch_ids: list[int]) -> dict:
+        get_current_context()["batch_range"] = f"batches {batch_ids[0]}..{batch_ids[-1]}"
+        return sync.run_load(run, batch_ids)
+
+    @task(trigger_rule="none_failed")
+    def report(run: dict, loaded: list) -> dict:
+        return sync.run_report(run)
+
+    run = open_run(data_date.output)
+    planned = plan(run, extract(run))
+    report(run, load.partial(run=run).expand(batch_ids=planned["groups"]))

@@ -1,0 +1,225 @@
+"""Load planned batches into Netmera, resumably.
+
+Each batch (at most 1000 extIds) is one ``setProfileAttributes`` or ``unsetProfileAttributes`` request. Its row in
+``sync_batches`` goes pending -> in_flight -> delivered (or failed / dead), so a retried or cleared load task
+skips what was delivered and re-sends only what was not. Both calls are idempotent (the same values again), so
+re-sending a batch whose outcome was lost with its worker is safe.
+
+Netmera silently drops writes for extIds it does not know. Customers new to the snapshot are therefore checked
+first with ``tagUsers`` + ``checkExistence`` (one request per batch, tagging matched users with the configured
+tag); unknown ones are not sent, are counted as ``not_found`` and are tried again by the next run.
+A customer's snapshot advances only when every part of its change (set and unset) was delivered.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from optimove_netmera.http import ApiError, ClientError
+from optimove_netmera.netmera import NetmeraClient
+from optimove_netmera.settings import Settings
+from optimove_netmera.store.models import (
+    BatchKind,
+    BatchStatus,
+    ChangeStatus,
+    CustomerSnapshot,
+    DeadLetter,
+    DeadLetterKind,
+    SyncBatch,
+    SyncChange,
+)
+from optimove_netmera.store.queries import upsert
+
+log = logging.getLogger(__name__)
+
+
+def _changes_of(conn: Connection, batch: Any) -> list[Any]:
+    column = SyncChange.set_batch_no if batch.kind == BatchKind.SET.value else SyncChange.unset_batch_no
+    return conn.execute(
+        sa.select(SyncChange)
+        .where(SyncChange.sync_run_id == batch.sync_run_id, column == batch.batch_no)
+        .order_by(SyncChange.ext_id)
+    ).all()
+
+
+def _claim(conn: Connection, batch_id: int) -> bool:
+    result = conn.execute(
+        sa.update(SyncBatch)
+        .where(
+            SyncBatch.id == batch_id,
+            SyncBatch.status.in_([BatchStatus.PENDING.value, BatchStatus.FAILED.value, BatchStatus.IN_FLIGHT.value]),
+        )
+        .values(status=BatchStatus.IN_FLIGHT.value, attempts=SyncBatch.attempts + 1)
+    )
+    return result.rowcount == 1
+
+
+def _unknown_ext_ids(conn: Connection, client: NetmeraClient, changes: Sequence[Any], tag: str | None) -> set[str]:
+    """extIds of customers new to the snapshot that Netmera does not know (checked with tagUsers)."""
+    if not tag:
+        return set()
+    ids = [c.customer_id for c in changes]
+    known = set(
+        conn.execute(sa.select(CustomerSnapshot.customer_id).where(CustomerSnapshot.customer_id.in_(ids))).scalars()
+    )
+    fresh = [c.ext_id for c in changes if c.customer_id not in known and c.status != ChangeStatus.NOT_FOUND.value]
+    if not fresh:
+        return set()
+    return set(client.tag_users(tag, fresh, check_existence=True))
+
+
+def _complete(conn: Connection, run_id: int, batch: Any, changes: Sequence[Any], unknown: set[str]) -> int:
+    """Mark a delivered batch and advance the snapshot of customers whose every part is now delivered."""
+    now = dt.datetime.now(dt.UTC)
+    conn.execute(
+        sa.update(SyncBatch).where(SyncBatch.id == batch.id).values(status=BatchStatus.DELIVERED.value, error=None)
+    )
+    other_kind = BatchKind.UNSET.value if batch.kind == BatchKind.SET.value else BatchKind.SET.value
+    delivered_other = set(
+        conn.execute(
+            sa.select(SyncBatch.batch_no).where(
+                SyncBatch.sync_run_id == run_id,
+                SyncBatch.kind == other_kind,
+                SyncBatch.status == BatchStatus.DELIVERED.value,
+            )
+        ).scalars()
+    )
+    not_found = [c.customer_id for c in changes if c.ext_id in unknown]
+    if not_found:
+        conn.execute(
+            sa.update(SyncChange)
+            .where(SyncChange.sync_run_id == run_id, SyncChange.customer_id.in_(not_found))
+            .values(status=ChangeStatus.NOT_FOUND.value, reason="extId unknown to Netmera")
+        )
+    done = []
+    for c in changes:
+        if c.ext_id in unknown or c.status == ChangeStatus.NOT_FOUND.value:
+            continue
+        other = c.unset_batch_no if batch.kind == BatchKind.SET.value else c.set_batch_no
+        if other is None or other in delivered_other:
+            done.append(c)
+    if done:
+        upsert(
+            conn,
+            CustomerSnapshot.__table__,
+            [
+                {
+                    "customer_id": c.customer_id,
+                    "ext_id": c.ext_id,
+                    "attr_hash": c.new_hash,
+                    "present_attrs": c.present_attrs,
+                    "delivered_at": now,
+                    "sync_run_id": run_id,
+                }
+                for c in done
+            ],
+            ["customer_id"],
+            ["ext_id", "attr_hash", "present_attrs", "delivered_at", "sync_run_id"],
+        )
+        conn.execute(
+            sa.update(SyncChange)
+            .where(SyncChange.sync_run_id == run_id, SyncChange.customer_id.in_([c.customer_id for c in done]))
+            .values(status=ChangeStatus.DELIVERED.value)
+        )
+    return len(done)
+
+
+def _dead_letter(conn: Connection, run_id: int, batch: Any, changes: Sequence[Any], reason: str) -> None:
+    kind = DeadLetterKind.PROFILE_SET if batch.kind == BatchKind.SET.value else DeadLetterKind.PROFILE_UNSET
+    upsert(
+        conn,
+        DeadLetter.__table__,
+        [
+            {
+                "kind": kind.value,
+                "ref": f"sync_run:{run_id}",
+                "customer_id": c.customer_id,
+                "ext_id": c.ext_id,
+                "payload": {"profile": c.set_attrs if batch.kind == BatchKind.SET.value else c.unset_attrs},
+                "reason": reason,
+                "attempts": batch.attempts + 1,
+            }
+            for c in changes
+        ],
+        ["kind", "ref", "customer_id"],
+        ["payload", "reason", "attempts"],
+    )
+    conn.execute(
+        sa.update(SyncChange)
+        .where(SyncChange.sync_run_id == run_id, SyncChange.customer_id.in_([c.customer_id for c in changes]))
+        .values(status=ChangeStatus.DEAD.value, reason=reason)
+    )
+    conn.execute(
+        sa.update(SyncBatch).where(SyncBatch.id == batch.id).values(status=BatchStatus.DEAD.value, error=reason)
+    )
+
+
+def load_batches(
+    engine: Engine, run_id: int, batch_ids: Sequence[int], client: NetmeraClient, settings: Settings
+) -> dict[str, int]:
+    """Deliver the given batches of a run; raises on a transient failure (after marking the batch failed)."""
+    counts = {"batches_sent": 0, "batches_skipped": 0, "batches_dead": 0, "delivered": 0, "not_found": 0}
+    for batch_id in batch_ids:
+        with engine.begin() as conn:
+            batch = conn.execute(sa.select(SyncBatch).where(SyncBatch.id == batch_id)).one()
+            if batch.status in (BatchStatus.DELIVERED.value, BatchStatus.DEAD.value) or not _claim(conn, batch_id):
+                counts["batches_skipped"] += 1
+                continue
+            changes = _changes_of(conn, batch)
+        try:
+            with engine.connect() as conn:
+                unknown = _unknown_ext_ids(conn, client, changes, settings.sync.matched_tag)
+            entries = [c for c in changes if c.ext_id not in unknown and c.status != ChangeStatus.NOT_FOUND.value]
+            if batch.kind == BatchKind.SET.value:
+                client.set_profile_attributes([{"extId": c.ext_id, "profile": c.set_attrs} for c in entries])
+            else:
+                client.unset_profile_attributes([{"extId": c.ext_id, "profile": c.unset_attrs} for c in entries])
+        except ClientError as exc:
+            reason = str(exc)
+            log.error("batch %s/%s rejected permanently, dead-lettered: %s", batch.kind, batch.batch_no, reason)
+            with engine.begin() as conn:
+                _dead_letter(conn, run_id, batch, changes, reason)
+            counts["batches_dead"] += 1
+            continue
+        except ApiError as exc:
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.update(SyncBatch)
+                    .where(SyncBatch.id == batch_id)
+                    .values(status=BatchStatus.FAILED.value, error=str(exc))
+                )
+            raise
+        with engine.begin() as conn:
+            counts["delivered"] += _complete(conn, run_id, batch, changes, unknown)
+        counts["batches_sent"] += 1
+        counts["not_found"] += len(unknown)
+    return counts
+
+
+def load_summary(engine: Engine, run_id: int) -> dict[str, Any]:
+    """Counts of the run's batches and changes by status (what the report shows)."""
+    with engine.connect() as conn:
+        batches = dict(
+            conn.execute(
+                sa.select(SyncBatch.status, sa.func.count())
+                .where(SyncBatch.sync_run_id == run_id)
+                .group_by(SyncBatch.status)
+            ).all()
+        )
+        changes = dict(
+            conn.execute(
+                sa.select(SyncChange.status, sa.func.count())
+                .where(SyncChange.sync_run_id == run_id)
+                .group_by(SyncChange.status)
+            ).all()
+        )
+        dead = conn.execute(
+            sa.select(sa.func.count()).select_from(DeadLetter).where(DeadLetter.ref == f"sync_run:{run_id}")
+        ).scalar_one()
+    return {"batches": batches, "changes": changes, "dead_lettered": dead}

@@ -1,0 +1,262 @@
+"""Diff the staged customers against the snapshot and plan the Netmera batches.
+
+Only customers whose fingerprint differs from the snapshot's (or who are new) go on. For each, ``set_attrs`` are
+the valid non-empty values and ``unset_attrs`` the attributes delivered before that are empty now. Set and unset
+parts are batched separately (at most ``batch_size`` extIds a batch, in extId order). Customers that Netmera did
+not know on the previous successful run are carried over and tried again.
+
+Planning is idempotent: a re-run of the plan task for a run that already has batches returns the stored plan,
+so a cleared plan task can never re-plan (and re-send) batches that were delivered.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from optimove_netmera.settings import Settings
+from optimove_netmera.store.models import (
+    BatchKind,
+    BatchStatus,
+    ChangeStatus,
+    CustomerSnapshot,
+    SyncBatch,
+    SyncChange,
+    SyncRun,
+    SyncRunStatus,
+    SyncStaging,
+)
+from optimove_netmera.sync.transform import fingerprints, json_value, transform
+
+MAX_MAPPED_TASKS = 512
+
+
+class GuardTripped(RuntimeError):
+    """More customers would change than the run's ``max_change_ratio`` allows."""
+
+
+@dataclass
+class Plan:
+    """Counts of the plan, plus the batch-id groups the load tasks map over (all small, XCom-safe)."""
+
+    sync_run_id: int
+    fetched: int = 0
+    known: int = 0
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    carried_over: int = 0
+    set_entries: int = 0
+    unset_entries: int = 0
+    set_batches: int = 0
+    unset_batches: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    attributes_changed: dict[str, int] = field(default_factory=dict)
+    groups: list[list[int]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, Any]:
+        """Everything but the groups."""
+        out = asdict(self)
+        out.pop("groups")
+        return out
+
+
+def _staged_frame(engine: Engine, run_id: int) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(SyncStaging.customer_id, SyncStaging.attributes).where(SyncStaging.sync_run_id == run_id)
+        ).all()
+    ids = [r[0] for r in rows]
+    frame = pd.DataFrame.from_records([r[1]["v"] for r in rows], index=pd.Index(ids, name="customer_id"))
+    return frame, {r[0]: r[1].get("c", []) for r in rows}
+
+
+def _snapshot_for(engine: Engine, run_id: int) -> pd.DataFrame:
+    q = (
+        sa.select(CustomerSnapshot.customer_id, CustomerSnapshot.attr_hash, CustomerSnapshot.present_attrs)
+        .join(SyncStaging, SyncStaging.customer_id == CustomerSnapshot.customer_id)
+        .where(SyncStaging.sync_run_id == run_id)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(q).all()
+    return pd.DataFrame(rows, columns=["customer_id", "attr_hash", "present_attrs"]).set_index("customer_id")
+
+
+def _known_customers(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(CustomerSnapshot)).scalar_one()
+
+
+def _carry_over(engine: Engine, run_id: int, staged: set[str]) -> list[dict[str, Any]]:
+    """Not-found changes of the latest successful run, for customers not freshly staged."""
+    with engine.connect() as conn:
+        prev = conn.execute(
+            sa.select(SyncRun.id)
+            .where(SyncRun.status == SyncRunStatus.SUCCESS.value, SyncRun.dry_run.is_(False), SyncRun.id < run_id)
+            .order_by(SyncRun.id.desc())
+            .limit(1)
+        ).scalar()
+        if prev is None:
+            return []
+        rows = conn.execute(
+            sa.select(SyncChange).where(
+                SyncChange.sync_run_id == prev, SyncChange.status == ChangeStatus.NOT_FOUND.value
+            )
+        ).all()
+    return [dict(r._mapping) for r in rows if r.customer_id not in staged]
+
+
+def existing_plan(engine: Engine, run_id: int, settings: Settings) -> Plan | None:
+    """The stored plan of a run that was planned already (None when it was not)."""
+    with engine.connect() as conn:
+        batches = conn.execute(
+            sa.select(SyncBatch.id, SyncBatch.kind).where(SyncBatch.sync_run_id == run_id).order_by(SyncBatch.id)
+        ).all()
+        counts = conn.execute(sa.select(SyncRun.counts).where(SyncRun.id == run_id)).scalar_one()
+    if not batches and not counts.get("planned"):
+        return None
+    plan = Plan(sync_run_id=run_id, **{k: v for k, v in counts.get("plan", {}).items() if k != "sync_run_id"})
+    plan.groups = group_batches([b.id for b in batches], settings.sync.batches_per_task)
+    return plan
+
+
+def group_batches(batch_ids: list[int], per_task: int) -> list[list[int]]:
+    """Split batch ids into groups for mapped load tasks, never more than MAX_MAPPED_TASKS groups."""
+    if not batch_ids:
+        return []
+    per_task = max(per_task, math.ceil(len(batch_ids) / MAX_MAPPED_TASKS))
+    return [batch_ids[i : i + per_task] for i in range(0, len(batch_ids), per_task)]
+
+
+def build_plan(engine: Engine, run_id: int, settings: Settings, max_change_ratio: float, dry_run: bool) -> Plan:
+    """Diff, guard and (unless ``dry_run``) store the plan of ``run_id``."""
+    if not dry_run:
+        stored = existing_plan(engine, run_id, settings)
+        if stored is not None:
+            return stored
+    raw, changed_names = _staged_frame(engine, run_id)
+    plan = Plan(sync_run_id=run_id, fetched=len(raw))
+    mapping = settings.attributes
+    t = transform(raw, mapping)
+    plan.dropped = t.dropped
+    hashes = fingerprints(t)
+    snap = _snapshot_for(engine, run_id)
+    plan.known = _known_customers(engine)
+    prev_hash = snap["attr_hash"].reindex(raw.index)
+    is_new = prev_hash.isna().to_numpy()
+    changed_mask = is_new | (prev_hash.to_numpy(dtype=object) != hashes.to_numpy(dtype=object))
+    plan.new = int(is_new.sum())
+    plan.changed = int(changed_mask.sum())
+    plan.unchanged = len(raw) - plan.changed
+    if plan.known and plan.changed / plan.known > max_change_ratio:
+        raise GuardTripped(
+            f"{plan.changed} of {plan.known} known customers ({plan.changed / plan.known:.1%}) would change, "
+            f"more than max_change_ratio={max_change_ratio:.1%}; nothing was sent. If this is expected (a new "
+            "attribute mapping, a bulk update in Optimove), trigger the run again with a higher max_change_ratio."
+        )
+
+    idx = np.flatnonzero(changed_mask)
+    names = list(t.values.columns)
+    values = t.values.iloc[idx]
+    invalid = t.invalid.iloc[idx].to_numpy(dtype=bool)
+    notna = values.notna().to_numpy(dtype=bool)
+    prev_present = snap["present_attrs"].reindex(values.index)
+    customer_ids = values.index.to_list()
+    ext_ids = [settings.ext_id.apply(c) for c in customer_ids]
+    by_optimove = {a.netmera: a.optimove for a in mapping}
+    changes: list[dict[str, Any]] = []
+    attr_counts: dict[str, int] = {}
+    cells = values.to_numpy(dtype=object)
+    for i, cid in enumerate(customer_ids):
+        before = prev_present.iloc[i]
+        before_set = set(before) if isinstance(before, list) else set()
+        now = {names[j] for j in range(len(names)) if notna[i, j]}
+        kept_invalid = {names[j] for j in range(len(names)) if invalid[i, j]} & before_set
+        present = now | kept_invalid
+        unset = sorted(before_set - present)
+        set_attrs = {names[j]: json_value(cells[i, j]) for j in range(len(names)) if notna[i, j]}
+        reported = set(changed_names.get(cid, [])) or {by_optimove[n] for n in now | set(unset)}
+        for name in names:
+            if by_optimove[name] in reported or name in unset:
+                attr_counts[name] = attr_counts.get(name, 0) + 1
+        changes.append(
+            {
+                "sync_run_id": run_id,
+                "customer_id": cid,
+                "ext_id": ext_ids[i],
+                "new_hash": hashes.iloc[idx[i]],
+                "set_attrs": set_attrs,
+                "unset_attrs": unset,
+                "present_attrs": sorted(present),
+                "status": ChangeStatus.PENDING.value,
+            }
+        )
+    for old in _carry_over(engine, run_id, set(raw.index)):
+        plan.carried_over += 1
+        changes.append({**old, "sync_run_id": run_id, "status": ChangeStatus.PENDING.value, "reason": None})
+    plan.attributes_changed = dict(sorted(attr_counts.items()))
+    _assign_batches(changes, settings.sync.batch_size, plan)
+    if dry_run:
+        return plan
+    _store(engine, run_id, changes, plan, settings)
+    return plan
+
+
+def _assign_batches(changes: list[dict[str, Any]], size: int, plan: Plan) -> None:
+    ordered = sorted(range(len(changes)), key=lambda i: changes[i]["ext_id"])
+    n_set = n_unset = 0
+    for i in ordered:
+        c = changes[i]
+        c["set_batch_no"] = (n_set // size) if c["set_attrs"] else None
+        c["unset_batch_no"] = (n_unset // size) if c["unset_attrs"] else None
+        n_set += bool(c["set_attrs"])
+        n_unset += bool(c["unset_attrs"])
+    plan.set_entries, plan.unset_entries = n_set, n_unset
+    plan.set_batches, plan.unset_batches = math.ceil(n_set / size), math.ceil(n_unset / size)
+
+
+def _store(engine: Engine, run_id: int, changes: list[dict[str, Any]], plan: Plan, settings: Settings) -> None:
+    sizes: dict[tuple[str, int], int] = {}
+    for c in changes:
+        if c["set_batch_no"] is not None:
+            key = (BatchKind.SET.value, c["set_batch_no"])
+            sizes[key] = sizes.get(key, 0) + 1
+        if c["unset_batch_no"] is not None:
+            key = (BatchKind.UNSET.value, c["unset_batch_no"])
+            sizes[key] = sizes.get(key, 0) + 1
+    columns = [col.name for col in SyncChange.__table__.columns]
+    with engine.begin() as conn:
+        conn.execute(sa.delete(SyncChange).where(SyncChange.sync_run_id == run_id))
+        for start in range(0, len(changes), 20_000):
+            part = [{k: c.get(k) for k in columns} for c in changes[start : start + 20_000]]
+            conn.execute(sa.insert(SyncChange), part)
+        if sizes:
+            conn.execute(
+                sa.insert(SyncBatch),
+                [
+                    {
+                        "sync_run_id": run_id,
+                        "kind": kind,
+                        "batch_no": no,
+                        "size": n,
+                        "status": BatchStatus.PENDING.value,
+                    }
+                    for (kind, no), n in sorted(sizes.items())
+                ],
+            )
+        counts = conn.execute(sa.select(SyncRun.counts).where(SyncRun.id == run_id)).scalar_one()
+        conn.execute(
+            sa.update(SyncRun)
+            .where(SyncRun.id == run_id)
+            .values(counts={**counts, "planned": True, "plan": plan.counts()})
+        )
+        ids = conn.execute(
+            sa.select(SyncBatch.id).where(SyncBatch.sync_run_id == run_id).order_by(SyncBatch.id)
+        ).scalars()
+        plan.groups = group_batches(list(ids), settings.sync.batches_per_task)

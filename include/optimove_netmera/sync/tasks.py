@@ -1,0 +1,170 @@
+"""The user-sync steps as the DAG's tasks call them: settings, hooks and the state database resolved here.
+
+Each function takes small arguments and returns a small JSON-serialisable dict (ids and counts, never
+customer data), which is what lands in XCom.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+from sqlalchemy.engine import Engine
+
+from optimove_netmera.hooks import NetmeraHook, OptimoveHook
+from optimove_netmera.settings import Settings, SettingsError, get_runtime_settings
+from optimove_netmera.store.engine import get_engine, migrate
+from optimove_netmera.store.models import SyncRunStatus
+from optimove_netmera.sync import extract, load, plan, runs
+
+log = logging.getLogger(__name__)
+STATE_DB_ENV = "OPTIMOVE_NETMERA_STATE_DB_URL"
+
+
+def settings() -> Settings:
+    """Runtime settings; a bad configuration fails the task without retries, naming the setting."""
+    try:
+        return get_runtime_settings()
+    except SettingsError as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
+def state_engine(s: Settings) -> Engine:
+    """The state database: env ``OPTIMOVE_NETMERA_STATE_DB_URL``, else ``state_db_url``, else SQLite default."""
+    return get_engine(os.environ.get(STATE_DB_ENV) or s.state_db_url)
+
+
+def open_run(dag_id: str, dag_run_id: str, params: dict[str, Any], data_date: str) -> dict[str, Any]:
+    """Migrate the state database if needed and open (or resume) this DAG run's sync run."""
+    s = settings()
+    migrate(os.environ.get(STATE_DB_ENV) or s.state_db_url)
+    if not s.attributes:
+        raise AirflowFailException("no attributes are mapped: add at least one under `attributes:` in the settings")
+    try:
+        info = runs.open_run(state_engine(s), dag_id, dag_run_id, params, dt.date.fromisoformat(data_date))
+    except ValueError as exc:
+        raise AirflowFailException(str(exc)) from None
+    log.info(
+        "sync run %s: mode=%s window=%s..%s dry_run=%s",
+        info.sync_run_id,
+        info.mode,
+        info.since,
+        info.until,
+        info.dry_run,
+    )
+    return info.as_dict()
+
+
+def run_extract(run: dict[str, Any]) -> dict[str, int]:
+    """Stage the run's customers (changers API, or the export file for a full refresh)."""
+    s = settings()
+    engine = state_engine(s)
+    run_id = run["sync_run_id"]
+    with runs.phase(engine, run_id, "extract"):
+        if run["mode"] == "export":
+            try:
+                counts = extract.extract_export(engine, run_id, run["export_path"], s)
+            except (FileNotFoundError, ValueError) as exc:
+                raise AirflowFailException(str(exc)) from None
+        else:
+            client = OptimoveHook(s.connections.optimove).get_conn()
+            counts = extract.extract_changes(
+                engine, run_id, client, s, dt.date.fromisoformat(run["since"]), dt.date.fromisoformat(run["until"])
+            )
+            stats = client.stats.snapshot()
+            counts |= {"optimove_calls": stats["calls"], "optimove_429s": stats["rate_limited"]}
+    runs.record_counts(engine, run_id, counts)
+    log.info("extracted: %s", counts)
+    return counts
+
+
+def run_plan(run: dict[str, Any], max_change_ratio: float) -> dict[str, Any]:
+    """Diff and plan; the guard fails the run before anything is sent."""
+    s = settings()
+    engine = state_engine(s)
+    run_id = run["sync_run_id"]
+    with runs.phase(engine, run_id, "diff_plan"):
+        try:
+            p = plan.build_plan(engine, run_id, s, max_change_ratio, run["dry_run"])
+        except plan.GuardTripped as exc:
+            runs.finish_run(engine, run_id, SyncRunStatus.ABORTED, str(exc))
+            raise AirflowFailException(str(exc)) from None
+    counts = p.counts()
+    if run["dry_run"]:
+        runs.record_counts(engine, run_id, {"plan": counts})
+    log.info(
+        "plan: %s changed of %s fetched (%s new, %s unchanged), %s set + %s unset batches in %s load tasks",
+        p.changed,
+        p.fetched,
+        p.new,
+        p.unchanged,
+        p.set_batches,
+        p.unset_batches,
+        len(p.groups),
+    )
+    return {"groups": p.groups, "counts": counts}
+
+
+def run_load(run: dict[str, Any], batch_ids: list[int]) -> dict[str, int]:
+    """Deliver one group of batches."""
+    s = settings()
+    engine = state_engine(s)
+    run_id = run["sync_run_id"]
+    client = NetmeraHook(s.connections.netmera).get_conn()
+    try:
+        with runs.phase(engine, run_id, "load"):
+            counts = load.load_batches(engine, run_id, batch_ids, client, s)
+    finally:
+        stats = client.stats.snapshot()
+        runs.record_counts(
+            engine, run_id, {"netmera_calls": stats["calls"], "netmera_429s": stats["rate_limited"]}, add=True
+        )
+    log.info("loaded: %s", counts)
+    return counts
+
+
+def run_report(run: dict[str, Any]) -> dict[str, Any]:
+    """Close the run: success when every batch was delivered or dead-lettered; log and return the summary."""
+    s = settings()
+    engine = state_engine(s)
+    run_id = run["sync_run_id"]
+    summary = load.load_summary(engine, run_id)
+    runs.record_counts(engine, run_id, summary)
+    if run["dry_run"]:
+        report = runs.finish_run(engine, run_id, SyncRunStatus.DRY_RUN)
+    else:
+        open_batches = sum(n for status, n in summary["batches"].items() if status not in ("delivered", "dead"))
+        status = SyncRunStatus.SUCCESS if open_batches == 0 else SyncRunStatus.FAILED
+        error = None if open_batches == 0 else f"{open_batches} batch(es) not delivered"
+        report = runs.finish_run(engine, run_id, status, error)
+    if report["status"] != SyncRunStatus.FAILED.value:
+        extract.clear_staging(engine, run_id)  # the staged copy is no longer needed once the run is closed
+    log.info("user sync report:\n%s", format_report(report))
+    if report["status"] == SyncRunStatus.FAILED.value:
+        raise AirflowFailException(f"sync run {run_id} incomplete: {report['counts']}")
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A readable, counts-only summary of a finished run."""
+    c = report["counts"]
+    p = c.get("plan", {})
+    lines = [
+        f"sync run {report['sync_run_id']}: {report['status']} (mode {report['mode']}, window "
+        f"{report['window'][0]}..{report['window'][1]}{', DRY RUN' if report['dry_run'] else ''})",
+        f"  fetched {c.get('fetched', 0)}  changed {p.get('changed', 0)} (new {p.get('new', 0)})  "
+        f"unchanged {p.get('unchanged', 0)}  carried over {p.get('carried_over', 0)}",
+        f"  set entries {p.get('set_entries', 0)} in {p.get('set_batches', 0)} batches, "
+        f"unset entries {p.get('unset_entries', 0)} in {p.get('unset_batches', 0)} batches",
+        f"  changes by status {c.get('changes', {})}  batches by status {c.get('batches', {})}",
+        f"  dead-lettered {c.get('dead_lettered', 0)}  dropped values {p.get('dropped', {})}",
+        f"  API calls: optimove {c.get('optimove_calls', 0)} (429s {c.get('optimove_429s', 0)}), "
+        f"netmera {c.get('netmera_calls', 0)} (429s {c.get('netmera_429s', 0)})",
+        f"  seconds per phase {report['phase_seconds']}",
+    ]
+    if report["dry_run"]:
+        lines.append(f"  attributes that would change: {p.get('attributes_changed', {})}")
+    return "\n".join(lines)

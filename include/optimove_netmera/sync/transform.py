@@ -1,0 +1,127 @@
+"""Transform staged Optimove values into Netmera profile values, vectorised with pandas.
+
+Coercion per target type (``string``, ``number``, ``boolean``, ``date``); values that cannot be coerced are
+dropped and counted by reason (``invalid_number``, ``invalid_boolean``, ``invalid_date``). Empty values
+(``None``, ``""``, Optimove's ``"NULL"``) are *empty*: an attribute that was delivered before and is empty now is
+unset, never written as null. Dates go to Netmera the way its profiles hold them: epoch milliseconds (UTC).
+
+Each customer gets a stable fingerprint of its mapped values (:func:`fingerprints`), compared with the snapshot
+of what was last delivered to decide who changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from optimove_netmera.settings import AttributeMapping
+
+EMPTY_STRINGS = frozenset({"", "null", "none", "nan"})
+_TRUE = frozenset({"true", "1", "yes", "y", "t"})
+_FALSE = frozenset({"false", "0", "no", "n", "f"})
+INVALID = "\x00invalid"
+HASH_VERSION = "h1"
+
+
+@dataclass
+class Transformed:
+    """Coerced values (one column per Netmera attribute, NaN/None = empty) plus invalid masks and counts."""
+
+    values: pd.DataFrame
+    invalid: pd.DataFrame
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+def _empty_mask(raw: pd.Series) -> pd.Series:
+    as_text = raw.astype("string").str.strip().str.lower()
+    return raw.isna() | as_text.isin(EMPTY_STRINGS).fillna(True)
+
+
+def coerce_column(raw: pd.Series, kind: str) -> tuple[pd.Series, pd.Series]:
+    """Coerce one column; returns (values with None for empty/invalid, mask of invalid non-empty cells)."""
+    empty = _empty_mask(raw)
+    text = raw.astype("string").str.strip()
+    if kind == "string":
+        return text.where(~empty, pd.NA), pd.Series(False, index=raw.index)
+    if kind == "number":
+        num = pd.to_numeric(text.where(~empty), errors="coerce").astype("float64")
+        invalid = ~empty & ~np.isfinite(num)
+        return num.where(~invalid), invalid
+    if kind == "boolean":
+        lower = text.str.lower()
+        values = pd.Series(pd.NA, index=raw.index, dtype="boolean")
+        values[lower.isin(_TRUE).fillna(False)] = True
+        values[lower.isin(_FALSE).fillna(False)] = False
+        invalid = ~empty & values.isna()
+        return values, invalid
+    if kind == "date":
+        day = pd.to_datetime(text.where(~empty).str.slice(0, 10), format="%Y-%m-%d", errors="coerce", utc=True)
+        invalid = ~empty & day.isna()
+        millis = pd.Series(day.dt.as_unit("ms").astype("int64"), index=raw.index).astype("Int64")
+        return millis.where(day.notna(), pd.NA), invalid
+    raise ValueError(f"unknown attribute type {kind!r}")
+
+
+def transform(raw: pd.DataFrame, mapping: Sequence[AttributeMapping]) -> Transformed:
+    """Coerce every mapped column of ``raw`` (columns named by the Optimove attribute, index = customer id)."""
+    values: dict[str, pd.Series] = {}
+    invalid: dict[str, pd.Series] = {}
+    dropped: dict[str, int] = {}
+    for attr in mapping:
+        column = raw[attr.optimove] if attr.optimove in raw else pd.Series(None, index=raw.index, dtype=object)
+        coerced, bad = coerce_column(column, attr.type)
+        values[attr.netmera] = coerced
+        invalid[attr.netmera] = bad
+        n_bad = int(bad.sum())
+        if n_bad:
+            reason = f"invalid_{attr.type}"
+            dropped[reason] = dropped.get(reason, 0) + n_bad
+    return Transformed(pd.DataFrame(values, index=raw.index), pd.DataFrame(invalid, index=raw.index), dropped)
+
+
+_EMPTY_INT = np.iinfo(np.int64).min
+_INVALID_HASH = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _column_hash(col: pd.Series) -> np.ndarray:
+    """uint64 hash per cell, with empty cells hashing to one fixed value per dtype family."""
+    if pd.api.types.is_float_dtype(col.dtype):
+        return pd.util.hash_array(np.nan_to_num(col.to_numpy(dtype="float64"), nan=np.inf))
+    if isinstance(col.dtype, pd.BooleanDtype | pd.Int64Dtype):
+        return pd.util.hash_array(col.astype("Int64").fillna(_EMPTY_INT).to_numpy(dtype="int64"))
+    return pd.util.hash_array(col.astype(object).where(col.notna(), "").to_numpy(dtype=object), categorize=False)
+
+
+def fingerprints(t: Transformed) -> pd.Series:
+    """A stable fingerprint per customer of its coerced mapped values (invalid cells marked), e.g. ``h1:09af...``."""
+    combined = np.full(len(t.values), np.uint64(0x345678), dtype=np.uint64)
+    mult = np.uint64(1000003)
+    with np.errstate(over="ignore"):
+        for i, name in enumerate(t.values.columns):
+            h = np.where(t.invalid[name].to_numpy(dtype=bool), _INVALID_HASH, _column_hash(t.values[name]))
+            combined = (combined ^ h) * mult
+            mult += np.uint64(82520 + 2 * (len(t.values.columns) - i))
+    return pd.Series([f"{HASH_VERSION}:{h:016x}" for h in combined.tolist()], index=t.values.index, dtype=object)
+
+
+def json_value(value: object) -> object:
+    """A coerced cell as the JSON value Netmera receives (ints stay ints; NaN/NA is None)."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, np.bool_ | bool):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return int(value) if float(value).is_integer() else float(value)
+    return value
+
+
+def present_attributes(t: Transformed) -> pd.Series:
+    """Per customer, the sorted Netmera names that carry a valid, non-empty value."""
+    mask = t.values.notna()
+    names = np.array(t.values.columns, dtype=object)
+    return pd.Series([list(names[row]) for row in mask.to_numpy()], index=t.values.index, dtype=object)
