@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 ENV_PREFIX = "OPTIMOVE_NETMERA__"
 CONFIG_ENV = "OPTIMOVE_NETMERA_CONFIG"
+STATE_DB_ENV = "OPTIMOVE_NETMERA_STATE_DB_URL"
 VARIABLE_NAME = "optimove_netmera_config"
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "optimove_netmera.yaml"
 
@@ -158,6 +159,10 @@ class Settings(_Model):
             if dupes:
                 raise ValueError(f"attributes: {side} name(s) {dupes} mapped more than once")
         return self
+
+    def resolved_state_db_url(self) -> str | None:
+        """The state DB URL: env ``OPTIMOVE_NETMERA_STATE_DB_URL``, else ``state_db_url``, else None (the default)."""
+        return os.environ.get(STATE_DB_ENV) or self.state_db_url
 
     @property
     def optimove_attributes(self) -> list[str]:

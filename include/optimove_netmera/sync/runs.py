@@ -146,20 +146,56 @@ def phase(engine: Engine, run_id: int, name: str) -> Iterator[None]:
 
 
 def finish_run(engine: Engine, run_id: int, status: SyncRunStatus, error: str | None = None) -> dict[str, Any]:
-    """Close the run with ``status``; returns the stored run as a dict (counts, phases, window)."""
+    """Close the run with ``status``; returns its report (see :func:`run_report`)."""
     with engine.begin() as conn:
         conn.execute(
             sa.update(SyncRun)
             .where(SyncRun.id == run_id)
             .values(status=status.value, error=error, finished_at=dt.datetime.now(dt.UTC))
         )
-        row = conn.execute(sa.select(SyncRun).where(SyncRun.id == run_id)).one()._mapping
+    report = run_report(engine, run_id)
+    assert report is not None
+    return report
+
+
+def run_report(engine: Engine, run_id: int | None = None) -> dict[str, Any] | None:
+    """A run's window, mode, status, counts and phase seconds (the latest run when ``run_id`` is None)."""
+    q = sa.select(SyncRun)
+    q = q.where(SyncRun.id == run_id) if run_id is not None else q.order_by(SyncRun.id.desc()).limit(1)
+    with engine.connect() as conn:
+        row = conn.execute(q).first()
+    if row is None:
+        return None
+    m = row._mapping
     return {
-        "sync_run_id": run_id,
-        "status": row["status"],
-        "window": [str(row["window_start"]), str(row["window_end"])],
-        "mode": row["params"].get("mode"),
-        "dry_run": bool(row["dry_run"]),
-        "counts": row["counts"],
-        "phase_seconds": row["phase_seconds"],
+        "sync_run_id": m["id"],
+        "status": m["status"],
+        "window": [str(m["window_start"]), str(m["window_end"])],
+        "mode": (m["params"] or {}).get("mode"),
+        "dry_run": bool(m["dry_run"]),
+        "counts": m["counts"] or {},
+        "phase_seconds": m["phase_seconds"] or {},
+        "error": m["error"],
     }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A readable, counts-only summary of a finished run."""
+    c = report["counts"]
+    p = c.get("plan", {})
+    lines = [
+        f"sync run {report['sync_run_id']}: {report['status']} (mode {report['mode']}, window "
+        f"{report['window'][0]}..{report['window'][1]}{', DRY RUN' if report['dry_run'] else ''})",
+        f"  fetched {c.get('fetched', 0)}  changed {p.get('changed', 0)} (new {p.get('new', 0)})  "
+        f"unchanged {p.get('unchanged', 0)}  carried over {p.get('carried_over', 0)}",
+        f"  set entries {p.get('set_entries', 0)} in {p.get('set_batches', 0)} batches, "
+        f"unset entries {p.get('unset_entries', 0)} in {p.get('unset_batches', 0)} batches",
+        f"  changes by status {c.get('changes', {})}  batches by status {c.get('batches', {})}",
+        f"  dead-lettered {c.get('dead_lettered', 0)}  dropped values {p.get('dropped', {})}",
+        f"  API calls: optimove {c.get('optimove_calls', 0)} (429s {c.get('optimove_429s', 0)}), "
+        f"netmera {c.get('netmera_calls', 0)} (429s {c.get('netmera_429s', 0)})",
+        f"  seconds per phase {report['phase_seconds']}",
+    ]
+    if report["dry_run"]:
+        lines.append(f"  attributes that would change: {p.get('attributes_changed', {})}")
+    return "\n".join(lines)

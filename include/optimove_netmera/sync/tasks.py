@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
@@ -21,7 +20,6 @@ from optimove_netmera.store.models import SyncRunStatus
 from optimove_netmera.sync import extract, load, plan, runs
 
 log = logging.getLogger(__name__)
-STATE_DB_ENV = "OPTIMOVE_NETMERA_STATE_DB_URL"
 
 
 def settings() -> Settings:
@@ -33,14 +31,14 @@ def settings() -> Settings:
 
 
 def state_engine(s: Settings) -> Engine:
-    """The state database: env ``OPTIMOVE_NETMERA_STATE_DB_URL``, else ``state_db_url``, else SQLite default."""
-    return get_engine(os.environ.get(STATE_DB_ENV) or s.state_db_url)
+    """The state database engine (see :meth:`Settings.resolved_state_db_url`)."""
+    return get_engine(s.resolved_state_db_url())
 
 
 def open_run(dag_id: str, dag_run_id: str, params: dict[str, Any], data_date: str) -> dict[str, Any]:
     """Migrate the state database if needed and open (or resume) this DAG run's sync run."""
     s = settings()
-    migrate(os.environ.get(STATE_DB_ENV) or s.state_db_url)
+    migrate(s.resolved_state_db_url())
     if not s.attributes:
         raise AirflowFailException("no attributes are mapped: add at least one under `attributes:` in the settings")
     try:
@@ -142,29 +140,7 @@ def run_report(run: dict[str, Any]) -> dict[str, Any]:
         report = runs.finish_run(engine, run_id, status, error)
     if report["status"] != SyncRunStatus.FAILED.value:
         extract.clear_staging(engine, run_id)  # the staged copy is no longer needed once the run is closed
-    log.info("user sync report:\n%s", format_report(report))
+    log.info("user sync report:\n%s", runs.format_report(report))
     if report["status"] == SyncRunStatus.FAILED.value:
         raise AirflowFailException(f"sync run {run_id} incomplete: {report['counts']}")
     return report
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """A readable, counts-only summary of a finished run."""
-    c = report["counts"]
-    p = c.get("plan", {})
-    lines = [
-        f"sync run {report['sync_run_id']}: {report['status']} (mode {report['mode']}, window "
-        f"{report['window'][0]}..{report['window'][1]}{', DRY RUN' if report['dry_run'] else ''})",
-        f"  fetched {c.get('fetched', 0)}  changed {p.get('changed', 0)} (new {p.get('new', 0)})  "
-        f"unchanged {p.get('unchanged', 0)}  carried over {p.get('carried_over', 0)}",
-        f"  set entries {p.get('set_entries', 0)} in {p.get('set_batches', 0)} batches, "
-        f"unset entries {p.get('unset_entries', 0)} in {p.get('unset_batches', 0)} batches",
-        f"  changes by status {c.get('changes', {})}  batches by status {c.get('batches', {})}",
-        f"  dead-lettered {c.get('dead_lettered', 0)}  dropped values {p.get('dropped', {})}",
-        f"  API calls: optimove {c.get('optimove_calls', 0)} (429s {c.get('optimove_429s', 0)}), "
-        f"netmera {c.get('netmera_calls', 0)} (429s {c.get('netmera_429s', 0)})",
-        f"  seconds per phase {report['phase_seconds']}",
-    ]
-    if report["dry_run"]:
-        lines.append(f"  attributes that would change: {p.get('attributes_changed', {})}")
-    return "\n".join(lines)

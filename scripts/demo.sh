@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The embedded default, end to end: the sandbox APIs + Airflow standalone (LocalExecutor, SQLite), then one
+# finished run of optimove_user_sync. Leaves Airflow and the sandbox running for you to explore
+# (Ctrl-C stops both) unless DEMO_EXIT=1.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BIN="$ROOT/.venv/bin"
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$ROOT/.airflow}"
+export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
+export AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__API__PORT="${AIRFLOW_PORT:-8080}"
+export OPTIMOVE_NETMERA_STATE_DB_URL="${OPTIMOVE_NETMERA_STATE_DB_URL:-sqlite:///$AIRFLOW_HOME/optimove_netmera_state.db}"
+OPTIMOVE_PORT="${OPTIMOVE_PORT:-8301}"
+NETMERA_PORT="${NETMERA_PORT:-8302}"
+CUSTOMERS="${CUSTOMERS:-1000}"
+export AIRFLOW_CONN_OPTIMOVE_DEFAULT="{\"conn_type\": \"optimove\", \"host\": \"http://127.0.0.1:$OPTIMOVE_PORT\", \"extra\": {\"api_key\": \"sandbox-optimove-key\"}}"
+export AIRFLOW_CONN_NETMERA_DEFAULT="{\"conn_type\": \"netmera\", \"host\": \"http://127.0.0.1:$NETMERA_PORT\", \"password\": \"sandbox-netmera-key\"}"
+export OPTIMOVE_NETMERA_INBOUND_API_KEY="${OPTIMOVE_NETMERA_INBOUND_API_KEY:-sandbox-netmera-key}"
+mkdir -p "$AIRFLOW_HOME"
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+wait_http() {  # url, seconds, what
+  local deadline=$((SECONDS + $2))
+  until curl -fsS -o /dev/null "$1" 2>/dev/null; do
+    if (( SECONDS > deadline )); then echo "!! $3 did not come up within $2 s; see $AIRFLOW_HOME/*.log" >&2; exit 1; fi
+    sleep 1
+  done
+}
+
+echo "== sandbox: Optimove on :$OPTIMOVE_PORT, Netmera on :$NETMERA_PORT ($CUSTOMERS customers)"
+"$BIN/python" -m optimove_netmera.sandbox --optimove-port "$OPTIMOVE_PORT" --netmera-port "$NETMERA_PORT" \
+  --customers "$CUSTOMERS" >"$AIRFLOW_HOME/sandbox.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$OPTIMOVE_PORT/_sandbox/health" 60 "the sandbox"
+wait_http "http://127.0.0.1:$NETMERA_PORT/_sandbox/health" 60 "the sandbox"
+
+echo "== state database: $OPTIMOVE_NETMERA_STATE_DB_URL"
+"$BIN/python" -m optimove_netmera.store upgrade
+
+echo "== airflow standalone on :$AIRFLOW__API__PORT (AIRFLOW_HOME=$AIRFLOW_HOME; log: standalone.log)"
+PATH="$BIN:$PATH" "$BIN/airflow" standalone >"$AIRFLOW_HOME/standalone.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$AIRFLOW__API__PORT/api/v2/monitor/health" 180 "airflow standalone"
+"$BIN/airflow" pools set netmera_api 4 "Concurrent Netmera requests" >/dev/null
+
+echo "== waiting for the DAG processor to parse optimove_user_sync"
+deadline=$((SECONDS + 180))
+until "$BIN/airflow" dags list -o plain 2>/dev/null | grep -q optimove_user_sync; do
+  if (( SECONDS > deadline )); then "$BIN/airflow" dags list-import-errors; exit 1; fi
+  sleep 2
+done
+"$BIN/airflow" dags unpause optimove_user_sync >/dev/null
+RUN_ID="demo__$(date -u +%Y%m%dT%H%M%S)"
+echo "== triggering optimove_user_sync (run $RUN_ID)"
+"$BIN/airflow" dags trigger optimove_user_sync --run-id "$RUN_ID" >/dev/null
+deadline=$((SECONDS + 600))
+while :; do
+  state="$("$BIN/airflow" dags state optimove_user_sync "$RUN_ID" 2>/dev/null | tail -n 1)"
+  case "$state" in
+    success) break ;;
+    failed) echo "!! the sync failed; see the task logs in the UI or under $AIRFLOW_HOME/logs" >&2; exit 1 ;;
+  esac
+  if (( SECONDS > deadline )); then echo "!! the sync did not finish within 10 minutes (state: $state)" >&2; exit 1; fi
+  sleep 3
+done
+echo "== finished:"
+"$BIN/python" -m optimove_netmera.sync report
+echo "   Netmera now holds $(curl -fsS "http://127.0.0.1:$NETMERA_PORT/_sandbox/profiles?limit=1" | "$BIN/python" -c 'import json,sys; print(json.load(sys.stdin)["total"])') profiles."
+PASSWORD_FILE="$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
+echo "== Airflow UI: http://127.0.0.1:$AIRFLOW__API__PORT (user admin, password in $PASSWORD_FILE)"
+if [[ "${DEMO_EXIT:-0}" == "1" ]]; then exit 0; fi
+echo "   Airflow and the sandbox keep running; Ctrl-C stops both."
+wait
