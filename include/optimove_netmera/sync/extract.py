@@ -55,7 +55,13 @@ def _write(
         old = existing.get(row["customer_id"])
         if old:
             row["attributes"]["c"] = sorted(set(old.get("c", [])) | set(row["attributes"]["c"]))
-    upsert(conn, SyncStaging.__table__, batch, ["sync_run_id", "customer_id"], ["attributes"])
+    upsert(
+        conn,
+        SyncStaging.__table__,
+        batch,
+        conflict_columns=["sync_run_id", "customer_id"],
+        update_columns=["attributes"],
+    )
     return len(batch)
 
 

@@ -34,7 +34,7 @@ from optimove_netmera.store.models import (
     SyncBatch,
     SyncChange,
 )
-from optimove_netmera.store.queries import upsert
+from optimove_netmera.store.queries import claim, upsert
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,14 @@ def _changes_of(conn: Connection, batch: Any) -> list[Any]:
 
 
 def _claim(conn: Connection, batch_id: int) -> bool:
-    result = conn.execute(
-        sa.update(SyncBatch)
-        .where(
-            SyncBatch.id == batch_id,
-            SyncBatch.status.in_([BatchStatus.PENDING.value, BatchStatus.FAILED.value, BatchStatus.IN_FLIGHT.value]),
-        )
-        .values(status=BatchStatus.IN_FLIGHT.value, attempts=SyncBatch.attempts + 1)
+    """pending/failed -> in_flight; also in_flight (its worker died: the write is idempotent, so re-send it)."""
+    return claim(
+        conn,
+        SyncBatch.__table__,
+        {"id": batch_id},
+        from_status=[BatchStatus.PENDING.value, BatchStatus.FAILED.value, BatchStatus.IN_FLIGHT.value],
+        to_status=BatchStatus.IN_FLIGHT.value,
     )
-    return result.rowcount == 1
 
 
 def _unknown_ext_ids(conn: Connection, client: NetmeraClient, changes: Sequence[Any], tag: str | None) -> set[str]:
@@ -119,8 +118,8 @@ def _complete(conn: Connection, run_id: int, batch: Any, changes: Sequence[Any],
                 }
                 for c in done
             ],
-            ["customer_id"],
-            ["ext_id", "attr_hash", "present_attrs", "delivered_at", "sync_run_id"],
+            conflict_columns=["customer_id"],
+            update_columns=["ext_id", "attr_hash", "present_attrs", "delivered_at", "sync_run_id"],
         )
         conn.execute(
             sa.update(SyncChange)
@@ -147,8 +146,8 @@ def _dead_letter(conn: Connection, run_id: int, batch: Any, changes: Sequence[An
             }
             for c in changes
         ],
-        ["kind", "ref", "customer_id"],
-        ["payload", "reason", "attempts"],
+        conflict_columns=["kind", "ref", "customer_id"],
+        update_columns=["payload", "reason", "attempts"],
     )
     conn.execute(
         sa.update(SyncChange)
