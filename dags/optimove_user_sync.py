@@ -24,8 +24,8 @@ with DAG(
     tags=["optimove", "netmera", "sync"],
     default_args={
         "owner": "data-engineering",
-        "retries": 3,
-        "retry_delay": pendulum.duration(minutes=1),
+        "retries": settings.sync.retries,
+        "retry_delay": pendulum.duration(seconds=settings.sync.retry_delay_seconds),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": pendulum.duration(minutes=30),
     },

@@ -9,6 +9,7 @@
 ``netmera_default`` (conn type ``netmera``)
     host: ``https://restapi.netmera.com`` (or a self-hosted one); password (or ``extra.api_key``): the REST API key.
     Optional extras: ``timeout``, ``max_batch`` (1000), ``rate_limit_calls`` + ``rate_limit_period`` (off).
+Both: ``max_attempts`` (6), ``retry_base_delay`` (0.5 s), ``retry_max_delay`` (30 s) for 429/5xx/network retries.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from airflow.sdk import BaseHook, Connection
 
-from optimove_netmera.http import ApiError
+from optimove_netmera.http import ApiError, RetryPolicy
 from optimove_netmera.netmera import NetmeraClient
 from optimove_netmera.optimove import OptimoveClient
 
@@ -36,6 +37,15 @@ def _base_url(host: str | None, schema: str | None, port: int | None, conn_id: s
 def _timeout(extra: dict[str, Any]) -> tuple[float, float]:
     read = float(extra.get("timeout", 60))
     return (min(read, 10.0), read)
+
+
+def _retry(extra: dict[str, Any]) -> RetryPolicy:
+    defaults = RetryPolicy()
+    return RetryPolicy(
+        max_attempts=int(extra.get("max_attempts", defaults.max_attempts)),
+        base_delay=float(extra.get("retry_base_delay", defaults.base_delay)),
+        max_delay=float(extra.get("retry_max_delay", defaults.max_delay)),
+    )
 
 
 def _rate_limit(extra: dict[str, Any], default: tuple[int, float] | None) -> tuple[int, float] | None:
@@ -87,6 +97,7 @@ class OptimoveHook(BaseHook):
             "timeout": _timeout(extra),
             "rate_limit": _rate_limit(extra, (50, 10.0)),
             "page_size": int(extra.get("page_size", 10_000)),
+            "retry": _retry(extra),
         }
         if extra.get("api_key"):
             return OptimoveClient(base_url, api_key=str(extra["api_key"]), **kwargs)
@@ -149,6 +160,7 @@ class NetmeraHook(BaseHook):
             timeout=_timeout(extra),
             rate_limit=_rate_limit(extra, None),
             max_batch=int(extra.get("max_batch", 1000)),
+            retry=_retry(extra),
         )
 
     def test_connection(self) -> tuple[bool, str]:

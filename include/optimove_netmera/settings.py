@@ -94,6 +94,8 @@ class SyncSettings(_Model):
     data_ready_poke_seconds: int = Field(300, ge=1)
     data_ready_timeout_hours: float = Field(12, gt=0)
     export_chunk_rows: int = Field(100_000, ge=1000)
+    retries: int = Field(3, ge=0, description="task retries (exponential backoff from retry_delay_seconds)")
+    retry_delay_seconds: float = Field(60, ge=0)
     matched_tag: str | None = Field(
         "optimove", description="tag set on matched Netmera users while checking new extIds exist; null: no check"
     )

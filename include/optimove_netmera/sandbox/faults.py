@@ -5,6 +5,7 @@ request sequence give the same faults. :class:`FaultMiddleware` is a plain ASGI 
 every real endpoint of an app (never to ``/_sandbox/...``), and :func:`fault_admin_router` exposes
 ``GET/POST/DELETE /_sandbox/faults`` to change them at run time.
 
+Rules may let the first ``after`` matching requests through and stop after ``count`` faults.
 Faults: random 5xx (``error_rate``/``error_status``), random 429 (``rate_429``), a 429 storm (``storm_429``: the
 next N matching requests), ``Retry-After`` on injected 429s (``retry_after``), added latency (``latency_ms``),
 and connection resets (``reset_rate``: the TCP connection is aborted with RST before any response byte).
@@ -55,14 +56,16 @@ class FaultRule:
     latency_ms: float = 0.0
     reset_rate: float = 0.0
     count: int | None = None
+    after: int = 0
     injected: int = field(default=0)
+    seen: int = field(default=0)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> FaultRule:
         """Validate a rule given as JSON; raises ValueError naming the bad key or value."""
         if not isinstance(raw, dict):
             raise ValueError("each fault rule must be a JSON object")
-        known = {f.name for f in fields(cls)} - {"injected"}
+        known = {f.name for f in fields(cls)} - {"injected", "seen"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"unknown fault rule key(s): {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
@@ -79,6 +82,8 @@ class FaultRule:
             raise ValueError(f"latency_ms must be >= 0, got {rule.latency_ms!r}")
         if rule.retry_after is not None and (not isinstance(rule.retry_after, int | float) or rule.retry_after < 0):
             raise ValueError(f"retry_after must be a number of seconds >= 0, got {rule.retry_after!r}")
+        if not isinstance(rule.after, int) or rule.after < 0:
+            raise ValueError(f"after must be a non-negative integer, got {rule.after!r}")
         if rule.count is not None and (not isinstance(rule.count, int) or rule.count < 1):
             raise ValueError(f"count must be a positive integer, got {rule.count!r}")
         if not isinstance(rule.endpoint, str) or not rule.endpoint:
@@ -133,6 +138,9 @@ class FaultInjector:
                 if not fnmatchcase(path, rule.endpoint):
                     continue
                 decision.latency_s += rule.latency_ms / 1000.0
+                rule.seen += 1
+                if rule.seen <= rule.after:
+                    continue
                 if decision.action != "pass" or (rule.count is not None and rule.injected >= rule.count):
                     continue
                 if rule.storm_429 > 0:
