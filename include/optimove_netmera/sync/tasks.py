@@ -41,6 +41,7 @@ def open_run(dag_id: str, dag_run_id: str, params: dict[str, Any], data_date: st
     migrate(s.resolved_state_db_url())
     if not s.attributes:
         raise AirflowFailException("no attributes are mapped: add at least one under `attributes:` in the settings")
+    check_mapping(s)
     try:
         info = runs.open_run(state_engine(s), dag_id, dag_run_id, params, dt.date.fromisoformat(data_date))
     except ValueError as exc:
@@ -54,6 +55,17 @@ def open_run(dag_id: str, dag_run_id: str, params: dict[str, Any], data_date: st
         info.dry_run,
     )
     return info.as_dict()
+
+
+def check_mapping(s: Settings) -> None:
+    """Fail (no retries) when a mapped attribute is not one of Optimove's (``model/GetCustomerAttributeList``)."""
+    known = {a.name for a in OptimoveHook(s.connections.optimove).get_conn().get_customer_attribute_list()}
+    unknown = [name for name in s.optimove_attributes if name not in known]
+    if unknown:
+        raise AirflowFailException(
+            f"mapped attribute(s) {', '.join(unknown)} are not Optimove customer attributes; check the spelling "
+            f"(RealFieldName, case-sensitive) in the settings. Optimove has: {', '.join(sorted(known))}"
+        )
 
 
 def run_extract(run: dict[str, Any]) -> dict[str, int]:
