@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import socket
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -221,6 +222,30 @@ class FaultMiddleware:
             headers.append((b"retry-after", str(round(decision.retry_after)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class FaultInjectingApp(FastAPI):
+    """FastAPI whose fault middleware wraps the *whole* built stack, outside Starlette's ServerErrorMiddleware.
+
+    ``FaultMiddleware`` aborts a connection through uvicorn's own ``send``; ServerErrorMiddleware (always the
+    outermost layer of a Starlette stack) wraps ``send``, so with ``add_middleware`` an injected reset would
+    degrade into a 500. Call :meth:`inject_faults` once while building the app.
+    """
+
+    fault_middleware: Callable[[ASGIApp], ASGIApp] | None = None
+
+    def inject_faults(
+        self, injector: FaultInjector, service: Service, recorder: Callable[[str, str, str], None] | None = None
+    ) -> None:
+        """Apply ``injector`` to every real endpoint; injected faults are reported to ``recorder``."""
+        self.fault_middleware = functools.partial(
+            FaultMiddleware, injector=injector, service=service, recorder=recorder
+        )
+        self.include_router(fault_admin_router(injector))
+
+    def build_middleware_stack(self) -> ASGIApp:  # type: ignore[override]
+        stack = super().build_middleware_stack()
+        return stack if self.fault_middleware is None else self.fault_middleware(stack)
 
 
 def fault_admin_router(injector: FaultInjector) -> APIRouter:
