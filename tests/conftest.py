@@ -124,3 +124,17 @@ def sandbox_reset(sandbox: Sandbox) -> Sandbox:
     """The sandbox, reset to the seed's state before the test."""
     sandbox.admin.reset()
     return sandbox
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated Airflow metadata database (SQLite) in the session's isolated AIRFLOW_HOME."""
+    home = Path(os.environ["AIRFLOW_HOME"])
+    subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
+        check=True,
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    return home

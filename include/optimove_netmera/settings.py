@@ -96,8 +96,8 @@ class SyncSettings(_Model):
     export_chunk_rows: int = Field(100_000, ge=1000)
     retries: int = Field(3, ge=0, description="task retries (exponential backoff from retry_delay_seconds)")
     retry_delay_seconds: float = Field(60, ge=0)
-    matched_tag: str | None = Field(
-        "optimove", description="tag set on matched Netmera users while checking new extIds exist; null: no check"
+    check_unknown_ext_ids: bool = Field(
+        True, description="check that extIds new to the snapshot exist in Netmera before writing (untagUsers probe)"
     )
 
     @field_validator("schedule")

@@ -6,8 +6,9 @@ skips what was delivered and re-sends only what was not. Both calls are idempote
 re-sending a batch whose outcome was lost with its worker is safe.
 
 Netmera silently drops writes for extIds it does not know. Customers new to the snapshot are therefore checked
-first with ``tagUsers`` + ``checkExistence`` (one request per batch, tagging matched users with the configured
-tag); unknown ones are not sent, are counted as ``not_found`` and are tried again by the next run.
+first with ``untagUsers`` + ``checkExistence`` of a tag nobody carries (one request per batch, no side effect; the
+answer's ``notExist`` lists the unknown extIds); unknown ones are not sent, are counted as ``not_found`` and are
+tried again by the next run.
 A customer's snapshot advances only when every part of its change (set and unset) was delivered.
 """
 
@@ -37,6 +38,7 @@ from optimove_netmera.store.models import (
 from optimove_netmera.store.queries import claim, upsert
 
 log = logging.getLogger(__name__)
+PROBE_TAG = "optimove-netmera-existence-probe"  # never set on anyone: untagging it changes nothing
 
 
 def _changes_of(conn: Connection, batch: Any) -> list[Any]:
@@ -59,9 +61,9 @@ def _claim(conn: Connection, batch_id: int) -> bool:
     )
 
 
-def _unknown_ext_ids(conn: Connection, client: NetmeraClient, changes: Sequence[Any], tag: str | None) -> set[str]:
-    """extIds of customers new to the snapshot that Netmera does not know (checked with tagUsers)."""
-    if not tag:
+def _unknown_ext_ids(conn: Connection, client: NetmeraClient, changes: Sequence[Any], check: bool) -> set[str]:
+    """extIds of customers new to the snapshot that Netmera does not know (an untagUsers existence probe)."""
+    if not check:
         return set()
     ids = [c.customer_id for c in changes]
     known = set(
@@ -70,7 +72,7 @@ def _unknown_ext_ids(conn: Connection, client: NetmeraClient, changes: Sequence[
     fresh = [c.ext_id for c in changes if c.customer_id not in known and c.status != ChangeStatus.NOT_FOUND.value]
     if not fresh:
         return set()
-    return set(client.tag_users(tag, fresh, check_existence=True))
+    return set(client.untag_users(PROBE_TAG, fresh, check_existence=True))
 
 
 def _complete(conn: Connection, run_id: int, batch: Any, changes: Sequence[Any], unknown: set[str]) -> int:
@@ -173,7 +175,7 @@ def load_batches(
             changes = _changes_of(conn, batch)
         try:
             with engine.connect() as conn:
-                unknown = _unknown_ext_ids(conn, client, changes, settings.sync.matched_tag)
+                unknown = _unknown_ext_ids(conn, client, changes, settings.sync.check_unknown_ext_ids)
             entries = [c for c in changes if c.ext_id not in unknown and c.status != ChangeStatus.NOT_FOUND.value]
             if batch.kind == BatchKind.SET.value:
                 client.set_profile_attributes([{"extId": c.ext_id, "profile": c.set_attrs} for c in entries])
