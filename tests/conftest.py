@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -13,6 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import sqlalchemy as sa
+from optimove_netmera.store import dispose_engines, redact_url  # no Airflow import: safe before the env setup
+from sqlalchemy.pool import NullPool
 
 if TYPE_CHECKING:
     from optimove_netmera.sandbox.admin import SandboxAdmin
@@ -138,3 +142,84 @@ def airflow_db() -> Path:
         stderr=subprocess.PIPE,
     )
     return home
+
+
+# --- state database backends: every state-DB test runs on a SQLite file and on the local PostgreSQL -----------
+# PostgreSQL: $OPTIMOVE_NETMERA_TEST_POSTGRES_URL (default postgres@127.0.0.1:5432/postgres, trust auth) is the admin
+# connection; one throwaway database onm_test_<random> is created per session and dropped at the end; each test gets
+# it with an empty public schema. If the server is unreachable the postgres tests fail, unless
+# OPTIMOVE_NETMERA_SKIP_POSTGRES=1.
+
+PG_ADMIN_URL = os.environ.get(
+    "OPTIMOVE_NETMERA_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
+SKIP_POSTGRES_ENV = "OPTIMOVE_NETMERA_SKIP_POSTGRES"
+
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """URL of a throwaway PostgreSQL database for this session (dropped afterwards)."""
+    admin = sa.create_engine(
+        PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool, connect_args={"connect_timeout": 5}
+    )
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+    except sa.exc.SQLAlchemyError as err:
+        admin.dispose()
+        reason = str(getattr(err, "orig", err)).strip().splitlines()[0]
+        if os.environ.get(SKIP_POSTGRES_ENV) == "1":
+            pytest.skip(f"PostgreSQL unreachable at {redact_url(PG_ADMIN_URL)} and {SKIP_POSTGRES_ENV}=1")
+        pytest.fail(
+            f"PostgreSQL is not reachable at {redact_url(PG_ADMIN_URL)} ({reason}). The postgres tests need it: "
+            f"start it (CI runs one), point OPTIMOVE_NETMERA_TEST_POSTGRES_URL at one, or set "
+            f"{SKIP_POSTGRES_ENV}=1 to skip them.",
+            pytrace=False,
+        )
+    name = f"onm_test_{secrets.token_hex(5)}"
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        dispose_engines()
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def _reset_postgres(url: str) -> None:
+    engine = sa.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DROP SCHEMA public CASCADE")
+            connection.exec_driver_sql("CREATE SCHEMA public")
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """``"sqlite"`` or ``"postgres"``."""
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of an empty state database (no tables) on the test's backend."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('state') / 'state.db'}"
+        yield url
+        dispose_engines()
+        return
+    url = request.getfixturevalue("postgres_database")
+    dispose_engines()
+    _reset_postgres(url)
+    yield url
+    dispose_engines()
+    _reset_postgres(url)

@@ -1,0 +1,316 @@
+"""Generic, dialect-aware statements on the state database (SQLite and PostgreSQL).
+
+* :func:`upsert` / :func:`insert_if_absent`: ``INSERT ... ON CONFLICT`` through each dialect's insert.
+* :func:`claim`, :func:`transition`, :func:`transition_returning`: race-safe status changes. Each is a
+  single conditional ``UPDATE ... WHERE <key> AND status IN (<from>)``; the database decides who wins,
+  so two workers (threads, processes, retried tasks) cannot both move the same row. On PostgreSQL
+  (READ COMMITTED) the loser blocks on the row lock, re-checks the condition and updates nothing; on
+  SQLite writers are serialised and the loser sees the winner's committed status.
+
+  Commit the claim (end the ``session_scope``) *before* doing the external side effect (the HTTP
+  request); a claim that is rolled back is no claim. All helpers take a ``Session`` or a ``Connection``
+  and leave transaction control to the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from optimove_netmera.store.engine import StateDatabaseError
+from optimove_netmera.store.models import SyncRun, SyncRunStatus
+
+__all__ = [
+    "claim",
+    "dialect_insert",
+    "dialect_name",
+    "insert_if_absent",
+    "last_successful_sync",
+    "transition",
+    "transition_returning",
+    "upsert",
+]
+
+Bind = Session | sa.Connection
+TableLike = sa.Table | type[Any]
+
+DEFAULT_CHUNK_SIZE = 5000
+
+
+def _table(target: TableLike) -> sa.Table:
+    table = target if isinstance(target, sa.Table) else getattr(target, "__table__", None)
+    if not isinstance(table, sa.Table):
+        raise TypeError(f"expected a Table or a mapped class, got {target!r}")
+    return table
+
+
+def dialect_name(bind: Bind) -> str:
+    """``"sqlite"`` or ``"postgresql"`` for a Session or Connection."""
+    if isinstance(bind, Session):
+        return bind.get_bind().dialect.name
+    return bind.dialect.name
+
+
+def dialect_insert(bind: Bind, target: TableLike) -> Any:
+    """The dialect's ``insert()`` (with ``on_conflict_do_update/do_nothing`` and ``excluded``).
+
+    Useful to build set-based upserts, e.g. ``dialect_insert(s, T).from_select(...)``. On SQLite an
+    ``INSERT ... SELECT ... ON CONFLICT`` needs a ``WHERE`` in the SELECT (``.where(sa.true())``) to
+    parse.
+    """
+    name = dialect_name(bind)
+    table = _table(target)
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise StateDatabaseError(f"upserts are implemented for sqlite and postgresql, not {name!r}")
+
+
+def _conflict_columns(table: sa.Table, conflict_columns: Sequence[str] | None) -> list[str]:
+    columns = list(conflict_columns) if conflict_columns else [c.name for c in table.primary_key.columns]
+    unknown = [c for c in columns if c not in table.c]
+    if unknown:
+        raise ValueError(f"{table.name} has no column(s) {unknown}")
+    return columns
+
+
+def _onupdate_values(table: sa.Table, exclude: Iterable[str]) -> dict[str, Any]:
+    """``onupdate`` SQL expressions (e.g. updated_at) that ON CONFLICT DO UPDATE would otherwise skip."""
+    skipped = set(exclude)
+    values: dict[str, Any] = {}
+    for column in table.columns:
+        default = column.onupdate
+        if column.name in skipped or default is None:
+            continue
+        if getattr(default, "is_clause_element", False) or getattr(default, "is_scalar", False):
+            values[column.name] = default.arg  # type: ignore[attr-defined]
+    return values
+
+
+def _chunks(rows: Sequence[Mapping[str, Any]], size: int) -> Iterable[Sequence[Mapping[str, Any]]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def upsert(
+    bind: Bind,
+    target: TableLike,
+    rows: Sequence[Mapping[str, Any]] | Mapping[str, Any],
+    *,
+    conflict_columns: Sequence[str] | None = None,
+    update_columns: Sequence[str] | None = None,
+    where: sa.ColumnElement[bool] | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> int:
+    """Insert ``rows``, or update the existing rows that conflict on ``conflict_columns``.
+
+    ``conflict_columns`` default to the primary key (they must match a primary key or unique
+    constraint). ``update_columns`` default to every supplied column except the conflict columns; an
+    empty list means ``DO NOTHING``. ``where`` is an optional condition on the existing row
+    (``table.c.col ...``) that must hold for it to be updated. ``onupdate`` columns such as
+    ``updated_at`` are refreshed on update. Every row must have the same keys; rows are sent in
+    executemany chunks of ``chunk_size``. Returns the number of rows submitted (drivers do not report
+    per-row outcomes of a batched executemany; use :func:`insert_if_absent` to learn whether one row
+    was new).
+    """
+    batch: Sequence[Mapping[str, Any]] = [rows] if isinstance(rows, Mapping) else rows
+    if not batch:
+        return 0
+    table = _table(target)
+    keys = list(batch[0].keys())
+    conflict = _conflict_columns(table, conflict_columns)
+    to_update = [k for k in keys if k not in conflict] if update_columns is None else list(update_columns)
+
+    stmt = dialect_insert(bind, table)
+    if to_update:
+        set_: dict[str, Any] = {name: stmt.excluded[name] for name in to_update}
+        set_.update(_onupdate_values(table, exclude=[*to_update, *conflict]))
+        stmt = stmt.on_conflict_do_update(index_elements=conflict, set_=set_, where=where)
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=conflict)
+
+    for chunk in _chunks(batch, max(1, chunk_size)):
+        bind.execute(stmt, list(chunk))
+    return len(batch)
+
+
+def insert_if_absent(
+    bind: Bind,
+    target: TableLike,
+    values: Mapping[str, Any],
+    *,
+    conflict_columns: Sequence[str] | None = None,
+) -> bool:
+    """Insert one row unless one with the same ``conflict_columns`` exists; True if it was inserted.
+
+    Race-safe: of two concurrent callers with the same key exactly one gets True. Typical use: store
+    an inbound event under its dedup key and act on it only when this returns True.
+    """
+    table = _table(target)
+    stmt = (
+        dialect_insert(bind, table)
+        .on_conflict_do_nothing(index_elements=_conflict_columns(table, conflict_columns))
+        .returning(*table.primary_key.columns)  # rowcount is unreliable here (psycopg 3 reports -1)
+    )
+    return bind.execute(stmt, dict(values)).first() is not None
+
+
+def _statuses(value: str | Iterable[str]) -> list[str]:
+    statuses = [value] if isinstance(value, str) else [str(v) for v in value]
+    if not statuses:
+        raise ValueError("from_status must name at least one status")
+    return [str(s) for s in statuses]
+
+
+def _criteria(table: sa.Table, key: Mapping[str, Any] | None, extra: Sequence[Any]) -> list[Any]:
+    clauses: list[Any] = []
+    for name, value in (key or {}).items():
+        if name not in table.c:
+            raise ValueError(f"{table.name} has no column {name!r}")
+        column = table.c[name]
+        clauses.append(column.is_(None) if value is None else column == value)
+    clauses.extend(extra)
+    return clauses
+
+
+def _transition_stmt(
+    target: TableLike,
+    key: Mapping[str, Any] | None,
+    criteria: Sequence[Any],
+    *,
+    from_status: str | Iterable[str],
+    to_status: str,
+    values: Mapping[str, Any] | None,
+    increment_attempts: bool,
+    status_column: str,
+) -> sa.Update:
+    table = _table(target)
+    if status_column not in table.c:
+        raise ValueError(f"{table.name} has no status column {status_column!r}")
+    assignments: dict[str, Any] = {status_column: str(to_status), **dict(values or {})}
+    if increment_attempts:
+        if "attempts" not in table.c:
+            raise ValueError(f"{table.name} has no attempts column")
+        assignments["attempts"] = table.c.attempts + 1
+    conditions = [*_criteria(table, key, criteria), table.c[status_column].in_(_statuses(from_status))]
+    return sa.update(table).where(*conditions).values(assignments)
+
+
+def claim(
+    bind: Bind,
+    target: TableLike,
+    key: Mapping[str, Any],
+    *,
+    from_status: str | Iterable[str] = "pending",
+    to_status: str = "in_flight",
+    values: Mapping[str, Any] | None = None,
+    increment_attempts: bool | None = None,
+    status_column: str = "status",
+) -> bool:
+    """Move the row identified by ``key`` from ``from_status`` to ``to_status``; True if this caller won.
+
+    ``key`` maps column names to values (e.g. ``{"id": 7}`` or the batch's natural key). ``values``
+    are extra assignments (``request_id``, ``error``...). ``attempts`` is incremented when the table
+    has that column, unless ``increment_attempts=False``.
+    """
+    if increment_attempts is None:
+        increment_attempts = "attempts" in _table(target).c
+    stmt = _transition_stmt(
+        target,
+        key,
+        (),
+        from_status=from_status,
+        to_status=to_status,
+        values=values,
+        increment_attempts=increment_attempts,
+        status_column=status_column,
+    )
+    result = bind.execute(stmt)
+    return (result.rowcount or 0) > 0  # type: ignore[attr-defined]
+
+
+def transition(
+    bind: Bind,
+    target: TableLike,
+    *criteria: Any,
+    key: Mapping[str, Any] | None = None,
+    from_status: str | Iterable[str],
+    to_status: str,
+    values: Mapping[str, Any] | None = None,
+    increment_attempts: bool = False,
+    status_column: str = "status",
+) -> int:
+    """Move every row matching ``key``/``criteria`` and ``from_status`` to ``to_status``; return the count.
+
+    E.g. cancel a campaign's pending recipients:
+    ``transition(s, Recipient, key={"campaign_id": 1, "channel_id": 2}, from_status="pending",
+    to_status="cancelled", values={"reason": "campaign cancelled"})``.
+    """
+    stmt = _transition_stmt(
+        target,
+        key,
+        criteria,
+        from_status=from_status,
+        to_status=to_status,
+        values=values,
+        increment_attempts=increment_attempts,
+        status_column=status_column,
+    )
+    result = bind.execute(stmt)
+    return max(result.rowcount or 0, 0)  # type: ignore[attr-defined]
+
+
+def transition_returning(
+    bind: Bind,
+    target: TableLike,
+    *criteria: Any,
+    returning: Sequence[str],
+    key: Mapping[str, Any] | None = None,
+    from_status: str | Iterable[str],
+    to_status: str,
+    values: Mapping[str, Any] | None = None,
+    increment_attempts: bool = False,
+    status_column: str = "status",
+) -> list[sa.Row[Any]]:
+    """Like :func:`transition`, returning the ``returning`` columns of exactly the rows this caller moved.
+
+    E.g. claim a chunk of the send ledger: ``transition_returning(s, Recipient, key={..., "chunk_no": 3},
+    from_status="pending", to_status="in_flight", values={"request_id": rid},
+    increment_attempts=True, returning=["id", "ext_id", "params"])``; send only to the rows returned.
+    """
+    table = _table(target)
+    stmt = _transition_stmt(
+        table,
+        key,
+        criteria,
+        from_status=from_status,
+        to_status=to_status,
+        values=values,
+        increment_attempts=increment_attempts,
+        status_column=status_column,
+    ).returning(*(table.c[name] for name in returning))
+    return list(bind.execute(stmt).all())
+
+
+def last_successful_sync(session: Session) -> SyncRun | None:
+    """The non-dry-run successful sync run with the latest ``window_end`` (None if there is none).
+
+    The next incremental window starts after its ``window_end``. Served by the index
+    ``ix_sync_runs_status_dry_run_window_end`` (an index seek, not a scan).
+    """
+    stmt = (
+        sa.select(SyncRun)
+        .where(
+            SyncRun.status == SyncRunStatus.SUCCESS.value,
+            SyncRun.dry_run == sa.false(),
+            SyncRun.window_end.is_not(None),
+        )
+        .order_by(SyncRun.window_end.desc(), SyncRun.id.desc())
+        .limit(1)
+    )
+    return session.scalars(stmt).first()
