@@ -62,8 +62,8 @@ with DAG(
     def extract(run: dict) -> dict:
         return sync.run_extract(run)
 
-    @task(multiple_outputs=True)
-    def plan(run: dict, extracted: dict, params=None) -> dict:
+    @task
+    def plan(run: dict, extracted: dict, params=None) -> list:
         return sync.run_plan(run, float(params["max_change_ratio"]))
 
     @task(pool=settings.sync.pool, map_index_template="{{ batch_range }}")
@@ -77,4 +77,4 @@ with DAG(
 
     run = open_run(data_date.output)
     planned = plan(run, extract(run))
-    report(run, load.partial(run=run).expand(batch_ids=planned["groups"]))
+    report(run, load.partial(run=run).expand(batch_ids=planned))

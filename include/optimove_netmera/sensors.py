@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseSensorOperator, Context
+from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException
 
 from optimove_netmera.triggers import OptimoveDataReadyTrigger
@@ -16,7 +16,8 @@ class OptimoveDataReadySensor(BaseSensorOperator):
     """Wait until Optimove's daily data update covers ``target_date`` (default: the day before the run's date).
 
     Checks once in the worker; if the data is not there yet it defers to :class:`OptimoveDataReadyTrigger`, which
-    frees the worker slot while it polls. Returns the data date (``YYYY-MM-DD``) Optimove reports.
+    frees the worker slot while it polls (``deferrable=False``: a classic poking sensor). Returns the data date
+    (``YYYY-MM-DD``) Optimove reports.
     """
 
     template_fields: Sequence[str] = ("target_date",)
@@ -28,11 +29,13 @@ class OptimoveDataReadySensor(BaseSensorOperator):
         optimove_conn_id: str = "optimove_default",
         timeout: float = 12 * 3600,
         poke_interval: float = 300,
+        deferrable: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(timeout=timeout, poke_interval=poke_interval, **kwargs)
         self.target_date = target_date
         self.optimove_conn_id = optimove_conn_id
+        self.deferrable = deferrable
 
     def _target(self, context: Context) -> dt.date:
         if self.target_date:
@@ -41,12 +44,22 @@ class OptimoveDataReadySensor(BaseSensorOperator):
         moment = run.logical_date or run.run_after
         return (moment - dt.timedelta(days=1)).date()
 
-    def execute(self, context: Context) -> str:
-        """Return the data date now if it is ready, otherwise defer."""
+    def _data_date(self) -> dt.date:
         from optimove_netmera.hooks import OptimoveHook
 
+        return OptimoveHook(self.optimove_conn_id).get_conn().get_last_data_update()
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        """One check (non-deferrable mode): done when the data date covers the target."""
+        last = self._data_date()
+        return PokeReturnValue(is_done=last >= self._target(context), xcom_value=last.isoformat())
+
+    def execute(self, context: Context) -> str:
+        """Return the data date now if it is ready; otherwise defer (or poke, when not deferrable)."""
+        if not self.deferrable:
+            return super().execute(context)
         target = self._target(context)
-        last = OptimoveHook(self.optimove_conn_id).get_conn().get_last_data_update()
+        last = self._data_date()
         if last >= target:
             self.log.info("Optimove data date %s covers %s", last, target)
             return last.isoformat()

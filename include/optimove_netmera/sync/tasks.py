@@ -91,8 +91,8 @@ def run_extract(run: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
-def run_plan(run: dict[str, Any], max_change_ratio: float) -> dict[str, Any]:
-    """Diff and plan; the guard fails the run before anything is sent."""
+def run_plan(run: dict[str, Any], max_change_ratio: float) -> list[list[int]]:
+    """Diff and plan; returns the batch-id groups the load tasks map over. The guard fails before any send."""
     s = settings()
     engine = state_engine(s)
     run_id = run["sync_run_id"]
@@ -115,7 +115,7 @@ def run_plan(run: dict[str, Any], max_change_ratio: float) -> dict[str, Any]:
         p.unset_batches,
         len(p.groups),
     )
-    return {"groups": p.groups, "counts": counts}
+    return p.groups
 
 
 def run_load(run: dict[str, Any], batch_ids: list[int]) -> dict[str, int]:

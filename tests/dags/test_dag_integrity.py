@@ -1,0 +1,103 @@
+"""Every DAG file parses fast, with no network or database access, and bad settings fail at parse by name."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_FILES = sorted((REPO / "dags").glob("*.py"))
+
+PROBE = r"""
+import json, runpy, socket, sys, time
+import airflow.sdk  # the framework's own import is not the DAG file's cost
+import optimove_netmera.settings, optimove_netmera.sensors  # nor is the package's
+calls = []
+def refuse(*args, **kwargs):
+    calls.append("network")
+    raise OSError("network access while parsing a DAG file")
+socket.socket.connect = refuse
+socket.create_connection = refuse
+import sqlalchemy
+_orig = sqlalchemy.engine.Engine.connect
+def no_db(self, *a, **k):
+    calls.append("database")
+    raise RuntimeError("database access while parsing a DAG file")
+sqlalchemy.engine.Engine.connect = no_db
+started = time.perf_counter()
+ns = runpy.run_path(sys.argv[1])
+elapsed = time.perf_counter() - started
+from airflow.sdk import DAG
+dags = [v.dag_id for v in ns.values() if isinstance(v, DAG)]
+print(json.dumps({"seconds": elapsed, "dags": dags, "calls": calls}))
+"""
+
+
+def parse(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", PROBE, str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=[p.name for p in DAG_FILES])
+def test_dag_file_parses_fast_without_io(path: Path) -> None:
+    result = parse(path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["calls"] == []
+    assert report["dags"], f"{path.name} defines no DAG"
+    assert report["seconds"] < 1.0, report
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_dagbag_has_no_import_errors() -> None:
+    from airflow.models import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    assert "optimove_user_sync" in bag.dag_ids
+    dag = bag.get_dag("optimove_user_sync")
+    assert dag.max_active_runs == 1 and dag.catchup is False
+    assert dag.get_task("load").pool == "netmera_api"
+    assert set(dag.params) == {"full_refresh", "dry_run", "since", "until", "max_change_ratio", "export_path"}
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"OPTIMOVE_NETMERA__SYNC__SCHEDULE": "nightly"}, "sync.schedule"),
+        (
+            {"OPTIMOVE_NETMERA__ATTRIBUTES": '[{"optimove": "Age", "netmera": "age", "type": "int"}]'},
+            "attributes.0.type",
+        ),
+        ({"OPTIMOVE_NETMERA__SYNC__BATCH_SIZE": "2000"}, "sync.batch_size"),
+    ],
+)
+def test_bad_settings_fail_at_parse_naming_the_setting(env: dict[str, str], needle: str) -> None:
+    result = parse(REPO / "dags" / "optimove_user_sync.py", **env)
+    assert result.returncode != 0
+    assert needle in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_bad_params_are_rejected() -> None:
+    from airflow.models import DagBag
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = DagBag(dag_folder=str(REPO / "dags" / "optimove_user_sync.py")).get_dag("optimove_user_sync")
+    assert copy.deepcopy(dag.params).validate()["max_change_ratio"] == 0.5
+    for bad in ({"max_change_ratio": 2}, {"dry_run": "yes"}, {"since": "yesterday"}, {"full_refresh": 1}):
+        params = copy.deepcopy(dag.params)
+        with pytest.raises(ParamValidationError):
+            params.update(bad)
+            params.validate()

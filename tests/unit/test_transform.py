@@ -1,0 +1,56 @@
+"""Coercion, fingerprints and JSON values of the user-sync transform."""
+
+from __future__ import annotations
+
+import pandas as pd
+from optimove_netmera.settings import AttributeMapping
+from optimove_netmera.sync.transform import fingerprints, json_value, transform
+
+MAPPING = [
+    AttributeMapping(optimove="FirstName", netmera="name", type="string"),
+    AttributeMapping(optimove="Age", netmera="age", type="number"),
+    AttributeMapping(optimove="IsVIP", netmera="vip", type="boolean"),
+    AttributeMapping(optimove="BirthDate", netmera="dob", type="date"),
+]
+
+
+def frame(**cols: list[object]) -> pd.DataFrame:
+    return pd.DataFrame(cols, index=[f"c{i}" for i in range(len(next(iter(cols.values()))))])
+
+
+def test_coercion_and_reasons() -> None:
+    raw = frame(
+        FirstName=["Ann", "NULL", "", None],
+        Age=["34", "x", "NULL", "3.5"],
+        IsVIP=["true", "0", "maybe", None],
+        BirthDate=["1990-01-02", "bad", "NULL", "2000-02-29 10:00:00"],
+    )
+    t = transform(raw, MAPPING)
+    rows = [[json_value(v) for v in t.values.loc[c]] for c in raw.index]
+    assert rows[0] == ["Ann", 34, True, 631238400000]
+    assert rows[1] == [None, None, False, None]
+    assert rows[3] == [None, 3.5, None, 951782400000]
+    assert t.dropped == {"invalid_number": 1, "invalid_boolean": 1, "invalid_date": 1}
+    assert t.invalid.loc["c1", "age"] and t.invalid.loc["c2", "vip"] and not t.invalid.loc["c2", "age"]
+
+
+def test_fingerprints_are_stable_and_sensitive() -> None:
+    base = frame(FirstName=["Ann", "Bob"], Age=["34", ""], IsVIP=["true", "false"], BirthDate=["1990-01-02", ""])
+    fp = fingerprints(transform(base, MAPPING))
+    assert fp.tolist() == fingerprints(transform(base.copy(), MAPPING)).tolist()
+    # Empty spellings are the same value; a real change is not; an invalid value differs from empty.
+    same = base.copy()
+    same.loc["c1", "Age"] = "NULL"
+    assert fingerprints(transform(same, MAPPING)).tolist() == fp.tolist()
+    changed = base.copy()
+    changed.loc["c0", "Age"] = "35"
+    assert fingerprints(transform(changed, MAPPING))["c0"] != fp["c0"]
+    invalid = base.copy()
+    invalid.loc["c1", "Age"] = "abc"
+    assert fingerprints(transform(invalid, MAPPING))["c1"] != fp["c1"]
+    assert all(h.startswith("h1:") and len(h) == 19 for h in fp)
+
+
+def test_missing_column_is_empty() -> None:
+    t = transform(frame(FirstName=["Ann"]), MAPPING)
+    assert [json_value(v) for v in t.values.iloc[0]] == ["Ann", None, None, None]
