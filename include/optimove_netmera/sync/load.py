@@ -75,6 +75,16 @@ def _unknown_ext_ids(conn: Connection, client: NetmeraClient, changes: Sequence[
     return set(client.untag_users(PROBE_TAG, fresh, check_existence=True))
 
 
+def _mark_not_found(conn: Connection, run_id: int, changes: Sequence[Any], unknown: set[str]) -> None:
+    not_found = [c.customer_id for c in changes if c.ext_id in unknown]
+    if not_found:
+        conn.execute(
+            sa.update(SyncChange)
+            .where(SyncChange.sync_run_id == run_id, SyncChange.customer_id.in_(not_found))
+            .values(status=ChangeStatus.NOT_FOUND.value, reason="extId unknown to Netmera")
+        )
+
+
 def _complete(conn: Connection, run_id: int, batch: Any, changes: Sequence[Any], unknown: set[str]) -> int:
     """Mark a delivered batch and advance the snapshot of customers whose every part is now delivered."""
     now = dt.datetime.now(dt.UTC)
@@ -91,13 +101,7 @@ def _complete(conn: Connection, run_id: int, batch: Any, changes: Sequence[Any],
             )
         ).scalars()
     )
-    not_found = [c.customer_id for c in changes if c.ext_id in unknown]
-    if not_found:
-        conn.execute(
-            sa.update(SyncChange)
-            .where(SyncChange.sync_run_id == run_id, SyncChange.customer_id.in_(not_found))
-            .values(status=ChangeStatus.NOT_FOUND.value, reason="extId unknown to Netmera")
-        )
+    _mark_not_found(conn, run_id, changes, unknown)
     done = []
     for c in changes:
         if c.ext_id in unknown or c.status == ChangeStatus.NOT_FOUND.value:
@@ -173,6 +177,8 @@ def load_batches(
                 counts["batches_skipped"] += 1
                 continue
             changes = _changes_of(conn, batch)
+        unknown: set[str] = set()
+        entries: list[Any] = []
         try:
             with engine.connect() as conn:
                 unknown = _unknown_ext_ids(conn, client, changes, settings.sync.check_unknown_ext_ids)
@@ -185,7 +191,8 @@ def load_batches(
             reason = str(exc)
             log.error("batch %s/%s rejected permanently, dead-lettered: %s", batch.kind, batch.batch_no, reason)
             with engine.begin() as conn:
-                _dead_letter(conn, run_id, batch, changes, reason)
+                _mark_not_found(conn, run_id, changes, unknown)
+                _dead_letter(conn, run_id, batch, entries or changes, reason)
             counts["batches_dead"] += 1
             continue
         except ApiError as exc:

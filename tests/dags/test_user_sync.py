@@ -1,0 +1,349 @@
+"""Real runs of ``optimove_user_sync`` (``dag.test()``) against the sandbox over HTTP, on SQLite and PostgreSQL.
+
+Expected Netmera state is computed independently: Optimove's current values (a sandbox export), coerced by the
+mapping, for the users Netmera knows. Request counts come from the sandbox's own counters.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from optimove_netmera.sandbox.data import Dataset
+from optimove_netmera.settings import load_settings
+from optimove_netmera.store import get_engine
+from optimove_netmera.store.models import CustomerSnapshot, DeadLetter, SyncRun
+from optimove_netmera.sync.transform import json_value, transform
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_ID = "optimove_user_sync"
+SET = "POST /rest/3.0/setProfileAttributes"
+UNSET = "POST /rest/3.0/unsetProfileAttributes"
+PROBE = "POST /rest/3.0/untagUsers"
+BATCH = 100
+CUSTOMERS = 1000
+KNOWN = Dataset(seed=7, customers=CUSTOMERS)
+ALL_IDS = [f"C{i:07d}" for i in range(1, CUSTOMERS + 1)]
+N_KNOWN = sum(KNOWN.netmera_known(c) for c in ALL_IDS)
+MAPPED = {a.optimove for a in load_settings().attributes}
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+@pytest.fixture
+def sync_env(sandbox_reset: Any, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Connections to the sandbox, a fresh state DB, small batches, no task retries (failures show at once).
+
+    The Optimove window is widened to 1000 calls / 10 s on both sides so a test's several runs are not paced.
+    """
+    box = sandbox_reset
+    box.admin.optimove.config(rate_limit={"calls": 1000, "period": 10})
+    fast = {"retry_base_delay": 0.02, "retry_max_delay": 0.2, "max_attempts": 6}
+    limits = {"rate_limit_calls": 1000, "rate_limit_period": 10}
+    optimove = {"conn_type": "optimove", "host": box.optimove_url, "extra": {"api_key": box.optimove_api_key}}
+    optimove["extra"] |= fast | limits
+    netmera = {"conn_type": "netmera", "host": box.netmera_url, "password": box.netmera_api_key, "extra": fast}
+    monkeypatch.setenv("AIRFLOW_CONN_OPTIMOVE_DEFAULT", json.dumps(optimove))
+    monkeypatch.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", json.dumps(netmera))
+    monkeypatch.setenv("OPTIMOVE_NETMERA_STATE_DB_URL", db_url)
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__RETRIES", "0")
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__BATCH_SIZE", str(BATCH))
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__BATCHES_PER_TASK", "3")
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__DATA_READY_POKE_SECONDS", "1")
+    return box
+
+
+def run_sync(conf: dict[str, Any] | None = None, logical_date: dt.datetime | None = None) -> Any:
+    """One real DAG run through ``dag.test()`` (the DAG file parsed fresh, with the test's environment)."""
+    from airflow.models import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags" / "optimove_user_sync.py"))
+    assert bag.import_errors == {}, bag.import_errors
+    kwargs: dict[str, Any] = {"run_conf": conf or {}}
+    if logical_date is not None:  # the same logical date and run_after: the same run_id, i.e. the same DAG run
+        kwargs["logical_date"] = kwargs["run_after"] = logical_date
+    return bag.get_dag(DAG_ID).test(**kwargs)
+
+
+def states(dr: Any) -> dict[str, str]:
+    return {f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in dr.get_task_instances()}
+
+
+def calls(box: Any, endpoint: str, status: str = "200") -> int:
+    return box.admin.netmera.requests()["counts"].get(endpoint, {}).get(status, 0)
+
+
+def expected_profiles(box: Any, tmp_path: Path) -> dict[str, dict[str, Any]]:
+    export = tmp_path / "expected.csv"
+    box.admin.optimove.export(str(export))
+    raw = pd.read_csv(export, dtype=str, keep_default_na=False).set_index("CustomerID")
+    t = transform(raw, load_settings().attributes)
+    out = {}
+    for cid, row in t.values.iterrows():
+        if KNOWN.netmera_known(cid):
+            values = {k: json_value(v) for k, v in row.items()}
+            out[cid] = {k: v for k, v in values.items() if v is not None}
+    return out
+
+
+def netmera_profiles(box: Any) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    while True:
+        page = box.admin.netmera.profiles(offset=len(out), limit=1000)
+        out |= {p["extId"]: p["profile"] for p in page["profiles"]}
+        if len(out) >= page["total"] or not page["profiles"]:
+            return out
+
+
+def assert_netmera_matches(box: Any, tmp_path: Path) -> None:
+    want, got = expected_profiles(box, tmp_path), netmera_profiles(box)
+    assert set(got) == set(want), (len(got), len(want))
+    diffs = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
+    assert not diffs, list(diffs.items())[:3]
+
+
+def last_run(db_url: str) -> dict[str, Any]:
+    with get_engine(db_url).connect() as conn:
+        return dict(conn.execute(sa.select(SyncRun).order_by(SyncRun.id.desc()).limit(1)).one()._mapping)
+
+
+def snapshot_size(db_url: str) -> int:
+    with get_engine(db_url).connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(CustomerSnapshot)).scalar_one()
+
+
+def first_sync(box: Any, db_url: str) -> None:
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    assert snapshot_size(db_url) == N_KNOWN
+
+
+def test_first_run_then_no_change_then_k_changes(sync_env: Any, db_url: str, tmp_path: Path) -> None:
+    box = sync_env
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    assert_netmera_matches(box, tmp_path)
+    first = last_run(db_url)
+    assert first["status"] == "success" and first["params"]["mode"] == "initial"
+    assert first["counts"]["plan"]["changed"] == CUSTOMERS
+    assert first["counts"]["changes"] == {"delivered": N_KNOWN, "not_found": CUSTOMERS - N_KNOWN}
+    assert calls(box, SET) == math.ceil(CUSTOMERS / BATCH)  # every batch holds known users
+    assert calls(box, PROBE) == math.ceil(CUSTOMERS / BATCH)  # one existence probe per batch of new customers
+    assert calls(box, UNSET) == 0
+    assert snapshot_size(db_url) == N_KNOWN
+
+    before = {e: calls(box, e) for e in (SET, UNSET, PROBE)}
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    second = last_run(db_url)
+    assert second["params"]["mode"] == "incremental"
+    assert second["counts"]["plan"]["changed"] == 0
+    assert second["counts"]["plan"]["carried_over"] == CUSTOMERS - N_KNOWN
+    assert calls(box, SET) == before[SET] and calls(box, UNSET) == before[UNSET]  # zero profile writes
+    assert calls(box, PROBE) == before[PROBE] + 1  # the unknown customers are checked again, in one batch
+
+    changed = box.admin.optimove.change_customers(20, empty=5)
+    touched = [c for c in changed["changed"] if KNOWN.netmera_known(c)]
+    to_unset = [c for c, attrs in changed["emptied"].items() if KNOWN.netmera_known(c) and set(attrs) & MAPPED]
+    before = {e: calls(box, e) for e in (SET, UNSET)}
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    assert_netmera_matches(box, tmp_path)
+    third = last_run(db_url)
+    assert third["counts"]["plan"]["changed"] == 20
+    assert third["counts"]["plan"]["unset_entries"] == len(to_unset)
+    assert third["counts"]["changes"]["delivered"] == len(touched)
+    assert calls(box, SET) - before[SET] == 1  # 20 changed + the carried-over unknowns fit one batch
+    assert calls(box, UNSET) - before[UNSET] == (1 if to_unset else 0)
+
+
+def test_faults_storms_resets_and_token_expiry(sync_env: Any, db_url: str, tmp_path: Path, monkeypatch: Any) -> None:
+    box = sync_env
+    legacy = {
+        "conn_type": "optimove",
+        "host": box.optimove_url,
+        "login": box.optimove_user,
+        "password": box.optimove_password,
+        "extra": {"retry_base_delay": 0.02, "retry_max_delay": 0.2, "max_attempts": 8, "rate_limit_calls": 1000},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_OPTIMOVE_DEFAULT", json.dumps(legacy))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_NETMERA_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "netmera",
+                "host": box.netmera_url,
+                "password": box.netmera_api_key,
+                "extra": {"retry_base_delay": 0.02, "retry_max_delay": 0.2, "max_attempts": 10},
+            }
+        ),
+    )
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__BATCH_SIZE", "50")
+    box.admin.netmera.set_faults(
+        [
+            {"endpoint": "/rest/3.0/*", "error_rate": 0.1, "error_status": 503},
+            {"endpoint": "/rest/3.0/setProfileAttributes", "storm_429": 5, "after": 3},
+            {"endpoint": "/rest/3.0/*", "reset_rate": 0.05},
+        ]
+    )
+    box.admin.optimove.set_faults(
+        [
+            {"endpoint": "/current/customers/*", "error_rate": 0.1, "error_status": 500},
+            {"endpoint": "/current/customers/*", "storm_429": 4, "after": 5},
+            {"endpoint": "*", "reset_rate": 0.05},
+        ]
+    )
+    stop = threading.Event()
+
+    def expire_tokens() -> None:  # Optimove tokens expire mid-run: the client must log in again, transparently
+        while not stop.wait(1.5):
+            box.admin.optimove.expire_tokens()
+
+    expirer = threading.Thread(target=expire_tokens, daemon=True)
+    expirer.start()
+    try:
+        dr = run_sync()
+    finally:
+        stop.set()
+        expirer.join()
+    assert dr.state == "success", states(dr)
+    injected_n = box.admin.netmera.faults()["injected"]
+    injected_o = box.admin.optimove.faults()["injected"]
+    assert injected_n.get("error") and injected_n.get("429") and injected_n.get("reset"), injected_n
+    assert injected_o.get("error") and injected_o.get("429"), injected_o
+    assert box.admin.optimove.count("/current/general/login", status=200, method="POST") >= 2  # re-logged in
+    box.admin.netmera.clear_faults()
+    box.admin.optimove.clear_faults()
+    assert_netmera_matches(box, tmp_path)
+    assert last_run(db_url)["counts"]["changes"] == {"delivered": N_KNOWN, "not_found": CUSTOMERS - N_KNOWN}
+
+
+def test_failure_mid_load_then_clear_resumes_without_resending(sync_env: Any, db_url: str, tmp_path: Path) -> None:
+    box = sync_env
+    # Netmera accepts 4 profile writes, then is down for good (every attempt of every later request fails).
+    box.admin.netmera.set_faults(
+        [{"endpoint": "/rest/3.0/setProfileAttributes", "after": 4, "error_rate": 1.0, "error_status": 503}]
+    )
+    when = dt.datetime(2026, 11, 30, 3, 0, tzinfo=dt.UTC)
+    dr = run_sync(logical_date=when)
+    assert dr.state == "failed", states(dr)
+    assert states(dr)["report[-1]"] != "success"
+    assert calls(box, SET) == 4
+    with get_engine(db_url).connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(CustomerSnapshot)).scalar_one() > 0
+    assert last_run(db_url)["status"] == "running"
+
+    box.admin.netmera.clear_faults()
+    dr = run_sync(logical_date=when)  # the same DAG run, every task cleared (what "Clear" does in the UI)
+    assert dr.state == "success", states(dr)
+    assert calls(box, SET) == math.ceil(CUSTOMERS / BATCH)  # the 4 delivered batches were not sent again
+    assert_netmera_matches(box, tmp_path)
+    run = last_run(db_url)
+    assert run["status"] == "success"
+    assert run["counts"]["batches"] == {"delivered": math.ceil(CUSTOMERS / BATCH)}
+
+
+def test_guard_stops_before_any_send_and_param_overrides(sync_env: Any, db_url: str) -> None:
+    box = sync_env
+    first_sync(box, db_url)
+    box.admin.optimove.change_customers(600)
+    before = calls(box, SET)
+    dr = run_sync()
+    assert dr.state == "failed"
+    run = last_run(db_url)
+    assert run["status"] == "aborted" and "max_change_ratio" in run["error"]
+    assert calls(box, SET) == before
+    dr = run_sync({"max_change_ratio": 1.0})
+    assert dr.state == "success", states(dr)
+    assert calls(box, SET) > before
+
+
+def test_dry_run_sends_nothing_and_keeps_the_snapshot(sync_env: Any, db_url: str) -> None:
+    box = sync_env
+    dr = run_sync({"dry_run": True})
+    assert dr.state == "success", states(dr)
+    assert box.admin.netmera.write_calls() == 0 and calls(box, PROBE) == 0
+    assert snapshot_size(db_url) == 0
+    run = last_run(db_url)
+    assert run["status"] == "dry_run"
+    plan = run["counts"]["plan"]
+    assert plan["changed"] == CUSTOMERS and plan["set_batches"] == math.ceil(CUSTOMERS / BATCH)
+    assert set(plan["attributes_changed"]) <= {a.netmera for a in load_settings().attributes}
+    assert all(isinstance(v, int) for v in plan["attributes_changed"].values())  # counts, never values
+    # A dry run does not count as a sync: the next real run is still the initial one.
+    dr = run_sync()
+    assert dr.state == "success" and last_run(db_url)["params"]["mode"] == "initial"
+
+
+def test_full_refresh_from_an_export_file(sync_env: Any, db_url: str, tmp_path: Path) -> None:
+    box = sync_env
+    export = tmp_path / "customers.parquet"
+    box.admin.optimove.export(str(export))
+    dr = run_sync({"full_refresh": True, "export_path": str(export)})
+    assert dr.state == "success", states(dr)
+    assert last_run(db_url)["params"]["mode"] == "export"
+    assert_netmera_matches(box, tmp_path)
+    dr = run_sync({"full_refresh": True})  # no export_path: fails with a message naming the param
+    assert dr.state == "failed"
+
+
+def test_unknown_attribute_fails_the_first_task_naming_it(sync_env: Any, monkeypatch: Any) -> None:
+    box = sync_env
+    monkeypatch.setenv(
+        "OPTIMOVE_NETMERA__ATTRIBUTES",
+        '[{"optimove": "FirstName", "netmera": "name"}, {"optimove": "Nope", "netmera": "x"}]',
+    )
+    dr = run_sync()
+    assert dr.state == "failed"
+    st = states(dr)
+    assert st["open_run[-1]"] == "failed" and st["extract[-1]"] != "success"
+    assert box.admin.netmera.write_calls() == 0
+
+
+def test_permanent_rejection_is_dead_lettered(sync_env: Any, db_url: str) -> None:
+    box = sync_env
+    box.admin.netmera.set_faults([])
+    box.admin.netmera.config(reject_invalid_entries=True, profile_attributes={"name": "string"})
+    dr = run_sync()
+    assert dr.state == "success", states(dr)  # a 400 is not retried; it is dead-lettered and reported
+    run = last_run(db_url)
+    assert run["counts"]["batches"] == {"dead": math.ceil(CUSTOMERS / BATCH)}
+    with get_engine(db_url).connect() as conn:
+        letters = conn.execute(sa.select(DeadLetter.kind, DeadLetter.reason)).all()
+    assert len(letters) == N_KNOWN and all(k == "profile_set" and "400" in r for k, r in letters)
+    assert snapshot_size(db_url) == 0
+
+
+def test_waits_for_optimove_data_then_proceeds(sync_env: Any, db_url: str) -> None:
+    box = sync_env
+    today = dt.datetime.now(dt.UTC).date()
+    box.admin.optimove.config(last_data_update=(today - dt.timedelta(days=3)).isoformat())
+
+    def data_arrives() -> None:
+        time.sleep(3)
+        box.admin.optimove.config(last_data_update=(today - dt.timedelta(days=1)).isoformat())
+
+    threading.Thread(target=data_arrives, daemon=True).start()
+    started = time.monotonic()
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    assert time.monotonic() - started >= 3
+    assert last_run(db_url)["window_end"] == today - dt.timedelta(days=1)
+
+
+def test_data_wait_times_out_with_a_clear_failure(sync_env: Any, monkeypatch: Any) -> None:
+    box = sync_env
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__DATA_READY_TIMEOUT_HOURS", "0.001")
+    box.admin.optimove.config(last_data_update="2020-01-01")
+    dr = run_sync()
+    assert dr.state == "failed"
+    assert states(dr)["wait_for_optimove_data[-1]"] == "failed"
+    assert box.admin.netmera.write_calls() == 0
