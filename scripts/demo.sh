@@ -66,8 +66,9 @@ while :; do
   if (( SECONDS > deadline )); then echo "!! the sync did not finish within 10 minutes (state: $state)" >&2; exit 1; fi
   sleep 3
 done
-echo "== finished:"
-"$BIN/python" -m optimove_netmera.sync report
+echo "== finished. Unpausing also started the latest scheduled run, so there are two: the initial sync, then"
+echo "   an incremental one that finds nothing new to send."
+"$BIN/python" -m optimove_netmera.sync report --last 2
 echo "   Netmera now holds $(curl -fsS "http://127.0.0.1:$NETMERA_PORT/_sandbox/profiles?limit=1" | "$BIN/python" -c 'import json,sys; print(json.load(sys.stdin)["total"])') profiles."
 PASSWORD_FILE="$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
 echo "== Airflow UI: http://127.0.0.1:$AIRFLOW__API__PORT (user admin, password in $PASSWORD_FILE)"

@@ -17,13 +17,21 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("report", help="print the report of a sync run (counts only)")
     r.add_argument("--run", type=int, help="sync run id (default: the latest)")
+    r.add_argument("--last", type=int, default=1, help="print the last N runs, oldest first")
     r.add_argument("--url", help=f"state database URL (default: ${STATE_DB_ENV} or the SQLite default)")
     a = p.parse_args(argv)
-    report = run_report(get_engine(a.url or os.environ.get(STATE_DB_ENV)), a.run)
-    if report is None:
+    engine = get_engine(a.url or os.environ.get(STATE_DB_ENV))
+    if a.run is not None:
+        reports = [run_report(engine, a.run)]
+    else:
+        latest = run_report(engine)
+        first = latest["sync_run_id"] - a.last + 1 if latest else 0
+        reports = [run_report(engine, i) for i in range(max(first, 1), latest["sync_run_id"] + 1)] if latest else []
+    reports = [r for r in reports if r is not None]
+    if not reports:
         print("no sync run found", file=sys.stderr)
         return 1
-    print(format_report(report))
+    print("\n\n".join(format_report(r) for r in reports))
     return 0
 
 
