@@ -135,8 +135,8 @@ def test_first_run_then_no_change_then_k_changes(sync_env: Any, db_url: str, tmp
     assert first["status"] == "success" and first["params"]["mode"] == "initial"
     assert first["counts"]["plan"]["changed"] == CUSTOMERS
     assert first["counts"]["changes"] == {"delivered": N_KNOWN, "not_found": CUSTOMERS - N_KNOWN}
-    assert calls(box, SET) == math.ceil(CUSTOMERS / BATCH)  # every batch holds known users
-    assert calls(box, PROBE) == math.ceil(CUSTOMERS / BATCH)  # one existence probe per batch of new customers
+    assert calls(box, SET) == math.ceil(N_KNOWN / BATCH)  # batches hold only users Netmera knows
+    assert calls(box, PROBE) == math.ceil(CUSTOMERS / 1000)  # new extIds are checked 1000 per call
     assert calls(box, UNSET) == 0
     assert snapshot_size(db_url) == N_KNOWN
 
@@ -161,7 +161,7 @@ def test_first_run_then_no_change_then_k_changes(sync_env: Any, db_url: str, tmp
     assert third["counts"]["plan"]["changed"] == 20
     assert third["counts"]["plan"]["unset_entries"] == len(to_unset)
     assert third["counts"]["changes"]["delivered"] == len(touched)
-    assert calls(box, SET) - before[SET] == 1  # 20 changed + the carried-over unknowns fit one batch
+    assert calls(box, SET) - before[SET] == math.ceil(len(touched) / BATCH)
     assert calls(box, UNSET) - before[UNSET] == (1 if to_unset else 0)
 
 
@@ -244,11 +244,11 @@ def test_failure_mid_load_then_clear_resumes_without_resending(sync_env: Any, db
     box.admin.netmera.clear_faults()
     dr = run_sync(logical_date=when)  # the same DAG run, every task cleared (what "Clear" does in the UI)
     assert dr.state == "success", states(dr)
-    assert calls(box, SET) == math.ceil(CUSTOMERS / BATCH)  # the 4 delivered batches were not sent again
+    assert calls(box, SET) == math.ceil(N_KNOWN / BATCH)  # the 4 delivered batches were not sent again
     assert_netmera_matches(box, tmp_path)
     run = last_run(db_url)
     assert run["status"] == "success"
-    assert run["counts"]["batches"] == {"delivered": math.ceil(CUSTOMERS / BATCH)}
+    assert run["counts"]["batches"] == {"delivered": math.ceil(N_KNOWN / BATCH)}
 
 
 def test_guard_stops_before_any_send_and_param_overrides(sync_env: Any, db_url: str) -> None:
@@ -315,7 +315,7 @@ def test_permanent_rejection_is_dead_lettered(sync_env: Any, db_url: str) -> Non
     dr = run_sync()
     assert dr.state == "success", states(dr)  # a 400 is not retried; it is dead-lettered and reported
     run = last_run(db_url)
-    assert run["counts"]["batches"] == {"dead": math.ceil(CUSTOMERS / BATCH)}
+    assert run["counts"]["batches"] == {"dead": math.ceil(N_KNOWN / BATCH)}
     with get_engine(db_url).connect() as conn:
         letters = conn.execute(sa.select(DeadLetter.kind, DeadLetter.reason)).all()
     assert len(letters) == N_KNOWN and all(k == "profile_set" and "400" in r for k, r in letters)

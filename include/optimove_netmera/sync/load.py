@@ -5,11 +5,9 @@ Each batch (at most 1000 extIds) is one ``setProfileAttributes`` or ``unsetProfi
 skips what was delivered and re-sends only what was not. Both calls are idempotent (the same values again), so
 re-sending a batch whose outcome was lost with its worker is safe.
 
-Netmera silently drops writes for extIds it does not know. Customers new to the snapshot are therefore checked
-first with ``untagUsers`` + ``checkExistence`` of a tag nobody carries (one request per batch, no side effect; the
-answer's ``notExist`` lists the unknown extIds); unknown ones are not sent, are counted as ``not_found`` and are
-tried again by the next run.
-A customer's snapshot advances only when every part of its change (set and unset) was delivered.
+Customers Netmera does not know were set aside by the plan (see :mod:`optimove_netmera.sync.plan`), so every
+batch holds only users Netmera knows. A customer's snapshot advances only when every part of its change (set and
+unset) was delivered.
 """
 
 from __future__ import annotations
@@ -38,7 +36,6 @@ from optimove_netmera.store.models import (
 from optimove_netmera.store.queries import claim, upsert
 
 log = logging.getLogger(__name__)
-PROBE_TAG = "optimove-netmera-existence-probe"  # never set on anyone: untagging it changes nothing
 
 
 def _changes_of(conn: Connection, batch: Any) -> list[Any]:
@@ -61,31 +58,7 @@ def _claim(conn: Connection, batch_id: int) -> bool:
     )
 
 
-def _unknown_ext_ids(conn: Connection, client: NetmeraClient, changes: Sequence[Any], check: bool) -> set[str]:
-    """extIds of customers new to the snapshot that Netmera does not know (an untagUsers existence probe)."""
-    if not check:
-        return set()
-    ids = [c.customer_id for c in changes]
-    known = set(
-        conn.execute(sa.select(CustomerSnapshot.customer_id).where(CustomerSnapshot.customer_id.in_(ids))).scalars()
-    )
-    fresh = [c.ext_id for c in changes if c.customer_id not in known and c.status != ChangeStatus.NOT_FOUND.value]
-    if not fresh:
-        return set()
-    return set(client.untag_users(PROBE_TAG, fresh, check_existence=True))
-
-
-def _mark_not_found(conn: Connection, run_id: int, changes: Sequence[Any], unknown: set[str]) -> None:
-    not_found = [c.customer_id for c in changes if c.ext_id in unknown]
-    if not_found:
-        conn.execute(
-            sa.update(SyncChange)
-            .where(SyncChange.sync_run_id == run_id, SyncChange.customer_id.in_(not_found))
-            .values(status=ChangeStatus.NOT_FOUND.value, reason="extId unknown to Netmera")
-        )
-
-
-def _complete(conn: Connection, run_id: int, batch: Any, changes: Sequence[Any], unknown: set[str]) -> int:
+def _complete(conn: Connection, run_id: int, batch: Any, changes: Sequence[Any]) -> int:
     """Mark a delivered batch and advance the snapshot of customers whose every part is now delivered."""
     now = dt.datetime.now(dt.UTC)
     conn.execute(
@@ -101,11 +74,8 @@ def _complete(conn: Connection, run_id: int, batch: Any, changes: Sequence[Any],
             )
         ).scalars()
     )
-    _mark_not_found(conn, run_id, changes, unknown)
     done = []
     for c in changes:
-        if c.ext_id in unknown or c.status == ChangeStatus.NOT_FOUND.value:
-            continue
         other = c.unset_batch_no if batch.kind == BatchKind.SET.value else c.set_batch_no
         if other is None or other in delivered_other:
             done.append(c)
@@ -169,7 +139,7 @@ def load_batches(
     engine: Engine, run_id: int, batch_ids: Sequence[int], client: NetmeraClient, settings: Settings
 ) -> dict[str, int]:
     """Deliver the given batches of a run; raises on a transient failure (after marking the batch failed)."""
-    counts = {"batches_sent": 0, "batches_skipped": 0, "batches_dead": 0, "delivered": 0, "not_found": 0}
+    counts = {"batches_sent": 0, "batches_skipped": 0, "batches_dead": 0, "delivered": 0}
     for batch_id in batch_ids:
         with engine.begin() as conn:
             batch = conn.execute(sa.select(SyncBatch).where(SyncBatch.id == batch_id)).one()
@@ -177,22 +147,16 @@ def load_batches(
                 counts["batches_skipped"] += 1
                 continue
             changes = _changes_of(conn, batch)
-        unknown: set[str] = set()
-        entries: list[Any] = []
         try:
-            with engine.connect() as conn:
-                unknown = _unknown_ext_ids(conn, client, changes, settings.sync.check_unknown_ext_ids)
-            entries = [c for c in changes if c.ext_id not in unknown and c.status != ChangeStatus.NOT_FOUND.value]
             if batch.kind == BatchKind.SET.value:
-                client.set_profile_attributes([{"extId": c.ext_id, "profile": c.set_attrs} for c in entries])
+                client.set_profile_attributes([{"extId": c.ext_id, "profile": c.set_attrs} for c in changes])
             else:
-                client.unset_profile_attributes([{"extId": c.ext_id, "profile": c.unset_attrs} for c in entries])
+                client.unset_profile_attributes([{"extId": c.ext_id, "profile": c.unset_attrs} for c in changes])
         except ClientError as exc:
             reason = str(exc)
             log.error("batch %s/%s rejected permanently, dead-lettered: %s", batch.kind, batch.batch_no, reason)
             with engine.begin() as conn:
-                _mark_not_found(conn, run_id, changes, unknown)
-                _dead_letter(conn, run_id, batch, entries or changes, reason)
+                _dead_letter(conn, run_id, batch, changes, reason)
             counts["batches_dead"] += 1
             continue
         except ApiError as exc:
@@ -204,9 +168,8 @@ def load_batches(
                 )
             raise
         with engine.begin() as conn:
-            counts["delivered"] += _complete(conn, run_id, batch, changes, unknown)
+            counts["delivered"] += _complete(conn, run_id, batch, changes)
         counts["batches_sent"] += 1
-        counts["not_found"] += len(unknown)
     return counts
 
 

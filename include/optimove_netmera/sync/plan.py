@@ -2,8 +2,13 @@
 
 Only customers whose fingerprint differs from the snapshot's (or who are new) go on. For each, ``set_attrs`` are
 the valid non-empty values and ``unset_attrs`` the attributes delivered before that are empty now. Set and unset
-parts are batched separately (at most ``batch_size`` extIds a batch, in extId order). Customers that Netmera did
-not know on the previous successful run are carried over and tried again.
+parts are batched separately (at most ``batch_size`` extIds a batch, in extId order).
+
+Netmera silently drops writes for extIds it does not know, so customers new to the snapshot are first checked with
+the ``probe`` (``untagUsers`` + ``checkExistence`` of a tag nobody carries: no side effect, the answer lists the
+unknown extIds; 1000 extIds a call). Unknown customers are not batched: they are counted as ``not_found`` and
+carried over to the next run, which checks them again. Every batch therefore holds only sendable users, and the
+profile write calls are exactly ceil(sendable / batch_size).
 
 Planning is idempotent: a re-run of the plan task for a run that already has batches returns the stored plan,
 so a cleared plan task can never re-plan (and re-send) batches that were delivered.
@@ -12,6 +17,7 @@ so a cleared plan task can never re-plan (and re-send) batches that were deliver
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,6 +41,8 @@ from optimove_netmera.store.models import (
 from optimove_netmera.sync.transform import fingerprints, json_value, transform
 
 MAX_MAPPED_TASKS = 512
+PROBE_CHUNK = 1000
+Probe = Callable[[list[str]], set[str]]
 
 
 class GuardTripped(RuntimeError):
@@ -52,6 +60,7 @@ class Plan:
     changed: int = 0
     unchanged: int = 0
     carried_over: int = 0
+    not_found: int = 0
     set_entries: int = 0
     unset_entries: int = 0
     set_batches: int = 0
@@ -134,8 +143,15 @@ def group_batches(batch_ids: list[int], per_task: int) -> list[list[int]]:
     return [batch_ids[i : i + per_task] for i in range(0, len(batch_ids), per_task)]
 
 
-def build_plan(engine: Engine, run_id: int, settings: Settings, max_change_ratio: float, dry_run: bool) -> Plan:
-    """Diff, guard and (unless ``dry_run``) store the plan of ``run_id``."""
+def build_plan(
+    engine: Engine,
+    run_id: int,
+    settings: Settings,
+    max_change_ratio: float,
+    dry_run: bool,
+    probe: Probe | None = None,
+) -> Plan:
+    """Diff, guard, set aside extIds Netmera does not know (``probe``) and (unless ``dry_run``) store the plan."""
     if not dry_run:
         stored = existing_plan(engine, run_id, settings)
         if stored is not None:
@@ -197,9 +213,19 @@ def build_plan(engine: Engine, run_id: int, settings: Settings, max_change_ratio
                 "status": ChangeStatus.PENDING.value,
             }
         )
+    fresh = [c["ext_id"] for c, new in zip(changes, is_new[idx], strict=True) if new]
     for old in _carry_over(engine, run_id, set(raw.index)):
         plan.carried_over += 1
         changes.append({**old, "sync_run_id": run_id, "status": ChangeStatus.PENDING.value, "reason": None})
+        fresh.append(old["ext_id"])
+    if probe is not None and fresh:
+        unknown: set[str] = set()
+        for start in range(0, len(fresh), PROBE_CHUNK):
+            unknown |= probe(fresh[start : start + PROBE_CHUNK])
+        for c in changes:
+            if c["ext_id"] in unknown:
+                c["status"], c["reason"] = ChangeStatus.NOT_FOUND.value, "extId unknown to Netmera"
+        plan.not_found = sum(c["status"] == ChangeStatus.NOT_FOUND.value for c in changes)
     plan.attributes_changed = dict(sorted(attr_counts.items()))
     _assign_batches(changes, settings.sync.batch_size, plan)
     if dry_run:
@@ -213,6 +239,9 @@ def _assign_batches(changes: list[dict[str, Any]], size: int, plan: Plan) -> Non
     n_set = n_unset = 0
     for i in ordered:
         c = changes[i]
+        if c["status"] == ChangeStatus.NOT_FOUND.value:
+            c["set_batch_no"] = c["unset_batch_no"] = None
+            continue
         c["set_batch_no"] = (n_set // size) if c["set_attrs"] else None
         c["unset_batch_no"] = (n_unset // size) if c["unset_attrs"] else None
         n_set += bool(c["set_attrs"])

@@ -20,6 +20,7 @@ from optimove_netmera.store.models import SyncRunStatus
 from optimove_netmera.sync import extract, load, plan, runs
 
 log = logging.getLogger(__name__)
+PROBE_TAG = "optimove-netmera-existence-probe"  # never set on anyone: untagging it changes nothing
 
 
 def settings() -> Settings:
@@ -96,9 +97,16 @@ def run_plan(run: dict[str, Any], max_change_ratio: float) -> list[list[int]]:
     s = settings()
     engine = state_engine(s)
     run_id = run["sync_run_id"]
+    probe = None
+    if s.sync.check_unknown_ext_ids and not run["dry_run"]:  # a dry run makes no Netmera request at all
+        netmera = NetmeraHook(s.connections.netmera).get_conn()
+
+        def probe(ext_ids: list[str]) -> set[str]:
+            return set(netmera.untag_users(PROBE_TAG, ext_ids, check_existence=True))
+
     with runs.phase(engine, run_id, "diff_plan"):
         try:
-            p = plan.build_plan(engine, run_id, s, max_change_ratio, run["dry_run"])
+            p = plan.build_plan(engine, run_id, s, max_change_ratio, run["dry_run"], probe)
         except plan.GuardTripped as exc:
             runs.finish_run(engine, run_id, SyncRunStatus.ABORTED, str(exc))
             raise AirflowFailException(str(exc)) from None
