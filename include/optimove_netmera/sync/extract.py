@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -30,37 +32,36 @@ CUSTOMER_ID_COLUMNS = ("CustomerID", "Client_ID", "ClientID", "customer_id")
 
 
 def _write(
-    conn: Connection, run_id: int, rows: Iterable[tuple[str, dict[str, Any], str | None]], merge: bool = True
+    conn: Connection,
+    run_id: int,
+    rows: Iterable[tuple[str, dict[str, Any], str | None]],
+    mode: Literal["merge", "replace", "first"] = "merge",
 ) -> int:
-    """Upsert staged rows; a customer seen again keeps the latest values and (``merge``) the union of changed names."""
+    """Stage rows. A customer staged already: ``merge`` keeps the latest values and the union of changed names,
+    ``replace`` keeps the latest row, ``first`` keeps the first row (every copy carries the same values)."""
     batch = [
         {"sync_run_id": run_id, "customer_id": cid, "attributes": {"v": values, "c": [changed] if changed else []}}
         for cid, values, changed in rows
     ]
     if not batch:
         return 0
-    existing = (
-        {}
-        if not merge
-        else {
-            r.customer_id: r.attributes
-            for r in conn.execute(
-                sa.select(SyncStaging.customer_id, SyncStaging.attributes).where(
-                    SyncStaging.sync_run_id == run_id, SyncStaging.customer_id.in_([b["customer_id"] for b in batch])
-                )
+    if mode == "merge":
+        existing = conn.execute(
+            sa.select(SyncStaging.customer_id, SyncStaging.attributes).where(
+                SyncStaging.sync_run_id == run_id, SyncStaging.customer_id.in_([b["customer_id"] for b in batch])
             )
-        }
-    )
-    for row in batch:
-        old = existing.get(row["customer_id"])
-        if old:
-            row["attributes"]["c"] = sorted(set(old.get("c", [])) | set(row["attributes"]["c"]))
+        )
+        old = {r.customer_id: r.attributes for r in existing}
+        for row in batch:
+            if row["customer_id"] in old:
+                merged = set(old[row["customer_id"]].get("c", [])) | set(row["attributes"]["c"])
+                row["attributes"]["c"] = sorted(merged)
     upsert(
         conn,
         SyncStaging.__table__,
         batch,
         conflict_columns=["sync_run_id", "customer_id"],
-        update_columns=["attributes"],
+        update_columns=[] if mode == "first" else ["attributes"],
     )
     return len(batch)
 
@@ -72,17 +73,37 @@ def clear_staging(engine: Engine, run_id: int) -> None:
 
 
 def extract_changes(
-    engine: Engine, run_id: int, client: OptimoveClient, settings: Settings, since: dt.date, until: dt.date
+    engine: Engine,
+    run_id: int,
+    client: OptimoveClient,
+    settings: Settings,
+    since: dt.date,
+    until: dt.date,
+    initial: bool = False,
 ) -> dict[str, int]:
-    """Stage every customer whose mapped attributes changed in [since, until]; returns counts."""
+    """Stage every customer whose mapped attributes changed in [since, until]; returns counts.
+
+    The attributes are fetched concurrently (``sync.extract_concurrency`` threads sharing the client's rate
+    limiter, so Optimove's limit, not page processing, paces the extraction); staging writes are serialised. An
+    ``initial`` extraction (every customer is new) keeps the first copy of a customer instead of merging.
+    """
     clear_staging(engine, run_id)
     names = settings.optimove_attributes
-    rows_read = 0
-    for attribute in names:
+    lock = threading.Lock()
+    mode: Literal["merge", "first"] = "first" if initial else "merge"
+
+    def one(attribute: str) -> int:
+        read = 0
         for page in client.iter_customer_attribute_changers(attribute, since, until, names):
-            rows_read += len(page)
-            with engine.begin() as conn:
-                _write(conn, run_id, ((c.customer_id, c.attributes, attribute) for c in page))
+            read += len(page)
+            rows = [(c.customer_id, c.attributes, attribute) for c in page]
+            with lock, engine.begin() as conn:
+                _write(conn, run_id, rows, mode)
+        return read
+
+    workers = max(1, min(settings.sync.extract_concurrency, len(names)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="optimove-extract") as pool:
+        rows_read = sum(pool.map(one, names))
     return {"rows_read": rows_read, "fetched": staged_count(engine, run_id)}
 
 
@@ -123,7 +144,7 @@ def extract_export(engine: Engine, run_id: int, path: str | Path, settings: Sett
         with engine.begin() as conn:
             for start in range(0, len(records), 10_000):
                 part = records[start : start + 10_000]
-                _write(conn, run_id, ((str(r.pop(id_col)).strip(), r, None) for r in part), merge=False)
+                _write(conn, run_id, ((str(r.pop(id_col)).strip(), r, None) for r in part), "replace")
     return {"rows_read": rows_read, "fetched": staged_count(engine, run_id)}
 
 

@@ -82,9 +82,8 @@ def run_extract(run: dict[str, Any]) -> dict[str, int]:
                 raise AirflowFailException(str(exc)) from None
         else:
             client = OptimoveHook(s.connections.optimove).get_conn()
-            counts = extract.extract_changes(
-                engine, run_id, client, s, dt.date.fromisoformat(run["since"]), dt.date.fromisoformat(run["until"])
-            )
+            since, until = dt.date.fromisoformat(run["since"]), dt.date.fromisoformat(run["until"])
+            counts = extract.extract_changes(engine, run_id, client, s, since, until, initial=run["mode"] == "initial")
             stats = client.stats.snapshot()
             counts |= {"optimove_calls": stats["calls"], "optimove_429s": stats["rate_limited"]}
     runs.record_counts(engine, run_id, counts)
