@@ -248,7 +248,7 @@ class Dataset:
         self.specs: tuple[AttributeSpec, ...] = tuple(specs)
         self._spec_no = {spec.name: no for no, spec in enumerate(self.specs)}
         self._by_lower = {spec.name.lower(): spec.name for spec in self.specs}
-        self.initial_last_data_update: dt.date = dt.date.today() - dt.timedelta(days=1)
+        self.initial_last_data_update: dt.date = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
         self.base_date: dt.date = self.initial_last_data_update - dt.timedelta(days=30)
         self.lock = threading.RLock()
         self._base_nonempty: dict[str, np.ndarray] = {}

@@ -113,7 +113,7 @@ class AdminError(Exception):
 
 
 def _now_text() -> str:
-    return dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 # --------------------------------------------------------------------------------------------- parameters
@@ -248,7 +248,7 @@ class _Sandbox:
     def last_data_update(self) -> dt.date:
         value = self.config["last_data_update"]
         if value is None:
-            return dt.date.today() - dt.timedelta(days=1)
+            return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
         return parse_date(value)
 
     def config_view(self) -> dict[str, Any]:
@@ -955,7 +955,7 @@ def _create_campaign(s: _Sandbox, body: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(templates, list) or not templates:
             raise AdminError(400, "templates must be a non-empty list of template IDs or null")
         templates = [_as_int(t, "templates[]") for t in templates]
-    today = dt.date.today()
+    today = dt.datetime.now(dt.UTC).date()
     day = _opt_date(body.get("date"), "date") or today
     scheduled = body.get("scheduled_time")
     if scheduled is None:
