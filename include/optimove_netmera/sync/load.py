@@ -60,7 +60,6 @@ def _claim(conn: Connection, batch_id: int) -> bool:
 
 def _complete(conn: Connection, run_id: int, batch: Any, changes: Sequence[Any]) -> int:
     """Mark a delivered batch and advance the snapshot of customers whose every part is now delivered."""
-    now = dt.datetime.now(dt.UTC)
     conn.execute(
         sa.update(SyncBatch).where(SyncBatch.id == batch.id).values(status=BatchStatus.DELIVERED.value, error=None)
     )
@@ -79,29 +78,68 @@ def _complete(conn: Connection, run_id: int, batch: Any, changes: Sequence[Any])
         other = c.unset_batch_no if batch.kind == BatchKind.SET.value else c.set_batch_no
         if other is None or other in delivered_other:
             done.append(c)
-    if done:
-        upsert(
-            conn,
-            CustomerSnapshot.__table__,
-            [
-                {
-                    "customer_id": c.customer_id,
-                    "ext_id": c.ext_id,
-                    "attr_hash": c.new_hash,
-                    "present_attrs": c.present_attrs,
-                    "delivered_at": now,
-                    "sync_run_id": run_id,
-                }
-                for c in done
-            ],
-            conflict_columns=["customer_id"],
-            update_columns=["ext_id", "attr_hash", "present_attrs", "delivered_at", "sync_run_id"],
-        )
+    _advance_snapshot(conn, run_id, done)
+    return len(done)
+
+
+def _advance_snapshot(conn: Connection, run_id: int, done: Sequence[Any]) -> None:
+    """Record ``done`` changes as what Netmera now holds, and mark them delivered."""
+    if not done:
+        return
+    now = dt.datetime.now(dt.UTC)
+    upsert(
+        conn,
+        CustomerSnapshot.__table__,
+        [
+            {
+                "customer_id": c.customer_id,
+                "ext_id": c.ext_id,
+                "attr_hash": c.new_hash,
+                "present_attrs": c.present_attrs,
+                "delivered_at": now,
+                "sync_run_id": run_id,
+            }
+            for c in done
+        ],
+        conflict_columns=["customer_id"],
+        update_columns=["ext_id", "attr_hash", "present_attrs", "delivered_at", "sync_run_id"],
+    )
+    ids = [c.customer_id for c in done]
+    for start in range(0, len(ids), 10_000):
         conn.execute(
             sa.update(SyncChange)
-            .where(SyncChange.sync_run_id == run_id, SyncChange.customer_id.in_([c.customer_id for c in done]))
+            .where(SyncChange.sync_run_id == run_id, SyncChange.customer_id.in_(ids[start : start + 10_000]))
             .values(status=ChangeStatus.DELIVERED.value)
         )
+
+
+def settle(engine: Engine, run_id: int) -> int:
+    """Advance the snapshot for pending changes whose every batch is delivered; returns how many.
+
+    Two load tasks finishing the set and the unset part of one customer at the same moment can each miss the
+    other's commit; this final pass (run by the report) catches those customers.
+    """
+    with engine.begin() as conn:
+        delivered = {
+            (r.kind, r.batch_no)
+            for r in conn.execute(
+                sa.select(SyncBatch.kind, SyncBatch.batch_no).where(
+                    SyncBatch.sync_run_id == run_id, SyncBatch.status == BatchStatus.DELIVERED.value
+                )
+            )
+        }
+        pending = conn.execute(
+            sa.select(SyncChange).where(
+                SyncChange.sync_run_id == run_id, SyncChange.status == ChangeStatus.PENDING.value
+            )
+        ).all()
+        done = [
+            c
+            for c in pending
+            if (c.set_batch_no is None or (BatchKind.SET.value, c.set_batch_no) in delivered)
+            and (c.unset_batch_no is None or (BatchKind.UNSET.value, c.unset_batch_no) in delivered)
+        ]
+        _advance_snapshot(conn, run_id, done)
     return len(done)
 
 

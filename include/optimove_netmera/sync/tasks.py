@@ -148,6 +148,10 @@ def run_report(run: dict[str, Any]) -> dict[str, Any]:
     s = settings()
     engine = state_engine(s)
     run_id = run["sync_run_id"]
+    if not run["dry_run"]:
+        settled = load.settle(engine, run_id)
+        if settled:
+            log.info("settled %s changes whose batches were all delivered", settled)
     summary = load.load_summary(engine, run_id)
     runs.record_counts(engine, run_id, summary)
     if run["dry_run"]:
