@@ -93,7 +93,6 @@ class SyncSettings(_Model):
     pool_slots: int = Field(4, ge=1)
     data_ready_poke_seconds: int = Field(300, ge=1)
     data_ready_timeout_hours: float = Field(12, gt=0)
-    export_chunk_rows: int = Field(100_000, ge=1000)
     extract_concurrency: int = Field(4, ge=1, le=16, description="attributes fetched at once (one rate limit)")
     retries: int = Field(3, ge=0, description="task retries (exponential backoff from retry_delay_seconds)")
     retry_delay_seconds: float = Field(60, ge=0)

@@ -38,7 +38,8 @@ from optimove_netmera.store.models import (
     SyncRunStatus,
     SyncStaging,
 )
-from optimove_netmera.sync.transform import fingerprints, json_value, transform
+from optimove_netmera.sync.extract import read_export
+from optimove_netmera.sync.transform import fingerprints, transform
 
 MAX_MAPPED_TASKS = 512
 PROBE_CHUNK = 1000
@@ -77,6 +78,7 @@ class Plan:
 
 
 def _staged_frame(engine: Engine, run_id: int) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """Staged customers (index: customer id; one string column per Optimove attribute) and their changed names."""
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(SyncStaging.customer_id, SyncStaging.attributes).where(SyncStaging.sync_run_id == run_id)
@@ -86,15 +88,46 @@ def _staged_frame(engine: Engine, run_id: int) -> tuple[pd.DataFrame, dict[str, 
     return frame, {r[0]: r[1].get("c", []) for r in rows}
 
 
-def _snapshot_for(engine: Engine, run_id: int) -> pd.DataFrame:
-    q = (
-        sa.select(CustomerSnapshot.customer_id, CustomerSnapshot.attr_hash, CustomerSnapshot.present_attrs)
-        .join(SyncStaging, SyncStaging.customer_id == CustomerSnapshot.customer_id)
-        .where(SyncStaging.sync_run_id == run_id)
-    )
+def _snapshot_hashes(engine: Engine, run_id: int, whole: bool) -> pd.Series:
+    """attr_hash by customer id: the whole snapshot (a full refresh) or only the staged customers'."""
+    q = sa.select(CustomerSnapshot.customer_id, CustomerSnapshot.attr_hash)
+    if not whole:
+        q = q.join(SyncStaging, SyncStaging.customer_id == CustomerSnapshot.customer_id).where(
+            SyncStaging.sync_run_id == run_id
+        )
     with engine.connect() as conn:
         rows = conn.execute(q).all()
-    return pd.DataFrame(rows, columns=["customer_id", "attr_hash", "present_attrs"]).set_index("customer_id")
+    return pd.Series([r[1] for r in rows], index=pd.Index([r[0] for r in rows]), dtype=object)
+
+
+def _present_of(engine: Engine, customer_ids: list[str]) -> dict[str, list[str]]:
+    """The snapshot's present attributes of ``customer_ids`` (those that have a snapshot)."""
+    out: dict[str, list[str]] = {}
+    with engine.connect() as conn:
+        for start in range(0, len(customer_ids), 10_000):
+            part = customer_ids[start : start + 10_000]
+            q = sa.select(CustomerSnapshot.customer_id, CustomerSnapshot.present_attrs).where(
+                CustomerSnapshot.customer_id.in_(part)
+            )
+            out.update({r[0]: r[1] for r in conn.execute(q)})
+    return out
+
+
+def _native_columns(values: pd.DataFrame) -> list[list[Any]]:
+    """Each coerced column as a list of JSON-ready Python values (None for empty), built column-wise."""
+    cols = []
+    for name in values.columns:
+        col = values[name]
+        if pd.api.types.is_float_dtype(col.dtype):
+            arr = col.to_numpy(dtype="float64")
+            out = arr.astype(object)
+            whole = np.isfinite(arr) & (np.mod(arr, 1) == 0)
+            out[whole] = arr[whole].astype("int64").astype(object)
+            out[np.isnan(arr)] = None
+            cols.append(out.tolist())
+        else:
+            cols.append(col.astype(object).where(col.notna(), None).tolist())
+    return cols
 
 
 def _known_customers(engine: Engine) -> int:
@@ -150,23 +183,30 @@ def build_plan(
     max_change_ratio: float,
     dry_run: bool,
     probe: Probe | None = None,
+    export_path: str | None = None,
 ) -> Plan:
-    """Diff, guard, set aside extIds Netmera does not know (``probe``) and (unless ``dry_run``) store the plan."""
+    """Diff, guard, set aside extIds Netmera does not know (``probe``) and (unless ``dry_run``) store the plan.
+
+    The customers are the run's staging rows, or for a full refresh the export file itself (read columnar:
+    staging a million rows only to read them back would double the work), diffed against the whole snapshot.
+    """
     if not dry_run:
         stored = existing_plan(engine, run_id, settings)
         if stored is not None:
             return stored
-    raw, changed_names = _staged_frame(engine, run_id)
+    if export_path is not None:
+        raw, changed_names = read_export(export_path, settings.optimove_attributes), {}
+    else:
+        raw, changed_names = _staged_frame(engine, run_id)
     plan = Plan(sync_run_id=run_id, fetched=len(raw))
     mapping = settings.attributes
     t = transform(raw, mapping)
     plan.dropped = t.dropped
-    hashes = fingerprints(t)
-    snap = _snapshot_for(engine, run_id)
+    hashes = fingerprints(t).to_numpy(dtype=object)
     plan.known = _known_customers(engine)
-    prev_hash = snap["attr_hash"].reindex(raw.index)
+    prev_hash = _snapshot_hashes(engine, run_id, whole=export_path is not None).reindex(raw.index)
     is_new = prev_hash.isna().to_numpy()
-    changed_mask = is_new | (prev_hash.to_numpy(dtype=object) != hashes.to_numpy(dtype=object))
+    changed_mask = is_new | (prev_hash.to_numpy(dtype=object) != hashes)
     plan.new = int(is_new.sum())
     plan.changed = int(changed_mask.sum())
     plan.unchanged = len(raw) - plan.changed
@@ -179,42 +219,44 @@ def build_plan(
 
     idx = np.flatnonzero(changed_mask)
     names = list(t.values.columns)
-    values = t.values.iloc[idx]
-    invalid = t.invalid.iloc[idx].to_numpy(dtype=bool)
-    notna = values.notna().to_numpy(dtype=bool)
-    prev_present = snap["present_attrs"].reindex(values.index)
-    customer_ids = values.index.to_list()
+    customer_ids = raw.index[idx].astype(str).tolist()
     ext_ids = [settings.ext_id.apply(c) for c in customer_ids]
+    new_flags = is_new[idx].tolist()
+    present_before = _present_of(engine, [c for c, new in zip(customer_ids, new_flags, strict=True) if not new])
+    cols = _native_columns(t.values.iloc[idx])
+    invalid_cols = [t.invalid[n].to_numpy(dtype=bool)[idx].tolist() for n in names]
     by_optimove = {a.netmera: a.optimove for a in mapping}
+    changed_hashes = hashes[idx].tolist()
     changes: list[dict[str, Any]] = []
     attr_counts: dict[str, int] = {}
-    cells = values.to_numpy(dtype=object)
+    width = range(len(names))
     for i, cid in enumerate(customer_ids):
-        before = prev_present.iloc[i]
-        before_set = set(before) if isinstance(before, list) else set()
-        now = {names[j] for j in range(len(names)) if notna[i, j]}
-        kept_invalid = {names[j] for j in range(len(names)) if invalid[i, j]} & before_set
-        present = now | kept_invalid
-        unset = sorted(before_set - present)
-        set_attrs = {names[j]: json_value(cells[i, j]) for j in range(len(names)) if notna[i, j]}
-        reported = set(changed_names.get(cid, [])) or {by_optimove[n] for n in now | set(unset)}
-        for name in names:
-            if by_optimove[name] in reported or name in unset:
-                attr_counts[name] = attr_counts.get(name, 0) + 1
+        set_attrs = {names[j]: cols[j][i] for j in width if cols[j][i] is not None}
+        before = present_before.get(cid)
+        if before:
+            kept_invalid = {names[j] for j in width if invalid_cols[j][i]}.intersection(before)
+            present = set_attrs.keys() | kept_invalid
+            unset = sorted(set(before) - present)
+        else:
+            present, unset = set_attrs.keys(), []
+        reported = changed_names.get(cid) or [by_optimove[n] for n in (*set_attrs, *unset)]
+        for optimove_name in reported:
+            attr_counts[optimove_name] = attr_counts.get(optimove_name, 0) + 1
         changes.append(
             {
                 "sync_run_id": run_id,
                 "customer_id": cid,
                 "ext_id": ext_ids[i],
-                "new_hash": hashes.iloc[idx[i]],
+                "new_hash": changed_hashes[i],
                 "set_attrs": set_attrs,
                 "unset_attrs": unset,
                 "present_attrs": sorted(present),
                 "status": ChangeStatus.PENDING.value,
+                "reason": None,
             }
         )
-    fresh = [c["ext_id"] for c, new in zip(changes, is_new[idx], strict=True) if new]
-    for old in _carry_over(engine, run_id, set(raw.index)):
+    fresh = [e for e, new in zip(ext_ids, new_flags, strict=True) if new]
+    for old in _carry_over(engine, run_id, set(customer_ids) if export_path is None else set(raw.index)):
         plan.carried_over += 1
         changes.append({**old, "sync_run_id": run_id, "status": ChangeStatus.PENDING.value, "reason": None})
         fresh.append(old["ext_id"])
@@ -226,7 +268,8 @@ def build_plan(
             if c["ext_id"] in unknown:
                 c["status"], c["reason"] = ChangeStatus.NOT_FOUND.value, "extId unknown to Netmera"
         plan.not_found = sum(c["status"] == ChangeStatus.NOT_FOUND.value for c in changes)
-    plan.attributes_changed = dict(sorted(attr_counts.items()))
+    netmera_of = {a.optimove: a.netmera for a in mapping}
+    plan.attributes_changed = {netmera_of[k]: v for k, v in sorted(attr_counts.items()) if k in netmera_of}
     _assign_batches(changes, settings.sync.batch_size, plan)
     if dry_run:
         return plan

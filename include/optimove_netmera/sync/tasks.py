@@ -105,9 +105,12 @@ def run_plan(run: dict[str, Any], max_change_ratio: float) -> list[list[int]]:
 
     with runs.phase(engine, run_id, "diff_plan"):
         try:
-            p = plan.build_plan(engine, run_id, s, max_change_ratio, run["dry_run"], probe)
+            export = run["export_path"] if run["mode"] == "export" else None
+            p = plan.build_plan(engine, run_id, s, max_change_ratio, run["dry_run"], probe, export)
         except plan.GuardTripped as exc:
             runs.finish_run(engine, run_id, SyncRunStatus.ABORTED, str(exc))
+            raise AirflowFailException(str(exc)) from None
+        except (FileNotFoundError, ValueError) as exc:  # the export file vanished or changed shape since extract
             raise AirflowFailException(str(exc)) from None
     counts = p.counts()
     if run["dry_run"]:
