@@ -35,15 +35,11 @@ class Transformed:
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-def _empty_mask(raw: pd.Series) -> pd.Series:
-    as_text = raw.astype("string").str.strip().str.lower()
-    return raw.isna() | as_text.isin(EMPTY_STRINGS).fillna(True)
-
-
 def coerce_column(raw: pd.Series, kind: str) -> tuple[pd.Series, pd.Series]:
     """Coerce one column; returns (values with None for empty/invalid, mask of invalid non-empty cells)."""
-    empty = _empty_mask(raw)
-    text = raw.astype("string").str.strip()
+    text = raw.astype("str").str.strip()  # Arrow-backed strings: vectorised, compact
+    empty = (text.isna() | text.str.lower().isin(EMPTY_STRINGS)).to_numpy(dtype=bool)
+    empty = pd.Series(empty, index=raw.index)
     if kind == "string":
         return text.where(~empty, pd.NA), pd.Series(False, index=raw.index)
     if kind == "number":
@@ -92,7 +88,10 @@ def _column_hash(col: pd.Series) -> np.ndarray:
         return pd.util.hash_array(np.nan_to_num(col.to_numpy(dtype="float64"), nan=np.inf))
     if isinstance(col.dtype, pd.BooleanDtype | pd.Int64Dtype):
         return pd.util.hash_array(col.astype("Int64").fillna(_EMPTY_INT).to_numpy(dtype="int64"))
-    return pd.util.hash_array(col.astype(object).where(col.notna(), "").to_numpy(dtype=object), categorize=False)
+    # Strings: hash each distinct value once (factorize is Arrow-native), then spread the hashes by code.
+    codes, uniques = pd.factorize(col, use_na_sentinel=True)
+    hashed = pd.util.hash_array(np.append(np.asarray(uniques, dtype=object), ""), categorize=False)
+    return hashed[np.where(codes < 0, len(uniques), codes)]
 
 
 def fingerprints(t: Transformed) -> pd.Series:
