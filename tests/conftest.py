@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
+from optimove_netmera.sandbox.process import SandboxProcess, free_port, start_sandbox  # noqa: F401 - for tests
 from optimove_netmera.store import dispose_engines, redact_url  # no Airflow import: safe before the env setup
 from sqlalchemy.pool import NullPool
-
-if TYPE_CHECKING:
-    from optimove_netmera.sandbox.admin import SandboxAdmin
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,86 +28,12 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 os.environ.setdefault("OPTIMOVE_NETMERA_STATE_DB_URL", f"sqlite:///{_AIRFLOW_HOME}/optimove_netmera_state.db")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+Sandbox = SandboxProcess  # what the sandbox fixtures yield
 
 
-@dataclass
-class Sandbox:
-    """A running sandbox subprocess and how to reach it."""
-
-    optimove_url: str
-    netmera_url: str
-    optimove_api_key: str
-    optimove_user: str
-    optimove_password: str
-    netmera_api_key: str
-    process: subprocess.Popen[bytes]
-
-    @property
-    def admin(self) -> SandboxAdmin:
-        """Admin clients for both sandbox APIs."""
-        from optimove_netmera.sandbox.admin import SandboxAdmin
-
-        return SandboxAdmin(self.optimove_url, self.netmera_url)
-
-
-def start_sandbox(customers: int = 1000, seed: int = 7, log_path: Path | None = None) -> Sandbox:
-    """Start ``python -m optimove_netmera.sandbox`` on free ports and wait until both APIs are healthy."""
-    from optimove_netmera.sandbox import server as defaults
-    from optimove_netmera.sandbox.admin import SandboxAdmin
-
-    o_port, n_port = free_port(), free_port()
-    log = open(log_path or os.devnull, "wb")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "optimove_netmera.sandbox",
-            "--host",
-            "127.0.0.1",
-            "--optimove-port",
-            str(o_port),
-            "--netmera-port",
-            str(n_port),
-            "--customers",
-            str(customers),
-            "--seed",
-            str(seed),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    box = Sandbox(
-        optimove_url=f"http://127.0.0.1:{o_port}",
-        netmera_url=f"http://127.0.0.1:{n_port}",
-        optimove_api_key=defaults.DEFAULT_OPTIMOVE_API_KEY,
-        optimove_user=defaults.DEFAULT_OPTIMOVE_USER,
-        optimove_password=defaults.DEFAULT_OPTIMOVE_PASSWORD,
-        netmera_api_key=defaults.DEFAULT_NETMERA_API_KEY,
-        process=proc,
-    )
-    try:
-        SandboxAdmin(box.optimove_url, box.netmera_url).wait_ready(timeout=120)
-    except TimeoutError:
-        proc.kill()
-        raise
-    if proc.poll() is not None:
-        raise RuntimeError(f"sandbox exited with code {proc.returncode}; see {log_path}")
-    return box
-
-
-def stop_sandbox(box: Sandbox) -> None:
-    """Terminate the sandbox subprocess (kill if it does not stop within 10 s)."""
-    box.process.terminate()
-    try:
-        box.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        box.process.kill()
-        box.process.wait()
+def stop_sandbox(box: SandboxProcess) -> None:
+    """Terminate the sandbox subprocess."""
+    box.stop()
 
 
 @pytest.fixture(scope="session")

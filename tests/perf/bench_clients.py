@@ -17,11 +17,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import os
-import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,12 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
+from machine import machine  # tests/perf/machine.py (the script's own folder is on sys.path)
 from optimove_netmera.http import Permit, RateLimiter
 from optimove_netmera.netmera import NetmeraClient
 from optimove_netmera.optimove import OptimoveClient
+from optimove_netmera.sandbox import process
 from optimove_netmera.sandbox import server as defaults
-from optimove_netmera.sandbox.admin import SandboxAdmin
+from optimove_netmera.sandbox.process import SandboxProcess
 
 ATTRIBUTE_CHOICES = ["FirstName", "Country", "Language", "LastName", "Email", "City", "Segment", "Age"]
 
@@ -46,86 +43,12 @@ ATTRIBUTE_CHOICES = ["FirstName", "Country", "Language", "LastName", "Email", "C
 # machine and sandbox
 
 
-def machine() -> dict[str, str]:
-    """CPU model, cores, RAM, Python and OS of this machine."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = "unknown"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-                break
-    except OSError:
-        pass
-    return {
-        "CPU": cpu,
-        "cores": f"{os.cpu_count()} logical ({len(os.sched_getaffinity(0))} usable)",
-        "RAM": ram,
-        "Python": f"{platform.python_implementation()} {platform.python_version()}",
-        "OS": platform.platform(),
-        "requests": requests.__version__,
-        "load avg": " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1/5/15 min, at start)",
-    }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Sandbox:
-    process: subprocess.Popen[bytes]
-    optimove_url: str
-    netmera_url: str
-    admin: SandboxAdmin
-    log_path: Path
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def start_sandbox(customers: int, seed: int) -> Sandbox:
-    o_port, n_port = free_port(), free_port()
+def start_sandbox(customers: int, seed: int) -> SandboxProcess:
     log_path = Path(tempfile.mkdtemp(prefix="bench-sandbox-")) / "sandbox.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
-    cmd = [
-        sys.executable,
-        "-m",
-        "optimove_netmera.sandbox",
-        "--host",
-        "127.0.0.1",
-        "--optimove-port",
-        str(o_port),
-        "--netmera-port",
-        str(n_port),
-        "--customers",
-        str(customers),
-        "--seed",
-        str(seed),
-    ]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    o_url, n_url = f"http://127.0.0.1:{o_port}", f"http://127.0.0.1:{n_port}"
-    admin = SandboxAdmin(o_url, n_url)
     try:
-        admin.wait_ready(timeout=180)
+        return process.start_sandbox(customers, seed, log_path, timeout=180)
     except TimeoutError:
-        proc.kill()
         raise SystemExit(f"sandbox did not start; log: {log_path}") from None
-    return Sandbox(proc, o_url, n_url, admin, log_path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,7 +80,7 @@ def server_429s(admin: Any, endpoint: str) -> int:
 
 
 def optimove_paging(
-    box: Sandbox, *, customers: int, total_requests: int, workers: int, throttled: bool, attributes: list[str]
+    box: SandboxProcess, *, customers: int, total_requests: int, workers: int, throttled: bool, attributes: list[str]
 ) -> Run:
     """Page ~100,000-row campaigns (pages of 10,000) with ``workers`` threads until ``total_requests``.
 
@@ -243,7 +166,9 @@ def optimove_paging(
     return run
 
 
-def netmera_profiles(box: Sandbox, *, customers: int, total_requests: int, threads: int, batch: int = 1000) -> Run:
+def netmera_profiles(
+    box: SandboxProcess, *, customers: int, total_requests: int, threads: int, batch: int = 1000
+) -> Run:
     """``setProfileAttributes`` with ``batch`` entries per request, ``threads`` in parallel."""
     admin = box.admin.netmera
     admin.reset()

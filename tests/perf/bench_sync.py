@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -30,10 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
+from machine import machine_line  # tests/perf/machine.py (the script's own folder is on sys.path)
+from optimove_netmera.sandbox.process import start_sandbox
 
-from conftest import start_sandbox, stop_sandbox  # noqa: E402  (the test suite's sandbox launcher)
+REPO = Path(__file__).resolve().parents[2]
 
 SET = "POST /rest/3.0/setProfileAttributes"
 UNSET = "POST /rest/3.0/unsetProfileAttributes"
@@ -42,22 +41,6 @@ EXTRA_ATTRIBUTES = [
     {"optimove": "Email", "netmera": "optimoveEmail", "type": "string"},
     {"optimove": "MobilePhone", "netmera": "optimovePhone", "type": "string"},
 ]
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
-    except OSError:
-        mem = float("nan")
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {mem:.1f} GiB RAM, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}"
-    )
 
 
 def airflow_env(home: Path, box: Any, state_db: str, attributes: list[dict[str, str]]) -> dict[str, str]:
@@ -158,7 +141,7 @@ def main() -> int:
     p.add_argument("--initial-api", action="store_true", help="also time a first sync through the changers API")
     a = p.parse_args()
     print(f"# user-sync benchmark: {a.customers:,} customers x 20 attributes, {a.changed:.0%} changed")
-    print(f"# machine: {machine()}")
+    print(f"# machine: {machine_line()}")
     home = Path(tempfile.mkdtemp(prefix="onm-bench-sync-"))
     (home / "plugins").mkdir()
     state_db = a.state_db or f"sqlite:///{home}/state.db"
@@ -213,7 +196,7 @@ def main() -> int:
                 env = env2
                 run("5. first sync through the changers API (extraction rate)", {})
     finally:
-        stop_sandbox(box)
+        box.stop()
         shutil.rmtree(home, ignore_errors=True)
     return 0
 

@@ -1,0 +1,95 @@
+"""Bulk campaign send: one run per (campaign, channel), started by Optimove's event 13 (or by hand).
+
+open (not cancelled?) -> GetCampaignDetails -> stage recipients into the ledger -> plan chunks per template and
+scheduled time -> send (mapped: each task carries many chunks, defers until its scheduled time, re-checks
+cancellation before every Netmera request) -> report. Logic lives in ``optimove_netmera.campaigns``.
+
+Runs started by the event endpoint have the run_id ``optimove_c{campaign}_ch{channel}_{YYYYMMDDTHHMMSS}``. Clearing
+any task (or the whole run) is safe: the send ledger never sends a recipient twice. ``resend_unknown`` re-sends the
+recipients whose request was in flight when its worker died.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, Param, task
+from optimove_netmera.campaigns import tasks as campaign
+from optimove_netmera.settings import get_settings
+
+settings = get_settings()  # the settings file and env only: no network or database at parse time
+
+with DAG(
+    dag_id="optimove_campaign_send",
+    description="Send an Optimove campaign through Netmera's transactional API",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=16,
+    tags=["optimove", "netmera", "campaigns"],
+    default_args={
+        "owner": "data-engineering",
+        "retries": settings.sync.retries,
+        "retry_delay": pendulum.duration(seconds=settings.sync.retry_delay_seconds),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": pendulum.duration(minutes=30),
+    },
+    params={
+        "campaign_id": Param(type="integer", minimum=1, description="Optimove CampaignID"),
+        "channel_id": Param(
+            settings.campaigns.channels[0] if settings.campaigns.channels else 506,
+            type="integer",
+            minimum=1,
+            description="Optimove ChannelID (one of campaigns.channels)",
+        ),
+        "event_time": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$",
+            description="The event's timeStamp, YYYY-MM-DD HH:MM:SS (UTC); empty: now",
+        ),
+        "resend_unknown": Param(
+            False,
+            type="boolean",
+            description="Re-send recipients whose request was in flight when its worker died (may duplicate)",
+        ),
+        "update_metrics": Param(
+            False, type="boolean", description="Report sent counts back with integrations/UpdateCampaignMetrics"
+        ),
+        "event_id": Param(None, type=["null", "integer"], description="The stored event (set by the endpoint)"),
+        "source": Param("manual", enum=["webhook", "reconcile", "manual"], description="Who started the run"),
+    },
+    doc_md=__doc__,
+) as dag:
+
+    @task
+    def open_campaign(dag_run=None, params=None) -> dict:
+        return campaign.open_campaign(dict(params), dag_run.run_id)
+
+    @task
+    def campaign_details(run: dict) -> dict:
+        return campaign.fetch_details(run)
+
+    @task
+    def stage_recipients(run: dict, details: dict) -> dict:
+        return campaign.stage(run)
+
+    @task
+    def plan(run: dict, staged: dict, params=None) -> dict:
+        return campaign.plan(run, bool(params["resend_unknown"]))
+
+    @task
+    def batches(planned: dict) -> list:
+        return planned["batches"]
+
+    @task(trigger_rule="all_done")
+    def report(run: dict, params=None) -> dict:
+        return campaign.report(run, bool(params["update_metrics"]))
+
+    run = open_campaign()
+    planned = plan(run, stage_recipients(run, campaign_details(run)))
+    sends = campaign.CampaignSendOperator.partial(
+        task_id="send",
+        pool=settings.sync.pool,
+        map_index_template="{{ batch_label }}",
+    ).expand(batch=batches(planned))
+    sends >> report(run)

@@ -1,0 +1,113 @@
+"""Personalisation: an Optimove recipient row -> a send-ledger row -> a ``sendNotification`` request object.
+
+Pure functions (no database, no HTTP, no Airflow). The rules:
+
+* control-group rows (ActionID 1) are skipped, reason :data:`REASON_CONTROL`;
+* a template without a ``campaigns.templates`` mapping is skipped, reason ``no notificationKey mapped for
+  template <id>`` (a row without any TemplateID likewise);
+* ``message.params`` = the ``campaigns.params`` mapping (Optimove attribute -> Netmera param) applied to the
+  row's attributes, empty values left out, plus ``promoCode`` when Optimove gave one;
+* a recipient lacking one of ``campaigns.required_params`` is skipped, reason ``missing required param(s): ...``
+  (it would otherwise get a half-rendered push).
+
+Optimove's timestamps are naive; they are read as UTC (what Optimove's API uses for event and schedule times).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from optimove_netmera.optimove.models import ExecutionDetail
+from optimove_netmera.settings import Settings
+from optimove_netmera.store.models import RecipientStatus
+
+__all__ = [
+    "NO_TEMPLATE_ID",
+    "PROMO_PARAM",
+    "REASON_CONTROL",
+    "build_params",
+    "ledger_row",
+    "missing_required",
+    "no_mapping_reason",
+    "request_object",
+    "to_utc",
+]
+
+PROMO_PARAM = "promoCode"
+REASON_CONTROL = "control group (ActionID 1)"
+NO_TEMPLATE_ID = 0
+"""``template_id`` stored for a recipient row that came without a TemplateID (it is skipped)."""
+
+
+def to_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """Optimove's naive timestamp as an aware UTC datetime (aware values are converted)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+def build_params(
+    attributes: Mapping[str, Any] | None, mapping: Mapping[str, str], promo_code: str | None
+) -> dict[str, Any]:
+    """Netmera ``message.params`` from a customer's Optimove attributes and the promo code."""
+    values = attributes or {}
+    params = {netmera: values[optimove] for optimove, netmera in mapping.items() if _present(values.get(optimove))}
+    if _present(promo_code):
+        params[PROMO_PARAM] = promo_code
+    return params
+
+
+def missing_required(params: Mapping[str, Any], required: list[str]) -> list[str]:
+    """The required params that ``params`` lacks (in the configured order)."""
+    return [name for name in required if not _present(params.get(name))]
+
+
+def no_mapping_reason(template_id: int | None) -> str:
+    """The skip reason of a recipient whose template has no notificationKey mapping."""
+    if template_id is None or template_id == NO_TEMPLATE_ID:
+        return "no TemplateID in Optimove's row"
+    return f"no notificationKey mapped for template {template_id}"
+
+
+def ledger_row(detail: ExecutionDetail, settings: Settings) -> dict[str, Any]:
+    """The ledger columns for one recipient row: pending with its request data, or skipped with a reason."""
+    campaigns = settings.campaigns
+    template_id = detail.template_id if detail.template_id is not None else NO_TEMPLATE_ID
+    params = build_params(detail.attributes, campaigns.params, detail.promo_code)
+    key = campaigns.templates.get(template_id) if template_id != NO_TEMPLATE_ID else None
+    status, reason = RecipientStatus.PENDING.value, None
+    if detail.is_control:
+        status, reason = RecipientStatus.SKIPPED.value, REASON_CONTROL
+    elif key is None:
+        status, reason = RecipientStatus.SKIPPED.value, no_mapping_reason(detail.template_id)
+    else:
+        missing = missing_required(params, campaigns.required_params)
+        if missing:
+            status, reason = RecipientStatus.SKIPPED.value, f"missing required param(s): {', '.join(missing)}"
+    return {
+        "customer_id": detail.customer_id,
+        "template_id": template_id,
+        "ext_id": settings.ext_id.apply(detail.customer_id),
+        "scheduled_time": to_utc(detail.scheduled_time),
+        "notification_key": key,
+        "params": params,
+        "promo_code": detail.promo_code,
+        "status": status,
+        "reason": reason,
+    }
+
+
+def request_object(notification_key: str, ext_id: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One element of a ``sendNotification`` array body (one user, their own params)."""
+    body: dict[str, Any] = {"notificationKey": str(notification_key), "target": {"extId": ext_id}}
+    if params:
+        body["message"] = {"params": dict(params)}
+    return body

@@ -1,0 +1,444 @@
+"""The send ledger (``recipients``): staging from Optimove, chunk planning, claims and transitions.
+
+One row per (campaign, channel, customer, template). Lifecycle::
+
+    pending --claim--> in_flight --> sent | failed | skipped (Netmera 5016: no target known)
+       |                   |            \\-> pending   (request certainly not processed: retried later)
+       |                   \\-> unknown   (the request's outcome is unknown: worker died, 5xx, timeout)
+       \\-> cancelled | skipped (control group, no template mapping, missing required param)
+    unknown --(resend_unknown)--> pending
+
+Staging is idempotent (``INSERT ... ON CONFLICT DO NOTHING`` on the ledger key), so a retried or cleared
+stage task never resets a row that was already sent. Chunk numbers are assigned once per row, under a lock
+on the campaign row, so every run of the same campaign sees the same chunks. A chunk is claimed with one
+conditional ``UPDATE ... WHERE status='pending' AND <campaign not cancelled> RETURNING``: two workers can
+never both get a row, and a cancel committed before the claim leaves nothing to claim.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from optimove_netmera.campaigns import personalise
+from optimove_netmera.campaigns.state import CANCEL_ALL_REASON, CANCEL_REASON, PARTIAL_CANCEL_REASON, cancel_status
+from optimove_netmera.optimove import OptimoveClient
+from optimove_netmera.settings import Settings
+from optimove_netmera.store import (
+    Campaign,
+    CampaignState,
+    CancelledCustomer,
+    DeadLetter,
+    DeadLetterKind,
+    Recipient,
+    RecipientStatus,
+    session_scope,
+    transition,
+    transition_returning,
+    upsert,
+)
+
+__all__ = [
+    "ORPHAN_REASON",
+    "Batch",
+    "claim_chunk",
+    "dead_letter",
+    "finish_request",
+    "mark_orphans_unknown",
+    "plan_chunks",
+    "reapply_cancel",
+    "reason_counts",
+    "release_unknown",
+    "request_count",
+    "stage_recipients",
+    "status_counts",
+    "template_counts",
+]
+
+log = logging.getLogger(__name__)
+
+ORPHAN_REASON = "request in flight when its worker died: outcome unknown"
+LEDGER_KEY = ("campaign_id", "channel_id", "customer_id", "template_id")
+_R = Recipient.__table__
+_C = Campaign.__table__
+
+
+def _mine(campaign_id: int, channel_id: int) -> tuple[Any, Any]:
+    return (_R.c.campaign_id == int(campaign_id), _R.c.channel_id == int(channel_id))
+
+
+# --------------------------------------------------------------------------------------------------
+# Staging
+# --------------------------------------------------------------------------------------------------
+
+
+def stage_recipients(
+    engine: Engine,
+    client: OptimoveClient,
+    campaign_id: int,
+    channel_id: int,
+    settings: Settings,
+    *,
+    page_size: int | None = None,
+) -> dict[str, int]:
+    """Page ``GetCustomerExecutionDetailsByCampaign`` into the ledger; return counts (no customer data).
+
+    ``CustomerAttributes`` are the Optimove side of ``campaigns.params``. Rows repeating a (customer,
+    template) already seen are dropped; existing ledger rows are left as they are (a re-stage after a
+    partial send changes nothing that was sent). Pages are paced by the client's rate limiter.
+    """
+    attributes = list(settings.campaigns.params)
+    seen: set[tuple[str, int]] = set()
+    counts: Counter[str] = Counter()
+    cid, ch = int(campaign_id), int(channel_id)
+    for page in client.iter_campaign_recipients(cid, ch, attributes, page_size=page_size):
+        rows: list[dict[str, Any]] = []
+        for detail in page:
+            counts["fetched"] += 1
+            row = personalise.ledger_row(detail, settings)
+            key = (row["customer_id"], row["template_id"])
+            if key in seen:
+                counts["duplicates_dropped"] += 1
+                continue
+            seen.add(key)
+            if detail.is_control:
+                counts["control_group"] += 1
+            rows.append({"campaign_id": cid, "channel_id": ch, **row})
+        with session_scope(engine) as session:
+            upsert(session, Recipient, rows, conflict_columns=LEDGER_KEY, update_columns=[])
+        counts["pages"] += 1
+    counts["distinct"] = len(seen)
+    return dict(counts)
+
+
+def reapply_cancel(engine: Engine, campaign_id: int, channel_id: int) -> int:
+    """After staging: cancel what a stored cancel covers (whole campaign, or the listed customers)."""
+    status = cancel_status(engine, campaign_id, channel_id)
+    with session_scope(engine) as session:
+        if status.cancelled:
+            return transition(
+                session,
+                Recipient,
+                key={"campaign_id": int(campaign_id), "channel_id": int(channel_id)},
+                from_status=RecipientStatus.PENDING.value,
+                to_status=RecipientStatus.CANCELLED.value,
+                values={"reason": CANCEL_REASON if status.needs_narrowing else CANCEL_ALL_REASON},
+            )
+        if status.partial:
+            listed = sa.select(CancelledCustomer.customer_id).where(CancelledCustomer.campaign_id == int(campaign_id))
+            return transition(
+                session,
+                Recipient,
+                _R.c.customer_id.in_(listed),
+                key={"campaign_id": int(campaign_id), "channel_id": int(channel_id)},
+                from_status=RecipientStatus.PENDING.value,
+                to_status=RecipientStatus.CANCELLED.value,
+                values={"reason": PARTIAL_CANCEL_REASON},
+            )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The work of one mapped send task: chunks sharing a scheduled time."""
+
+    campaign_id: int
+    channel_id: int
+    scheduled_time: str | None  # ISO 8601 UTC, None = send now
+    chunks: list[int]
+    recipients: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (what goes to XCom: ids and counts only)."""
+        first, last = self.chunks[0], self.chunks[-1]
+        return {
+            "campaign_id": self.campaign_id,
+            "channel_id": self.channel_id,
+            "scheduled_time": self.scheduled_time,
+            "chunks": list(self.chunks),
+            "recipients": self.recipients,
+            "label": f"chunks {first}..{last}" if first != last else f"chunk {first}",
+        }
+
+
+def _assign_chunks(session: Any, campaign_id: int, channel_id: int, chunk_size: int) -> int:
+    """Give every unchunked pending row a chunk number (per template and scheduled time); return rows assigned."""
+    mine = _mine(campaign_id, channel_id)
+    # Lock the campaign row first: concurrent planners of the same campaign queue here (PostgreSQL row lock,
+    # SQLite write lock), so chunk numbers never collide.
+    session.execute(
+        sa.update(_C)
+        .where(_C.c.campaign_id == int(campaign_id), _C.c.channel_id == int(channel_id))
+        .values(updated_at=dt.datetime.now(dt.UTC))
+    )
+    rows = session.execute(
+        sa.select(_R.c.id, _R.c.template_id, _R.c.scheduled_time)
+        .where(*mine, _R.c.status == RecipientStatus.PENDING.value, _R.c.chunk_no.is_(None))
+        .order_by(_R.c.scheduled_time, _R.c.template_id, _R.c.id)
+    ).all()
+    if not rows:
+        return 0
+    next_no = (session.scalar(sa.select(sa.func.max(_R.c.chunk_no)).where(*mine)) or 0) + 1
+    updates: list[dict[str, int]] = []
+    group: tuple[Any, Any] | None = None
+    in_chunk = 0
+    for row in rows:
+        key = (row.scheduled_time, row.template_id)
+        if group is None:
+            group = key
+        elif key != group or in_chunk >= chunk_size:
+            next_no += 1
+            in_chunk = 0
+            group = key
+        updates.append({"rid": row.id, "cno": next_no})
+        in_chunk += 1
+    stmt = (
+        sa.update(_R)
+        .where(_R.c.id == sa.bindparam("rid"), _R.c.chunk_no.is_(None))
+        .values(chunk_no=sa.bindparam("cno"))
+    )
+    session.execute(stmt, updates)
+    return len(updates)
+
+
+def plan_chunks(
+    engine: Engine,
+    campaign_id: int,
+    channel_id: int,
+    chunk_size: int,
+    *,
+    include_unknown: bool,
+    max_tasks_per_time: int = 8,
+    min_chunks_per_task: int = 10,
+) -> tuple[list[Batch], dict[str, Any]]:
+    """Chunk the pending rows, then group the chunks with work left into send batches.
+
+    A chunk holds at most ``chunk_size`` recipients of one template and one scheduled time (one Netmera
+    request). Chunks with pending rows (and, for recovery, in-flight rows; unknown rows when
+    ``include_unknown``) are split per scheduled time into at most ``max_tasks_per_time`` contiguous
+    batches of at least ``min_chunks_per_task`` chunks, so a 100,000-recipient campaign is 100 chunks
+    in 8 mapped tasks, not 100 task instances.
+    """
+    if not 1 <= chunk_size <= 1000:
+        raise ValueError("chunk_size must be between 1 and 1000")
+    cid, ch = int(campaign_id), int(channel_id)
+    with session_scope(engine) as session:
+        assigned = _assign_chunks(session, cid, ch, chunk_size)
+    statuses = [RecipientStatus.PENDING.value, RecipientStatus.IN_FLIGHT.value]
+    if include_unknown:
+        statuses.append(RecipientStatus.UNKNOWN.value)
+    with engine.connect() as connection:
+        work = connection.execute(
+            sa.select(
+                _R.c.chunk_no,
+                sa.func.min(_R.c.scheduled_time).label("scheduled_time"),
+                sa.func.count().label("n"),
+            )
+            .where(*_mine(cid, ch), _R.c.status.in_(statuses), _R.c.chunk_no.is_not(None))
+            .group_by(_R.c.chunk_no)
+            .order_by(_R.c.chunk_no)
+        ).all()
+        groups = connection.execute(
+            sa.select(_R.c.template_id, sa.func.count(sa.distinct(_R.c.chunk_no)))
+            .where(*_mine(cid, ch), _R.c.chunk_no.is_not(None))
+            .group_by(_R.c.template_id)
+        ).all()
+    scheduled_type = _R.c.scheduled_time.type
+    by_time: dict[str | None, list[tuple[int, int]]] = {}
+    for row in work:
+        moment = scheduled_type.process_result_value(row.scheduled_time, engine.dialect)
+        key = moment.isoformat() if isinstance(moment, dt.datetime) else None
+        by_time.setdefault(key, []).append((int(row.chunk_no), int(row.n)))
+    batches: list[Batch] = []
+    for moment_iso, chunks in sorted(by_time.items(), key=lambda kv: (kv[0] is not None, kv[0] or "")):
+        tasks = max(1, min(max_tasks_per_time, math.ceil(len(chunks) / max(1, min_chunks_per_task))))
+        per_task = math.ceil(len(chunks) / tasks)
+        for start in range(0, len(chunks), per_task):
+            part = chunks[start : start + per_task]
+            batches.append(Batch(cid, ch, moment_iso, [c for c, _ in part], sum(n for _, n in part)))
+    info = {
+        "assigned": assigned,
+        "chunks_with_work": len(work),
+        "send_tasks": len(batches),
+        "chunks_per_template": {str(t): int(n) for t, n in groups},
+    }
+    return batches, info
+
+
+# --------------------------------------------------------------------------------------------------
+# Around each request
+# --------------------------------------------------------------------------------------------------
+
+
+def mark_orphans_unknown(engine: Engine, campaign_id: int, channel_id: int, chunks: Iterable[int] | None) -> int:
+    """In-flight rows (of ``chunks``, or all) whose worker died: ``unknown``. Returns how many."""
+    criteria = [] if chunks is None else [_R.c.chunk_no.in_(list(chunks))]
+    with session_scope(engine) as session:
+        return transition(
+            session,
+            Recipient,
+            *criteria,
+            key={"campaign_id": int(campaign_id), "channel_id": int(channel_id)},
+            from_status=RecipientStatus.IN_FLIGHT.value,
+            to_status=RecipientStatus.UNKNOWN.value,
+            values={"reason": ORPHAN_REASON},
+        )
+
+
+def release_unknown(engine: Engine, campaign_id: int, channel_id: int, chunks: Iterable[int]) -> int:
+    """``resend_unknown``: unknown rows of ``chunks`` back to pending (they will be sent again)."""
+    with session_scope(engine) as session:
+        return transition(
+            session,
+            Recipient,
+            _R.c.chunk_no.in_(list(chunks)),
+            key={"campaign_id": int(campaign_id), "channel_id": int(channel_id)},
+            from_status=RecipientStatus.UNKNOWN.value,
+            to_status=RecipientStatus.PENDING.value,
+            values={"reason": None},
+        )
+
+
+def claim_chunk(
+    engine: Engine, campaign_id: int, channel_id: int, chunk_no: int, request_id: str, started_at: dt.datetime
+) -> list[Any]:
+    """pending -> in_flight for one chunk, unless the campaign is cancelled; the rows this caller won.
+
+    ``sent_at`` is set to the claim time here and to the request's start once it is sent. Returns rows
+    with ``id``, ``customer_id``, ``ext_id``, ``notification_key``, ``params``, ``template_id``.
+    """
+    cid, ch = int(campaign_id), int(channel_id)
+    not_cancelled = ~sa.exists().where(
+        _C.c.campaign_id == cid, _C.c.channel_id == ch, _C.c.state == CampaignState.CANCELLED.value
+    )
+    with session_scope(engine) as session:
+        return transition_returning(
+            session,
+            Recipient,
+            not_cancelled,
+            key={"campaign_id": cid, "channel_id": ch, "chunk_no": int(chunk_no)},
+            from_status=RecipientStatus.PENDING.value,
+            to_status=RecipientStatus.IN_FLIGHT.value,
+            values={"request_id": request_id, "sent_at": started_at, "reason": None},
+            increment_attempts=True,
+            returning=["id", "customer_id", "ext_id", "notification_key", "params", "template_id"],
+        )
+
+
+def finish_request(
+    engine: Engine,
+    campaign_id: int,
+    channel_id: int,
+    chunk_no: int,
+    request_id: str,
+    to_status: str,
+    reason: str | None = None,
+    values: dict[str, Any] | None = None,
+) -> int:
+    """Move the rows of one request (in_flight, or unknown if a retry already gave up on it) to ``to_status``."""
+    with session_scope(engine) as session:
+        return transition(
+            session,
+            Recipient,
+            _R.c.request_id == request_id,
+            key={"campaign_id": int(campaign_id), "channel_id": int(channel_id), "chunk_no": int(chunk_no)},
+            from_status=[RecipientStatus.IN_FLIGHT.value, RecipientStatus.UNKNOWN.value],
+            to_status=to_status,
+            values={"reason": reason, **(values or {})},
+        )
+
+
+def dead_letter(
+    engine: Engine,
+    campaign_id: int,
+    channel_id: int,
+    rows: Sequence[Any],
+    bodies: Sequence[dict[str, Any]],
+    reason: str,
+) -> None:
+    """Keep what Netmera refused (a 4xx other than 5016) as replayable dead letters."""
+    ref = f"{int(campaign_id)}:{int(channel_id)}"
+    with session_scope(engine) as session:
+        upsert(
+            session,
+            DeadLetter,
+            [
+                {
+                    "kind": DeadLetterKind.SEND.value,
+                    "ref": ref,
+                    "customer_id": row.customer_id,
+                    "ext_id": row.ext_id,
+                    "payload": body,
+                    "reason": reason,
+                    "attempts": 1,
+                }
+                for row, body in zip(rows, bodies, strict=True)
+            ],
+            conflict_columns=["kind", "ref", "customer_id"],
+            update_columns=["payload", "reason", "attempts"],
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Counts
+# --------------------------------------------------------------------------------------------------
+
+
+def status_counts(engine: Engine, campaign_id: int, channel_id: int) -> dict[str, int]:
+    """Ledger rows per status."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(_R.c.status, sa.func.count()).where(*_mine(campaign_id, channel_id)).group_by(_R.c.status)
+        ).all()
+    return {str(status): int(n) for status, n in rows}
+
+
+def template_counts(engine: Engine, campaign_id: int, channel_id: int) -> dict[str, dict[str, int]]:
+    """Ledger rows per template and status (``{"101": {"sent": 480, "skipped": 20}}``)."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(_R.c.template_id, _R.c.status, sa.func.count())
+            .where(*_mine(campaign_id, channel_id))
+            .group_by(_R.c.template_id, _R.c.status)
+        ).all()
+    out: dict[str, dict[str, int]] = {}
+    for template_id, status, n in rows:
+        out.setdefault(str(template_id), {})[str(status)] = int(n)
+    return out
+
+
+def request_count(engine: Engine, campaign_id: int, channel_id: int) -> int:
+    """Netmera requests that carried this campaign's recipients (the last request of each row)."""
+    with engine.connect() as connection:
+        return int(
+            connection.scalar(
+                sa.select(sa.func.count(sa.distinct(_R.c.request_id))).where(
+                    *_mine(campaign_id, channel_id), _R.c.request_id.is_not(None)
+                )
+            )
+            or 0
+        )
+
+
+def reason_counts(engine: Engine, campaign_id: int, channel_id: int) -> dict[str, int]:
+    """Skipped/failed/unknown/cancelled rows per reason (reasons never contain customer data)."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(_R.c.status, _R.c.reason, sa.func.count())
+            .where(*_mine(campaign_id, channel_id), _R.c.reason.is_not(None))
+            .group_by(_R.c.status, _R.c.reason)
+        ).all()
+    return {f"{status}: {reason}": int(n) for status, reason, n in rows}

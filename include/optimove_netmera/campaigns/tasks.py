@@ -1,0 +1,464 @@
+"""The campaign DAGs' steps as their tasks call them: settings, hooks and the state database resolved here.
+
+Each function takes small arguments and returns a small JSON-serialisable dict (ids and counts, never
+customer data): that is what lands in XCom. The two operators defer (so no worker slot is held while
+waiting): :class:`CampaignSendOperator` until its batch's scheduled time (``DateTimeTrigger`` from the
+standard provider), :class:`RealtimeDrainOperator` until an event 11 is queued
+(:class:`~optimove_netmera.campaigns.realtime.QueuedEventsTrigger`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowFailException
+from sqlalchemy.engine import Engine
+
+from optimove_netmera.campaigns import realtime, recipients, reconcile, send
+from optimove_netmera.campaigns.state import (
+    apply_cancel_list,
+    cancel_status,
+    record_campaign,
+    set_state,
+)
+from optimove_netmera.hooks import NetmeraHook, OptimoveHook
+from optimove_netmera.http import ApiError
+from optimove_netmera.optimove import OptimoveClient
+from optimove_netmera.optimove.models import CampaignMetric
+from optimove_netmera.settings import Settings, SettingsError, get_runtime_settings
+from optimove_netmera.store import Campaign, CampaignState, RecipientStatus, session_scope
+from optimove_netmera.store.engine import get_engine, migrate
+
+log = logging.getLogger(__name__)
+
+SENT_METRIC_ID = 0
+"""``UpdateCampaignMetrics`` MetricID for "sent" (what Optimove channel integrations report)."""
+EVENT_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def settings() -> Settings:
+    """Runtime settings; a bad configuration fails the task without retries, naming the setting."""
+    try:
+        return get_runtime_settings()
+    except SettingsError as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
+def state_engine(s: Settings) -> Engine:
+    """The state database engine (see :meth:`Settings.resolved_state_db_url`)."""
+    return get_engine(s.resolved_state_db_url())
+
+
+def _optimove(s: Settings) -> OptimoveClient:
+    return OptimoveHook(s.connections.optimove).get_conn()
+
+
+def _event_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        return dt.datetime.strptime(str(value).strip(), EVENT_TIME_FORMAT).replace(tzinfo=dt.UTC)
+    except ValueError:
+        raise AirflowFailException(f"event_time {value!r} is not 'YYYY-MM-DD HH:MM:SS'") from None
+
+
+def _store_counts(engine: Engine, campaign_id: int, channel_id: int, key: str, value: Any) -> None:
+    table = Campaign.__table__
+    with session_scope(engine) as session:
+        current = session.scalar(
+            table.select()
+            .with_only_columns(table.c.counts)
+            .where(table.c.campaign_id == campaign_id, table.c.channel_id == channel_id)
+        )
+        merged = {**(current or {}), key: value}
+        session.execute(
+            table.update()
+            .where(table.c.campaign_id == campaign_id, table.c.channel_id == channel_id)
+            .values(counts=merged)
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# optimove_campaign_send
+# --------------------------------------------------------------------------------------------------
+
+
+def open_campaign(params: dict[str, Any], dag_run_id: str) -> dict[str, Any]:
+    """Migrate the state DB, record the campaign, and check it is not cancelled before any work.
+
+    A stored cancel that Optimove's ``GetCanceledCampaignCustomers`` does not narrow (empty list) stops the
+    run here: the later tasks do nothing and the report says ``cancelled``. A non-empty list is judged
+    after staging (partial or whole).
+    """
+    s = settings()
+    migrate(s.resolved_state_db_url())
+    campaign_id, channel_id = int(params["campaign_id"]), int(params["channel_id"])
+    if channel_id not in s.campaigns.channels:
+        raise AirflowFailException(
+            f"channel {channel_id} is not configured: add it to campaigns.channels in the settings "
+            f"(configured: {s.campaigns.channels})"
+        )
+    engine = state_engine(s)
+    event_time = _event_time(params.get("event_time")) or dt.datetime.now(dt.UTC)
+    record_campaign(engine, campaign_id, channel_id, event_time, dag_run_id)
+    status = cancel_status(engine, campaign_id, channel_id)
+    cancelled = status.cancelled
+    if cancelled and status.needs_narrowing:
+        listed = _optimove(s).get_canceled_campaign_customers(campaign_id)
+        if not listed:
+            apply_cancel_list(engine, campaign_id, channel_id, [], fetched_at=dt.datetime.now(dt.UTC))
+        else:
+            cancelled = False  # partial or whole is decided once the recipients are staged
+    run = {
+        "campaign_id": campaign_id,
+        "channel_id": channel_id,
+        "event_time": event_time.strftime(EVENT_TIME_FORMAT),
+        "cancelled": cancelled,
+        "source": params.get("source") or "manual",
+    }
+    log.info(
+        "campaign %s channel %s (source %s, event time %s): %s",
+        campaign_id,
+        channel_id,
+        run["source"],
+        run["event_time"],
+        "CANCELLED before sending: nothing will be sent" if cancelled else "going ahead",
+    )
+    return run
+
+
+def fetch_details(run: dict[str, Any]) -> dict[str, Any]:
+    """``actions/GetCampaignDetails`` into the campaigns row; returns a few scalar facts."""
+    if run["cancelled"]:
+        return {"skipped": "cancelled"}
+    s = settings()
+    engine = state_engine(s)
+    details = _optimove(s).get_campaign_details(run["campaign_id"])
+    table = Campaign.__table__
+    with session_scope(engine) as session:
+        session.execute(
+            table.update()
+            .where(table.c.campaign_id == run["campaign_id"], table.c.channel_id == run["channel_id"])
+            .values(details=details.raw)
+        )
+    if details.channels and run["channel_id"] not in details.channels:
+        log.warning("GetCampaignDetails lists channels %s, not %s", details.channels, run["channel_id"])
+    info = {
+        "status": details.status,
+        "campaign_type": details.campaign_type,
+        "duration": details.duration,
+        "channels": details.channels,
+        "error": details.error,
+    }
+    log.info("campaign details: %s", info)
+    return info
+
+
+def stage(run: dict[str, Any]) -> dict[str, Any]:
+    """Stage the recipients into the ledger (never XCom), then apply a stored cancel to them."""
+    if run["cancelled"]:
+        return {"skipped": "cancelled"}
+    s = settings()
+    engine = state_engine(s)
+    cid, ch = run["campaign_id"], run["channel_id"]
+    client = _optimove(s)
+    started = time.monotonic()
+    counts = recipients.stage_recipients(engine, client, cid, ch, s)
+    counts["seconds"] = round(time.monotonic() - started, 3)
+    stats = client.stats.snapshot()
+    counts |= {"optimove_calls": stats["calls"], "optimove_429s": stats["rate_limited"]}
+    set_state(engine, cid, ch, CampaignState.STAGED.value, from_states=[CampaignState.RECEIVED.value])
+    status = cancel_status(engine, cid, ch)
+    if status.cancelled and status.needs_narrowing:
+        counts["cancel_scope"] = send.narrow_cancel(engine, client, cid, ch)
+    counts["cancelled_now"] = recipients.reapply_cancel(engine, cid, ch)
+    counts["ledger"] = recipients.status_counts(engine, cid, ch)
+    _store_counts(engine, cid, ch, "staging", counts)
+    log.info("staged: %s", counts)
+    return counts
+
+
+def plan(run: dict[str, Any], resend_unknown: bool) -> dict[str, Any]:
+    """Chunk the ledger per template and scheduled time; group chunks into a few mapped send batches."""
+    s = settings()
+    engine = state_engine(s)
+    cid, ch = run["campaign_id"], run["channel_id"]
+    status = cancel_status(engine, cid, ch)
+    if not run["cancelled"] and status.cancelled and status.needs_narrowing:  # a cancel arrived after staging
+        send.narrow_cancel(engine, _optimove(s), cid, ch)
+        recipients.reapply_cancel(engine, cid, ch)
+        status = cancel_status(engine, cid, ch)
+    if run["cancelled"] or status.cancelled:
+        log.info("campaign is cancelled: nothing to send")
+        return {"batches": [], "info": {"cancelled": True}}
+    batches, info = recipients.plan_chunks(engine, cid, ch, s.campaigns.chunk_size, include_unknown=resend_unknown)
+    log.info(
+        "plan: %d chunk(s) with work in %d send task(s); chunks per template %s",
+        info["chunks_with_work"],
+        info["send_tasks"],
+        info["chunks_per_template"],
+    )
+    return {"batches": [b.as_dict() for b in batches], "info": info}
+
+
+class CampaignSendOperator(BaseOperator):
+    """Send one batch of ledger chunks at its scheduled time (deferring until then), checking cancellation.
+
+    ``batch`` is one item of :func:`plan`'s ``batches`` (campaign, channel, scheduled time, chunk numbers).
+    """
+
+    template_fields: Sequence[str] = ()
+
+    def __init__(self, *, batch: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.batch = batch
+
+    def _label(self, context: Context) -> None:
+        context["batch_label"] = self.batch.get("label", "")  # type: ignore[typeddict-unknown-key]
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Defer until the scheduled time if it is in the future, else send now."""
+        self._label(context)
+        moment = self.batch.get("scheduled_time")
+        if moment:
+            when = dt.datetime.fromisoformat(moment)
+            if when > dt.datetime.now(dt.UTC):
+                s = settings()
+                set_state(
+                    state_engine(s),
+                    self.batch["campaign_id"],
+                    self.batch["channel_id"],
+                    CampaignState.WAITING.value,
+                    from_states=[CampaignState.RECEIVED.value, CampaignState.STAGED.value],
+                )
+                log.info("waiting until the scheduled time %s (deferred: no worker slot is held)", moment)
+                self.defer(trigger=DateTimeTrigger(moment=when), method_name="execute_complete")
+        return self._send(context)
+
+    def execute_complete(self, context: Context, event: Any = None) -> dict[str, Any]:
+        """Resumed at the scheduled time."""
+        self._label(context)
+        return self._send(context)
+
+    def _send(self, context: Context) -> dict[str, Any]:
+        s = settings()
+        engine = state_engine(s)
+        params = context["params"]
+        cid, ch = int(self.batch["campaign_id"]), int(self.batch["channel_id"])
+        netmera = NetmeraHook(s.connections.netmera).get_conn()
+        outcome = send.send_chunks(
+            engine,
+            netmera,
+            cid,
+            ch,
+            list(self.batch["chunks"]),
+            optimove=lambda: _optimove(s),
+            resend_unknown=bool(params.get("resend_unknown")),
+        )
+        result = outcome.as_dict()
+        if outcome.cancelled:
+            log.warning(
+                "CANCELLED: campaign %s channel %s stopped before its next request; %d sent by this task, "
+                "%d pending recipient(s) cancelled",
+                cid,
+                ch,
+                outcome.sent,
+                outcome.cancelled_recipients,
+            )
+        else:
+            log.info("%s: %s", self.batch.get("label"), {k: v for k, v in result.items() if v})
+        return result
+
+
+def _format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"campaign {report['campaign_id']} channel {report['channel_id']}: {report['outcome'].upper()}",
+        f"  recipients by status: {report['statuses']}",
+    ]
+    for template, counts in sorted(report["templates"].items()):
+        lines.append(f"  template {template}: {counts}")
+    for reason, n in sorted(report["reasons"].items()):
+        lines.append(f"  {n:>7}  {reason}")
+    if report.get("unknown"):
+        lines.append(
+            f"  {report['unknown']} recipient(s) have an UNKNOWN outcome (a request in flight when its worker "
+            "died, or a 5xx/timeout): not re-sent; trigger the campaign again with resend_unknown=true to re-send"
+        )
+    return "\n".join(lines)
+
+
+def report(run: dict[str, Any], update_metrics: bool) -> dict[str, Any]:
+    """Close the campaign: counts per status and template, in the log and XCom (counts only).
+
+    Rows still ``in_flight`` once every send task has finished are marked ``unknown``. The task fails when
+    recipients are left ``pending`` on a campaign that is not cancelled (a send task failed: clear it).
+    """
+    s = settings()
+    engine = state_engine(s)
+    cid, ch = run["campaign_id"], run["channel_id"]
+    orphans = recipients.mark_orphans_unknown(engine, cid, ch, None)
+    status = cancel_status(engine, cid, ch)
+    statuses = recipients.status_counts(engine, cid, ch)
+    requests = recipients.request_count(engine, cid, ch)
+    if status.cancelled:
+        outcome = "cancelled"
+    elif statuses.get(RecipientStatus.PENDING.value, 0):
+        outcome = "incomplete"
+    elif status.partial:
+        outcome = "done (partially cancelled)"
+    else:
+        outcome = "done"
+    if outcome.startswith("done"):
+        set_state(engine, cid, ch, CampaignState.DONE.value)
+    summary = {
+        "campaign_id": cid,
+        "channel_id": ch,
+        "outcome": outcome,
+        "statuses": statuses,
+        "templates": recipients.template_counts(engine, cid, ch),
+        "reasons": recipients.reason_counts(engine, cid, ch),
+        "unknown": statuses.get(RecipientStatus.UNKNOWN.value, 0),
+        "orphans_marked_unknown": orphans,
+        "requests": requests,
+    }
+    if update_metrics and outcome.startswith("done"):
+        summary["metrics_rows"] = _update_metrics(s, cid, ch, summary["templates"])
+    _store_counts(engine, cid, ch, "report", summary)
+    log.info("campaign send report:\n%s", _format_report(summary))
+    if outcome == "incomplete":
+        raise AirflowFailException(
+            f"campaign {cid} channel {ch}: {statuses.get('pending', 0)} recipient(s) still pending "
+            "(a send task failed); clear the failed send task to resume"
+        )
+    return summary
+
+
+def _update_metrics(s: Settings, cid: int, ch: int, templates: dict[str, dict[str, int]]) -> int:
+    rows = [
+        CampaignMetric(cid, ch, int(t), SENT_METRIC_ID, counts.get(RecipientStatus.SENT.value, 0))
+        for t, counts in templates.items()
+        if counts.get(RecipientStatus.SENT.value)
+    ]
+    try:
+        return _optimove(s).update_campaign_metrics(rows)
+    except ApiError as exc:
+        log.warning("UpdateCampaignMetrics failed (the send itself is complete): %s", exc)
+        return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# optimove_realtime_send
+# --------------------------------------------------------------------------------------------------
+
+
+class RealtimeDrainOperator(BaseOperator):
+    """Drain queued events 11 in micro-batches for ``run_seconds``, deferring whenever the queue is idle.
+
+    While events flow it stays in the worker and polls every ``poll_seconds`` (sub-second latency). After
+    ``idle_seconds`` without events it defers to :class:`~optimove_netmera.campaigns.realtime.QueuedEventsTrigger`
+    (no worker slot held) and resumes as soon as one is queued. After ``run_seconds`` it returns the summary
+    (counts and the receipt -> request latency p50/p95), and the ``@continuous`` schedule starts the next
+    run. ``run_seconds=0``: drain what is queued and return.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_seconds: float | str = 3600,
+        idle_seconds: float | str = 30,
+        poll_seconds: float | str = 0.2,
+        trigger_poll_seconds: float = 1.0,
+        stale_seconds: float | str = 600,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.run_seconds = run_seconds
+        self.idle_seconds = idle_seconds
+        self.poll_seconds = poll_seconds
+        self.trigger_poll_seconds = trigger_poll_seconds
+        self.stale_seconds = stale_seconds
+
+    def _option(self, context: Context, name: str) -> float:
+        params = context["params"]
+        value = params.get(name) if params.get(name) is not None else getattr(self, name)
+        return float(value)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Recover orphans, then drain."""
+        s = settings()
+        migrate(s.resolved_state_db_url())
+        engine = state_engine(s)
+        total = realtime.DrainOutcome()
+        total.recovered_unknown = realtime.recover_stale(engine, self._option(context, "stale_seconds"))
+        if total.recovered_unknown:
+            log.warning(
+                "%d event(s) were in flight when a drainer died: failed, outcome unknown", total.recovered_unknown
+            )
+        if context["params"].get("resend_unknown"):
+            total.requeued_unknown = realtime.requeue_unknown(engine)
+            log.warning("resend_unknown: %d event(s) with an unknown outcome queued again", total.requeued_unknown)
+        deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._option(context, "run_seconds"))
+        return self._cycle(context, s, deadline, total)
+
+    def resume(self, context: Context, event: Any = None, **_: Any) -> dict[str, Any]:
+        """Back from the trigger: drain again, or finish when the run's time is up."""
+        payload = event if isinstance(event, dict) else {}
+        total = realtime.DrainOutcome.from_state(payload.get("carry"))
+        end = dt.datetime.fromisoformat(payload.get("deadline") or dt.datetime.now(dt.UTC).isoformat())
+        if payload.get("status") == "timeout":
+            return self._finish(total)
+        return self._cycle(context, settings(), end, total)
+
+    def _cycle(self, context: Context, s: Settings, deadline: dt.datetime, total: realtime.DrainOutcome) -> Any:
+        engine = state_engine(s)
+        netmera = NetmeraHook(s.connections.netmera).get_conn()
+        left = (deadline - dt.datetime.now(dt.UTC)).total_seconds()
+        total.add(
+            realtime.drain(
+                engine,
+                netmera,
+                s,
+                claimed_by=context["run_id"],
+                until=time.monotonic() + max(0.0, left),
+                idle_seconds=min(self._option(context, "idle_seconds"), max(0.0, left)),
+                poll_seconds=self._option(context, "poll_seconds"),
+            )
+        )
+        if dt.datetime.now(dt.UTC) >= deadline:
+            return self._finish(total)
+        log.info("queue idle: deferring until an event 11 is queued (summary so far: %s)", total.summary())
+        self.defer(
+            trigger=realtime.QueuedEventsTrigger(
+                deadline=deadline.isoformat(), poll_seconds=self.trigger_poll_seconds, carry=total.state()
+            ),
+            method_name="resume",
+        )
+        return None
+
+    @staticmethod
+    def _finish(total: realtime.DrainOutcome) -> dict[str, Any]:
+        summary = total.summary()
+        log.info("realtime send summary: %s", summary)
+        return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# optimove_campaign_reconcile
+# --------------------------------------------------------------------------------------------------
+
+
+def run_reconcile(day: str | None, run_after: dt.datetime | None) -> dict[str, Any]:
+    """Reconcile ``day`` (default: the run's date, UTC) and re-dispatch pending events."""
+    from optimove_netmera.campaigns.events import TaskDagTrigger
+
+    s = settings()
+    migrate(s.resolved_state_db_url())
+    moment = run_after or dt.datetime.now(dt.UTC)
+    target = dt.date.fromisoformat(day) if day else moment.astimezone(dt.UTC).date()
+    return reconcile.reconcile_day(state_engine(s), _optimove(s), s, target, trigger=TaskDagTrigger(s))

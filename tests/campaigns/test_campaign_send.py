@@ -1,0 +1,467 @@
+"""Real runs of ``optimove_campaign_send`` (``dag.test()``) against the sandbox over HTTP, on SQLite and PostgreSQL.
+
+Covers: end to end (control group, duplicates, missing data, unmapped templates), exactly once across whole-run
+clears, second runs, crashes (rows left in flight), ambiguous failures and retries, cancellation in the middle of
+a send, a cancel that arrives before the bulk event, partial cancellation, the scheduled-time wait, and the event
+endpoint firing a run (a duplicate event makes one run).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from optimove_netmera.campaigns import state
+from optimove_netmera.campaigns.recipients import ORPHAN_REASON
+from optimove_netmera.campaigns.send import UNKNOWN_EXT_ID_REASON
+from optimove_netmera.store import Campaign, Recipient, get_engine
+from sends_helpers import (
+    CHANNEL,
+    configure,
+    deliveries,
+    expected_recipients,
+    ledger,
+    optimove_client,
+    run_dag,
+    send_requests,
+    statuses,
+    task_states,
+    utcnow,
+    xcom,
+)
+
+DAG_ID = "optimove_campaign_send"
+CHUNK = 50
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+@pytest.fixture
+def env(sandbox_reset: Any, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The sandbox (reset), the test's state DB, chunks of 50, no task retries."""
+    configure(sandbox_reset, db_url, monkeypatch, chunk_size=CHUNK)
+    return sandbox_reset
+
+
+def send(campaign_id: int, conf: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """A run of the send DAG; ``logical_date`` also fixes ``run_after``, so the same value re-runs the same run."""
+    if "logical_date" in kwargs:
+        kwargs.setdefault("run_after", kwargs["logical_date"])
+    return run_dag(DAG_ID, {"campaign_id": campaign_id, "channel_id": CHANNEL, **(conf or {})}, **kwargs)
+
+
+def per_ext_id(box: Any) -> Counter[str]:
+    return Counter(d["extId"] for d in deliveries(box))
+
+
+def assert_exactly_once(box: Any, expected: dict[str, Any], allowed_missing: set[str] = frozenset()) -> None:
+    """Each sendable recipient got exactly one notification with its params; nobody else got one."""
+    got = per_ext_id(box)
+    dupes = {k: n for k, n in got.items() if n > 1}
+    assert not dupes, f"{len(dupes)} recipients got more than one notification"
+    sendable = expected["sendable"]
+    extra = set(got) - set(sendable)
+    assert not extra, f"{len(extra)} notifications to recipients that must not get one"
+    missing = set(sendable) - set(got) - set(allowed_missing)
+    assert not missing, f"{len(missing)} sendable recipients got nothing"
+    for d in deliveries(box):
+        key, params = sendable[d["extId"]]
+        assert d["notificationKey"] == key
+        assert d["params"] == params
+
+
+def test_end_to_end_every_recipient_exactly_once_with_params(env: Any, db_url: str) -> None:
+    box = env
+    created = box.admin.optimove.create_campaign(
+        recipients=400, control_fraction=0.1, duplicates=12, missing_data_fraction=0.05, templates=[1, 2, 9]
+    )
+    cid = created["campaign_id"]
+    expected = expected_recipients(box, cid)
+    assert expected["control"] and expected["missing"] and expected["unmapped"]
+
+    dr = send(cid)
+    assert dr.state == "success", task_states(dr)
+    assert_exactly_once(box, expected)
+
+    rows = ledger(db_url, cid)
+    by_customer = {r["customer_id"]: r for r in rows}
+    assert len(rows) == len(by_customer) == 400  # duplicates dropped
+    for customer in expected["control"]:
+        assert by_customer[customer]["status"] == "skipped"
+        assert by_customer[customer]["reason"] == "control group (ActionID 1)"
+    for customer in expected["missing"]:
+        assert by_customer[customer]["status"] == "skipped"
+        assert by_customer[customer]["reason"] == "missing required param(s): name"
+    for customer in expected["unmapped"]:
+        assert by_customer[customer]["reason"] == "no notificationKey mapped for template 9"
+    for customer in expected["sendable"]:
+        assert by_customer[customer]["status"] == "sent"
+
+    # one request per chunk of <= 50 recipients of one template
+    per_key = Counter(key for key, _ in expected["sendable"].values())
+    assert send_requests(box) == sum(math.ceil(n / CHUNK) for n in per_key.values())
+
+    report = xcom(dr, "report")
+    assert report["outcome"] == "done"
+    assert report["statuses"]["sent"] == len(expected["sendable"])
+    assert set(report["templates"]) == {"1", "2", "9"}
+    shown = str(report) + str(xcom(dr, "stage_recipients")) + str(xcom(dr, "plan"))
+    assert not any(customer in shown for customer in expected["sendable"])  # counts only, no customer data
+    staged = xcom(dr, "stage_recipients")
+    assert staged["duplicates_dropped"] == 12 and staged["fetched"] == 412
+    with get_engine(db_url).connect() as conn:
+        assert conn.scalar(sa.select(Campaign.state).where(Campaign.campaign_id == cid)) == "done"
+
+
+def test_whole_run_clear_and_second_run_send_nothing_again(env: Any, db_url: str) -> None:
+    box = env
+    cid = box.admin.optimove.create_campaign(recipients=200, control_fraction=0.1, templates=[1, 2])["campaign_id"]
+    expected = expected_recipients(box, cid)
+    when = utcnow()
+    first = send(cid, logical_date=when)
+    assert first.state == "success", task_states(first)
+    requests = send_requests(box)
+
+    again = send(cid, logical_date=when)  # same logical date: the same run, every task cleared
+    assert again.run_id == first.run_id
+    assert again.state == "success", task_states(again)
+    other = send(cid)  # a second run for the same campaign (a duplicate event with another timestamp)
+    assert other.state == "success", task_states(other)
+
+    assert send_requests(box) == requests
+    assert_exactly_once(box, expected)
+    assert xcom(other, "report")["statuses"]["sent"] == len(expected["sendable"])
+
+
+def test_unknown_ext_id_chunk_is_skipped_not_retried(env: Any, db_url: str) -> None:
+    box = env
+    cid = box.admin.optimove.create_campaign(recipients=40, control_fraction=0.0, templates=[1])["campaign_id"]
+    expected = expected_recipients(box, cid)
+    box.admin.netmera.remove_users(sorted(expected["sendable"]))  # nobody in the campaign is a Netmera user
+    dr = send(cid)
+    assert dr.state == "success", task_states(dr)
+    rows = ledger(db_url, cid)
+    assert statuses(rows) == Counter({"skipped": 40})
+    assert {r["reason"] for r in rows} == {UNKNOWN_EXT_ID_REASON}
+    assert send_requests(box, "400") == 1 and send_requests(box) == 0
+
+
+def test_crash_leaves_rows_in_flight_they_become_unknown_and_resend_on_request(env: Any, db_url: str) -> None:
+    box = env
+    cid = box.admin.optimove.create_campaign(recipients=300, control_fraction=0.1, templates=[1])["campaign_id"]
+    expected = expected_recipients(box, cid)
+    # stage and plan, but "crash" before sending: the send tasks are marked success without running
+    when = utcnow()
+    staged = send(cid, logical_date=when, mark_success_pattern="send")
+    assert send_requests(box) == 0
+    engine = get_engine(db_url)
+    table = Recipient.__table__
+    with engine.begin() as conn:  # a worker claimed chunk 2 and died before its request
+        crashed = conn.execute(
+            sa.update(table)
+            .where(table.c.campaign_id == cid, table.c.chunk_no == 2, table.c.status == "pending")
+            .values(status="in_flight", request_id="dead-worker", attempts=1)
+            .returning(table.c.customer_id)
+        ).scalars()
+        crashed = set(crashed)
+    assert crashed
+
+    cleared = send(cid, logical_date=when)  # ops clear the whole run: the same run, every task cleared
+    assert cleared.run_id == staged.run_id
+    assert cleared.state == "success", task_states(cleared)
+    rows = {r["customer_id"]: r for r in ledger(db_url, cid)}
+    assert {c for c, r in rows.items() if r["status"] == "unknown"} == crashed
+    assert {rows[c]["reason"] for c in crashed} == {ORPHAN_REASON}
+    assert_exactly_once(box, expected, allowed_missing=crashed)  # nobody missing except the reported unknowns
+    report = xcom(cleared, "report")
+    assert report["unknown"] == len(crashed) and report["outcome"] == "done"
+
+    resent = send(cid, conf={"resend_unknown": True})
+    assert resent.state == "success", task_states(resent)
+    assert_exactly_once(box, expected)
+    assert statuses(ledger(db_url, cid))["unknown"] == 0
+
+
+def test_ambiguous_failure_marks_unknown_task_fails_clear_resumes(env: Any, db_url: str) -> None:
+    box = env
+    cid = box.admin.optimove.create_campaign(recipients=300, control_fraction=0.0, templates=[1])["campaign_id"]
+    expected = expected_recipients(box, cid)
+    # the 3rd sendNotification gets a 503 (ambiguous for a non-idempotent send: the push may have gone out)
+    box.admin.netmera.set_faults(
+        [{"endpoint": "/rest/3.0/sendNotification", "error_rate": 1.0, "error_status": 503, "count": 1, "after": 2}]
+    )
+    when = utcnow()
+    first = send(cid, logical_date=when)
+    assert first.state == "failed", task_states(first)
+    rows = ledger(db_url, cid)
+    unknown = {r["customer_id"] for r in rows if r["status"] == "unknown"}
+    assert len(unknown) == CHUNK
+    assert statuses(rows)["pending"] > 0
+    box.admin.netmera.clear_faults()
+
+    cleared = send(cid, logical_date=when)
+    assert cleared.run_id == first.run_id
+    assert cleared.state == "success", task_states(cleared)
+    assert_exactly_once(box, expected, allowed_missing=unknown)
+    assert statuses(ledger(db_url, cid))["unknown"] == len(unknown)
+
+
+def _start_canceller(box: Any, engine: Any, cid: int, stored: dict[str, Any]) -> threading.Thread:
+    """Cancel the campaign (as event 4 does) once Netmera has recorded the first request."""
+
+    def run() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not box.admin.netmera.deliveries(status="all", limit=1)["total"]:
+            time.sleep(0.02)
+        stored["n"] = state.mark_cancelled(engine, cid, None, utcnow(), "webhook")
+        stored["at"] = utcnow()  # the cancel is committed by now
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_cancel_in_the_middle_of_a_send(env: Any, db_url: str) -> None:
+    box = env
+    cid = box.admin.optimove.create_campaign(recipients=600, control_fraction=0.0, templates=[1])["campaign_id"]
+    latency = 0.25
+    box.admin.netmera.set_faults([{"endpoint": "/rest/3.0/sendNotification", "latency_ms": latency * 1000}])
+    stored: dict[str, Any] = {}
+    engine = get_engine(db_url)
+    canceller = _start_canceller(box, engine, cid, stored)
+    dr = send(cid)
+    canceller.join(timeout=60)
+    assert dr.state == "success", task_states(dr)  # a cancelled send is not a failure
+
+    rows = ledger(db_url, cid)
+    counts = statuses(rows)
+    assert counts["sent"] >= CHUNK and counts["cancelled"] > 0
+    assert counts["sent"] + counts["cancelled"] == 600 and not counts["pending"]
+    cancelled_at = stored["at"]
+    starts = [r["sent_at"] for r in rows if r["status"] == "sent"]
+    assert max(starts) < cancelled_at, "a Netmera request started after the cancel was stored"
+    # Netmera's side: every request reached its handler (after the injected latency) before the cancel + latency
+    for d in deliveries(box):
+        handled = dt.datetime.fromisoformat(d["received_at"].replace("Z", "+00:00"))
+        assert (handled - cancelled_at).total_seconds() < latency, "a request reached Netmera after the cancel"
+    assert len(deliveries(box)) == counts["sent"]
+    report = xcom(dr, "report")
+    assert report["outcome"] == "cancelled"
+    outcomes = [xcom(dr, "send", i) for i in range(len([k for k in task_states(dr) if k.startswith("send[")]))]
+    assert any(o and o["cancelled"] for o in outcomes)
+
+
+def test_cancel_before_the_bulk_event_wins(env: Any, db_url: str) -> None:
+    box = env
+    cid = box.admin.optimove.create_campaign(recipients=100, control_fraction=0.1, templates=[1])["campaign_id"]
+    state.mark_cancelled(get_engine(db_url), cid, None, utcnow(), "webhook")  # event 4 first
+    state.record_campaign(get_engine(db_url), cid, CHANNEL, utcnow(), "optimove_c_test")  # then event 13
+    dr = send(cid)
+    assert dr.state == "success", task_states(dr)
+    assert send_requests(box) == 0 and not deliveries(box)
+    assert xcom(dr, "report")["outcome"] == "cancelled"
+    assert xcom(dr, "open_campaign")["cancelled"] is True
+
+
+def test_partial_cancel_narrowed_with_get_canceled_campaign_customers(env: Any, db_url: str) -> None:
+    box = env
+    cid = box.admin.optimove.create_campaign(recipients=200, control_fraction=0.1, templates=[1])["campaign_id"]
+    expected = expected_recipients(box, cid)
+    box.admin.optimove.cancel_campaign(cid, customers=30)  # Optimove cancelled 30 customers
+    state.mark_cancelled(get_engine(db_url), cid, CHANNEL, utcnow(), "webhook")
+    listed = {c.customer_id for c in _canceled(box, cid)}
+    assert len(listed) == 30
+
+    dr = send(cid)
+    assert dr.state == "success", task_states(dr)
+    rows = {r["customer_id"]: r for r in ledger(db_url, cid)}
+    assert {c for c, r in rows.items() if r["status"] == "cancelled"} == listed & set(expected["sendable"])
+    remaining = {c: v for c, v in expected["sendable"].items() if c not in listed}
+    assert_exactly_once(box, {**expected, "sendable": remaining})
+    assert xcom(dr, "report")["outcome"] == "done (partially cancelled)"
+
+
+def test_full_cancel_listed_by_optimove_mid_send(env: Any, db_url: str) -> None:
+    box = env
+    cid = box.admin.optimove.create_campaign(recipients=400, control_fraction=0.1, templates=[1])["campaign_id"]
+    box.admin.netmera.set_faults([{"endpoint": "/rest/3.0/sendNotification", "latency_ms": 200}])
+    box.admin.optimove.cancel_campaign(cid)  # Optimove lists every recipient: a whole-campaign cancel
+    stored: dict[str, Any] = {}
+    canceller = _start_canceller(box, get_engine(db_url), cid, stored)
+    dr = send(cid)
+    canceller.join(timeout=60)
+    assert dr.state == "success", task_states(dr)
+    rows = ledger(db_url, cid)
+    assert max(r["sent_at"] for r in rows if r["status"] == "sent") < stored["at"]
+    assert statuses(rows)["pending"] == 0 and statuses(rows)["cancelled"] > 0
+    assert xcom(dr, "report")["outcome"] == "cancelled"
+
+
+def _canceled(box: Any, cid: int) -> list[Any]:
+    return optimove_client(box).get_canceled_campaign_customers(cid)
+
+
+def test_waits_for_the_scheduled_time(env: Any, db_url: str) -> None:
+    box = env
+    when = utcnow().replace(microsecond=0) + dt.timedelta(seconds=4)
+    cid = box.admin.optimove.create_campaign(
+        recipients=60, control_fraction=0.0, templates=[1], scheduled_time=when.strftime("%Y-%m-%d %H:%M:%S")
+    )["campaign_id"]
+    dr = send(cid)
+    assert dr.state == "success", task_states(dr)
+    rows = [r for r in ledger(db_url, cid) if r["status"] == "sent"]
+    assert rows and min(r["sent_at"] for r in rows) >= when
+
+
+@pytest.mark.skipif(os.environ.get("OPTIMOVE_NETMERA_SKIP_ENDPOINT") == "1", reason="endpoint test disabled")
+def test_webhook_fired_by_the_sandbox_starts_one_run(env: Any, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sandbox posts event 13 to the real endpoint twice: one event, one run with the contract's run_id."""
+    import uvicorn
+    from airflow.models import DagRun
+    from airflow.utils.session import create_session
+    from optimove_netmera.campaigns.api import create_app
+    from optimove_netmera.store import Event
+    from sends_helpers import REPO
+
+    box = env
+    monkeypatch.setenv("OPTIMOVE_NETMERA_INBOUND_API_KEY", "inbound-test-key")
+    _sync_dags(REPO / "dags")
+    cid = box.admin.optimove.create_campaign(recipients=120, control_fraction=0.1, templates=[1])["campaign_id"]
+    expected = expected_recipients(box, cid)
+
+    from optimove_netmera.sandbox.process import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/event/optimove-netmera"
+        headers = {"X-netmera-api-key": "inbound-test-key"}
+        for _ in range(2):
+            fired = box.admin.optimove.fire_webhook(13, cid, CHANNEL, url=url, headers=headers)
+            assert [d["status"] for d in fired["deliveries"]] == [200], fired
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    with get_engine(db_url).connect() as conn:
+        stored = conn.execute(sa.select(Event).where(Event.campaign_id == cid)).all()
+    assert len(stored) == 1 and stored[0].status == "dispatched"
+    run_id = stored[0].dag_run_id
+    assert run_id.startswith(f"optimove_c{cid}_ch{CHANNEL}_")
+    with create_session() as session:
+        runs = session.scalars(sa.select(DagRun).where(DagRun.dag_id == DAG_ID, DagRun.run_id == run_id)).all()
+        assert len(runs) == 1
+        conf = dict(runs[0].conf)
+    assert conf["campaign_id"] == cid and conf["source"] == "webhook"
+
+    dr = run_dag(DAG_ID, conf)  # run the triggered run's work (dag.test makes its own run id)
+    assert dr.state == "success", task_states(dr)
+    assert_exactly_once(box, expected)
+
+
+def _sync_dags(folder: Any) -> None:
+    """Write the dags folder's DAGs to the metadata DB (what the DAG processor does), so runs can be created."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+    from airflow.utils.session import create_session
+
+    manager = DagBundlesManager()
+    with create_session() as session:
+        manager.sync_bundles_to_db(session=session)
+    for bundle in manager.get_all_dag_bundles():
+        if not bundle.is_initialized:
+            bundle.initialize()
+        bag = BundleDagBag(dag_folder=bundle.path, bundle_path=bundle.path, bundle_name=bundle.name)
+        sync_bag_to_db(bag, bundle.name, bundle.version)
+
+
+def test_two_workers_sending_the_same_chunks_never_double_send(env: Any, db_url: str) -> None:
+    """Two senders (a zombie and its retry, or two runs) race over the same chunks: each recipient once."""
+    from optimove_netmera.campaigns.send import send_chunks
+    from optimove_netmera.netmera import NetmeraClient
+
+    box = env
+    cid = box.admin.optimove.create_campaign(recipients=500, control_fraction=0.0, templates=[1, 2])["campaign_id"]
+    expected = expected_recipients(box, cid)
+    send(cid, mark_success_pattern="send")  # staged and chunked, nothing sent
+    engine = get_engine(db_url)
+    chunks = sorted({r["chunk_no"] for r in ledger(db_url, cid) if r["chunk_no"] is not None})
+    outcomes: list[Any] = []
+
+    def worker(order: list[int]) -> None:
+        client = NetmeraClient(box.netmera_url, box.netmera_api_key)
+        outcomes.append(send_chunks(engine, client, cid, CHANNEL, order))
+
+    threads = [threading.Thread(target=worker, args=(o,)) for o in (chunks, list(reversed(chunks)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sum(o.sent for o in outcomes) == len(expected["sendable"])
+    assert sum(o.requests for o in outcomes) == len(chunks)
+    assert_exactly_once(box, expected)
+
+
+def test_mark_cancelled_and_record_campaign_contract(env: Any, db_url: str) -> None:
+    engine = get_engine(db_url)
+    at = utcnow()
+    # a cancel without a channel before anything is known: every configured channel is cancelled
+    assert state.mark_cancelled(engine, 42, None, at, "webhook") == 0
+    status = state.cancel_status(engine, 42, CHANNEL)
+    assert status.cancelled and status.needs_narrowing and status.cancelled_at == at
+    state.record_campaign(engine, 42, CHANNEL, at, "optimove_c42_ch506_x")  # the bulk event after the cancel
+    assert state.cancel_status(engine, 42, CHANNEL).state == "cancelled"  # the cancel wins
+    with engine.connect() as conn:
+        assert conn.scalar(sa.select(Campaign.dag_run_id).where(Campaign.campaign_id == 42)) == "optimove_c42_ch506_x"
+
+    # a finished campaign keeps its state; pending recipients of a running one are cancelled and counted
+    state.record_campaign(engine, 43, CHANNEL, at, None)
+    state.set_state(engine, 43, CHANNEL, "done")
+    assert state.mark_cancelled(engine, 43, CHANNEL, at, "webhook") == 0
+    assert state.cancel_status(engine, 43, CHANNEL).state == "done"
+    state.record_campaign(engine, 44, CHANNEL, at, None)
+    table = Recipient.__table__
+    with engine.begin() as conn:
+        conn.execute(
+            table.insert(),
+            [
+                {"campaign_id": 44, "channel_id": CHANNEL, "customer_id": f"X{i}", "template_id": 1, "status": s}
+                for i, s in enumerate(["pending", "pending", "sent", "in_flight", "skipped"])
+            ],
+        )
+    assert state.mark_cancelled(engine, 44, CHANNEL, at, "webhook") == 2
+    assert state.mark_cancelled(engine, 44, CHANNEL, at, "webhook") == 0  # a repeat is harmless
+    assert Counter(r["status"] for r in ledger(db_url, 44)) == Counter(
+        {"cancelled": 2, "sent": 1, "in_flight": 1, "skipped": 1}
+    )
+    # Optimove lists one of the two sendable-but-unsent customers: partial, the other goes back to pending
+    assert state.apply_cancel_list(engine, 44, CHANNEL, ["X0"], fetched_at=utcnow()) == "partial"
+    rows = {r["customer_id"]: r["status"] for r in ledger(db_url, 44)}
+    assert rows["X0"] == "cancelled" and rows["X1"] == "pending"
+    assert state.cancel_status(engine, 44, CHANNEL).partial
+
+
+def test_update_metrics_reports_sent_counts_back_to_optimove(env: Any, db_url: str) -> None:
+    box = env
+    cid = box.admin.optimove.create_campaign(recipients=120, control_fraction=0.1, templates=[1, 2])["campaign_id"]
+    expected = expected_recipients(box, cid)
+    dr = send(cid, conf={"update_metrics": True})
+    assert dr.state == "success", task_states(dr)
+    rows = [r for r in box.admin.optimove.metrics() if r["CampaignID"] == cid]
+    per_template = Counter(key for key, _ in expected["sendable"].values())
+    assert {(r["TemplateID"], r["MetricID"], r["MetricValue"]) for r in rows} == {
+        (t, 0, per_template[str(100 + t)]) for t in (1, 2)
+    }
+    assert xcom(dr, "report")["metrics_rows"] == 2

@@ -1,0 +1,340 @@
+"""Benchmark of the bulk campaign send (run: ``python tests/perf/bench_campaign.py``; not collected by pytest).
+
+On the embedded default (the sandbox as a subprocess, the SQLite state database in a fresh AIRFLOW_HOME, the
+``optimove_campaign_send`` DAG run with ``dag.test()``, i.e. every task in this one process, mapped tasks one
+after another):
+
+1. a campaign of ``--recipients`` (100,000) recipients on two templates, scheduled ``--lead`` seconds after its
+   event 13: wall time from the event being stored to the start and the end of the last Netmera request, the
+   send phase's recipients per second, the Netmera requests (expected: ceil(n / 1000) per template group),
+   and how long after the scheduled time the last request finished (target <= 60 s);
+2. the same size again, cancelled (``mark_cancelled``, what event 4 does) once ``--cancel-after`` recipients are
+   sent: cancellation latency = start of the last request minus the moment the cancel was stored (<= 0 means no
+   request started after it; target <= 1 s), the time until the sender had stopped, and the requests after it;
+3. single-target sends: ``--events`` events 11 queued at ``--event-rate`` per second while a drainer polls the
+   queue: p50/p95 from ``events.received_at`` to the start of the Netmera request.
+
+Then the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from machine import machine  # tests/perf/machine.py (the script's own folder is on sys.path)
+from optimove_netmera.sandbox import process
+from optimove_netmera.sandbox.process import SandboxProcess
+
+REPO = Path(__file__).resolve().parents[2]
+HOME = Path(tempfile.mkdtemp(prefix="bench-campaign-airflow-"))
+# Airflow reads its configuration at import time: isolate it before anything imports airflow.
+os.environ["AIRFLOW_HOME"] = str(HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
+os.environ["OPTIMOVE_NETMERA__SYNC__RETRIES"] = "0"
+
+CHANNEL = 506
+SEND = "POST /rest/3.0/sendNotification"
+
+
+class Box(SandboxProcess):
+    """The sandbox subprocess, with the benchmark's one counter."""
+
+    def send_requests(self) -> int:
+        return self.admin.netmera.requests()["counts"].get(SEND, {}).get("200", 0)
+
+
+def start_box(customers: int) -> Box:
+    box = process.start_sandbox(customers, log_path=HOME / "sandbox.log")
+    return Box(**{f.name: getattr(box, f.name) for f in dataclasses.fields(box)})
+
+
+def configure(box: Box, state_db_url: str | None) -> None:
+    os.environ["AIRFLOW_CONN_OPTIMOVE_DEFAULT"] = json.dumps(
+        {"conn_type": "optimove", "host": box.optimove_url, "extra": {"api_key": box.optimove_api_key}}
+    )
+    os.environ["AIRFLOW_CONN_NETMERA_DEFAULT"] = json.dumps(
+        {"conn_type": "netmera", "host": box.netmera_url, "password": box.netmera_api_key}
+    )
+    if state_db_url:
+        os.environ["OPTIMOVE_NETMERA_STATE_DB_URL"] = state_db_url
+    else:
+        os.environ.pop("OPTIMOVE_NETMERA_STATE_DB_URL", None)  # the embedded default: SQLite in AIRFLOW_HOME
+    subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
+        check=True,
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+class RecordingTrigger:
+    """A DagTrigger that records the run the endpoint would create (the bench runs its work with dag.test)."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, dict[str, Any]]] = []
+
+    def trigger(self, dag_id: str, run_id: str, conf: dict[str, Any], **_: Any) -> bool:
+        self.runs.append((run_id, conf))
+        return True
+
+    def has_run_on(self, dag_id: str, day: dt.date) -> bool:
+        return False
+
+
+def send_dag() -> Any:
+    from airflow.models import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags" / "optimove_campaign_send.py"))
+    if bag.import_errors:
+        raise SystemExit(f"DAG import errors: {bag.import_errors}")
+    return bag.get_dag("optimove_campaign_send")
+
+
+def event_13(engine: Any, campaign_id: int) -> tuple[float, dict[str, Any]]:
+    """Store and dispatch an event 13 the way the endpoint does; (wall time it was stored, the run's conf)."""
+    from optimove_netmera.campaigns import events
+
+    payload = {"eventTypeId": 13, "timeStamp": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")}
+    payload |= {"campaignId": campaign_id, "channelId": CHANNEL}
+    trigger = RecordingTrigger()
+    result = events.ingest(engine, events.parse_event(payload), raw=payload, trigger=trigger)
+    stored = time.time()
+    if result.dispatch is None or not trigger.runs:
+        raise SystemExit(f"event not dispatched: {result}")
+    return stored, trigger.runs[0][1]
+
+
+def ledger_times(engine: Any, campaign_id: int) -> dict[str, Any]:
+    """Per status counts; first/last request start (sent_at) and end (updated_at) of the sent rows."""
+    import sqlalchemy as sa
+    from optimove_netmera.store import Recipient
+
+    r = Recipient.__table__
+    with engine.connect() as conn:
+        counts = dict(
+            conn.execute(
+                sa.select(r.c.status, sa.func.count()).where(r.c.campaign_id == campaign_id).group_by(r.c.status)
+            ).all()
+        )
+        first, last = conn.execute(
+            sa.select(sa.func.min(r.c.sent_at), sa.func.max(r.c.sent_at)).where(
+                r.c.campaign_id == campaign_id, r.c.status == "sent"
+            )
+        ).one()
+        end = conn.execute(
+            sa.select(sa.func.max(r.c.updated_at)).where(r.c.campaign_id == campaign_id, r.c.status == "sent")
+        ).scalar()
+        groups = conn.execute(
+            sa.select(r.c.template_id, sa.func.count())
+            .where(r.c.campaign_id == campaign_id, r.c.status == "sent")
+            .group_by(r.c.template_id)
+        ).all()
+    conv = r.c.sent_at.type.process_result_value
+    return {
+        "counts": counts,
+        "first_start": conv(first, engine.dialect),
+        "last_start": conv(last, engine.dialect),
+        "last_end": conv(end, engine.dialect),
+        "groups": {int(t): int(n) for t, n in groups},
+    }
+
+
+def bench_send(box: Box, engine: Any, n: int, lead: float) -> dict[str, Any]:
+    scheduled = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lead)).replace(microsecond=0)
+    created = box.admin.optimove.create_campaign(
+        campaign_id=900_001,
+        recipients=n,
+        control_fraction=0.05,
+        templates=[1, 2],
+        scheduled_time=scheduled.strftime("%Y-%m-%d %H:%M:%S"),
+    )
+    cid = created["campaign_id"]
+    before = box.send_requests()
+    event_at, conf = event_13(engine, cid)
+    dag = send_dag()
+    dr = dag.test(run_conf=conf)
+    t = ledger_times(engine, cid)
+    requests = box.send_requests() - before
+    expected = sum(math.ceil(k / 1000) for k in t["groups"].values())
+    send_seconds = (t["last_end"] - t["first_start"]).total_seconds()
+    sent = t["counts"].get("sent", 0)
+    return {
+        "run state": str(dr.state),
+        "recipients (rows, incl. control group)": n,
+        "ledger": t["counts"],
+        "event -> start of last request": f"{t['last_start'].timestamp() - event_at:.1f} s",
+        "event -> end of last request": f"{t['last_end'].timestamp() - event_at:.1f} s",
+        "scheduled time -> end of last request": f"{(t['last_end'] - scheduled).total_seconds():.1f} s (target <= 60)",
+        "scheduled time -> first request": f"{(t['first_start'] - scheduled).total_seconds():.2f} s",
+        "send phase": f"{send_seconds:.2f} s, {sent / send_seconds:,.0f} recipients/s" if send_seconds > 0 else "n/a",
+        "Netmera requests": f"{requests} (expected ceil(n/1000) per template group: {expected})",
+    }
+
+
+def bench_cancel(box: Box, engine: Any, n: int, cancel_after: int) -> dict[str, Any]:
+    import sqlalchemy as sa
+    from optimove_netmera.campaigns import state
+    from optimove_netmera.store import Recipient
+
+    created = box.admin.optimove.create_campaign(
+        campaign_id=900_002, recipients=n, control_fraction=0.05, templates=[1, 2]
+    )
+    cid = created["campaign_id"]
+    _, conf = event_13(engine, cid)
+    cancel_after = min(cancel_after, n // 5)
+    stored: dict[str, float] = {}
+    r = Recipient.__table__
+
+    def canceller() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                sent = conn.scalar(
+                    sa.select(sa.func.count()).where(r.c.campaign_id == cid, r.c.status.in_(["sent", "in_flight"]))
+                )
+            if sent >= cancel_after:
+                break
+            time.sleep(0.01)
+        while time.monotonic() < deadline:  # cancel while a request is in flight: the hardest moment
+            with engine.connect() as conn:
+                if conn.scalar(sa.select(sa.func.count()).where(r.c.campaign_id == cid, r.c.status == "in_flight")):
+                    break
+            time.sleep(0.001)
+        state.mark_cancelled(engine, cid, None, dt.datetime.now(dt.UTC), "webhook")
+        stored["at"] = time.time()
+
+    thread = threading.Thread(target=canceller, daemon=True)
+    thread.start()
+    dr = send_dag().test(run_conf=conf)
+    thread.join(timeout=60)
+    t = ledger_times(engine, cid)
+    cancel_at = stored["at"]
+    with engine.connect() as conn:
+        after = conn.scalar(
+            sa.select(sa.func.count(sa.distinct(r.c.request_id))).where(
+                r.c.campaign_id == cid,
+                r.c.status == "sent",
+                r.c.sent_at > dt.datetime.fromtimestamp(cancel_at, dt.UTC),
+            )
+        )
+    seen = [o["cancel_seen_at"] for o in send_outcomes(dr) if o.get("cancel_seen_at")]
+    stopped = min(dt.datetime.fromisoformat(x).timestamp() for x in seen) - cancel_at if seen else None
+    return {
+        "run state": str(dr.state),
+        "ledger": t["counts"],
+        "cancel stored": f"while a request was in flight, after >= {cancel_after:,} recipients were claimed",
+        "cancel stored -> sender saw it and stopped": f"{stopped:+.3f} s" if stopped is not None else "n/a",
+        "cancellation latency (start of last request - cancel stored)": (
+            f"{t['last_start'].timestamp() - cancel_at:+.3f} s (<= 0: none started after the cancel; target <= 1 s)"
+        ),
+        "cancel stored -> end of last request": f"{t['last_end'].timestamp() - cancel_at:+.3f} s",
+        "requests started after the cancel": after,
+    }
+
+
+def bench_realtime(box: Box, engine: Any, count: int, rate: float) -> dict[str, Any]:
+    from optimove_netmera.campaigns import events, realtime
+    from optimove_netmera.netmera import NetmeraClient
+    from optimove_netmera.settings import get_settings
+
+    ids = [f"C{i:07d}" for i in range(1, count + 1)]
+    box.admin.netmera.add_users(ids)
+    netmera = NetmeraClient(box.netmera_url, box.netmera_api_key)
+    settings = get_settings()
+    result: dict[str, Any] = {}
+
+    def drainer() -> None:
+        until = time.monotonic() + count / rate + 10
+        result["out"] = realtime.drain(engine, netmera, settings, until=until, idle_seconds=3, poll_seconds=0.2)
+
+    thread = threading.Thread(target=drainer, daemon=True)
+    thread.start()
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    for customer in ids:
+        payload = {"eventTypeId": 11, "timeStamp": stamp, "campaignId": 9001, "channelId": CHANNEL}
+        payload |= {"customerID": customer, "templateID": 1, "promoCode": "RT"}
+        events.store_event(engine, events.parse_event(payload), raw=payload)
+        time.sleep(1 / rate)
+    thread.join(timeout=120)
+    s = result["out"].summary()
+    return {
+        "events": f"{count} at {rate:.0f}/s, drainer polling every 0.2 s",
+        "sent": s["sent"],
+        "requests (micro-batches)": s["requests"],
+        "receipt -> request p50": f"{s['latency_p50_s'] * 1000:.0f} ms",
+        "receipt -> request p95": f"{s['latency_p95_s'] * 1000:.0f} ms",
+        "receipt -> request max": f"{s['latency_max_s'] * 1000:.0f} ms",
+    }
+
+
+def send_outcomes(dr: Any) -> list[dict[str, Any]]:
+    """The send tasks' return values (counts and timings) of a dag.test() run."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.scalars(
+            XComModel.get_many(run_id=dr.run_id, key="return_value", task_ids="send", dag_ids=dr.dag_id)
+        ).all()
+        return [v for v in (XComModel.deserialize_value(r) for r in rows) if isinstance(v, dict)]
+
+
+def show(title: str, figures: dict[str, Any]) -> None:
+    print(f"\n{title}")
+    width = max(len(k) for k in figures)
+    for key, value in figures.items():
+        print(f"  {key:<{width}}  {value}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipients", type=int, default=100_000)
+    p.add_argument("--lead", type=float, default=30.0, help="seconds from the event to the scheduled time")
+    p.add_argument("--cancel-after", type=int, default=20_000, help="cancel once this many recipients were sent")
+    p.add_argument("--events", type=int, default=1000, help="events 11 for the realtime figure (0: skip)")
+    p.add_argument("--event-rate", type=float, default=200.0)
+    p.add_argument("--state-db-url", default=None, help="default: SQLite in the temporary AIRFLOW_HOME")
+    a = p.parse_args()
+
+    print(f"starting the sandbox with {a.recipients:,} customers and a fresh Airflow home {HOME} ...", flush=True)
+    box = start_box(a.recipients)
+    try:
+        configure(box, a.state_db_url)
+        from optimove_netmera.settings import get_settings
+        from optimove_netmera.store import get_engine, migrate, redact_url
+
+        url = get_settings().resolved_state_db_url()
+        migrate(url)
+        engine = get_engine(url)
+        print(f"state database: {redact_url(engine.url)}", flush=True)
+        show(f"1. bulk send of {a.recipients:,} recipients", bench_send(box, engine, a.recipients, a.lead))
+        show(
+            f"2. cancellation of a {a.recipients:,}-recipient send",
+            bench_cancel(box, engine, a.recipients, a.cancel_after),
+        )
+        if a.events:
+            show("3. single-target sends (event 11)", bench_realtime(box, engine, a.events, a.event_rate))
+        show("machine", machine())
+    finally:
+        box.stop()
+
+
+if __name__ == "__main__":
+    main()
