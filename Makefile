@@ -32,6 +32,9 @@ format: install
 
 bench: install ## benchmarks (not part of `make test`); figures and the machine are printed
 	$(BIN)/python tests/perf/bench_clients.py
+	$(BIN)/python tests/perf/bench_sync.py
+	$(BIN)/python tests/perf/bench_campaign.py
+	$(BIN)/python tests/perf/bench_events.py
 
 sandbox: install ## serve the sandbox APIs on 127.0.0.1:8301 (Optimove) and :8302 (Netmera)
 	$(BIN)/python -m optimove_netmera.sandbox

@@ -46,13 +46,15 @@ PIDS+=($!)
 wait_http "http://127.0.0.1:$AIRFLOW__API__PORT/api/v2/monitor/health" 180 "airflow standalone"
 "$BIN/airflow" pools set netmera_api 4 "Concurrent Netmera requests" >/dev/null
 
-echo "== waiting for the DAG processor to parse optimove_user_sync"
+echo "== waiting for the DAG processor to parse the four DAGs"
 deadline=$((SECONDS + 180))
-until "$BIN/airflow" dags list -o plain 2>/dev/null | grep -q optimove_user_sync; do
+until [[ "$("$BIN/airflow" dags list -o plain 2>/dev/null | grep -c '^optimove_')" -ge 4 ]]; do
   if (( SECONDS > deadline )); then "$BIN/airflow" dags list-import-errors; exit 1; fi
   sleep 2
 done
-"$BIN/airflow" dags unpause optimove_user_sync >/dev/null
+for dag in optimove_user_sync optimove_campaign_send optimove_realtime_send optimove_campaign_reconcile; do
+  "$BIN/airflow" dags unpause "$dag" >/dev/null
+done
 RUN_ID="demo__$(date -u +%Y%m%dT%H%M%S)"
 echo "== triggering optimove_user_sync (run $RUN_ID)"
 "$BIN/airflow" dags trigger optimove_user_sync --run-id "$RUN_ID" >/dev/null
@@ -72,6 +74,11 @@ echo "   an incremental one that finds nothing new to send."
 echo "   Netmera now holds $(curl -fsS "http://127.0.0.1:$NETMERA_PORT/_sandbox/profiles?limit=1" | "$BIN/python" -c 'import json,sys; print(json.load(sys.stdin)["total"])') profiles."
 PASSWORD_FILE="$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
 echo "== Airflow UI: http://127.0.0.1:$AIRFLOW__API__PORT (user admin, password in $PASSWORD_FILE)"
+echo "== try a campaign: Optimove's bulk-send event, exactly as Netmera's guide shows it (host changed):"
+echo "   curl --location --request POST 'http://127.0.0.1:$AIRFLOW__API__PORT/rest/optimove/event/optimove-netmera' \\"
+echo "     -H 'X-netmera-api-key: $OPTIMOVE_NETMERA_INBOUND_API_KEY' -H 'Content-Type: application/json' \\"
+echo "     --data-raw '{\"eventTypeId\":13,\"timeStamp\":\"$(date -u '+%Y-%m-%d %H:%M:%S')\",\"campaignId\":1001,\"channelId\":506}'"
+echo "   then watch optimove_campaign_send in the UI; deliveries: curl http://127.0.0.1:$NETMERA_PORT/_sandbox/deliveries"
 if [[ "${DEMO_EXIT:-0}" == "1" ]]; then exit 0; fi
 echo "   Airflow and the sandbox keep running; Ctrl-C stops both."
 wait

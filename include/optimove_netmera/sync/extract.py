@@ -85,20 +85,29 @@ def extract_changes(
 
     The attributes are fetched concurrently (``sync.extract_concurrency`` threads sharing the client's rate
     limiter, so Optimove's limit, not page processing, paces the extraction); staging writes are serialised. An
-    ``initial`` extraction (every customer is new) keeps the first copy of a customer instead of merging.
+    ``initial`` extraction (every customer is new, so every copy of a customer is the same) stages each customer
+    once and skips the copies the other attributes' pages repeat.
     """
     clear_staging(engine, run_id)
     names = settings.optimove_attributes
     lock = threading.Lock()
     mode: Literal["merge", "first"] = "first" if initial else "merge"
 
+    seen: set[str] = set()  # initial mode: every copy of a customer carries the same values; stage it once
+
     def one(attribute: str) -> int:
         read = 0
         for page in client.iter_customer_attribute_changers(attribute, since, until, names):
             read += len(page)
-            rows = [(c.customer_id, c.attributes, attribute) for c in page]
-            with lock, engine.begin() as conn:
-                _write(conn, run_id, rows, mode)
+            with lock:
+                if initial:
+                    rows = [(c.customer_id, c.attributes, None) for c in page if c.customer_id not in seen]
+                    seen.update(r[0] for r in rows)
+                else:
+                    rows = [(c.customer_id, c.attributes, attribute) for c in page]
+                if rows:
+                    with engine.begin() as conn:
+                        _write(conn, run_id, rows, mode)
         return read
 
     workers = max(1, min(settings.sync.extract_concurrency, len(names)))
