@@ -10,6 +10,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import DAG, Param, task
 from optimove_netmera.campaigns import tasks as campaign
+from optimove_netmera.runtime import default_args
 from optimove_netmera.settings import get_settings
 
 settings = get_settings()
@@ -22,7 +23,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["optimove", "netmera", "campaigns"],
-    default_args={"owner": "data-engineering", "retries": settings.sync.retries},
+    default_args=default_args(settings),
     params={
         "day": Param(None, type=["null", "string"], format="date", description="Day to reconcile (default: today)"),
     },

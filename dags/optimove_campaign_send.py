@@ -14,6 +14,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import DAG, Param, task
 from optimove_netmera.campaigns import tasks as campaign
+from optimove_netmera.runtime import default_args
 from optimove_netmera.settings import get_settings
 
 settings = get_settings()  # the settings file and env only: no network or database at parse time
@@ -26,13 +27,7 @@ with DAG(
     catchup=False,
     max_active_runs=16,
     tags=["optimove", "netmera", "campaigns"],
-    default_args={
-        "owner": "data-engineering",
-        "retries": settings.sync.retries,
-        "retry_delay": pendulum.duration(seconds=settings.sync.retry_delay_seconds),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": pendulum.duration(minutes=30),
-    },
+    default_args=default_args(settings),
     params={
         "campaign_id": Param(type="integer", minimum=1, description="Optimove CampaignID"),
         "channel_id": Param(

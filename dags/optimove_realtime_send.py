@@ -11,9 +11,11 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import DAG, Param
 from optimove_netmera.campaigns import tasks as campaign
+from optimove_netmera.runtime import default_args
 from optimove_netmera.settings import get_settings
 
 settings = get_settings()
+REALTIME_RETRY_DELAY = pendulum.duration(seconds=min(30.0, settings.sync.retry_delay_seconds))  # a queue: retry soon
 
 with DAG(
     dag_id="optimove_realtime_send",
@@ -23,11 +25,9 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["optimove", "netmera", "campaigns", "realtime"],
-    default_args={
-        "owner": "data-engineering",
-        "retries": settings.sync.retries,
-        "retry_delay": pendulum.duration(seconds=min(30.0, settings.sync.retry_delay_seconds)),
-    },
+    default_args=default_args(
+        settings, retry_delay=pendulum.duration(seconds=min(30.0, settings.sync.retry_delay_seconds))
+    ),
     params={
         "run_seconds": Param(3600, type="number", minimum=0, description="Lifetime of one run (0: drain once)"),
         "idle_seconds": Param(30, type="number", minimum=0, description="Idle time before deferring"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import DAG, CronTriggerTimetable, Param, get_current_context, task
+from optimove_netmera.runtime import default_args
 from optimove_netmera.sensors import OptimoveDataReadySensor
 from optimove_netmera.settings import get_settings
 from optimove_netmera.sync import tasks as sync
@@ -22,13 +23,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["optimove", "netmera", "sync"],
-    default_args={
-        "owner": "data-engineering",
-        "retries": settings.sync.retries,
-        "retry_delay": pendulum.duration(seconds=settings.sync.retry_delay_seconds),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": pendulum.duration(minutes=30),
-    },
+    default_args=default_args(settings),
     params={
         "full_refresh": Param(False, type="boolean", description="Read every customer from export_path"),
         "dry_run": Param(False, type="boolean", description="Plan and report only; send nothing"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -11,10 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from optimove_netmera.sandbox.process import SandboxProcess, free_port, start_sandbox  # noqa: F401 - for tests
-from optimove_netmera.store import dispose_engines, redact_url  # no Airflow import: safe before the env setup
-from sqlalchemy.pool import NullPool
+from optimove_netmera.store import dispose_engines, redact_url, scratch  # no Airflow: safe before the env setup
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,9 +68,7 @@ def airflow_db() -> Path:
 # it with an empty public schema. If the server is unreachable the postgres tests fail, unless
 # OPTIMOVE_NETMERA_SKIP_POSTGRES=1.
 
-PG_ADMIN_URL = os.environ.get(
-    "OPTIMOVE_NETMERA_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-)
+PG_ADMIN_URL = scratch.admin_url()
 SKIP_POSTGRES_ENV = "OPTIMOVE_NETMERA_SKIP_POSTGRES"
 
 BACKENDS = [
@@ -85,43 +80,17 @@ BACKENDS = [
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """URL of a throwaway PostgreSQL database for this session (dropped afterwards)."""
-    admin = sa.create_engine(
-        PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool, connect_args={"connect_timeout": 5}
-    )
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql("SELECT 1")
-    except sa.exc.SQLAlchemyError as err:
-        admin.dispose()
-        reason = str(getattr(err, "orig", err)).strip().splitlines()[0]
+    reason = scratch.check_reachable(PG_ADMIN_URL)
+    if reason is not None:
         if os.environ.get(SKIP_POSTGRES_ENV) == "1":
             pytest.skip(f"PostgreSQL unreachable at {redact_url(PG_ADMIN_URL)} and {SKIP_POSTGRES_ENV}=1")
         pytest.fail(
             f"PostgreSQL is not reachable at {redact_url(PG_ADMIN_URL)} ({reason}). The postgres tests need it: "
-            f"start it (CI runs one), point OPTIMOVE_NETMERA_TEST_POSTGRES_URL at one, or set "
-            f"{SKIP_POSTGRES_ENV}=1 to skip them.",
+            f"start it (CI runs one), point {scratch.ADMIN_URL_ENV} at one, or set {SKIP_POSTGRES_ENV}=1 to skip them.",
             pytrace=False,
         )
-    name = f"onm_test_{secrets.token_hex(5)}"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin.url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        dispose_engines()
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-
-
-def _reset_postgres(url: str) -> None:
-    engine = sa.create_engine(url, poolclass=NullPool)
-    try:
-        with engine.begin() as connection:
-            connection.exec_driver_sql("DROP SCHEMA public CASCADE")
-            connection.exec_driver_sql("CREATE SCHEMA public")
-    finally:
-        engine.dispose()
+    with scratch.throwaway_database("onm_test", PG_ADMIN_URL) as url:
+        yield url
 
 
 @pytest.fixture(params=BACKENDS)
@@ -140,7 +109,7 @@ def db_url(backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytes
         return
     url = request.getfixturevalue("postgres_database")
     dispose_engines()
-    _reset_postgres(url)
+    scratch.empty_schema(url)
     yield url
     dispose_engines()
-    _reset_postgres(url)
+    scratch.empty_schema(url)

@@ -25,8 +25,7 @@ import pytest
 import sqlalchemy as sa
 from optimove_netmera.campaigns import events
 from optimove_netmera.sandbox.process import free_port
-from optimove_netmera.store import Campaign, Event, dispose_engines, get_engine, migrate
-from sqlalchemy.pool import NullPool
+from optimove_netmera.store import Campaign, Event, dispose_engines, get_engine, migrate, scratch
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
@@ -179,16 +178,6 @@ def endpoint_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def _empty_schema(url: str) -> None:
-    engine = sa.create_engine(url, poolclass=NullPool)
-    try:
-        with engine.begin() as connection:
-            connection.exec_driver_sql("DROP SCHEMA public CASCADE")
-            connection.exec_driver_sql("CREATE SCHEMA public")
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture(scope="module")
 def state_url(
     endpoint_backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -199,12 +188,12 @@ def state_url(
     else:
         url = request.getfixturevalue("postgres_database")
         dispose_engines()
-        _empty_schema(url)
+        scratch.empty_schema(url)
     migrate(url)
     yield url
     dispose_engines()
     if endpoint_backend == "postgres":
-        _empty_schema(url)
+        scratch.empty_schema(url)
 
 
 @dataclass

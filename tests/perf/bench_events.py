@@ -42,16 +42,13 @@ from typing import Any
 import sqlalchemy as sa
 from machine import machine  # tests/perf/machine.py (the script's own folder is on sys.path)
 from optimove_netmera.sandbox.process import free_port
-from optimove_netmera.store import Event, dispose_engines, get_engine, migrate, redact_url
+from optimove_netmera.store import Event, dispose_engines, get_engine, migrate, redact_url, scratch
 from sqlalchemy.pool import NullPool
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 APP_KEY = "optimove-netmera"
 CHANNEL = 506
-PG_ADMIN_URL = os.environ.get(
-    "OPTIMOVE_NETMERA_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-)
 TARGET_RATE = 300.0
 TARGET_P99_MS = 200.0
 
@@ -291,24 +288,13 @@ def state_database(backend: str, home: Path) -> Iterator[str | None]:
         yield url
         dispose_engines()
         return
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql("SELECT 1")
-    except sa.exc.SQLAlchemyError as exc:
-        print(f"  PostgreSQL unreachable at {redact_url(PG_ADMIN_URL)} ({type(exc).__name__}): skipped")
+    reason = scratch.check_reachable()
+    if reason is not None:
+        print(f"  PostgreSQL unreachable at {redact_url(scratch.admin_url())} ({reason}): skipped")
         yield None
         return
-    name = f"onm_bench_{secrets.token_hex(4)}"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin.url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        dispose_engines()
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with scratch.throwaway_database("onm_bench") as url:
+        yield url
 
 
 def bench_backend(

@@ -31,28 +31,17 @@ from optimove_netmera.hooks import NetmeraHook, OptimoveHook
 from optimove_netmera.http import ApiError
 from optimove_netmera.optimove import OptimoveClient
 from optimove_netmera.optimove.models import CampaignMetric
-from optimove_netmera.settings import Settings, SettingsError, get_runtime_settings
+from optimove_netmera.runtime import state_engine
+from optimove_netmera.runtime import task_settings as settings
+from optimove_netmera.settings import Settings
 from optimove_netmera.store import Campaign, CampaignState, RecipientStatus, session_scope
-from optimove_netmera.store.engine import get_engine, migrate
+from optimove_netmera.store.engine import migrate
 
 log = logging.getLogger(__name__)
 
 SENT_METRIC_ID = 0
 """``UpdateCampaignMetrics`` MetricID for "sent" (what Optimove channel integrations report)."""
 EVENT_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-
-
-def settings() -> Settings:
-    """Runtime settings; a bad configuration fails the task without retries, naming the setting."""
-    try:
-        return get_runtime_settings()
-    except SettingsError as exc:
-        raise AirflowFailException(str(exc)) from None
-
-
-def state_engine(s: Settings) -> Engine:
-    """The state database engine (see :meth:`Settings.resolved_state_db_url`)."""
-    return get_engine(s.resolved_state_db_url())
 
 
 def _optimove(s: Settings) -> OptimoveClient:

@@ -11,29 +11,17 @@ import logging
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
-from sqlalchemy.engine import Engine
 
 from optimove_netmera.hooks import NetmeraHook, OptimoveHook
-from optimove_netmera.settings import Settings, SettingsError, get_runtime_settings
-from optimove_netmera.store.engine import get_engine, migrate
+from optimove_netmera.runtime import state_engine
+from optimove_netmera.runtime import task_settings as settings
+from optimove_netmera.settings import Settings
+from optimove_netmera.store.engine import migrate
 from optimove_netmera.store.models import SyncRunStatus
 from optimove_netmera.sync import extract, load, plan, runs
 
 log = logging.getLogger(__name__)
 PROBE_TAG = "optimove-netmera-existence-probe"  # never set on anyone: untagging it changes nothing
-
-
-def settings() -> Settings:
-    """Runtime settings; a bad configuration fails the task without retries, naming the setting."""
-    try:
-        return get_runtime_settings()
-    except SettingsError as exc:
-        raise AirflowFailException(str(exc)) from None
-
-
-def state_engine(s: Settings) -> Engine:
-    """The state database engine (see :meth:`Settings.resolved_state_db_url`)."""
-    return get_engine(s.resolved_state_db_url())
 
 
 def open_run(dag_id: str, dag_run_id: str, params: dict[str, Any], data_date: str) -> dict[str, Any]:
