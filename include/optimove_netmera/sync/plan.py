@@ -39,7 +39,7 @@ from optimove_netmera.store.models import (
     SyncStaging,
 )
 from optimove_netmera.sync.extract import read_export
-from optimove_netmera.sync.transform import fingerprints, transform
+from optimove_netmera.sync.transform import fingerprint_values, format_fingerprint, parse_fingerprints, transform
 
 MAX_MAPPED_TASKS = 512
 PROBE_CHUNK = 1000
@@ -88,16 +88,28 @@ def _staged_frame(engine: Engine, run_id: int) -> tuple[pd.DataFrame, dict[str, 
     return frame, {r[0]: r[1].get("c", []) for r in rows}
 
 
-def _snapshot_hashes(engine: Engine, run_id: int, whole: bool) -> pd.Series:
-    """attr_hash by customer id: the whole snapshot (a full refresh) or only the staged customers'."""
+def _snapshot_hashes(engine: Engine, run_id: int, whole: bool) -> tuple[pd.Index, np.ndarray, np.ndarray]:
+    """Snapshot fingerprints as (customer ids, uint64 values, valid mask), read in partitions to bound memory.
+
+    ``whole``: the entire snapshot (a full refresh diffs against it); otherwise only the staged customers'.
+    """
     q = sa.select(CustomerSnapshot.customer_id, CustomerSnapshot.attr_hash)
     if not whole:
         q = q.join(SyncStaging, SyncStaging.customer_id == CustomerSnapshot.customer_id).where(
             SyncStaging.sync_run_id == run_id
         )
+    ids: list[pd.Index] = []
+    values: list[np.ndarray] = []
+    valid: list[np.ndarray] = []
     with engine.connect() as conn:
-        rows = conn.execute(q).all()
-    return pd.Series([r[1] for r in rows], index=pd.Index([r[0] for r in rows]), dtype=object)
+        for part in conn.execution_options(yield_per=100_000).execute(q).partitions():
+            ids.append(pd.Index([r[0] for r in part], dtype="str"))
+            v, ok = parse_fingerprints([r[1] for r in part])
+            values.append(v)
+            valid.append(ok)
+    if not ids:
+        return pd.Index([], dtype="str"), np.array([], dtype=np.uint64), np.array([], dtype=bool)
+    return ids[0].append(ids[1:]), np.concatenate(values), np.concatenate(valid)
 
 
 def _present_of(engine: Engine, customer_ids: list[str]) -> dict[str, list[str]]:
@@ -201,15 +213,22 @@ def build_plan(
     plan = Plan(sync_run_id=run_id, fetched=len(raw))
     mapping = settings.attributes
     t = transform(raw, mapping)
+    customer_index = raw.index
+    del raw  # the coerced copy is all that is needed from here
     plan.dropped = t.dropped
-    hashes = fingerprints(t).to_numpy(dtype=object)
+    hashes = fingerprint_values(t)
     plan.known = _known_customers(engine)
-    prev_hash = _snapshot_hashes(engine, run_id, whole=export_path is not None).reindex(raw.index)
-    is_new = prev_hash.isna().to_numpy()
-    changed_mask = is_new | (prev_hash.to_numpy(dtype=object) != hashes)
+    snap_ids, snap_values, snap_valid = _snapshot_hashes(engine, run_id, whole=export_path is not None)
+    pos = snap_ids.get_indexer(customer_index.astype("str"))
+    is_new = pos < 0
+    same = np.zeros(len(hashes), dtype=bool)
+    seen = ~is_new
+    same[seen] = snap_valid[pos[seen]] & (snap_values[pos[seen]] == hashes[seen])
+    changed_mask = ~same
+    del snap_ids, snap_values, snap_valid, pos
     plan.new = int(is_new.sum())
     plan.changed = int(changed_mask.sum())
-    plan.unchanged = len(raw) - plan.changed
+    plan.unchanged = len(hashes) - plan.changed
     if plan.known and plan.changed / plan.known > max_change_ratio:
         raise GuardTripped(
             f"{plan.changed} of {plan.known} known customers ({plan.changed / plan.known:.1%}) would change, "
@@ -219,14 +238,14 @@ def build_plan(
 
     idx = np.flatnonzero(changed_mask)
     names = list(t.values.columns)
-    customer_ids = raw.index[idx].astype(str).tolist()
+    customer_ids = customer_index[idx].astype(str).tolist()
     ext_ids = [settings.ext_id.apply(c) for c in customer_ids]
     new_flags = is_new[idx].tolist()
     present_before = _present_of(engine, [c for c, new in zip(customer_ids, new_flags, strict=True) if not new])
     cols = _native_columns(t.values.iloc[idx])
     invalid_cols = [t.invalid[n].to_numpy(dtype=bool)[idx].tolist() for n in names]
     by_optimove = {a.netmera: a.optimove for a in mapping}
-    changed_hashes = hashes[idx].tolist()
+    changed_hashes = [format_fingerprint(h) for h in hashes[idx].tolist()]
     changes: list[dict[str, Any]] = []
     attr_counts: dict[str, int] = {}
     width = range(len(names))
@@ -256,7 +275,7 @@ def build_plan(
             }
         )
     fresh = [e for e, new in zip(ext_ids, new_flags, strict=True) if new]
-    for old in _carry_over(engine, run_id, set(customer_ids) if export_path is None else set(raw.index)):
+    for old in _carry_over(engine, run_id, set(customer_ids) if export_path is None else set(customer_index)):
         plan.carried_over += 1
         changes.append({**old, "sync_run_id": run_id, "status": ChangeStatus.PENDING.value, "reason": None})
         fresh.append(old["ext_id"])

@@ -94,8 +94,8 @@ def _column_hash(col: pd.Series) -> np.ndarray:
     return hashed[np.where(codes < 0, len(uniques), codes)]
 
 
-def fingerprints(t: Transformed) -> pd.Series:
-    """A stable fingerprint per customer of its coerced mapped values (invalid cells marked), e.g. ``h1:09af...``."""
+def fingerprint_values(t: Transformed) -> np.ndarray:
+    """A stable 64-bit fingerprint per customer of its coerced mapped values (invalid cells marked)."""
     combined = np.full(len(t.values), np.uint64(0x345678), dtype=np.uint64)
     mult = np.uint64(1000003)
     with np.errstate(over="ignore"):
@@ -103,7 +103,29 @@ def fingerprints(t: Transformed) -> pd.Series:
             h = np.where(t.invalid[name].to_numpy(dtype=bool), _INVALID_HASH, _column_hash(t.values[name]))
             combined = (combined ^ h) * mult
             mult += np.uint64(82520 + 2 * (len(t.values.columns) - i))
-    return pd.Series([f"{HASH_VERSION}:{h:016x}" for h in combined.tolist()], index=t.values.index, dtype=object)
+    return combined
+
+
+def format_fingerprint(value: int) -> str:
+    """The stored form of a fingerprint, e.g. ``h1:09af...`` (the prefix names the hash version)."""
+    return f"{HASH_VERSION}:{value:016x}"
+
+
+def parse_fingerprints(stored: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Stored fingerprints back to uint64, with a mask of those of this hash version (others never match)."""
+    prefix = f"{HASH_VERSION}:"
+    ok = np.fromiter((h.startswith(prefix) for h in stored), dtype=bool, count=len(stored))
+    values = np.fromiter(
+        (int(h[len(prefix) :], 16) if o else 0 for h, o in zip(stored, ok, strict=True)), np.uint64, len(stored)
+    )
+    return values, ok
+
+
+def fingerprints(t: Transformed) -> pd.Series:
+    """:func:`fingerprint_values` in their stored form, by customer."""
+    return pd.Series(
+        [format_fingerprint(h) for h in fingerprint_values(t).tolist()], index=t.values.index, dtype=object
+    )
 
 
 def json_value(value: object) -> object:
@@ -117,10 +139,3 @@ def json_value(value: object) -> object:
     if isinstance(value, float | np.floating):
         return int(value) if float(value).is_integer() else float(value)
     return value
-
-
-def present_attributes(t: Transformed) -> pd.Series:
-    """Per customer, the sorted Netmera names that carry a valid, non-empty value."""
-    mask = t.values.notna()
-    names = np.array(t.values.columns, dtype=object)
-    return pd.Series([list(names[row]) for row in mask.to_numpy()], index=t.values.index, dtype=object)
