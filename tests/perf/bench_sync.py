@@ -118,7 +118,7 @@ def report(
     print(
         f"   diff & plan: {staged} customers in {dp:.1f} s ({staged / dp:,.0f} rows/s); differing from the snapshot "
         f"{plan.get('changed')}, of which unknown to Netmera {plan.get('not_found')} (carried over "
-        f"{plan.get('carried_over')})"
+        f"{plan.get('carried_over')}); seconds by step {plan.get('seconds')} (probe = Netmera existence checks)"
         if dp
         else "   diff & plan: -"
     )

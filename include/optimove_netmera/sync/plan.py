@@ -17,6 +17,7 @@ so a cleared plan task can never re-plan (and re-send) batches that were deliver
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -46,6 +47,18 @@ PROBE_CHUNK = 1000
 Probe = Callable[[list[str]], set[str]]
 
 
+class _Clock:
+    """Adds the seconds since the last lap to ``into[name]``."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into, self.last = into, time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.into[name] = round(self.into.get(name, 0.0) + now - self.last, 3)
+        self.last = now
+
+
 class GuardTripped(RuntimeError):
     """More customers would change than the run's ``max_change_ratio`` allows."""
 
@@ -68,6 +81,7 @@ class Plan:
     unset_batches: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     attributes_changed: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # read, diff, probe (Netmera round trips), store
     groups: list[list[int]] = field(default_factory=list)
 
     def counts(self) -> dict[str, Any]:
@@ -206,11 +220,13 @@ def build_plan(
         stored = existing_plan(engine, run_id, settings)
         if stored is not None:
             return stored
+    clock = _Clock(plan_seconds := {})
     if export_path is not None:
         raw, changed_names = read_export(export_path, settings.optimove_attributes), {}
     else:
         raw, changed_names = _staged_frame(engine, run_id)
-    plan = Plan(sync_run_id=run_id, fetched=len(raw))
+    plan = Plan(sync_run_id=run_id, fetched=len(raw), seconds=plan_seconds)
+    clock.lap("read")
     mapping = settings.attributes
     t = transform(raw, mapping)
     customer_index = raw.index
@@ -279,6 +295,7 @@ def build_plan(
         plan.carried_over += 1
         changes.append({**old, "sync_run_id": run_id, "status": ChangeStatus.PENDING.value, "reason": None})
         fresh.append(old["ext_id"])
+    clock.lap("diff")
     if probe is not None and fresh:
         unknown: set[str] = set()
         for start in range(0, len(fresh), PROBE_CHUNK):
@@ -289,10 +306,12 @@ def build_plan(
         plan.not_found = sum(c["status"] == ChangeStatus.NOT_FOUND.value for c in changes)
     netmera_of = {a.optimove: a.netmera for a in mapping}
     plan.attributes_changed = {netmera_of[k]: v for k, v in sorted(attr_counts.items()) if k in netmera_of}
+    clock.lap("probe")
     _assign_batches(changes, settings.sync.batch_size, plan)
     if dry_run:
         return plan
-    _store(engine, run_id, changes, plan, settings)
+    clock.lap("diff")
+    _store(engine, run_id, changes, plan, settings, clock)
     return plan
 
 
@@ -312,7 +331,9 @@ def _assign_batches(changes: list[dict[str, Any]], size: int, plan: Plan) -> Non
     plan.set_batches, plan.unset_batches = math.ceil(n_set / size), math.ceil(n_unset / size)
 
 
-def _store(engine: Engine, run_id: int, changes: list[dict[str, Any]], plan: Plan, settings: Settings) -> None:
+def _store(
+    engine: Engine, run_id: int, changes: list[dict[str, Any]], plan: Plan, settings: Settings, clock: _Clock
+) -> None:
     sizes: dict[tuple[str, int], int] = {}
     for c in changes:
         if c["set_batch_no"] is not None:
@@ -342,6 +363,7 @@ def _store(engine: Engine, run_id: int, changes: list[dict[str, Any]], plan: Pla
                 ],
             )
         counts = conn.execute(sa.select(SyncRun.counts).where(SyncRun.id == run_id)).scalar_one()
+        clock.lap("store")
         conn.execute(
             sa.update(SyncRun)
             .where(SyncRun.id == run_id)
