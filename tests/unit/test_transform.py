@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pandas as pd
 from optimove_netmera.settings import AttributeMapping
-from optimove_netmera.sync.transform import fingerprints, json_value, transform
+from optimove_netmera.sync.transform import (
+    fingerprint_values,
+    fingerprints,
+    format_fingerprint,
+    json_value,
+    parse_fingerprints,
+    transform,
+)
 
 MAPPING = [
     AttributeMapping(optimove="FirstName", netmera="name", type="string"),
@@ -54,3 +61,14 @@ def test_fingerprints_are_stable_and_sensitive() -> None:
 def test_missing_column_is_empty() -> None:
     t = transform(frame(FirstName=["Ann"]), MAPPING)
     assert [json_value(v) for v in t.values.iloc[0]] == ["Ann", None, None, None]
+
+
+def test_stored_fingerprints_parse_back() -> None:
+    raw = frame(FirstName=["Ann", "Bob", ""], Age=["1", "2", "3"], IsVIP=["y", "n", ""], BirthDate=["", "", ""])
+    t = transform(raw, MAPPING)
+    values = fingerprint_values(t)
+    stored = [format_fingerprint(v) for v in values.tolist()]
+    parsed, ok = parse_fingerprints([*stored, "h0:0123456789abcdef", "h1:not-a-hex-value", "h1:00"])
+    assert ok.tolist() == [True, True, True, False, False, False]
+    assert parsed[:3].tolist() == values.tolist()
+    assert parse_fingerprints([])[0].size == 0

@@ -114,10 +114,13 @@ def format_fingerprint(value: int) -> str:
 def parse_fingerprints(stored: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Stored fingerprints back to uint64, with a mask of those of this hash version (others never match)."""
     prefix = f"{HASH_VERSION}:"
-    ok = np.fromiter((h.startswith(prefix) for h in stored), dtype=bool, count=len(stored))
-    values = np.fromiter(
-        (int(h[len(prefix) :], 16) if o else 0 for h, o in zip(stored, ok, strict=True)), np.uint64, len(stored)
-    )
+    ok = np.fromiter((len(h) == len(prefix) + 16 and h.startswith(prefix) for h in stored), bool, len(stored))
+    values = np.zeros(len(stored), dtype=np.uint64)
+    for i in np.flatnonzero(ok).tolist():
+        try:
+            values[i] = int(stored[i][len(prefix) :], 16)
+        except ValueError:
+            ok[i] = False
     return values, ok
 
 
