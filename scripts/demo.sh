@@ -19,8 +19,22 @@ export AIRFLOW_CONN_NETMERA_DEFAULT="{\"conn_type\": \"netmera\", \"host\": \"ht
 export OPTIMOVE_NETMERA_INBOUND_API_KEY="${OPTIMOVE_NETMERA_INBOUND_API_KEY:-sandbox-netmera-key}"
 mkdir -p "$AIRFLOW_HOME"
 PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+# Each background service runs in its own session (setsid), so stopping it stops its whole process group:
+# `airflow standalone` starts the scheduler, API server, DAG processor and triggerer as children.
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
 trap cleanup EXIT INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for port in "$OPTIMOVE_PORT" "$NETMERA_PORT" "$AIRFLOW__API__PORT" 8793 8794; do
+  if ! port_free "$port"; then
+    echo "!! port $port is in use (another Airflow or sandbox still running?); stop it, or set OPTIMOVE_PORT /" \
+      "NETMERA_PORT / AIRFLOW_PORT" >&2
+    exit 1
+  fi
+done
 
 wait_http() {  # url, seconds, what
   local deadline=$((SECONDS + $2))
@@ -31,7 +45,7 @@ wait_http() {  # url, seconds, what
 }
 
 echo "== sandbox: Optimove on :$OPTIMOVE_PORT, Netmera on :$NETMERA_PORT ($CUSTOMERS customers)"
-"$BIN/python" -m optimove_netmera.sandbox --optimove-port "$OPTIMOVE_PORT" --netmera-port "$NETMERA_PORT" \
+setsid "$BIN/python" -m optimove_netmera.sandbox --optimove-port "$OPTIMOVE_PORT" --netmera-port "$NETMERA_PORT" \
   --customers "$CUSTOMERS" >"$AIRFLOW_HOME/sandbox.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$OPTIMOVE_PORT/_sandbox/health" 60 "the sandbox"
@@ -41,7 +55,7 @@ echo "== state database: $OPTIMOVE_NETMERA_STATE_DB_URL"
 "$BIN/python" -m optimove_netmera.store upgrade
 
 echo "== airflow standalone on :$AIRFLOW__API__PORT (AIRFLOW_HOME=$AIRFLOW_HOME; log: standalone.log)"
-PATH="$BIN:$PATH" "$BIN/airflow" standalone >"$AIRFLOW_HOME/standalone.log" 2>&1 &
+PATH="$BIN:$PATH" setsid "$BIN/airflow" standalone >"$AIRFLOW_HOME/standalone.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$AIRFLOW__API__PORT/api/v2/monitor/health" 180 "airflow standalone"
 "$BIN/airflow" pools set netmera_api 4 "Concurrent Netmera requests" >/dev/null

@@ -84,7 +84,7 @@ def run_plan(run: dict[str, Any], max_change_ratio: float) -> list[list[int]]:
     s = settings()
     engine = state_engine(s)
     run_id = run["sync_run_id"]
-    probe = None
+    probe = netmera = None
     if s.sync.check_unknown_ext_ids and not run["dry_run"]:  # a dry run makes no Netmera request at all
         netmera = NetmeraHook(s.connections.netmera).get_conn()
 
@@ -100,6 +100,11 @@ def run_plan(run: dict[str, Any], max_change_ratio: float) -> list[list[int]]:
             raise AirflowFailException(str(exc)) from None
         except (FileNotFoundError, ValueError) as exc:  # the export file vanished or changed shape since extract
             raise AirflowFailException(str(exc)) from None
+    if netmera is not None:
+        stats = netmera.stats.snapshot()
+        runs.record_counts(
+            engine, run_id, {"netmera_calls": stats["calls"], "netmera_429s": stats["rate_limited"]}, add=True
+        )
     counts = p.counts()
     if run["dry_run"]:
         runs.record_counts(engine, run_id, {"plan": counts})
