@@ -414,6 +414,15 @@ class ClientError(ApiError):
     """A 4xx other than 429: the request is wrong and would fail again. Not retried."""
 
 
+PAYLOAD_REJECTED = frozenset({400, 413, 422})
+
+
+def is_payload_rejection(exc: BaseException) -> bool:
+    """The API refused the data itself (400/413/422, certainly not processed): retrying the same data won't help,
+    so it belongs in a dead letter. 401/403/404 and the like are configuration faults: fix them and resume."""
+    return isinstance(exc, ClientError) and not exc.ambiguous and exc.status in PAYLOAD_REJECTED
+
+
 class AuthError(ClientError):
     """Authentication or authorisation failed (bad API key, bad credentials, forbidden)."""
 

@@ -9,6 +9,7 @@ endpoint firing a run (a duplicate event makes one run).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
 import threading
@@ -21,7 +22,7 @@ import sqlalchemy as sa
 from optimove_netmera.campaigns import state
 from optimove_netmera.campaigns.recipients import ORPHAN_REASON
 from optimove_netmera.campaigns.send import UNKNOWN_EXT_ID_REASON
-from optimove_netmera.store import Campaign, Recipient, get_engine
+from optimove_netmera.store import Campaign, DeadLetter, Recipient, get_engine
 from sends_helpers import (
     CHANNEL,
     configure,
@@ -465,3 +466,26 @@ def test_update_metrics_reports_sent_counts_back_to_optimove(env: Any, db_url: s
         (t, 0, per_template[str(100 + t)]) for t in (1, 2)
     }
     assert xcom(dr, "report")["metrics_rows"] == 2
+
+
+def test_bad_netmera_key_fails_the_send_without_losing_anyone(
+    env: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box = env
+    cid = box.admin.optimove.create_campaign(recipients=120, control_fraction=0.0, templates=[1])["campaign_id"]
+    expected = expected_recipients(box, cid)
+    bad = {"conn_type": "netmera", "host": box.netmera_url, "password": "not-the-key"}
+    monkeypatch.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", json.dumps(bad))
+    when = utcnow()
+    first = send(cid, logical_date=when)
+    assert first.state == "failed", task_states(first)
+    rows = ledger(db_url, cid)
+    assert statuses(rows)["failed"] == 0 and statuses(rows)["pending"] > 0  # a 403 discards nobody
+    with get_engine(db_url).connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(DeadLetter)).scalar_one() == 0
+    assert send_requests(box) == 0
+    good = {"conn_type": "netmera", "host": box.netmera_url, "password": box.netmera_api_key}
+    monkeypatch.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", json.dumps(good))
+    cleared = send(cid, logical_date=when)  # the key fixed, the run cleared: everyone gets exactly one push
+    assert cleared.state == "success", task_states(cleared)
+    assert_exactly_once(box, expected)

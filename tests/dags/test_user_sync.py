@@ -347,3 +347,23 @@ def test_data_wait_times_out_with_a_clear_failure(sync_env: Any, monkeypatch: An
     assert dr.state == "failed"
     assert states(dr)["wait_for_optimove_data[-1]"] == "failed"
     assert box.admin.netmera.write_calls() == 0
+
+
+def test_bad_netmera_key_fails_without_discarding_anything(sync_env: Any, db_url: str, monkeypatch: Any) -> None:
+    box = sync_env
+    bad = {"conn_type": "netmera", "host": box.netmera_url, "password": "not-the-key"}
+    monkeypatch.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", json.dumps(bad))
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__CHECK_UNKNOWN_EXT_IDS", "false")  # reach the load with a bad key
+    when = dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.UTC)
+    dr = run_sync(logical_date=when)
+    assert dr.state == "failed"
+    run = last_run(db_url)
+    assert run["status"] == "running" and run["counts"].get("batches") is None
+    with get_engine(db_url).connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(DeadLetter)).scalar_one() == 0
+    assert calls(box, SET, "403") >= 1 and calls(box, SET) == 0
+    good = {"conn_type": "netmera", "host": box.netmera_url, "password": box.netmera_api_key}
+    monkeypatch.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", json.dumps(good))
+    dr = run_sync(logical_date=when)  # the key fixed, the run cleared: it resumes and delivers everyone
+    assert dr.state == "success", states(dr)
+    assert calls(box, SET) == math.ceil(CUSTOMERS / BATCH)  # no probe here: unknown users are sent and dropped

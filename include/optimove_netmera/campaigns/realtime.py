@@ -41,7 +41,7 @@ from sqlalchemy.engine import Engine
 
 from optimove_netmera.campaigns import personalise
 from optimove_netmera.campaigns.send import is_unknown_target
-from optimove_netmera.http import ApiError, ClientError
+from optimove_netmera.http import ApiError, is_payload_rejection
 from optimove_netmera.netmera import NetmeraClient
 from optimove_netmera.settings import Settings
 from optimove_netmera.store import (
@@ -274,7 +274,7 @@ def _send(
         if is_unknown_target(exc):
             out.skipped += _set(engine, ids, EventStatus.IGNORED.value, SKIPPED_UNKNOWN_EXT_ID)
             return
-        if isinstance(exc, ClientError) and not exc.ambiguous:
+        if is_payload_rejection(exc):
             if len(ids) > 1:
                 log.warning("a batch of %d events was refused (%s); sending them one by one", len(ids), exc)
                 for i, body, moment in zip(ids, bodies, received, strict=True):

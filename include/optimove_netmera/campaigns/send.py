@@ -10,10 +10,11 @@ Per chunk (at most ``campaigns.chunk_size`` recipients of one template and sched
    cancel state right before the request (a cancel committed in between puts the rows back and stops), which
    leaves a window of well under a millisecond between that read and the request going out;
 3. one ``sendNotification`` request with an array body (one object per recipient, its own params);
-4. in_flight -> ``sent``; Netmera 400 code 5016 (no target known) -> ``skipped``; another 4xx -> ``failed``
-   plus a dead letter; a 5xx / timeout / dropped connection (the push may have gone out) -> ``unknown`` and
-   the task fails (its retry carries on with the other chunks); a failure where the request certainly was
-   not processed (429 after retries, connection refused) -> back to ``pending`` and the task fails.
+4. in_flight -> ``sent``; Netmera 400 code 5016 (no target known) -> ``skipped``; the data refused (another
+   400, 413, 422) -> ``failed`` plus a dead letter; a 5xx / timeout / dropped connection (the push may have gone
+   out) -> ``unknown`` and the task fails (its retry carries on with the other chunks); a failure where the request
+   certainly was not processed (429 after retries, connection refused, or a 401/403/404 that a configuration fix
+   cures) -> back to ``pending`` and the task fails.
 
 A process that dies between claim and step 4 leaves the rows ``in_flight``; the next attempt marks them
 ``unknown`` (:data:`~optimove_netmera.campaigns.recipients.ORPHAN_REASON`) and re-sends them only with
@@ -41,7 +42,7 @@ from optimove_netmera.campaigns.state import (
     cancel_status,
     set_state,
 )
-from optimove_netmera.http import ApiError, ClientError
+from optimove_netmera.http import ApiError, ClientError, is_payload_rejection
 from optimove_netmera.netmera import NetmeraClient
 from optimove_netmera.optimove import OptimoveClient
 from optimove_netmera.store import CampaignState, RecipientStatus
@@ -230,7 +231,7 @@ def _failed_request(
         log.info("chunk %d: no recipient is a known Netmera user (5016): skipped", chunk)
         return
     reason = str(exc)
-    if isinstance(exc, ClientError) and not exc.ambiguous:
+    if is_payload_rejection(exc):
         out.failed += recipients.finish_request(
             engine, cid, ch, chunk, request_id, RecipientStatus.FAILED.value, reason
         )

@@ -20,9 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from optimove_netmera.http import ApiError, ClientError
+from optimove_netmera.http import ApiError, is_payload_rejection
 from optimove_netmera.netmera import NetmeraClient
-from optimove_netmera.settings import Settings
 from optimove_netmera.store.models import (
     BatchKind,
     BatchStatus,
@@ -173,10 +172,20 @@ def _dead_letter(conn: Connection, run_id: int, batch: Any, changes: Sequence[An
     )
 
 
-def load_batches(
-    engine: Engine, run_id: int, batch_ids: Sequence[int], client: NetmeraClient, settings: Settings
-) -> dict[str, int]:
-    """Deliver the given batches of a run; raises on a transient failure (after marking the batch failed)."""
+def _mark_failed(engine: Engine, batch_id: int, exc: ApiError) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(SyncBatch).where(SyncBatch.id == batch_id).values(status=BatchStatus.FAILED.value, error=str(exc))
+        )
+
+
+def load_batches(engine: Engine, run_id: int, batch_ids: Sequence[int], client: NetmeraClient) -> dict[str, int]:
+    """Deliver the given batches of a run.
+
+    A batch Netmera rejects as invalid (400/413/422) is dead-lettered with the reason; any other failure (after the
+    client's retries, or a 401/403/404 that no retry fixes) marks the batch failed and raises, so the task fails
+    and its retry (or a clear) resumes from there.
+    """
     counts = {"batches_sent": 0, "batches_skipped": 0, "batches_dead": 0, "delivered": 0}
     for batch_id in batch_ids:
         with engine.begin() as conn:
@@ -190,21 +199,16 @@ def load_batches(
                 client.set_profile_attributes([{"extId": c.ext_id, "profile": c.set_attrs} for c in changes])
             else:
                 client.unset_profile_attributes([{"extId": c.ext_id, "profile": c.unset_attrs} for c in changes])
-        except ClientError as exc:
+        except ApiError as exc:
+            if not is_payload_rejection(exc):  # transient, or configuration (401/403/404): fail, never discard
+                _mark_failed(engine, batch_id, exc)
+                raise
             reason = str(exc)
             log.error("batch %s/%s rejected permanently, dead-lettered: %s", batch.kind, batch.batch_no, reason)
             with engine.begin() as conn:
                 _dead_letter(conn, run_id, batch, changes, reason)
             counts["batches_dead"] += 1
             continue
-        except ApiError as exc:
-            with engine.begin() as conn:
-                conn.execute(
-                    sa.update(SyncBatch)
-                    .where(SyncBatch.id == batch_id)
-                    .values(status=BatchStatus.FAILED.value, error=str(exc))
-                )
-            raise
         with engine.begin() as conn:
             counts["delivered"] += _complete(conn, run_id, batch, changes)
         counts["batches_sent"] += 1

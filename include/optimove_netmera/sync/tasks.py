@@ -129,7 +129,7 @@ def run_load(run: dict[str, Any], batch_ids: list[int]) -> dict[str, int]:
     client = NetmeraHook(s.connections.netmera).get_conn()
     try:
         with runs.phase(engine, run_id, "load"):
-            counts = load.load_batches(engine, run_id, batch_ids, client, s)
+            counts = load.load_batches(engine, run_id, batch_ids, client)
     finally:
         stats = client.stats.snapshot()
         runs.record_counts(
