@@ -277,6 +277,12 @@ def test_attribute_changers(box: Any, admin: Any) -> None:
         assert (r.attributes["FirstName"] is None) == (r.customer_id in emptied)
         assert r.final_value == r.attributes["FirstName"]
     assert counts(admin, "GET /current/customers/GetCustomerAttributeChangers") == {"200": 3}
+    # Customers already handled are dropped unparsed, and paging still walks every page.
+    skip = set(sorted(change["changed"])[:5])
+    pages = client.iter_customer_attribute_changers("FirstName", day, day, ["FirstName"], skip_customers=skip)
+    rest = [r for p in pages for r in p]
+    assert sorted(r.customer_id for r in rest) == sorted(set(change["changed"]) - skip)
+    assert counts(admin, "GET /current/customers/GetCustomerAttributeChangers") == {"200": 6}
 
 
 def test_page_size_never_exceeds_the_server_cap(box: Any, admin: Any) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -313,11 +313,13 @@ class OptimoveClient(BaseHttpClient):
         attributes: Sequence[str] = (),
         *,
         page_size: int | None = None,
+        skip_customers: Container[str] = (),
     ) -> Iterator[list[AttributeChange]]:
         """``customers/GetCustomerAttributeChangers``: pages of customers whose attribute changed.
 
         One changed attribute per call (the API's rule); ``attributes`` are the values to return
-        for each customer, zipped into :attr:`AttributeChange.attributes`.
+        for each customer, zipped into :attr:`AttributeChange.attributes`. Rows of customers in
+        ``skip_customers`` (a live container: it may grow while paging) are dropped unparsed.
         """
         names = list(attributes)
         params: dict[str, Any] = {
@@ -329,7 +331,9 @@ class OptimoveClient(BaseHttpClient):
         path = self.path("customers", "GetCustomerAttributeChangers")
         for page in self.iter_pages("customers", "GetCustomerAttributeChangers", params, page_size=page_size):
             try:
-                yield AttributeChange.from_rows(_rows(page), changed_attribute, names, self.attribute_delimiter)
+                yield AttributeChange.from_rows(
+                    _rows(page), changed_attribute, names, self.attribute_delimiter, skip_customers
+                )
             except ValueError as exc:
                 raise self._format_error(path, exc) from None
 

@@ -7,7 +7,7 @@ value; customer attributes arrive either as a ``CustomerAttributes`` array or as
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
@@ -259,11 +259,23 @@ class AttributeChange:
 
     @classmethod
     def from_rows(
-        cls, rows: Iterable[Mapping[str, Any]], changed_attribute: str, names: Sequence[str], delimiter: str
+        cls,
+        rows: Iterable[Mapping[str, Any]],
+        changed_attribute: str,
+        names: Sequence[str],
+        delimiter: str,
+        skip: Container[str] = (),
     ) -> list[AttributeChange]:
-        """Build a page of rows (one key plan for the page)."""
+        """Build a page of rows (one key plan for the page); rows of customers in ``skip`` are left unparsed."""
         plan = KeyPlan(cls.FIELDS)
-        return [cls.from_row(row, changed_attribute, names, delimiter, plan) for row in rows]
+        if not skip:
+            return [cls.from_row(row, changed_attribute, names, delimiter, plan) for row in rows]
+        out = []
+        for row in rows:
+            customer = row.get(plan(row)["customer_id"])  # type: ignore[arg-type]
+            if customer is None or str(customer) not in skip:
+                out.append(cls.from_row(row, changed_attribute, names, delimiter, plan))
+        return out
 
 
 def _promo_code(value: Any) -> str | None:

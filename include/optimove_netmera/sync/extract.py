@@ -97,7 +97,8 @@ def extract_changes(
 
     def one(attribute: str) -> int:
         read = 0
-        for page in client.iter_customer_attribute_changers(attribute, since, until, names):
+        skip = seen if initial else ()
+        for page in client.iter_customer_attribute_changers(attribute, since, until, names, skip_customers=skip):
             read += len(page)
             with lock:
                 if initial:
