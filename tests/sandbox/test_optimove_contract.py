@@ -479,6 +479,10 @@ def test_webhooks_fire_to_listeners(sandbox: Any, admin: OptimoveAdmin, listener
     dead = admin.fire_webhook(13, 1001, url="http://127.0.0.1:9/nothing")
     assert dead["deliveries"][0]["status"] is None and dead["deliveries"][0]["error"]
     assert admin.fire_webhook(1)["deliveries"] == []  # nobody listens to event 1
+    again = admin.fire_webhook(13, 1001, url=f"{listener}/direct", time_stamp="2022-09-19 05:04:54")
+    assert again["body"]["timeStamp"] == "2022-09-19 05:04:54"  # a repeat of the same event
+    with pytest.raises(requests.HTTPError):
+        admin.fire_webhook(13, 1001, url=f"{listener}/direct", time_stamp="2022-09-19T05:04:54Z")
 
 
 def test_templates_send_details_and_bodies(sandbox: Any, admin: OptimoveAdmin) -> None:

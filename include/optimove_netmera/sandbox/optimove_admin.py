@@ -151,8 +151,12 @@ class OptimoveAdmin:
         customer_id: str | None = None,
         template_id: int | None = None,
         promo_code: str | None = None,
+        time_stamp: str | None = None,
     ) -> dict[str, Any]:
-        """POST an event to ``url`` or to every registered listener; ``{"body", "deliveries": [...]}``."""
+        """POST an event to ``url`` or to every registered listener; ``{"body", "deliveries": [...]}``.
+
+        ``time_stamp`` (``YYYY-MM-DD HH:MM:SS``, default now) lets a test send the very same event twice.
+        """
         body = self._given(
             event_type_id=event_type_id,
             campaign_id=campaign_id,
@@ -163,6 +167,7 @@ class OptimoveAdmin:
             customer_id=customer_id,
             template_id=template_id,
             promo_code=promo_code,
+            time_stamp=time_stamp,
         )
         return self._call("POST", "webhooks/fire", body)
 

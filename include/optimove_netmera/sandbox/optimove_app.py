@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import hmac
 import json
+import re
 import threading
 import time
 import uuid
@@ -110,6 +111,9 @@ class AdminError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+_TIME_STAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 
 
 def _now_text() -> str:
@@ -1003,7 +1007,9 @@ def _webhook_body(s: _Sandbox, body: dict[str, Any]) -> tuple[dict[str, Any], in
         channel_id = campaign.channel_id
     elif event in (11, 13):
         raise AdminError(400, f"channel_id is required for event_type_id {event} of an unknown campaign")
-    stamp = _now_text()
+    stamp = body.get("time_stamp") or _now_text()  # a given stamp re-sends the same event, as Optimove's retries do
+    if not isinstance(stamp, str) or not _TIME_STAMP.match(stamp):
+        raise AdminError(400, "time_stamp must be 'YYYY-MM-DD HH:MM:SS'")
     if style == "netmera":
         payload: dict[str, Any] = {"eventTypeId": event, "timeStamp": stamp}
         names = ("campaignId", "channelId")
@@ -1190,6 +1196,7 @@ def _add_admin_routes(app: FastAPI, s: _Sandbox) -> None:
             "customer_id",
             "template_id",
             "promo_code",
+            "time_stamp",
         }
         return _json(await _fire(s, await _admin_body(request, allowed)))
 
