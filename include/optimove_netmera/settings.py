@@ -90,7 +90,6 @@ class SyncSettings(_Model):
     batches_per_task: int = Field(50, ge=1)
     max_change_ratio: float = Field(0.5, gt=0, le=1)
     pool: str = "netmera_api"
-    pool_slots: int = Field(4, ge=1)
     data_ready_poke_seconds: int = Field(300, ge=1)
     data_ready_timeout_hours: float = Field(12, gt=0)
     extract_concurrency: int = Field(4, ge=1, le=16, description="attributes fetched at once (one rate limit)")

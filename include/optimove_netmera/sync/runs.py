@@ -12,7 +12,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from optimove_netmera.store.engine import session_scope
 from optimove_netmera.store.models import SyncRun, SyncRunStatus
+from optimove_netmera.store.queries import last_successful_sync
 
 INITIAL_SINCE = dt.date(2000, 1, 1)
 
@@ -35,14 +37,9 @@ class RunInfo:
 
 def last_successful_window_end(engine: Engine) -> dt.date | None:
     """The data date covered by the latest successful, non-dry-run sync (None before the first)."""
-    q = (
-        sa.select(SyncRun.window_end)
-        .where(SyncRun.status == SyncRunStatus.SUCCESS.value, SyncRun.dry_run.is_(False))
-        .order_by(SyncRun.window_end.desc())
-        .limit(1)
-    )
-    with engine.connect() as conn:
-        return conn.execute(q).scalar()
+    with session_scope(engine) as session:
+        run = last_successful_sync(session)
+        return run.window_end if run is not None else None
 
 
 def _as_date(value: Any, name: str) -> dt.date | None:
