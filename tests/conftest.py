@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from optimove_netmera.sandbox.process import SandboxProcess, free_port, start_sandbox  # noqa: F401 - for tests
+from optimove_netmera.sandbox.process import SandboxProcess, start_sandbox
 from optimove_netmera.store import dispose_engines, redact_url, scratch  # no Airflow: safe before the env setup
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,24 +25,16 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 os.environ.setdefault("OPTIMOVE_NETMERA_STATE_DB_URL", f"sqlite:///{_AIRFLOW_HOME}/optimove_netmera_state.db")
 
 
-Sandbox = SandboxProcess  # what the sandbox fixtures yield
-
-
-def stop_sandbox(box: SandboxProcess) -> None:
-    """Terminate the sandbox subprocess."""
-    box.stop()
-
-
 @pytest.fixture(scope="session")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
     """The sandbox (1000 customers, seed 7) for the whole test session; its log is kept in a temp dir."""
     box = start_sandbox(log_path=tmp_path_factory.mktemp("sandbox") / "sandbox.log")
     yield box
-    stop_sandbox(box)
+    box.stop()
 
 
 @pytest.fixture
-def sandbox_reset(sandbox: Sandbox) -> Sandbox:
+def sandbox_reset(sandbox: SandboxProcess) -> SandboxProcess:
     """The sandbox, reset to the seed's state before the test."""
     sandbox.admin.reset()
     return sandbox
