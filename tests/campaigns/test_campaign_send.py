@@ -248,10 +248,10 @@ def test_cancel_in_the_middle_of_a_send(env: Any, db_url: str) -> None:
     cancelled_at = stored["at"]
     starts = [r["sent_at"] for r in rows if r["status"] == "sent"]
     assert max(starts) < cancelled_at, "a Netmera request started after the cancel was stored"
-    # Netmera's side: every request reached its handler (after the injected latency) before the cancel + latency
-    for d in deliveries(box):
-        handled = dt.datetime.fromisoformat(d["received_at"].replace("Z", "+00:00"))
-        assert (handled - cancelled_at).total_seconds() < latency, "a request reached Netmera after the cancel"
+    # Netmera's side, exactly: it received one request per sent chunk and a delivery per sent recipient, nothing
+    # more. (Comparing its receive times with the cancel cannot be exact: a request that left just before the cancel
+    # arrives after it by the injected latency plus transit and handling time.)
+    assert send_requests(box) == counts["sent"] // CHUNK
     assert len(deliveries(box)) == counts["sent"]
     report = xcom(dr, "report")
     assert report["outcome"] == "cancelled"
