@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import msgspec
 import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
@@ -530,12 +531,19 @@ def chunked(items: Sequence[T] | Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
-def response_json(response: requests.Response) -> Any:
-    """Decode a JSON body; an empty (or whitespace-only) body is None."""
-    content = response.content
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def response_json(response: requests.Response, decode: Callable[[bytes], Any] = msgspec.json.decode) -> Any:
+    """Decode a JSON body with msgspec (the values ``json.loads`` gives, and faster).
+
+    An empty (or whitespace-only) body is None; a UTF-8 byte-order mark is ignored. ``decode`` may be a typed
+    ``msgspec.json.Decoder(...).decode``; invalid JSON raises ``ValueError`` either way.
+    """
+    content = response.content.removeprefix(_UTF8_BOM)
     if not content or not content.strip():
         return None
-    return json.loads(content)
+    return decode(content)
 
 
 def _connect_failure(exc: BaseException) -> bool:
@@ -804,10 +812,16 @@ class BaseHttpClient:
         if delay > 0:
             self._sleep(delay)
 
-    def _decode(self, response: requests.Response, method: str, path: str) -> Any:
-        """Decode a 2xx body as JSON (empty body -> None); malformed JSON -> :class:`ResponseFormatError`."""
+    def _decode(
+        self, response: requests.Response, method: str, path: str, decode: Callable[[bytes], Any] | None = None
+    ) -> Any:
+        """Decode a 2xx body as JSON (empty body -> None); malformed JSON -> :class:`ResponseFormatError`.
+
+        ``decode`` replaces the generic decoder (a typed one for a hot page format); it must raise ``ValueError``
+        only for a body that is not JSON at all.
+        """
         try:
-            return response_json(response)
+            return response_json(response, decode) if decode is not None else response_json(response)
         except ValueError:
             raise ResponseFormatError(
                 "response body is not valid JSON",

@@ -19,7 +19,7 @@ from optimove_netmera.optimove import (
     ExecutionDetail,
     OptimoveClient,
 )
-from optimove_netmera.optimove.models import parse_attributes
+from optimove_netmera.optimove.models import AttributeChange, ChangerRow, decode_changers_page, parse_attributes
 
 FAST_RETRY = RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05)
 LOGIN = "POST /current/general/login"
@@ -57,6 +57,41 @@ def test_parse_attributes_every_shape() -> None:
     assert parse_attributes({}, [], ";") == {}
     with pytest.raises(ValueError, match="expected 3 attribute values, got 2"):
         parse_attributes({"CustomerAttributes": ["1", "2"]}, names, ";")
+
+
+def test_changers_page_typed_fast_path_and_generic_fallback() -> None:
+    names = ["A", "B"]
+
+    def parsed(body: bytes, skip: frozenset[str] = frozenset()) -> list[AttributeChange]:
+        return AttributeChange.from_rows(decode_changers_page(body), "A", names, ";", skip)
+
+    documented = (
+        b'[{"CustomerID":"C1","InitialCustomerAttribute":"NULL","FinalCustomerAttribute":"x",'
+        b'"CustomerAttributes":["x","NULL"]},'
+        b'{"CustomerID":7,"InitialCustomerAttribute":"y","FinalCustomerAttribute":"NULL","CustomerAttributes":null}]'
+    )
+    page = decode_changers_page(documented)
+    assert all(isinstance(r, ChangerRow) for r in page), "the documented spelling takes the typed path"
+    assert parsed(documented) == [
+        AttributeChange("C1", "A", None, "x", {"A": "x", "B": None}),
+        AttributeChange("7", "A", "y", None, {}),
+    ]
+    assert parsed(documented, frozenset({"C1"})) == [AttributeChange("7", "A", "y", None, {})]
+    # other spellings (and the legacy delimited string) are read generically, to the same result
+    legacy = (
+        b'[{"customerId":"C1","initialCustomerAttribute":"NULL",'
+        b'"FinalCustomerAttribute":"x","CustomerAttribute":"x;NULL"}]'
+    )
+    assert isinstance(decode_changers_page(legacy)[0], dict)
+    assert parsed(legacy) == [AttributeChange("C1", "A", None, "x", {"A": "x", "B": None})]
+    # the same errors as before for malformed pages
+    with pytest.raises(ValueError, match="row without CustomerID"):
+        parsed(b'[{"CustomerID":"","CustomerAttributes":["1","2"]}]')
+    with pytest.raises(ValueError, match="expected 2 attribute values, got 1"):
+        parsed(b'[{"CustomerID":"C1","CustomerAttributes":["1"]}]')
+    assert decode_changers_page(b"[1, 2]") == [1, 2], "not objects: left for the caller to reject"
+    with pytest.raises(ValueError):
+        decode_changers_page(b'[{"CustomerID": ')
 
 
 def test_execution_detail_is_case_insensitive_and_reads_both_time_keys() -> None:
@@ -283,6 +318,12 @@ def test_attribute_changers(box: Any, admin: Any) -> None:
     rest = [r for p in pages for r in p]
     assert sorted(r.customer_id for r in rest) == sorted(set(change["changed"]) - skip)
     assert counts(admin, "GET /current/customers/GetCustomerAttributeChangers") == {"200": 6}
+    # The legacy delimited string is read through the generic path, to the same rows.
+    admin.config(legacy_attributes=True)
+    legacy = [
+        r for p in client.iter_customer_attribute_changers("FirstName", day, day, ["FirstName", "Country"]) for r in p
+    ]
+    assert legacy == rows
 
 
 def test_page_size_never_exceeds_the_server_cap(box: Any, admin: Any) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -41,10 +41,12 @@ from optimove_netmera.optimove.models import (
     CampaignDetails,
     CampaignMetric,
     CanceledCustomer,
+    ChangerRow,
     ExecutionChannel,
     ExecutionDetail,
     Template,
     ci_get,
+    decode_changers_page,
     parse_date,
 )
 
@@ -230,8 +232,9 @@ class OptimoveClient(BaseHttpClient):
         params: Mapping[str, Any] | None = None,
         *,
         page_size: int | None = None,
-    ) -> Iterator[list[dict[str, Any]]]:
-        """Yield non-empty pages of rows using ``$top``/``$skip``.
+        decode: Callable[[bytes], list[Any]] | None = None,
+    ) -> Iterator[list[Any]]:
+        """Yield non-empty pages of rows using ``$top``/``$skip`` (``decode``: a page decoder other than JSON's).
 
         Stops after an empty page or a page shorter than ``$top`` (or longer: a server that ignores
         paging sent everything at once). ``$top`` never exceeds the page
@@ -246,7 +249,7 @@ class OptimoveClient(BaseHttpClient):
             query = dict(params or {})
             query["$top"] = top
             query["$skip"] = skip
-            body = self.get(category, function, query)
+            body = self._decode(self._request("GET", path, params=query), "GET", path, decode)
             if body is None:
                 return
             if not isinstance(body, list):
@@ -329,11 +332,14 @@ class OptimoveClient(BaseHttpClient):
             **self._attribute_params(names),
         }
         path = self.path("customers", "GetCustomerAttributeChangers")
-        for page in self.iter_pages("customers", "GetCustomerAttributeChangers", params, page_size=page_size):
+        skip = skip_customers
+        pages = self.iter_pages(
+            "customers", "GetCustomerAttributeChangers", params, page_size=page_size, decode=decode_changers_page
+        )
+        for page in pages:
             try:
-                yield AttributeChange.from_rows(
-                    _rows(page), changed_attribute, names, self.attribute_delimiter, skip_customers
-                )
+                rows = page if isinstance(page[0], ChangerRow) else _rows(page)
+                yield AttributeChange.from_rows(rows, changed_attribute, names, self.attribute_delimiter, skip)
             except ValueError as exc:
                 raise self._format_error(path, exc) from None
 
