@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from optimove_netmera.settings import AttributeMapping
 from optimove_netmera.sync.transform import (
+    coerce_column,
     fingerprint_values,
     fingerprints,
     format_fingerprint,
@@ -72,3 +73,16 @@ def test_stored_fingerprints_parse_back() -> None:
     assert ok.tolist() == [True, True, True, False, False, False]
     assert parsed[:3].tolist() == values.tolist()
     assert parse_fingerprints([])[0].size == 0
+
+
+def test_number_and_boolean_edge_spellings() -> None:
+    texts = [" 12 ", "-3.5", "+4", "5.", ".5", "1E+05", "1e400", "inf", "1_000", "0x1A", "12abc", "١٢", "1" * 30, ""]
+    num, bad = coerce_column(pd.Series(texts, dtype="str"), "number")
+    assert num.tolist()[:6] == [12.0, -3.5, 4.0, 5.0, 0.5, 100000.0]
+    assert num.tolist()[12] == float("1" * 30)
+    assert bad.tolist() == [False] * 6 + [True] * 6 + [False, False], "overflow, inf and non-decimal forms are invalid"
+    flags = [" yes", "TRUE", "f", "N", "0", "1", "maybe", "NULL", None]
+    values, bad = coerce_column(pd.Series(flags, dtype="str"), "boolean")
+    assert str(values.dtype) == "boolean"
+    assert values.tolist()[:6] == [True, True, False, False, False, True]
+    assert values.isna().tolist()[6:] == [True, True, True] and bad.tolist() == [False] * 6 + [True, False, False]
