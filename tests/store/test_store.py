@@ -340,6 +340,16 @@ def test_json_none_is_sql_null(engine: Engine) -> None:
         assert connection.execute(sa.text("SELECT count(*) FROM events WHERE raw_payload IS NULL")).scalar() == 1
 
 
+def test_json_columns_take_nan_non_ascii_and_big_ints(engine: Engine) -> None:
+    # json.dumps would write NaN, which PostgreSQL's JSONB refuses; the state engine writes null
+    payload = {"ltv": float("nan"), "name": "Çağla 李", "big": 2**63 + 1, "nested": [1.5, None, True]}
+    with session_scope(engine) as session:
+        session.add(Event(dedup_key="j", event_type_id=1, raw_payload=payload))
+    with engine.connect() as connection:
+        stored = connection.execute(sa.select(Event.raw_payload).where(Event.dedup_key == "j")).scalar_one()
+    assert stored == {"ltv": None, "name": "Çağla 李", "big": 2**63 + 1, "nested": [1.5, None, True]}
+
+
 def test_naive_datetimes_are_rejected(engine: Engine) -> None:
     with pytest.raises(sa.exc.StatementError, match="naive datetime"), session_scope(engine) as session:
         session.add(Event(dedup_key="naive", event_type_id=13, event_time=dt.datetime(2026, 1, 1, 10, 0)))

@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Engine, make_url
@@ -196,9 +197,21 @@ def _sqlite_pragmas(dbapi_connection: Any, *, wal: bool, foreign_keys: bool) -> 
         cursor.close()
 
 
+def _json_dumps(value: Any) -> str:
+    """JSON columns' serializer: msgspec (several times faster than ``json.dumps`` on staged rows and plans).
+
+    Unlike ``json.dumps`` it writes NaN as ``null`` (PostgreSQL's JSONB refuses ``NaN``) and UTF-8 unescaped.
+    """
+    return msgspec.json.encode(value).decode()
+
+
+JSON_OPTIONS: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": msgspec.json.decode}
+
+
 def _engine_kwargs(url: URL) -> dict[str, Any]:
     if url.get_backend_name() == "sqlite":
         kwargs: dict[str, Any] = {
+            **JSON_OPTIONS,
             "connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
         }
         if _is_sqlite_memory(url):
@@ -209,7 +222,7 @@ def _engine_kwargs(url: URL) -> dict[str, Any]:
         connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
     if "application_name" not in url.query:
         connect_args["application_name"] = "optimove_netmera"
-    kwargs = {"pool_pre_ping": True, "pool_recycle": 1800, "connect_args": connect_args}
+    kwargs = {**JSON_OPTIONS, "pool_pre_ping": True, "pool_recycle": 1800, "connect_args": connect_args}
     if url.get_driver_name() == "psycopg2":
         # executemany of INSERT ... ON CONFLICT (upserts) and UPDATEs otherwise runs row by row
         # (about 4x slower); psycopg 3 pipelines executemany by itself.
