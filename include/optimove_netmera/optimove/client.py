@@ -332,14 +332,15 @@ class OptimoveClient(BaseHttpClient):
             **self._attribute_params(names),
         }
         path = self.path("customers", "GetCustomerAttributeChangers")
-        skip = skip_customers
         pages = self.iter_pages(
             "customers", "GetCustomerAttributeChangers", params, page_size=page_size, decode=decode_changers_page
         )
         for page in pages:
             try:
                 rows = page if isinstance(page[0], ChangerRow) else _rows(page)
-                yield AttributeChange.from_rows(rows, changed_attribute, names, self.attribute_delimiter, skip)
+                yield AttributeChange.from_rows(
+                    rows, changed_attribute, names, self.attribute_delimiter, skip_customers
+                )
             except ValueError as exc:
                 raise self._format_error(path, exc) from None
 

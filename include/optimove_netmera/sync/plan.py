@@ -217,14 +217,15 @@ def _fewer_gc_passes(threshold: int = 50_000) -> Iterator[None]:
     ``gc.freeze`` keeps the objects alive now (Airflow, imports) out of every full pass. On 1M customers this
     takes the diff from 10.4 s to 8.7 s at the same peak memory.
     """
-    old = gc.get_threshold()
+    old, frozen_before = gc.get_threshold(), gc.get_freeze_count()
     gc.freeze()
     gc.set_threshold(threshold, 20, 100)
     try:
         yield
     finally:
         gc.set_threshold(*old)
-        gc.unfreeze()
+        if not frozen_before:  # leave a caller's own freeze (Airflow freezes before forking) in place
+            gc.unfreeze()
 
 
 @_fewer_gc_passes()
