@@ -534,7 +534,7 @@ def chunked(items: Sequence[T] | Iterable[T], size: int) -> Iterator[list[T]]:
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
-def response_json(response: requests.Response, decode: Callable[[bytes], Any] = msgspec.json.decode) -> Any:
+def response_json(response: requests.Response, decode: Callable[[bytes], Any] | None = None) -> Any:
     """Decode a JSON body with msgspec (the values ``json.loads`` gives, and faster).
 
     An empty (or whitespace-only) body is None; a UTF-8 byte-order mark is ignored. ``decode`` may be a typed
@@ -543,7 +543,7 @@ def response_json(response: requests.Response, decode: Callable[[bytes], Any] = 
     content = response.content.removeprefix(_UTF8_BOM)
     if not content or not content.strip():
         return None
-    return decode(content)
+    return (decode or msgspec.json.decode)(content)
 
 
 def _connect_failure(exc: BaseException) -> bool:
@@ -821,7 +821,7 @@ class BaseHttpClient:
         only for a body that is not JSON at all.
         """
         try:
-            return response_json(response, decode) if decode is not None else response_json(response)
+            return response_json(response, decode)
         except ValueError:
             raise ResponseFormatError(
                 "response body is not valid JSON",

@@ -63,7 +63,9 @@ def test_changers_page_typed_fast_path_and_generic_fallback() -> None:
     names = ["A", "B"]
 
     def parsed(body: bytes, skip: frozenset[str] = frozenset()) -> list[AttributeChange]:
-        return AttributeChange.from_rows(decode_changers_page(body), "A", names, ";", skip)
+        page = decode_changers_page(body)
+        build = AttributeChange.from_typed_rows if isinstance(page[0], ChangerRow) else AttributeChange.from_rows
+        return build(page, "A", names, ";", skip)
 
     documented = (
         b'[{"CustomerID":"C1","InitialCustomerAttribute":"NULL","FinalCustomerAttribute":"x",'

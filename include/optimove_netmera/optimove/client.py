@@ -337,10 +337,11 @@ class OptimoveClient(BaseHttpClient):
         )
         for page in pages:
             try:
-                rows = page if isinstance(page[0], ChangerRow) else _rows(page)
-                yield AttributeChange.from_rows(
-                    rows, changed_attribute, names, self.attribute_delimiter, skip_customers
-                )
+                args = (changed_attribute, names, self.attribute_delimiter, skip_customers)
+                if isinstance(page[0], ChangerRow):
+                    yield AttributeChange.from_typed_rows(page, *args)
+                else:
+                    yield AttributeChange.from_rows(_rows(page), *args)
             except ValueError as exc:
                 raise self._format_error(path, exc) from None
 

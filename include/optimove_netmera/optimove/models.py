@@ -239,7 +239,8 @@ def decode_changers_page(content: bytes) -> list[Any]:
     The typed rows leave each customer's attribute values undecoded (most of a page's bytes), so a row that is
     skipped costs almost nothing. A page whose rows use other key spellings (or the singular
     ``CustomerAttribute``), or that is not an array of objects, is decoded generically instead, for
-    :meth:`AttributeChange.from_rows` to read (or reject) as before.
+    :meth:`AttributeChange.from_rows` to read (or reject) as before; typed rows go to
+    :meth:`AttributeChange.from_typed_rows`.
     """
     try:
         rows = _CHANGERS_PAGE.decode(content)
@@ -299,12 +300,7 @@ class AttributeChange:
         delimiter: str,
         skip: Container[str] = (),
     ) -> list[AttributeChange]:
-        """Build a page of rows (one key plan for the page); rows of customers in ``skip`` are left unparsed.
-
-        ``rows`` are dicts, or the typed rows of :func:`decode_changers_page`.
-        """
-        if isinstance(rows, list) and rows and isinstance(rows[0], ChangerRow):
-            return cls._from_typed_rows(rows, changed_attribute, names, delimiter, skip)
+        """Build a page of rows (one key plan for the page); rows of customers in ``skip`` are left unparsed."""
         plan = KeyPlan(cls.FIELDS)
         if not skip:
             return [cls.from_row(row, changed_attribute, names, delimiter, plan) for row in rows]
@@ -316,9 +312,10 @@ class AttributeChange:
         return out
 
     @classmethod
-    def _from_typed_rows(
+    def from_typed_rows(
         cls, rows: list[ChangerRow], changed_attribute: str, names: Sequence[str], delimiter: str, skip: Container[str]
     ) -> list[AttributeChange]:
+        """:meth:`from_rows` for the typed rows of :func:`decode_changers_page` (attributes decoded per kept row)."""
         decode = msgspec.json.decode
         out = []
         for row in rows:

@@ -72,12 +72,13 @@ def _to_float(text: pd.Series, empty: pd.Series) -> np.ndarray:
     Only plain decimal and exponent forms are numbers (as for ``pd.to_numeric``); should Arrow still refuse a
     value, the column is parsed by pandas instead.
     """
-    arr = pa.array(text.where(~empty), type=pa.large_string())
+    present = text.where(~empty)
+    arr = pa.array(present, type=pa.large_string())
     numeric = pc.fill_null(pc.match_substring_regex(arr, _NUMBER), False)
     try:
         parsed = pc.cast(pc.if_else(numeric, arr, pa.scalar(None, pa.large_string())), pa.float64())
     except pa.ArrowInvalid:
-        return pd.to_numeric(text.where(~empty), errors="coerce").astype("float64").to_numpy()
+        return pd.to_numeric(present, errors="coerce").astype("float64").to_numpy()
     return parsed.to_numpy(zero_copy_only=False)
 
 
