@@ -10,14 +10,21 @@ from sqlalchemy.engine import Engine
 
 from optimove_netmera.settings import Settings, SettingsError, get_runtime_settings
 from optimove_netmera.store.engine import get_engine
+from optimove_netmera.topology import SharedStateError
 
 
 def task_settings() -> Settings:
-    """Runtime settings; a bad configuration fails the task without retries, naming the setting."""
+    """Runtime settings; a bad configuration fails the task without retries, naming the setting.
+
+    That includes a state database that is not shared while Airflow runs a distributed executor
+    (:class:`~optimove_netmera.topology.SharedStateError`): no task works on a file only its own host sees.
+    """
     try:
-        return get_runtime_settings()
-    except SettingsError as exc:
+        settings = get_runtime_settings()
+        settings.resolved_state_db_url()
+    except (SettingsError, SharedStateError) as exc:
         raise AirflowFailException(str(exc)) from None
+    return settings
 
 
 def state_engine(s: Settings) -> Engine:

@@ -161,9 +161,17 @@ class Settings(_Model):
                 raise ValueError(f"attributes: {side} name(s) {dupes} mapped more than once")
         return self
 
-    def resolved_state_db_url(self) -> str | None:
-        """The state DB URL: env ``OPTIMOVE_NETMERA_STATE_DB_URL``, else ``state_db_url``, else None (the default)."""
-        return os.environ.get(STATE_DB_ENV) or self.state_db_url
+    def resolved_state_db_url(self) -> str:
+        """The state DB URL: env ``OPTIMOVE_NETMERA_STATE_DB_URL``, else ``state_db_url``, else a SQLite file
+        under ``AIRFLOW_HOME``. Raises :class:`~optimove_netmera.topology.SharedStateError` (naming the env
+        var) when that is a SQLite file while Airflow runs a distributed executor: one state for every process.
+        """
+        from optimove_netmera.store.engine import default_state_db_url
+        from optimove_netmera.topology import check_shared_state
+
+        url = os.environ.get(STATE_DB_ENV, "").strip() or self.state_db_url or default_state_db_url()
+        check_shared_state(url)
+        return url
 
     @property
     def optimove_attributes(self) -> list[str]:
@@ -201,7 +209,10 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def config_path(env: Mapping[str, str] | None = None) -> Path:
-    """The settings file in use."""
+    """The settings file in use: ``$OPTIMOVE_NETMERA_CONFIG``, else the source checkout's ``config/`` file.
+
+    An installed (non-editable) package, as in a Docker image, has no source checkout: it needs the env var.
+    """
     env = os.environ if env is None else env
     return Path(env.get(CONFIG_ENV) or REPO_CONFIG)
 
@@ -224,6 +235,13 @@ def load_settings(
     env = os.environ if env is None else env
     file = Path(path) if path is not None else config_path(env)
     if not file.is_file():
+        if file == REPO_CONFIG and not env.get(CONFIG_ENV):
+            raise SettingsError(
+                f"no settings file: {CONFIG_ENV} is not set and this installation has no source checkout with "
+                f"{REPO_CONFIG.relative_to(REPO_CONFIG.parents[1])} (looked for {file}). Set {CONFIG_ENV} to the "
+                "path of your optimove_netmera.yaml in every Airflow process (the repository's "
+                "config/optimove_netmera.yaml is the template; the Docker image sets it)"
+            )
         raise SettingsError(f"settings file {file} not found: create it or point {CONFIG_ENV} at one")
     try:
         data = yaml.safe_load(file.read_text()) or {}

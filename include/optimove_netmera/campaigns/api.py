@@ -52,7 +52,15 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from optimove_netmera.campaigns import events
-from optimove_netmera.settings import VARIABLE_NAME, Settings, SettingsError, config_path, get_settings, load_settings
+from optimove_netmera.settings import (
+    STATE_DB_ENV,
+    VARIABLE_NAME,
+    Settings,
+    SettingsError,
+    config_path,
+    get_settings,
+    load_settings,
+)
 from optimove_netmera.store import (
     Event,
     EventStatus,
@@ -62,6 +70,7 @@ from optimove_netmera.store import (
     migrate,
     redact_url,
 )
+from optimove_netmera.topology import SharedStateError
 
 __all__ = [
     "API_KEY_HEADER",
@@ -178,8 +187,8 @@ class _Runtime:
 
     def engine(self, settings: Settings) -> Engine:
         """The state engine, migrated once per process; raises StoreUnavailable."""
-        url = settings.resolved_state_db_url()
         try:
+            url = settings.resolved_state_db_url()
             engine = get_engine(url)
             key = str(engine.url)
             if key not in self._migrated:
@@ -191,7 +200,10 @@ class _Runtime:
 
 
 def _shown_url(settings: Settings) -> str:
-    return redact_url(settings.resolved_state_db_url() or default_state_db_url())
+    try:
+        return redact_url(settings.resolved_state_db_url())
+    except SharedStateError as exc:
+        return exc.url or redact_url(default_state_db_url())
 
 
 def _describe(exc: BaseException) -> str:
@@ -369,6 +381,11 @@ def _warm_up(runtime: _Runtime) -> None:
     """
     try:
         runtime.engine(runtime.refresh().settings)
+    except StoreUnavailable as exc:
+        if isinstance(exc.__cause__, SharedStateError):
+            log.error("Optimove event endpoint REFUSES every event (503) until this is fixed: %s", exc.__cause__)
+        else:
+            log.warning("Optimove event endpoint: start-up check failed (retried on the first event): %s", exc)
     except Exception as exc:
         log.warning("Optimove event endpoint: start-up check failed (retried on the first event): %s", _describe(exc))
     if os.environ.get(GC_FREEZE_ENV, "1") != "0":
@@ -468,6 +485,11 @@ def create_app() -> FastAPI:
                 url,
                 exc,
             )
+            if isinstance(exc.__cause__, SharedStateError):
+                return _unavailable(
+                    f"this server's state database is not shared with the Airflow workers; nothing was stored. "
+                    f"Its operator must set {STATE_DB_ENV} (see the API server log)"
+                )
             return _unavailable("the state database is unavailable; nothing was stored, retry later")
         dispatched = None
         if stored.created and stored.status == EventStatus.RECEIVED.value:
