@@ -10,6 +10,8 @@ export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
 export AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__API__PORT="${AIRFLOW_PORT:-8080}"
+# Tasks reach the API server here; it defaults to :8080 whatever [api] port says.
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$AIRFLOW__API__PORT/execution/"
 export OPTIMOVE_NETMERA_STATE_DB_URL="${OPTIMOVE_NETMERA_STATE_DB_URL:-sqlite:///$AIRFLOW_HOME/optimove_netmera_state.db}"
 OPTIMOVE_PORT="${OPTIMOVE_PORT:-8301}"
 NETMERA_PORT="${NETMERA_PORT:-8302}"

@@ -105,3 +105,38 @@ def db_url(backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytes
     yield url
     dispose_engines()
     scratch.empty_schema(url)
+
+
+# --- figures and skips ----------------------------------------------------------------------------------------------
+# End-to-end tests record their figures (seconds to finish, recovery times) with ``figures``; they are printed at the
+# end of the run, whatever the capture mode. With OPTIMOVE_NETMERA_FORBID_SKIPS=1 (as .ci/run sets it) a run that
+# skipped any test fails: in CI every service is there, so a skip means a test that did not run.
+
+FORBID_SKIPS_ENV = "OPTIMOVE_NETMERA_FORBID_SKIPS"
+_FIGURES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def figures(pytestconfig: pytest.Config) -> list[str]:
+    """Append ``"what: figure"`` lines to print in the run's summary."""
+    return pytestconfig.stash.setdefault(_FIGURES, [])
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
+    lines = config.stash.get(_FIGURES, [])
+    if lines:
+        terminalreporter.section("figures (measured by the end-to-end tests; benchmarks are in tests/perf)")
+        for line in lines:
+            terminalreporter.write_line(line)
+    skipped = terminalreporter.stats.get("skipped", [])
+    if skipped and os.environ.get(FORBID_SKIPS_ENV) == "1":
+        terminalreporter.write_line(
+            f"{len(skipped)} test(s) skipped while {FORBID_SKIPS_ENV}=1: every test must run here", red=True
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped and os.environ.get(FORBID_SKIPS_ENV) == "1" and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

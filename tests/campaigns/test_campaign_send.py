@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import threading
 import time
 from collections import Counter
@@ -321,7 +320,6 @@ def test_waits_for_the_scheduled_time(env: Any, db_url: str) -> None:
     assert rows and min(r["sent_at"] for r in rows) >= when
 
 
-@pytest.mark.skipif(os.environ.get("OPTIMOVE_NETMERA_SKIP_ENDPOINT") == "1", reason="endpoint test disabled")
 def test_webhook_fired_by_the_sandbox_starts_one_run(env: Any, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The sandbox posts event 13 to the real endpoint twice: one event, one run with the contract's run_id."""
     import uvicorn
