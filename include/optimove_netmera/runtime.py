@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from airflow.sdk.exceptions import AirflowFailException
 from sqlalchemy.engine import Engine
 
-from optimove_netmera.settings import Settings, SettingsError, get_runtime_settings
+from optimove_netmera.http import ClientError, is_payload_rejection
+from optimove_netmera.settings import Settings, SettingsError, get_runtime_settings, get_settings
 from optimove_netmera.store.engine import get_engine
 from optimove_netmera.topology import SharedStateError
 
@@ -42,3 +45,38 @@ def default_args(s: Settings, **overrides: Any) -> dict[str, Any]:
         "max_retry_delay": timedelta(minutes=30),
         **overrides,
     }
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def config_fault_message(exc: ClientError) -> str:
+    """What a 401/403/404-like answer means for an operator: which connection to fix, and that it is not retried."""
+    try:
+        conn_id = getattr(get_settings().connections, exc.service, None) or f"{exc.service}_default"
+    except SettingsError:
+        conn_id = f"{exc.service}_default"
+    return (
+        f"{exc}. This is a configuration fault, not an outage, so the task is not retried: check the Airflow "
+        f"connection '{conn_id}' (its key or credentials, and its host), then clear this task to resume"
+    )
+
+
+def fail_fast_on_config_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Fail the task at once, without Airflow retries, when an API refuses our credentials or address.
+
+    A 4xx other than 429 that is not a refusal of the data itself (401, 403, 404: a wrong key, app or base URL)
+    fails the same way on every retry; outages (5xx, 429, timeouts) still raise as they are and are retried.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except ClientError as exc:
+            if is_payload_rejection(exc):
+                raise
+            raise AirflowFailException(config_fault_message(exc)) from exc
+
+    return wrapper

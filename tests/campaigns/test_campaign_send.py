@@ -57,6 +57,13 @@ def send(campaign_id: int, conf: dict[str, Any] | None = None, **kwargs: Any) ->
     return run_dag(DAG_ID, {"campaign_id": campaign_id, "channel_id": CHANNEL, **(conf or {})}, **kwargs)
 
 
+def stored_report(db_url: str, campaign_id: int) -> dict[str, Any]:
+    """The campaign's report as the report task stored it (also when the task failed)."""
+    with get_engine(db_url).connect() as conn:
+        counts = conn.scalar(sa.select(Campaign.counts).where(Campaign.campaign_id == campaign_id))
+    return counts["report"]
+
+
 def per_ext_id(box: Any) -> Counter[str]:
     return Counter(d["extId"] for d in deliveries(box))
 
@@ -175,13 +182,14 @@ def test_crash_leaves_rows_in_flight_they_become_unknown_and_resend_on_request(e
 
     cleared = send(cid, logical_date=when)  # ops clear the whole run: the same run, every task cleared
     assert cleared.run_id == staged.run_id
-    assert cleared.state == "success", task_states(cleared)
+    # never green over recipients whose push may not have gone out: the report fails, naming the next step
+    assert task_states(cleared)["report[-1]"] == "failed" and cleared.state == "failed", task_states(cleared)
     rows = {r["customer_id"]: r for r in ledger(db_url, cid)}
     assert {c for c, r in rows.items() if r["status"] == "unknown"} == crashed
     assert {rows[c]["reason"] for c in crashed} == {ORPHAN_REASON}
     assert_exactly_once(box, expected, allowed_missing=crashed)  # nobody missing except the reported unknowns
-    report = xcom(cleared, "report")
-    assert report["unknown"] == len(crashed) and report["outcome"] == "done"
+    report = stored_report(db_url, cid)
+    assert report["unknown"] == len(crashed) and report["outcome"] == "unknown outcome"
 
     resent = send(cid, conf={"resend_unknown": True})
     assert resent.state == "success", task_states(resent)
@@ -206,11 +214,17 @@ def test_ambiguous_failure_marks_unknown_task_fails_clear_resumes(env: Any, db_u
     assert statuses(rows)["pending"] > 0
     box.admin.netmera.clear_faults()
 
-    cleared = send(cid, logical_date=when)
+    cleared = send(cid, logical_date=when)  # the outage is over, the run cleared: the rest goes out ...
     assert cleared.run_id == first.run_id
-    assert cleared.state == "success", task_states(cleared)
     assert_exactly_once(box, expected, allowed_missing=unknown)
     assert statuses(ledger(db_url, cid))["unknown"] == len(unknown)
+    # ... but the run is not green while 50 recipients may have got nothing
+    assert cleared.state == "failed" and task_states(cleared)["report[-1]"] == "failed", task_states(cleared)
+    assert stored_report(db_url, cid)["outcome"] == "unknown outcome"
+
+    resent = send(cid, conf={"resend_unknown": True})  # the operator's choice: re-send them
+    assert resent.state == "success", task_states(resent)
+    assert_exactly_once(box, expected)
 
 
 def _start_canceller(box: Any, engine: Any, cid: int, stored: dict[str, Any]) -> threading.Thread:
@@ -475,9 +489,14 @@ def test_bad_netmera_key_fails_the_send_without_losing_anyone(
     expected = expected_recipients(box, cid)
     bad = {"conn_type": "netmera", "host": box.netmera_url, "password": "not-the-key"}
     monkeypatch.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", json.dumps(bad))
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__RETRIES", "2")  # retries an outage would get ...
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__RETRY_DELAY_SECONDS", "0")
     when = utcnow()
     first = send(cid, logical_date=when)
     assert first.state == "failed", task_states(first)
+    tried = {ti.task_id: ti.try_number for ti in first.get_task_instances()}
+    assert tried["send"] == 1, "a wrong key is a configuration fault: it fails at once, without retries"
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__RETRIES", "0")
     rows = ledger(db_url, cid)
     assert statuses(rows)["failed"] == 0 and statuses(rows)["pending"] > 0  # a 403 discards nobody
     with get_engine(db_url).connect() as conn:

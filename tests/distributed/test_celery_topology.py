@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from celery_topology import CHUNK, HEARTBEAT_TIMEOUT_S, Topology, wait_for
 from optimove_netmera.campaigns.recipients import ORPHAN_REASON
 from optimove_netmera.sandbox.process import free_port, start_sandbox
-from optimove_netmera.store import Event, Recipient, dispose_engines, get_engine, migrate, scratch
+from optimove_netmera.store import Campaign, Event, Recipient, dispose_engines, get_engine, migrate, scratch
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -123,6 +123,13 @@ def ledger(state_url: str, campaign_id: int) -> list[dict[str, Any]]:
     with get_engine(state_url).connect() as conn:
         rows = conn.execute(sa.select(table).where(table.c.campaign_id == campaign_id)).all()
     return [dict(r._mapping) for r in rows]
+
+
+def stored_report(state_url: str, campaign_id: int) -> dict[str, Any]:
+    """The campaign's report as its report task stored it (also when that task failed)."""
+    with get_engine(state_url).connect() as conn:
+        counts = conn.scalar(sa.select(Campaign.counts).where(Campaign.campaign_id == campaign_id))
+    return counts["report"]
 
 
 def xcom(topo: Topology, dag_id: str, run_id: str, task_id: str) -> Any:
@@ -247,9 +254,12 @@ def test_distributed_topology_end_to_end(topology: Topology, figures: list[str])
     assert expected - set(got) <= unknown, "a recipient is missing without being reported unknown"
     assert len(unknown) <= CHUNK, "more than the one chunk in flight has an unknown outcome"
     assert all(r["reason"] == ORPHAN_REASON for r in rows if r["status"] == "unknown")
-    report = xcom(topo, SEND_DAG, run_id, "report")
+    report = stored_report(topo.state_url, cid)
     assert report["unknown"] == len(unknown)
     assert report["statuses"].get("sent", 0) == len(sent)
+    assert report["reasons"].get(ORPHAN_REASON, 0) == len(unknown)  # the report says what happened
+    # green only when every recipient's outcome is known; else failed, naming the next step
+    assert run["state"] == ("failed" if unknown else "success"), run
 
     # 5. A bulk send cancelled while it waits for its scheduled time sends nothing.
     scheduled = (utcnow() + dt.timedelta(seconds=30)).strftime(STAMP)

@@ -31,7 +31,7 @@ from optimove_netmera.hooks import NetmeraHook, OptimoveHook
 from optimove_netmera.http import ApiError
 from optimove_netmera.optimove import OptimoveClient
 from optimove_netmera.optimove.models import CampaignMetric
-from optimove_netmera.runtime import state_engine
+from optimove_netmera.runtime import fail_fast_on_config_errors, state_engine
 from optimove_netmera.runtime import task_settings as settings
 from optimove_netmera.settings import Settings
 from optimove_netmera.store import Campaign, CampaignState, RecipientStatus, session_scope
@@ -78,6 +78,7 @@ def _store_counts(engine: Engine, campaign_id: int, channel_id: int, key: str, v
 # --------------------------------------------------------------------------------------------------
 
 
+@fail_fast_on_config_errors
 def open_campaign(params: dict[str, Any], dag_run_id: str) -> dict[str, Any]:
     """Migrate the state DB, record the campaign, and check it is not cancelled before any work.
 
@@ -122,6 +123,7 @@ def open_campaign(params: dict[str, Any], dag_run_id: str) -> dict[str, Any]:
     return run
 
 
+@fail_fast_on_config_errors
 def fetch_details(run: dict[str, Any]) -> dict[str, Any]:
     """``actions/GetCampaignDetails`` into the campaigns row; returns a few scalar facts."""
     if run["cancelled"]:
@@ -149,6 +151,7 @@ def fetch_details(run: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
+@fail_fast_on_config_errors
 def stage(run: dict[str, Any]) -> dict[str, Any]:
     """Stage the recipients into the ledger (never XCom), then apply a stored cancel to them."""
     if run["cancelled"]:
@@ -173,6 +176,7 @@ def stage(run: dict[str, Any]) -> dict[str, Any]:
     return counts
 
 
+@fail_fast_on_config_errors
 def plan(run: dict[str, Any], resend_unknown: bool) -> dict[str, Any]:
     """Chunk the ledger per template and scheduled time; group chunks into a few mapped send batches."""
     s = settings()
@@ -211,6 +215,7 @@ class CampaignSendOperator(BaseOperator):
     def _label(self, context: Context) -> None:
         context["batch_label"] = self.batch.get("label", "")  # type: ignore[typeddict-unknown-key]
 
+    @fail_fast_on_config_errors
     def execute(self, context: Context) -> dict[str, Any]:
         """Defer until the scheduled time if it is in the future, else send now."""
         self._label(context)
@@ -230,6 +235,7 @@ class CampaignSendOperator(BaseOperator):
                 self.defer(trigger=DateTimeTrigger(moment=when), method_name="execute_complete")
         return self._send(context)
 
+    @fail_fast_on_config_errors
     def execute_complete(self, context: Context, event: Any = None) -> dict[str, Any]:
         """Resumed at the scheduled time."""
         self._label(context)
@@ -282,11 +288,15 @@ def _format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@fail_fast_on_config_errors
 def report(run: dict[str, Any], update_metrics: bool) -> dict[str, Any]:
     """Close the campaign: counts per status and template, in the log and XCom (counts only).
 
-    Rows still ``in_flight`` once every send task has finished are marked ``unknown``. The task fails when
-    recipients are left ``pending`` on a campaign that is not cancelled (a send task failed: clear it).
+    Rows still ``in_flight`` once every send task has finished are marked ``unknown``. The task fails (so the run
+    is never green over undelivered recipients) when recipients are left ``pending`` on a campaign that is not
+    cancelled (a send task failed: clear it), or when some have an ``unknown`` outcome (a request that may or may
+    not have reached Netmera): the log says how to re-send them or accept the outcome. The report is stored in
+    the campaign's ``counts`` either way.
     """
     s = settings()
     engine = state_engine(s)
@@ -299,6 +309,8 @@ def report(run: dict[str, Any], update_metrics: bool) -> dict[str, Any]:
         outcome = "cancelled"
     elif statuses.get(RecipientStatus.PENDING.value, 0):
         outcome = "incomplete"
+    elif statuses.get(RecipientStatus.UNKNOWN.value, 0):
+        outcome = "unknown outcome"
     elif status.partial:
         outcome = "done (partially cancelled)"
     else:
@@ -324,6 +336,14 @@ def report(run: dict[str, Any], update_metrics: bool) -> dict[str, Any]:
         raise AirflowFailException(
             f"campaign {cid} channel {ch}: {statuses.get('pending', 0)} recipient(s) still pending "
             "(a send task failed); clear the failed send task to resume"
+        )
+    if outcome == "unknown outcome":
+        raise AirflowFailException(
+            f"campaign {cid} channel {ch}: {summary['unknown']} recipient(s) have an UNKNOWN outcome (their request "
+            "may or may not have reached Netmera; reasons above); everyone else is settled. Next step, one of: "
+            f"re-send them (a recipient may get the push twice) by triggering optimove_campaign_send with "
+            f'{{"campaign_id": {cid}, "channel_id": {ch}, "resend_unknown": true}}; or accept the outcome by marking '
+            "this report task success"
         )
     return summary
 
@@ -378,6 +398,7 @@ class RealtimeDrainOperator(BaseOperator):
         value = params.get(name) if params.get(name) is not None else getattr(self, name)
         return float(value)
 
+    @fail_fast_on_config_errors
     def execute(self, context: Context) -> dict[str, Any]:
         """Recover orphans, then drain."""
         s = settings()
@@ -395,6 +416,7 @@ class RealtimeDrainOperator(BaseOperator):
         deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._option(context, "run_seconds"))
         return self._cycle(context, s, deadline, total)
 
+    @fail_fast_on_config_errors
     def resume(self, context: Context, event: Any = None, **_: Any) -> dict[str, Any]:
         """Back from the trigger: drain again, or finish when the run's time is up."""
         payload = event if isinstance(event, dict) else {}
@@ -442,6 +464,7 @@ class RealtimeDrainOperator(BaseOperator):
 # --------------------------------------------------------------------------------------------------
 
 
+@fail_fast_on_config_errors
 def run_reconcile(day: str | None, run_after: dt.datetime | None) -> dict[str, Any]:
     """Reconcile ``day`` (default: the run's date, UTC) and re-dispatch pending events."""
     from optimove_netmera.campaigns.events import TaskDagTrigger
