@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install demo test lint format bench sandbox clean
+.PHONY: install system-deps demo test lint format bench sandbox clean
 
 $(BIN)/airflow: requirements.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,7 +19,10 @@ install: $(BIN)/airflow ## venv with pinned dependencies and the package (editab
 demo: install ## sandbox + Airflow standalone, then a finished user sync
 	bash scripts/demo.sh
 
-test: install ## the whole test suite (sandbox over HTTP, SQLite and the local PostgreSQL, real DAG runs)
+system-deps: ## Debian packages the tests use (docker-compose, chromium), installed if missing
+	bash scripts/system-deps.sh
+
+test: install system-deps ## the whole test suite (sandbox over HTTP, SQLite and PostgreSQL, real DAG runs, Celery)
 	$(BIN)/pytest
 
 lint: install
