@@ -26,7 +26,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import sqlalchemy as sa
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
@@ -118,6 +118,7 @@ def _unavailable(exc: BaseException) -> HTTPException:
     return HTTPException(503, f"the state database is unavailable: {type(exc).__name__}: {first}"[:500])
 
 
+_IDS_BODY = Body(embed=True, description="ids of the dead letters to replay")
 _DB_ERRORS = (StateDatabaseError, sa.exc.OperationalError, sa.exc.InterfaceError, OSError)
 
 
@@ -136,7 +137,7 @@ def create_app() -> FastAPI:
             raise _unavailable(exc) from None
 
     @app.get("/api/me")
-    def me(user: Annotated[Any, user_dep]) -> JSONResponse:
+    def me(user: Any = user_dep) -> JSONResponse:
         """The user's name and which actions they may take."""
         return JSONResponse(
             {
@@ -172,7 +173,7 @@ def create_app() -> FastAPI:
         return read(queries.dead_letters, limit=limit, include_replayed=include_replayed)
 
     @app.post("/api/events/{event_id}/redispatch", dependencies=[_audit("optimove_netmera.redispatch_event")])
-    def redispatch(event_id: int, request: Request, user: Annotated[Any, user_dep]) -> JSONResponse:
+    def redispatch(event_id: int, request: Request, user: Any = user_dep) -> JSONResponse:
         """Re-dispatch one stored event (needs the right to trigger the DAG it starts)."""
         _require_json(request)
         try:
@@ -191,9 +192,7 @@ def create_app() -> FastAPI:
             raise _unavailable(exc) from None
 
     @app.post("/api/dead-letters/replay", dependencies=[_audit("optimove_netmera.replay_dead_letters")])
-    def replay(
-        request: Request, user: Annotated[Any, user_dep], ids: Annotated[list[int], Body(embed=True)]
-    ) -> JSONResponse:
+    def replay(request: Request, ids: list[int] = _IDS_BODY, user: Any = user_dep) -> JSONResponse:
         """Queue the selected sync dead letters for the next sync run (needs the right to trigger the sync)."""
         _require_json(request)
         name = _require_trigger(user, USER_SYNC_DAG_ID)
