@@ -4,7 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system-deps demo test lint format bench sandbox clean
+.PHONY: install system-deps ui demo test lint format bench sandbox clean
+
+# The plugin page's bundle, built from ui/ (Node >= 20.19 and npm; the versions are pinned in ui/package-lock.json).
+UI_BUNDLE := include/optimove_netmera/ui/static/main.umd.cjs
+UI_SOURCES := $(shell find ui/src ui/scripts -type f 2>/dev/null) ui/package.json ui/package-lock.json \
+	ui/vite.config.ts ui/tsconfig.json
 
 $(BIN)/airflow: requirements.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,7 +19,12 @@ $(BIN)/airflow: requirements.txt constraints.txt pyproject.toml
 	$(BIN)/pip check
 	touch $(BIN)/airflow
 
-install: $(BIN)/airflow ## venv with pinned dependencies and the package (editable)
+$(UI_BUNDLE): $(UI_SOURCES)
+	cd ui && npm ci --no-audit --no-fund --loglevel=error && npm run build
+
+ui: $(UI_BUNDLE) ## the plugin page's bundle (npm ci && npm run build in ui/)
+
+install: $(BIN)/airflow $(UI_BUNDLE) ## venv with pinned dependencies and the package (editable), the page's bundle
 
 demo: install ## sandbox + Airflow standalone, then a finished user sync
 	bash scripts/demo.sh
@@ -43,4 +53,4 @@ sandbox: install ## serve the sandbox APIs on 127.0.0.1:8301 (Optimove) and :830
 	$(BIN)/python -m optimove_netmera.sandbox
 
 clean:
-	rm -rf .airflow build *.egg-info include/*.egg-info
+	rm -rf .airflow build *.egg-info include/*.egg-info ui/node_modules include/optimove_netmera/ui/static

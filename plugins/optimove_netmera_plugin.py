@@ -1,8 +1,11 @@
-"""Airflow plugin: the Optimove event endpoint ``POST /rest/optimove/event/{app_key}`` on the API server.
+"""Airflow plugin: the Optimove event endpoint and the optimove-netmera page of the Airflow UI.
 
-The app lives in :mod:`optimove_netmera.campaigns.api`; this file only registers it. It is built on first
-access of ``fastapi_apps``, which only the API server (and ``airflow plugins``) reads, so schedulers,
-dag-processors and workers that load plugins do not import the FastAPI stack.
+* ``POST /rest/optimove/event/{app_key}``: the event endpoint (:mod:`optimove_netmera.campaigns.api`).
+* ``/optimove-netmera``: the page's JSON routes and its bundle (:mod:`optimove_netmera.ui.routes`), and a
+  ``react_apps`` entry that puts the page in the UI's navigation (``/plugin/optimove-netmera``).
+
+The apps are built on first access of ``fastapi_apps``, which only the API server (and ``airflow plugins``) reads,
+so schedulers, dag-processors and workers that load plugins do not import the FastAPI stack.
 """
 
 from __future__ import annotations
@@ -12,15 +15,31 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
+PAGE_PREFIX = "/optimove-netmera"  # optimove_netmera.ui.routes.URL_PREFIX (not imported: keep this file light)
+
 
 class OptimoveNetmeraPlugin(AirflowPlugin):
-    """Mounts the Optimove event endpoint at ``/rest/optimove``."""
+    """Mounts the Optimove event endpoint at ``/rest/optimove`` and the page's app at ``/optimove-netmera``."""
 
     name = "optimove_netmera"
 
+    # bundle_url is relative: the UI resolves it against its base URL (works under a [api] base_url path too).
+    react_apps = [
+        {
+            "name": "Optimove Netmera",
+            "bundle_url": f"{PAGE_PREFIX.lstrip('/')}/static/main.umd.cjs",
+            "destination": "nav",
+            "url_route": "optimove-netmera",
+        }
+    ]
+
     @cached_property
     def fastapi_apps(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        """The event endpoint app, mounted at ``/rest/optimove``."""
+        """The event endpoint app (``/rest/optimove``) and the page's app (``/optimove-netmera``)."""
         from optimove_netmera.campaigns.api import URL_PREFIX, create_app
+        from optimove_netmera.ui import routes
 
-        return [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "Optimove events"}]
+        return [
+            {"app": create_app(), "url_prefix": URL_PREFIX, "name": "Optimove events"},
+            {"app": routes.create_app(), "url_prefix": routes.URL_PREFIX, "name": "Optimove Netmera page"},
+        ]
