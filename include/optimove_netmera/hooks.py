@@ -5,7 +5,7 @@
     Auth, first match wins: ``extra.api_key`` -> ``X-API-KEY``; else ``login`` + ``password`` -> the legacy
     ``general/login`` token flow; else ``password`` alone -> used as the API key.
     Optional extras: ``timeout`` (seconds), ``rate_limit_calls`` (50), ``rate_limit_period`` (10),
-    ``page_size`` (10000).
+    ``page_size`` (10000). The Connections form shows them as labelled fields (``provider.py``).
 ``netmera_default`` (conn type ``netmera``)
     host: ``https://restapi.netmera.com`` (or a self-hosted one); password (or ``extra.api_key``): the REST API key.
     Optional extras: ``timeout``, ``max_batch`` (1000), ``rate_limit_calls`` + ``rate_limit_period`` (off).
@@ -34,24 +34,31 @@ def _base_url(host: str | None, schema: str | None, port: int | None, conn_id: s
     return host.rstrip("/")
 
 
+def _extra(extra: dict[str, Any], key: str, default: Any = None) -> Any:
+    """An extra's value; empty (``None`` or ``""``, as the connection form saves an unfilled field) = ``default``."""
+    value = extra.get(key)
+    return default if value is None or value == "" else value
+
+
 def _timeout(extra: dict[str, Any]) -> tuple[float, float]:
-    read = float(extra.get("timeout", 60))
+    read = float(_extra(extra, "timeout", 60))
     return (min(read, 10.0), read)
 
 
 def _retry(extra: dict[str, Any]) -> RetryPolicy:
     defaults = RetryPolicy()
     return RetryPolicy(
-        max_attempts=int(extra.get("max_attempts", defaults.max_attempts)),
-        base_delay=float(extra.get("retry_base_delay", defaults.base_delay)),
-        max_delay=float(extra.get("retry_max_delay", defaults.max_delay)),
+        max_attempts=int(_extra(extra, "max_attempts", defaults.max_attempts)),
+        base_delay=float(_extra(extra, "retry_base_delay", defaults.base_delay)),
+        max_delay=float(_extra(extra, "retry_max_delay", defaults.max_delay)),
     )
 
 
 def _rate_limit(extra: dict[str, Any], default: tuple[int, float] | None) -> tuple[int, float] | None:
-    if "rate_limit_calls" not in extra:
+    calls = _extra(extra, "rate_limit_calls")
+    if calls is None:
         return default
-    return int(extra["rate_limit_calls"]), float(extra.get("rate_limit_period", 10))
+    return int(calls), float(_extra(extra, "rate_limit_period", 10))
 
 
 class OptimoveHook(BaseHook):
@@ -65,18 +72,6 @@ class OptimoveHook(BaseHook):
     def __init__(self, optimove_conn_id: str = default_conn_name) -> None:
         super().__init__()
         self.optimove_conn_id = optimove_conn_id
-
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Connection form: relabel fields for Optimove."""
-        return {
-            "hidden_fields": ["schema", "port"],
-            "relabeling": {"host": "Base URL", "login": "User (legacy login)", "password": "Password or API key"},
-            "placeholders": {
-                "host": "https://api5.optimove.net/",
-                "extra": '{"api_key": "<Optimove API key>", "timeout": 60}',
-            },
-        }
 
     @cached_property
     def client(self) -> OptimoveClient:
@@ -96,10 +91,10 @@ class OptimoveHook(BaseHook):
         kwargs: dict[str, Any] = {
             "timeout": _timeout(extra),
             "rate_limit": _rate_limit(extra, (50, 10.0)),
-            "page_size": int(extra.get("page_size", 10_000)),
+            "page_size": int(_extra(extra, "page_size", 10_000)),
             "retry": _retry(extra),
         }
-        if extra.get("api_key"):
+        if _extra(extra, "api_key"):
             return OptimoveClient(base_url, api_key=str(extra["api_key"]), **kwargs)
         if conn.login:
             if not conn.password:
@@ -113,12 +108,42 @@ class OptimoveHook(BaseHook):
         )
 
     def test_connection(self) -> tuple[bool, str]:
-        """Authenticate and read ``general/GetLastDataUpdate``."""
+        """Authenticate, then say what the key reaches: the data date, the mapped attributes, the channels.
+
+        Optimove scopes integration keys to chosen attributes and channels, so a key can authenticate and still
+        miss what the integration needs: the test fails, naming what is missing.
+        """
+        from optimove_netmera.settings import SettingsError, get_settings
+
         try:
-            day = self.get_conn().get_last_data_update()
+            client = self.get_conn()
+            day = client.get_last_data_update()
+            names = {a.name for a in client.get_customer_attribute_list()}
+            channels = {c.channel_id: c.name for c in client.get_execution_channels()}
         except (ApiError, ValueError) as exc:
             return False, str(exc)
-        return True, f"Connected to Optimove; last data update {day.isoformat()}"
+        parts = [f"Connected to Optimove; last data update {day.isoformat()}; {len(names)} customer attributes"]
+        try:
+            settings = get_settings()
+        except SettingsError as exc:
+            return False, f"{parts[0]}; but the integration settings do not load: {exc}"
+        missing = [a for a in settings.optimove_attributes if a not in names]
+        parts.append(
+            f"mapped attributes: all {len(settings.optimove_attributes)} present"
+            if not missing
+            else f"mapped attributes NOT reachable with this key: {', '.join(missing)}"
+        )
+        unknown_channels = [c for c in settings.campaigns.channels if c not in channels]
+        for channel in settings.campaigns.channels:
+            if channel in channels:
+                try:
+                    templates = client.get_channel_templates(channel)
+                except ApiError as exc:
+                    return False, "; ".join(parts) + f"; channel {channel}: its templates cannot be read ({exc})"
+                parts.append(f"channel {channel} ({channels[channel] or 'unnamed'}): {len(templates)} template(s)")
+        if unknown_channels:
+            parts.append(f"configured channel(s) NOT available to this key: {', '.join(map(str, unknown_channels))}")
+        return not missing and not unknown_channels, "; ".join(parts)
 
 
 class NetmeraHook(BaseHook):
@@ -133,15 +158,6 @@ class NetmeraHook(BaseHook):
         super().__init__()
         self.netmera_conn_id = netmera_conn_id
 
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Connection form: relabel fields for Netmera."""
-        return {
-            "hidden_fields": ["schema", "port", "login"],
-            "relabeling": {"host": "REST API URL", "password": "REST API key"},
-            "placeholders": {"host": "https://restapi.netmera.com", "extra": '{"timeout": 60, "max_batch": 1000}'},
-        }
-
     @cached_property
     def client(self) -> NetmeraClient:
         """The client (built once per hook)."""
@@ -151,7 +167,7 @@ class NetmeraHook(BaseHook):
         """Read the Connection and build a new client."""
         conn = self.get_connection(self.netmera_conn_id)
         extra = conn.extra_dejson
-        api_key = extra.get("api_key") or conn.password
+        api_key = _extra(extra, "api_key") or conn.password
         if not api_key:
             raise ValueError(f"Connection {self.netmera_conn_id!r} has no REST API key: set its password")
         return NetmeraClient(
@@ -159,7 +175,7 @@ class NetmeraHook(BaseHook):
             str(api_key),
             timeout=_timeout(extra),
             rate_limit=_rate_limit(extra, None),
-            max_batch=int(extra.get("max_batch", 1000)),
+            max_batch=int(_extra(extra, "max_batch", 1000)),
             retry=_retry(extra),
         )
 
