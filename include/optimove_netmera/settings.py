@@ -110,7 +110,10 @@ class SyncSettings(_Model):
 class CampaignSettings(_Model):
     """Campaign sends: channels handled, template -> notificationKey, personalisation params."""
 
-    channels: list[int] = Field(default_factory=lambda: [506])
+    channels: list[int] = Field(
+        default_factory=lambda: [506, 459, 481],
+        description="Optimove ChannelIDs handled (459 and 481: Netmera's guide; 506: Optimove's sandbox push)",
+    )
     templates: dict[int, str] = Field(default_factory=dict, description="Optimove TemplateID -> notificationKey")
     params: dict[str, str] = Field(default_factory=dict, description="Optimove attribute -> Netmera message param")
     required_params: list[str] = Field(default_factory=list)

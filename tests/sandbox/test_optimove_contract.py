@@ -329,7 +329,8 @@ def test_metadata_endpoints(sandbox: Any) -> None:
     assert {"FirstName", "Country", "Email", "Age", "LTV", "IsVIP", "BirthDate"} <= {a["RealFieldName"] for a in attrs}
     channels = call(sandbox, "/current/actions/GetExecutionChannels").json()
     assert {c["ChannelID"]: c["ChannelName"] for c in channels} == {
-        504: "Email", 505: "SMS", 502: "Call Center", 506: "Push Notification", 510: "Web Push", 511: "In-Platform"
+        504: "Email", 505: "SMS", 502: "Call Center", 506: "Push Notification", 510: "Web Push", 511: "In-Platform",
+        459: "Netmera Push", 481: "Netmera Push (secondary)",
     }  # fmt: skip
     templates = call(sandbox, "/current/integrations/GetChannelTemplates", params={"ChannelID": 506}).json()
     assert templates[0] == {"TemplateID": 1, "TemplateName": "Welcome Push"}

@@ -52,6 +52,9 @@ DEFAULT_CHANNELS: dict[int, str] = {
     506: "Push Notification",
     510: "Web Push",
     511: "In-Platform",
+    # The channels Netmera's connector guide names for its push channel at Optimove (the seed's curl sends them).
+    459: "Netmera Push",
+    481: "Netmera Push (secondary)",
 }
 
 _DEFAULT_TEMPLATES: dict[int, dict[int, str]] = {
@@ -61,6 +64,8 @@ _DEFAULT_TEMPLATES: dict[int, dict[int, str]] = {
     506: {1: "Welcome Push", 2: "Win-back Push", 3: "Weekly Offers Push", 4: "Birthday Push"},
     510: {41: "Web Push Flash Sale"},
     511: {51: "In-App Banner"},
+    459: {1: "Welcome Push", 2: "Win-back Push", 3: "Weekly Offers Push", 4: "Birthday Push"},
+    481: {1: "Welcome Push", 2: "Win-back Push", 3: "Weekly Offers Push", 4: "Birthday Push"},
 }
 
 _FIRST_NAMES = (
