@@ -367,3 +367,25 @@ def test_bad_netmera_key_fails_without_discarding_anything(sync_env: Any, db_url
     dr = run_sync(logical_date=when)  # the key fixed, the run cleared: it resumes and delivers everyone
     assert dr.state == "success", states(dr)
     assert calls(box, SET) == math.ceil(CUSTOMERS / BATCH)  # no probe here: unknown users are sent and dropped
+
+
+def test_existence_answer_without_the_list_is_unknown_and_carried(sync_env: Any, db_url: str, tmp_path: Path) -> None:
+    """Finding 4: a checkExistence answer with no ``notExist`` list never counts as "everyone exists"."""
+    box = sync_env
+    box.admin.netmera.config(existence_answer="empty")  # Netmera ignores checkExistence: 200, no body
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    run = last_run(db_url)
+    assert run["counts"]["changes"] == {"not_found": CUSTOMERS}  # nobody recorded delivered
+    assert run["counts"]["plan"]["existence_unknown"] == CUSTOMERS
+    assert calls(box, SET) == 0 and calls(box, PROBE) == 1
+    assert snapshot_size(db_url) == 0 and netmera_profiles(box) == {}
+
+    box.admin.netmera.config(existence_answer="list")  # the documented answer again: the carried customers go out
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    run = last_run(db_url)
+    assert run["counts"]["plan"]["carried_over"] == CUSTOMERS and run["counts"]["plan"]["existence_unknown"] == 0
+    assert run["counts"]["changes"] == {"delivered": N_KNOWN, "not_found": CUSTOMERS - N_KNOWN}
+    assert snapshot_size(db_url) == N_KNOWN
+    assert_netmera_matches(box, tmp_path)

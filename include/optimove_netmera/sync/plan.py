@@ -7,8 +7,10 @@ parts are batched separately (at most ``batch_size`` extIds a batch, in extId or
 Netmera silently drops writes for extIds it does not know, so customers new to the snapshot are first checked with
 the ``probe`` (``untagUsers`` + ``checkExistence`` of a tag nobody carries: no side effect, the answer lists the
 unknown extIds; 1000 extIds a call). Unknown customers are not batched: they are counted as ``not_found`` and
-carried over to the next run, which checks them again. Every batch therefore holds only sendable users, and the
-profile write calls are exactly ceil(sendable / batch_size).
+carried over to the next run, which checks them again. A probe answer that does not say who is unknown (the probe
+returns None: Netmera's answer carried no ``notExist`` list) is never read as "all known": that chunk's customers
+are handled exactly like unknown ones (not sent, counted as ``existence_unknown``, carried over, checked again).
+Every batch therefore holds only sendable users, and the profile write calls are exactly ceil(sendable / batch_size).
 
 Planning is idempotent: a re-run of the plan task for a run that already has batches returns the stored plan,
 so a cleared plan task can never re-plan (and re-send) batches that were delivered.
@@ -46,7 +48,8 @@ from optimove_netmera.sync.transform import fingerprint_values, format_fingerpri
 
 MAX_MAPPED_TASKS = 512
 PROBE_CHUNK = 1000
-Probe = Callable[[list[str]], set[str]]
+Probe = Callable[[list[str]], set[str] | None]  # the unknown extIds; None: the answer did not say
+EXISTENCE_UNKNOWN = "existence unknown: Netmera's checkExistence answer carried no notExist list"
 
 
 class _Clock:
@@ -77,6 +80,7 @@ class Plan:
     unchanged: int = 0
     carried_over: int = 0
     not_found: int = 0
+    existence_unknown: int = 0
     set_entries: int = 0
     unset_entries: int = 0
     set_batches: int = 0
@@ -326,10 +330,19 @@ def build_plan(
     clock.lap("diff")
     if probe is not None and fresh:
         unknown: set[str] = set()
+        unanswered: set[str] = set()
         for start in range(0, len(fresh), PROBE_CHUNK):
-            unknown |= probe(fresh[start : start + PROBE_CHUNK])
+            chunk = fresh[start : start + PROBE_CHUNK]
+            answer = probe(chunk)
+            if answer is None:
+                unanswered.update(chunk)
+            else:
+                unknown |= answer
         for c in changes:
-            if c["ext_id"] in unknown:
+            if c["ext_id"] in unanswered:
+                c["status"], c["reason"] = ChangeStatus.NOT_FOUND.value, EXISTENCE_UNKNOWN
+                plan.existence_unknown += 1
+            elif c["ext_id"] in unknown:
                 c["status"], c["reason"] = ChangeStatus.NOT_FOUND.value, "extId unknown to Netmera"
         plan.not_found = sum(c["status"] == ChangeStatus.NOT_FOUND.value for c in changes)
     netmera_of = {a.optimove: a.netmera for a in mapping}

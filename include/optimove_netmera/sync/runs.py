@@ -184,7 +184,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"sync run {report['sync_run_id']}: {report['status']} (mode {report['mode']}, window "
         f"{report['window'][0]}..{report['window'][1]}{', DRY RUN' if report['dry_run'] else ''})",
         f"  fetched {c.get('fetched', 0)}  changed {p.get('changed', 0)} (new {p.get('new', 0)})  "
-        f"unchanged {p.get('unchanged', 0)}  carried over {p.get('carried_over', 0)}",
+        f"unchanged {p.get('unchanged', 0)}  carried over {p.get('carried_over', 0)}  not in Netmera "
+        f"{p.get('not_found', 0)} (existence unknown {p.get('existence_unknown', 0)}; carried to the next run)",
         f"  set entries {p.get('set_entries', 0)} in {p.get('set_batches', 0)} batches, "
         f"unset entries {p.get('unset_entries', 0)} in {p.get('unset_batches', 0)} batches",
         f"  changes by status {c.get('changes', {})}  batches by status {c.get('batches', {})}",

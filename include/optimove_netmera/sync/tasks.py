@@ -13,6 +13,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from optimove_netmera.hooks import NetmeraHook, OptimoveHook
+from optimove_netmera.netmera import ExistenceUnknown
 from optimove_netmera.runtime import state_engine
 from optimove_netmera.runtime import task_settings as settings
 from optimove_netmera.settings import Settings
@@ -88,8 +89,12 @@ def run_plan(run: dict[str, Any], max_change_ratio: float) -> list[list[int]]:
     if s.sync.check_unknown_ext_ids and not run["dry_run"]:  # a dry run makes no Netmera request at all
         netmera = NetmeraHook(s.connections.netmera).get_conn()
 
-        def probe(ext_ids: list[str]) -> set[str]:
-            return set(netmera.untag_users(PROBE_TAG, ext_ids, check_existence=True))
+        def probe(ext_ids: list[str]) -> set[str] | None:
+            try:
+                return set(netmera.untag_users(PROBE_TAG, ext_ids, check_existence=True))
+            except ExistenceUnknown as exc:  # not "all known": these customers are carried over and checked again
+                log.warning("existence of %s extIds unknown, they are carried over: %s", len(ext_ids), exc)
+                return None
 
     with runs.phase(engine, run_id, "diff_plan"):
         try:
