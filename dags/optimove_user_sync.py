@@ -37,6 +37,12 @@ with DAG(
             description="Stop before sending if more than this share of known customers would change",
         ),
         "export_path": Param(None, type=["null", "string"], description="CSV/Parquet customer export"),
+        "resync": Param(
+            None,
+            type=["null", "string", "array"],
+            description='"all" or a list of CustomerIDs: forget what was delivered to them and send their full '
+            "current attributes (every value set, every empty attribute unset)",
+        ),
     },
     doc_md=__doc__,
 ) as dag:

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from optimove_netmera.netmera import NetmeraClient
 from optimove_netmera.sandbox.data import Dataset
 from optimove_netmera.settings import load_settings
 from optimove_netmera.store import get_engine
@@ -389,3 +390,102 @@ def test_existence_answer_without_the_list_is_unknown_and_carried(sync_env: Any,
     assert run["counts"]["changes"] == {"delivered": N_KNOWN, "not_found": CUSTOMERS - N_KNOWN}
     assert snapshot_size(db_url) == N_KNOWN
     assert_netmera_matches(box, tmp_path)
+
+
+SMALL_MAPPING = json.dumps(
+    [
+        {"optimove": "FirstName", "netmera": "name", "type": "string"},
+        {"optimove": "LTV", "netmera": "ltv", "type": "number"},
+        {"optimove": "IsVIP", "netmera": "isVip", "type": "boolean"},
+    ]
+)
+UNKNOWN_IDS = [c for c in ALL_IDS if not KNOWN.netmera_known(c)]
+
+
+def profile_of(box: Any, ext_id: str) -> dict[str, Any]:
+    stored = box.admin.netmera.profile(ext_id)
+    return stored["profile"] if stored else {}
+
+
+def set_values(box: Any, values: dict[str, dict[str, Any]], date: str | None = None) -> None:
+    changes = [{"customer_id": cid, "attributes": attrs} for cid, attrs in values.items()]
+    box.admin.optimove.change_customers(changes=changes, date=date)
+
+
+def test_unknown_customer_receives_the_attributes_after_registering(
+    sync_env: Any, db_url: str, monkeypatch: Any
+) -> None:
+    box = sync_env
+    monkeypatch.setenv("OPTIMOVE_NETMERA__ATTRIBUTES", SMALL_MAPPING)
+    u = UNKNOWN_IDS[0]
+    set_values(box, {u: {"FirstName": "Ada", "LTV": "12.50", "IsVIP": "yes"}})
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    assert box.admin.netmera.user(u) is None and profile_of(box, u) == {}
+    box.admin.netmera.add_users([u])  # the customer installs the app: Netmera knows the extId now
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    assert profile_of(box, u) == {"name": "Ada", "ltv": 12.5, "isVip": True}
+    assert last_run(db_url)["counts"]["plan"]["not_found"] == len(UNKNOWN_IDS) - 1  # the others are still carried
+
+
+def test_resync_param_resends_customers_the_snapshot_says_were_delivered(
+    sync_env: Any, db_url: str, monkeypatch: Any
+) -> None:
+    """Finding 4: customers recorded delivered while Netmera did not know them are recovered by ``resync``."""
+    box = sync_env
+    monkeypatch.setenv("OPTIMOVE_NETMERA__ATTRIBUTES", SMALL_MAPPING)
+    u1, u2 = UNKNOWN_IDS[:2]
+    k, k2, k3 = [c for c in ALL_IDS if KNOWN.netmera_known(c)][:3]
+    set_values(
+        box,
+        {
+            u1: {"FirstName": "Ada", "LTV": "12.50", "IsVIP": "yes"},
+            u2: {"FirstName": "Grace", "LTV": "7", "IsVIP": "false"},
+            k: {"FirstName": "Linus", "LTV": "3", "IsVIP": "true"},
+            k2: {"FirstName": "Alan", "LTV": None, "IsVIP": "false"},
+        },
+    )
+    five_days_ago = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=5)).isoformat()
+    set_values(box, {k3: {"FirstName": None, "LTV": None, "IsVIP": None}}, five_days_ago)  # no page lists k3
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__CHECK_UNKNOWN_EXT_IDS", "false")  # how customers got lost
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    # u1, u2 "delivered" (Netmera dropped them); k3 has no value, so no changers page lists it
+    assert last_run(db_url)["counts"]["changes"] == {"delivered": CUSTOMERS - 1}
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__CHECK_UNKNOWN_EXT_IDS", "true")
+    box.admin.netmera.add_users([u1, u2])
+    box.admin.netmera.config(existence_answer="list")
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    assert profile_of(box, u1) == {} and profile_of(box, u2) == {}  # the snapshot says delivered: nothing sent
+
+    set_values(box, {k: {"LTV": None}})  # k's value is emptied in Optimove: an ordinary change
+    # Netmera holds values the snapshot knows nothing of (written by someone else): a resync clears them.
+    with NetmeraClient(box.netmera_url, box.netmera_api_key) as netmera:
+        netmera.set_profile_attributes([{"extId": k2, "profile": {"ltv": 99}}, {"extId": k3, "profile": {"name": "x"}}])
+    sets, unsets = calls(box, SET), calls(box, UNSET)
+    dr = run_sync({"resync": [u1, k3]})
+    assert dr.state == "success", states(dr)
+    assert profile_of(box, u1) == {"name": "Ada", "ltv": 12.5, "isVip": True}
+    assert profile_of(box, u2) == {}
+    assert profile_of(box, k) == {"name": "Linus", "isVip": True}  # the ordinary change went out too
+    assert profile_of(box, k3) == {}  # listed, in no page: every mapped attribute is empty, so all are unset
+    assert profile_of(box, k2) == {"name": "Alan", "isVip": False, "ltv": 99}
+    plan = last_run(db_url)["counts"]["plan"]
+    assert plan["resynced"] == 2 and plan["changed"] == 3
+    assert calls(box, SET) - sets == 1 and calls(box, UNSET) - unsets == 1
+
+    dr = run_sync({"resync": "all", "max_change_ratio": 0.01})  # a resync never trips the guard
+    assert dr.state == "success", states(dr)
+    assert profile_of(box, u2) == {"name": "Grace", "ltv": 7, "isVip": False}
+    assert profile_of(box, u1) == {"name": "Ada", "ltv": 12.5, "isVip": True}
+    assert profile_of(box, k) == {"name": "Linus", "isVip": True}
+    assert profile_of(box, k2) == {"name": "Alan", "isVip": False}
+    assert profile_of(box, k3) == {}
+    run = last_run(db_url)
+    assert run["counts"]["plan"]["resynced"] == CUSTOMERS  # the snapshot's customers, k3 included
+    assert run["counts"]["changes"] == {"delivered": N_KNOWN + 2, "not_found": CUSTOMERS - N_KNOWN - 2}
+
+    dr = run_sync({"resync": "C1,C2"})
+    assert dr.state == "failed" and states(dr)["open_run[-1]"] == "failed"

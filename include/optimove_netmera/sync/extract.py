@@ -24,8 +24,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from optimove_netmera.optimove import OptimoveClient
 from optimove_netmera.settings import Settings
-from optimove_netmera.store.models import SyncStaging
+from optimove_netmera.store.models import CustomerSnapshot, SyncStaging
 from optimove_netmera.store.queries import upsert
+from optimove_netmera.sync.runs import INITIAL_SINCE
 
 log = logging.getLogger(__name__)
 CUSTOMER_ID_COLUMNS = ("CustomerID", "Client_ID", "ClientID", "customer_id")
@@ -115,6 +116,54 @@ def extract_changes(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="optimove-extract") as pool:
         rows_read = sum(pool.map(one, names))
     return {"rows_read": rows_read, "fetched": staged_count(engine, run_id)}
+
+
+def extract_resync(
+    engine: Engine,
+    run_id: int,
+    client: OptimoveClient,
+    settings: Settings,
+    until: dt.date,
+    resync: str | list[str],
+    full_window: bool = True,
+) -> dict[str, int]:
+    """Stage the current values of the customers to resync (``"all"`` or CustomerIDs) next to the changers.
+
+    A changers window from ``since`` (2000-01-01) lists every customer whose value is not empty (nothing was set
+    before), with every mapped attribute: that is each customer's full current row (``full_window``; an initial
+    extraction has read it already). A resynced customer found in no page has every mapped attribute empty: it is
+    staged with empty values (``"all"``: every customer in the snapshot), so what Netmera holds for it is unset.
+    """
+    wanted = None if resync == "all" else set(resync)
+    names = settings.optimove_attributes
+    lock = threading.Lock()
+
+    def one(attribute: str) -> int:
+        read = 0
+        for page in client.iter_customer_attribute_changers(attribute, INITIAL_SINCE, until, names):
+            read += len(page)
+            rows = [(c.customer_id, c.attributes, None) for c in page if wanted is None or c.customer_id in wanted]
+            if rows:
+                with lock, engine.begin() as conn:
+                    _write(conn, run_id, rows, "merge")
+        return read
+
+    rows_read = 0
+    if full_window:
+        workers = max(1, min(settings.sync.extract_concurrency, len(names)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="optimove-resync") as pool:
+            rows_read = sum(pool.map(one, names))
+    with engine.connect() as conn:
+        q = sa.select(SyncStaging.customer_id).where(SyncStaging.sync_run_id == run_id)
+        staged = set(conn.execute(q).scalars())
+        if wanted is None:
+            wanted = set(conn.execute(sa.select(CustomerSnapshot.customer_id)).scalars())
+    empty = {name: None for name in names}
+    missing = sorted(wanted - staged)
+    for start in range(0, len(missing), 5000):
+        with engine.begin() as conn:
+            _write(conn, run_id, [(cid, dict(empty), None) for cid in missing[start : start + 5000]], "first")
+    return {"resync_rows_read": rows_read, "resync_empty": len(missing), "fetched": staged_count(engine, run_id)}
 
 
 def _customer_column(columns: Sequence[str], path: Path) -> str:

@@ -12,6 +12,10 @@ returns None: Netmera's answer carried no ``notExist`` list) is never read as "a
 are handled exactly like unknown ones (not sent, counted as ``existence_unknown``, carried over, checked again).
 Every batch therefore holds only sendable users, and the profile write calls are exactly ceil(sendable / batch_size).
 
+A ``resync`` (``"all"`` or CustomerIDs) forgets the snapshot for those customers: each is planned as changed
+whatever its fingerprint, checked with the probe like a new customer, and sent its full row (every current value
+set, every mapped attribute that is empty now unset). Resynced customers do not count towards the guard.
+
 Planning is idempotent: a re-run of the plan task for a run that already has batches returns the stored plan,
 so a cleared plan task can never re-plan (and re-send) batches that were delivered.
 """
@@ -79,6 +83,7 @@ class Plan:
     changed: int = 0
     unchanged: int = 0
     carried_over: int = 0
+    resynced: int = 0
     not_found: int = 0
     existence_unknown: int = 0
     set_entries: int = 0
@@ -241,6 +246,7 @@ def build_plan(
     dry_run: bool,
     probe: Probe | None = None,
     export_path: str | None = None,
+    resync: str | list[str] | None = None,
 ) -> Plan:
     """Diff, guard, set aside extIds Netmera does not know (``probe``) and (unless ``dry_run``) store the plan.
 
@@ -273,12 +279,21 @@ def build_plan(
     same[seen] = snap_valid[pos[seen]] & (snap_values[pos[seen]] == hashes[seen])
     changed_mask = ~same
     del snap_ids, snap_values, snap_valid, pos
+    data_changed = int(changed_mask.sum())  # the guard counts changes in the data, never an operator's resync
+    if resync == "all":
+        forced = np.ones(len(hashes), dtype=bool)
+    elif resync:
+        forced = customer_index.astype("str").isin(resync)
+    else:
+        forced = np.zeros(len(hashes), dtype=bool)
+    changed_mask |= forced
+    plan.resynced = int(forced.sum())
     plan.new = int(is_new.sum())
     plan.changed = int(changed_mask.sum())
     plan.unchanged = len(hashes) - plan.changed
-    if plan.known and plan.changed / plan.known > max_change_ratio:
+    if plan.known and data_changed / plan.known > max_change_ratio:
         raise GuardTripped(
-            f"{plan.changed} of {plan.known} known customers ({plan.changed / plan.known:.1%}) would change, "
+            f"{data_changed} of {plan.known} known customers ({data_changed / plan.known:.1%}) would change, "
             f"more than max_change_ratio={max_change_ratio:.1%}; nothing was sent. If this is expected (a new "
             "attribute mapping, a bulk update in Optimove), trigger the run again with a higher max_change_ratio."
         )
@@ -288,6 +303,8 @@ def build_plan(
     customer_ids = customer_index[idx].astype(str).tolist()
     ext_ids = [settings.ext_id.apply(c) for c in customer_ids]
     new_flags = is_new[idx].tolist()
+    forced_flags = forced[idx].tolist()
+    all_names = [a.netmera for a in mapping]
     present_before = _present_of(engine, [c for c, new in zip(customer_ids, new_flags, strict=True) if not new])
     cols = _native_columns(t.values.iloc[idx])
     invalid_cols = [t.invalid[n].to_numpy(dtype=bool)[idx].tolist() for n in names]
@@ -298,7 +315,7 @@ def build_plan(
     width = range(len(names))
     for i, cid in enumerate(customer_ids):
         set_attrs = {names[j]: cols[j][i] for j in width if cols[j][i] is not None}
-        before = present_before.get(cid)
+        before = all_names if forced_flags[i] else present_before.get(cid)  # a resync may unset any attribute
         if before:
             kept_invalid = {names[j] for j in width if invalid_cols[j][i]}.intersection(before)
             present = set_attrs.keys() | kept_invalid
@@ -321,7 +338,7 @@ def build_plan(
                 "reason": None,
             }
         )
-    fresh = [e for e, new in zip(ext_ids, new_flags, strict=True) if new]
+    fresh = [e for e, new, f in zip(ext_ids, new_flags, forced_flags, strict=True) if new or f]
     staged = pd.Index(customer_ids, dtype="str") if export_path is None else customer_index
     for old in _carry_over(engine, run_id, staged):
         plan.carried_over += 1

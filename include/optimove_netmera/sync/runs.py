@@ -29,6 +29,7 @@ class RunInfo:
     until: str  # YYYY-MM-DD, inclusive (the Optimove data date covered)
     dry_run: bool
     export_path: str | None
+    resync: str | list[str] | None = None  # "all", CustomerIDs, or None: see :func:`parse_resync`
 
     def as_dict(self) -> dict[str, Any]:
         """The run as a plain dict."""
@@ -53,6 +54,17 @@ def _as_date(value: Any, name: str) -> dt.date | None:
         raise ValueError(f"param {name}={value!r} is not a date: use YYYY-MM-DD") from None
 
 
+def parse_resync(value: Any) -> str | list[str] | None:
+    """The ``resync`` param: ``"all"``, a list of CustomerIDs (sorted, unique) or None (nothing to resync)."""
+    if value is None or value == "" or value == []:
+        return None
+    if value == "all":
+        return "all"
+    if isinstance(value, list) and value and all(isinstance(v, str | int) and str(v).strip() for v in value):
+        return sorted({str(v).strip() for v in value})
+    raise ValueError(f'param resync={value!r}: use "all" or a list of CustomerIDs, e.g. ["C0000001", "C0000002"]')
+
+
 def open_run(engine: Engine, dag_id: str, dag_run_id: str, params: Mapping[str, Any], data_date: dt.date) -> RunInfo:
     """Create the sync-run row for this DAG run, or return the existing one (a retried or cleared task)."""
     with engine.begin() as conn:
@@ -67,10 +79,12 @@ def open_run(engine: Engine, dag_id: str, dag_run_id: str, params: Mapping[str, 
                 until=p["until"],
                 dry_run=bool(stored["dry_run"]),
                 export_path=p.get("export_path"),
+                resync=p.get("resync"),
             )
     since = _as_date(params.get("since"), "since")
     until = _as_date(params.get("until"), "until") or data_date
     export_path = params.get("export_path") or None
+    resync = parse_resync(params.get("resync"))
     full_refresh = bool(params.get("full_refresh"))
     if full_refresh and not export_path:
         raise ValueError(
@@ -94,6 +108,7 @@ def open_run(engine: Engine, dag_id: str, dag_run_id: str, params: Mapping[str, 
         "until": until.isoformat(),
         "export_path": export_path,
         "max_change_ratio": params.get("max_change_ratio"),
+        "resync": resync,
     }
     with engine.begin() as conn:
         run_id = conn.execute(
@@ -111,7 +126,7 @@ def open_run(engine: Engine, dag_id: str, dag_run_id: str, params: Mapping[str, 
             .returning(SyncRun.id)
         ).scalar_one()
     return RunInfo(
-        run_id, mode, stored_params["since"], stored_params["until"], bool(params.get("dry_run")), export_path
+        run_id, mode, stored_params["since"], stored_params["until"], bool(params.get("dry_run")), export_path, resync
     )
 
 
@@ -183,7 +198,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"sync run {report['sync_run_id']}: {report['status']} (mode {report['mode']}, window "
         f"{report['window'][0]}..{report['window'][1]}{', DRY RUN' if report['dry_run'] else ''})",
-        f"  fetched {c.get('fetched', 0)}  changed {p.get('changed', 0)} (new {p.get('new', 0)})  "
+        f"  fetched {c.get('fetched', 0)}  changed {p.get('changed', 0)} (new {p.get('new', 0)}, resynced "
+        f"{p.get('resynced', 0)})  "
         f"unchanged {p.get('unchanged', 0)}  carried over {p.get('carried_over', 0)}  not in Netmera "
         f"{p.get('not_found', 0)} (existence unknown {p.get('existence_unknown', 0)}; carried to the next run)",
         f"  set entries {p.get('set_entries', 0)} in {p.get('set_batches', 0)} batches, "

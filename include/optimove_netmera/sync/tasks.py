@@ -73,6 +73,9 @@ def run_extract(run: dict[str, Any]) -> dict[str, int]:
             client = OptimoveHook(s.connections.optimove).get_conn()
             since, until = dt.date.fromisoformat(run["since"]), dt.date.fromisoformat(run["until"])
             counts = extract.extract_changes(engine, run_id, client, s, since, until, initial=run["mode"] == "initial")
+            if run.get("resync"):
+                full = run["mode"] != "initial"  # the initial extraction read every customer's full row already
+                counts |= extract.extract_resync(engine, run_id, client, s, until, run["resync"], full_window=full)
             stats = client.stats.snapshot()
             counts |= {"optimove_calls": stats["calls"], "optimove_429s": stats["rate_limited"]}
     runs.record_counts(engine, run_id, counts)
@@ -99,7 +102,9 @@ def run_plan(run: dict[str, Any], max_change_ratio: float) -> list[list[int]]:
     with runs.phase(engine, run_id, "diff_plan"):
         try:
             export = run["export_path"] if run["mode"] == "export" else None
-            p = plan.build_plan(engine, run_id, s, max_change_ratio, run["dry_run"], probe, export)
+            p = plan.build_plan(
+                engine, run_id, s, max_change_ratio, run["dry_run"], probe, export, resync=run.get("resync")
+            )
         except plan.GuardTripped as exc:
             runs.finish_run(engine, run_id, SyncRunStatus.ABORTED, str(exc))
             raise AirflowFailException(str(exc)) from None
