@@ -240,7 +240,8 @@ def test_failure_mid_load_then_clear_resumes_without_resending(sync_env: Any, db
     assert calls(box, SET) == 4
     with get_engine(db_url).connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(CustomerSnapshot)).scalar_one() > 0
-    assert last_run(db_url)["status"] == "running"
+    assert last_run(db_url)["status"] == "failed"  # finding 7: not left "running"
+    assert states(dr)["record_failure[-1]"] == "failed"
 
     box.admin.netmera.clear_faults()
     dr = run_sync(logical_date=when)  # the same DAG run, every task cleared (what "Clear" does in the UI)
@@ -359,7 +360,7 @@ def test_bad_netmera_key_fails_without_discarding_anything(sync_env: Any, db_url
     dr = run_sync(logical_date=when)
     assert dr.state == "failed"
     run = last_run(db_url)
-    assert run["status"] == "running" and run["counts"].get("batches") is None
+    assert run["status"] == "failed" and run["counts"].get("batches") is None
     with get_engine(db_url).connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(DeadLetter)).scalar_one() == 0
     assert calls(box, SET, "403") >= 1 and calls(box, SET) == 0
@@ -489,3 +490,37 @@ def test_resync_param_resends_customers_the_snapshot_says_were_delivered(
 
     dr = run_sync({"resync": "C1,C2"})
     assert dr.state == "failed" and states(dr)["open_run[-1]"] == "failed"
+
+
+def test_a_failed_run_is_recorded_failed_and_counts_every_try(sync_env: Any, db_url: str, monkeypatch: Any) -> None:
+    """Finding 7: the sync_runs row ends ``failed``; the report counts the calls and 429s of every try."""
+    box = sync_env
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__RETRIES", "1")
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__RETRY_DELAY_SECONDS", "0")
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__EXTRACT_CONCURRENCY", "1")  # one request at a time: exact counts
+    # The first try's first changers request gets 429 on all 6 attempts (the client gives up, the task fails);
+    # the second try finds Optimove well again. Same for the probe (Netmera) in the plan task.
+    box.admin.optimove.set_faults([{"endpoint": "/current/customers/*", "rate_429": 1.0, "count": 6}])
+    box.admin.netmera.set_faults([{"endpoint": "/rest/3.0/untagUsers", "rate_429": 1.0, "count": 6}])
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    assert states(dr)["record_failure[-1]"] == "skipped"
+    run = last_run(db_url)
+    assert run["status"] == "success"
+    assert run["counts"]["optimove_429s"] == 6 and run["counts"]["netmera_429s"] == 6
+    changers = box.admin.optimove.count("/current/customers/GetCustomerAttributeChangers")
+    assert run["counts"]["optimove_calls"] == changers  # every request, the first try's included
+    netmera_calls = sum(sum(v.values()) for v in box.admin.netmera.requests()["counts"].values())
+    assert run["counts"]["netmera_calls"] == netmera_calls
+
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__RETRIES", "0")
+    bad = {"conn_type": "netmera", "host": box.netmera_url, "password": "not-the-key"}
+    monkeypatch.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", json.dumps(bad))
+    box.admin.optimove.change_customers(5)
+    dr = run_sync()
+    assert dr.state == "failed"
+    st = states(dr)
+    assert st["plan[-1]"] == "failed" and st["record_failure[-1]"] == "failed"
+    run = last_run(db_url)
+    assert run["status"] == "failed" and run["error"] and run["finished_at"] is not None
+    assert run["counts"]["netmera_calls"] >= 1  # the failed try's 403 is counted

@@ -72,6 +72,12 @@ def open_run(engine: Engine, dag_id: str, dag_run_id: str, params: Mapping[str, 
         if row is not None:
             stored = row._mapping
             p = stored["params"]
+            if stored["status"] == SyncRunStatus.FAILED.value:  # cleared after a failure: it is running again
+                conn.execute(
+                    sa.update(SyncRun)
+                    .where(SyncRun.id == stored["id"])
+                    .values(status=SyncRunStatus.RUNNING.value, error=None, finished_at=None)
+                )
             return RunInfo(
                 sync_run_id=stored["id"],
                 mode=p["mode"],
@@ -168,6 +174,25 @@ def finish_run(engine: Engine, run_id: int, status: SyncRunStatus, error: str | 
     report = run_report(engine, run_id)
     assert report is not None
     return report
+
+
+def fail_run(engine: Engine, dag_id: str, dag_run_id: str, error: str) -> int | None:
+    """Close this DAG run's sync run as failed if it is still running; returns its id (None: no such run).
+
+    A run already closed (aborted by the guard, failed by the report) keeps its status and error.
+    """
+    with engine.begin() as conn:
+        run_id = conn.execute(
+            sa.select(SyncRun.id).where(SyncRun.dag_id == dag_id, SyncRun.dag_run_id == dag_run_id)
+        ).scalar()
+        if run_id is None:
+            return None
+        conn.execute(
+            sa.update(SyncRun)
+            .where(SyncRun.id == run_id, SyncRun.status == SyncRunStatus.RUNNING.value)
+            .values(status=SyncRunStatus.FAILED.value, error=error, finished_at=dt.datetime.now(dt.UTC))
+        )
+    return run_id
 
 
 def run_report(engine: Engine, run_id: int | None = None) -> dict[str, Any] | None:
