@@ -524,3 +524,73 @@ def test_a_failed_run_is_recorded_failed_and_counts_every_try(sync_env: Any, db_
     run = last_run(db_url)
     assert run["status"] == "failed" and run["error"] and run["finished_at"] is not None
     assert run["counts"]["netmera_calls"] >= 1  # the failed try's 403 is counted
+
+
+def test_change_and_revert_across_three_days_leaves_netmera_exact(sync_env: Any, db_url: str, monkeypatch: Any) -> None:
+    """Finding 3: a value changed on day D and reverted on D+1 is reverted in Netmera; exact after every run.
+
+    Optimove's changers compare the value at the start of StartDate with the value at the end of EndDate (the
+    sandbox does exactly that); each run's data date is the next day.
+    """
+    box = sync_env
+    monkeypatch.setenv("OPTIMOVE_NETMERA__ATTRIBUTES", SMALL_MAPPING)
+    c1, c2, c3, c4 = [c for c in ALL_IDS if KNOWN.netmera_known(c)][:4]
+    y = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    day = [(y + dt.timedelta(days=n)).isoformat() for n in range(4)]  # day[0]: the initial data date
+
+    def run_day(n: int, changes: list[dict[str, dict[str, Any]]], expected: dict[str, dict[str, Any]]) -> None:
+        for values in changes:  # in order, all dated day n (several on one day: only the last one stands)
+            set_values(box, values, day[n])
+        box.admin.optimove.config(last_data_update=day[n])
+        dr = run_sync()
+        assert dr.state == "success", states(dr)
+        assert last_run(db_url)["window_end"].isoformat() == day[n]
+        assert {c: profile_of(box, c) for c in expected} == expected, f"after the run for {day[n]}"
+
+    orig = {
+        c1: {"FirstName": "Orig1", "LTV": "10", "IsVIP": "true"},
+        c2: {"FirstName": "Orig2", "LTV": "20", "IsVIP": "false"},
+        c3: {"FirstName": "Orig3", "LTV": "30", "IsVIP": "true"},
+        c4: {"FirstName": "Orig4", "LTV": "40", "IsVIP": "false"},
+    }
+    run_day(
+        0,
+        [orig],
+        {
+            c1: {"name": "Orig1", "ltv": 10, "isVip": True},
+            c2: {"name": "Orig2", "ltv": 20, "isVip": False},
+            c3: {"name": "Orig3", "ltv": 30, "isVip": True},
+            c4: {"name": "Orig4", "ltv": 40, "isVip": False},
+        },
+    )
+    run_day(  # c1 and c3 change; c2 changes and reverts within the day
+        1,
+        [{c1: {"FirstName": "Ada"}, c3: {"LTV": "31"}, c2: {"FirstName": "Tmp"}}, {c2: {"FirstName": "Orig2"}}],
+        {
+            c1: {"name": "Ada", "ltv": 10, "isVip": True},
+            c2: {"name": "Orig2", "ltv": 20, "isVip": False},
+            c3: {"name": "Orig3", "ltv": 31, "isVip": True},
+            c4: {"name": "Orig4", "ltv": 40, "isVip": False},
+        },
+    )
+    set_values(box, {c4: {"LTV": "41"}}, day[1])  # recorded late for day 1, after its run: the next run finds it
+    run_day(  # c1 and c3 revert what changed yesterday; c2 and c3 change something else
+        2,
+        [{c1: {"FirstName": "Orig1"}, c3: {"LTV": "30", "IsVIP": "false"}, c2: {"IsVIP": "true"}}],
+        {
+            c1: {"name": "Orig1", "ltv": 10, "isVip": True},
+            c2: {"name": "Orig2", "ltv": 20, "isVip": True},
+            c3: {"name": "Orig3", "ltv": 30, "isVip": False},
+            c4: {"name": "Orig4", "ltv": 41, "isVip": False},
+        },
+    )
+    run_day(  # c2 and c3 revert yesterday's change; c1's LTV is emptied (unset in Netmera)
+        3,
+        [{c2: {"IsVIP": "false"}, c3: {"IsVIP": "true"}, c1: {"LTV": None}}],
+        {
+            c1: {"name": "Orig1", "isVip": True},
+            c2: {"name": "Orig2", "ltv": 20, "isVip": False},
+            c3: {"name": "Orig3", "ltv": 30, "isVip": True},
+            c4: {"name": "Orig4", "ltv": 41, "isVip": False},
+        },
+    )

@@ -1,7 +1,8 @@
 """Extract changed customers from Optimove (or a full export file) into the staging table.
 
-Incremental: ``customers/GetCustomerAttributeChangers`` once per mapped attribute over the run's window, paged to
-the end, every mapped attribute requested, unioned by CustomerID. Export: a CSV or Parquet file read in chunks.
+Incremental: ``customers/GetCustomerAttributeChangers`` per mapped attribute over the run's windows (see
+:func:`change_windows`), paged to the end, every mapped attribute requested, unioned by CustomerID. Export: a CSV or
+Parquet file read in chunks.
 Either way the rows go to ``sync_staging`` (never to XCom); a retried extract starts its staging afresh.
 
 A staged row's ``attributes`` is ``{"v": {optimove attribute: raw value}, "c": [attributes reported changed]}``.
@@ -73,6 +74,22 @@ def clear_staging(engine: Engine, run_id: int) -> None:
         conn.execute(sa.delete(SyncStaging).where(SyncStaging.sync_run_id == run_id))
 
 
+def change_windows(since: dt.date, until: dt.date, initial: bool = False) -> list[tuple[dt.date, dt.date]]:
+    """The changers windows that find every customer whose value at the end of ``until`` differs from what was
+    delivered, i.e. the value at the end of ``since`` (the previous window's last day).
+
+    ``GetCustomerAttributeChangers`` compares the value at the *start* of StartDate with the value at the end of
+    EndDate, so ``[since, until]`` alone misses a value changed on ``since`` and reverted later (it compares the
+    value before the change with the value after the revert, while Netmera holds the changed value).
+    ``[since + 1, until]`` compares the end of ``since`` with the end of ``until``: exactly the stale customers.
+    ``[since, until]`` is kept as well, so a change recorded on ``since`` after the previous run read it is
+    still found. Customers listed without a real change are dropped by the diff. An initial run has one window.
+    """
+    if initial or since >= until:
+        return [(since, until)]
+    return [(since, until), (since + dt.timedelta(days=1), until)]
+
+
 def extract_changes(
     engine: Engine,
     run_id: int,
@@ -82,7 +99,7 @@ def extract_changes(
     until: dt.date,
     initial: bool = False,
 ) -> dict[str, int]:
-    """Stage every customer whose mapped attributes changed in [since, until]; returns counts.
+    """Stage every customer whose mapped attributes changed since ``since`` (see :func:`change_windows`).
 
     The attributes are fetched concurrently (``sync.extract_concurrency`` threads sharing the client's rate
     limiter, so Optimove's limit, not page processing, paces the extraction); staging writes are serialised. An
@@ -96,10 +113,17 @@ def extract_changes(
 
     seen: set[str] = set()  # initial mode: every copy of a customer carries the same values; stage it once
 
+    windows = change_windows(since, until, initial)
+
     def one(attribute: str) -> int:
         read = 0
         skip = seen if initial else ()
-        for page in client.iter_customer_attribute_changers(attribute, since, until, names, skip_customers=skip):
+        pages = (
+            page
+            for start, end in windows
+            for page in client.iter_customer_attribute_changers(attribute, start, end, names, skip_customers=skip)
+        )
+        for page in pages:
             read += len(page)
             with lock:
                 if initial:

@@ -103,7 +103,8 @@ def open_run(engine: Engine, dag_id: str, dag_run_id: str, params: Mapping[str, 
     else:
         last = last_successful_window_end(engine)
         mode = "initial" if last is None else "incremental"
-        # One day of overlap: a change recorded on the last covered date is never missed; the diff drops repeats.
+        # The window starts on the last covered date; extract.change_windows queries it so that a change
+        # recorded late on that date is still found and a change reverted after it is not missed.
         since = INITIAL_SINCE if last is None else last
     since = since or INITIAL_SINCE
     if since > until:
