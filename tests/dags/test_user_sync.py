@@ -594,3 +594,34 @@ def test_change_and_revert_across_three_days_leaves_netmera_exact(sync_env: Any,
             c4: {"name": "Orig4", "ltv": 41, "isVip": False},
         },
     )
+
+
+def test_an_invalid_value_is_absent_in_netmera_on_every_path(
+    sync_env: Any, db_url: str, monkeypatch: Any, tmp_path: Path
+) -> None:
+    """Finding 8: a value that cannot be coerced ends absent, whether it was valid before or never was."""
+    box = sync_env
+    monkeypatch.setenv("OPTIMOVE_NETMERA__ATTRIBUTES", SMALL_MAPPING)
+    c1, c2 = [c for c in ALL_IDS if KNOWN.netmera_known(c)][:2]
+    y = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    set_values(
+        box, {c1: {"FirstName": "N1", "LTV": "12", "IsVIP": "true"}, c2: {"FirstName": "N2", "LTV": "x", "IsVIP": "no"}}
+    )
+    dr = run_sync()  # fresh: c2's invalid LTV is never sent
+    assert dr.state == "success", states(dr)
+    assert profile_of(box, c2) == {"name": "N2", "isVip": False}
+    assert profile_of(box, c1) == {"name": "N1", "ltv": 12, "isVip": True}
+
+    nxt = (y + dt.timedelta(days=1)).isoformat()
+    set_values(box, {c1: {"LTV": "twelve", "IsVIP": "maybe"}}, nxt)  # valid before, invalid now
+    box.admin.optimove.config(last_data_update=nxt)
+    dr = run_sync()  # incremental: the old valid values are unset, not kept
+    assert dr.state == "success", states(dr)
+    assert profile_of(box, c1) == {"name": "N1"}
+    assert last_run(db_url)["counts"]["plan"]["dropped"]["invalid_boolean"] == 1  # counted by reason
+
+    export = tmp_path / "customers.csv"
+    box.admin.optimove.export(str(export))
+    dr = run_sync({"full_refresh": True, "export_path": str(export), "resync": [c1, c2]})  # full row again
+    assert dr.state == "success", states(dr)
+    assert profile_of(box, c1) == {"name": "N1"} and profile_of(box, c2) == {"name": "N2", "isVip": False}

@@ -1,7 +1,9 @@
 """Diff the staged customers against the snapshot and plan the Netmera batches.
 
 Only customers whose fingerprint differs from the snapshot's (or who are new) go on. For each, ``set_attrs`` are
-the valid non-empty values and ``unset_attrs`` the attributes delivered before that are empty now. Set and unset
+the valid non-empty values and ``unset_attrs`` the attributes delivered before that are empty or invalid now: a value
+that cannot be coerced is treated as empty on every path (incremental, full refresh, resync), so what Netmera holds
+is a function of Optimove's current data, never of what was valid before. Set and unset
 parts are batched separately (at most ``batch_size`` extIds a batch, in extId order).
 
 Netmera silently drops writes for extIds it does not know, so customers new to the snapshot are first checked with
@@ -307,7 +309,6 @@ def build_plan(
     all_names = [a.netmera for a in mapping]
     present_before = _present_of(engine, [c for c, new in zip(customer_ids, new_flags, strict=True) if not new])
     cols = _native_columns(t.values.iloc[idx])
-    invalid_cols = [t.invalid[n].to_numpy(dtype=bool)[idx].tolist() for n in names]
     by_optimove = {a.netmera: a.optimove for a in mapping}
     changed_hashes = [format_fingerprint(h) for h in hashes[idx].tolist()]
     changes: list[dict[str, Any]] = []
@@ -316,12 +317,8 @@ def build_plan(
     for i, cid in enumerate(customer_ids):
         set_attrs = {names[j]: cols[j][i] for j in width if cols[j][i] is not None}
         before = all_names if forced_flags[i] else present_before.get(cid)  # a resync may unset any attribute
-        if before:
-            kept_invalid = {names[j] for j in width if invalid_cols[j][i]}.intersection(before)
-            present = set_attrs.keys() | kept_invalid
-            unset = sorted(set(before) - present)
-        else:
-            present, unset = set_attrs.keys(), []
+        present = set_attrs.keys()  # an invalid value counts as empty: never sent, unset if delivered before
+        unset = sorted(set(before) - present) if before else []
         reported = changed_names.get(cid) or [by_optimove[n] for n in (*set_attrs, *unset)]
         for optimove_name in reported:
             attr_counts[optimove_name] = attr_counts.get(optimove_name, 0) + 1
