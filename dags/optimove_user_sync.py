@@ -1,7 +1,8 @@
 """Nightly user sync: Optimove customer attributes -> Netmera profile attributes on extId = Client_ID.
 
 wait for Optimove's daily data -> open the sync run -> extract changed customers -> diff & plan batches
--> load (mapped, pooled) -> report. Logic lives in ``optimove_netmera.sync``; see the README for settings.
+-> load (mapped, pooled) -> report; ``record_failure`` runs only when a task failed (it closes the sync run as
+failed). Logic lives in ``optimove_netmera.sync``; see the README for settings.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ with DAG(
             description="Stop before sending if more than this share of known customers would change",
         ),
         "export_path": Param(None, type=["null", "string"], description="CSV/Parquet customer export"),
+        "resync": Param(
+            None,
+            type=["null", "string", "array"],
+            description='"all" or a list of CustomerIDs: forget what was delivered to them and send their full '
+            "current attributes (every value set, every empty attribute unset)",
+        ),
     },
     doc_md=__doc__,
 ) as dag:
@@ -70,6 +77,14 @@ with DAG(
     def report(run: dict, loaded: list) -> dict:
         return sync.run_report(run)
 
+    @task(trigger_rule="one_failed", retries=0)
+    def record_failure(dag_run=None) -> None:
+        """Runs only when a task failed: closes the sync run as failed, then fails itself so the run shows failed."""
+        sync.record_failure(dag_run.dag_id, dag_run.run_id)
+
     run = open_run(data_date.output)
-    planned = plan(run, extract(run))
-    report(run, load.partial(run=run).expand(batch_ids=planned))
+    extracted = extract(run)
+    planned = plan(run, extracted)
+    loaded = load.partial(run=run).expand(batch_ids=planned)
+    reported = report(run, loaded)
+    [data_date, run, extracted, planned, loaded, reported] >> record_failure()

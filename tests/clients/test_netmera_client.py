@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from optimove_netmera.http import AuthError, ClientError, RetryPolicy, ServerError, TransportError
 from optimove_netmera.netmera import (
+    ExistenceUnknown,
     NetmeraClient,
     ProfileUnset,
     ProfileUpdate,
@@ -270,5 +271,19 @@ def test_tag_and_untag_users_with_check_existence(client: NetmeraClient, admin: 
     assert "optimove" not in admin.user("C0000001")["tags"]
     assert counts(admin, "POST /rest/3.0/tagUsers") == {"200": 1}
     assert counts(admin, "POST /rest/3.0/untagUsers") == {"200": 1}
+    assert client.untag_users("optimove", ["C0000001"], check_existence=True) == []  # {"notExist": []}
     with pytest.raises(ValueError, match="at most 1000"):
         client.tag_users("optimove", ids(1001))
+
+
+@pytest.mark.parametrize("answer", ["empty", "object"])
+def test_check_existence_without_the_list_is_unknown_not_all_known(
+    client: NetmeraClient, admin: Any, answer: str
+) -> None:
+    admin.remove_users(["C0000003"])
+    admin.config(existence_answer=answer)
+    with pytest.raises(ExistenceUnknown, match="notExist"):
+        client.untag_users("optimove", ["C0000001", "C0000003"], check_existence=True)
+    with pytest.raises(ExistenceUnknown):
+        client.tag_users("optimove", ["C0000003"], check_existence=True)
+    assert client.untag_users("optimove", ["C0000003"]) == []  # without the flag no list is expected

@@ -69,7 +69,7 @@ def test_dagbag_has_no_import_errors() -> None:
     dag = bag.get_dag("optimove_user_sync")
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert dag.get_task("load").pool == "netmera_api"
-    assert set(dag.params) == {"full_refresh", "dry_run", "since", "until", "max_change_ratio", "export_path"}
+    assert set(dag.params) == {"full_refresh", "dry_run", "since", "until", "max_change_ratio", "export_path", "resync"}
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from optimove_netmera.netmera import NetmeraClient
 from optimove_netmera.sandbox.data import Dataset
 from optimove_netmera.settings import load_settings
 from optimove_netmera.store import get_engine
@@ -239,7 +240,8 @@ def test_failure_mid_load_then_clear_resumes_without_resending(sync_env: Any, db
     assert calls(box, SET) == 4
     with get_engine(db_url).connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(CustomerSnapshot)).scalar_one() > 0
-    assert last_run(db_url)["status"] == "running"
+    assert last_run(db_url)["status"] == "failed"  # finding 7: not left "running"
+    assert states(dr)["record_failure[-1]"] == "failed"
 
     box.admin.netmera.clear_faults()
     dr = run_sync(logical_date=when)  # the same DAG run, every task cleared (what "Clear" does in the UI)
@@ -358,7 +360,7 @@ def test_bad_netmera_key_fails_without_discarding_anything(sync_env: Any, db_url
     dr = run_sync(logical_date=when)
     assert dr.state == "failed"
     run = last_run(db_url)
-    assert run["status"] == "running" and run["counts"].get("batches") is None
+    assert run["status"] == "failed" and run["counts"].get("batches") is None
     with get_engine(db_url).connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(DeadLetter)).scalar_one() == 0
     assert calls(box, SET, "403") >= 1 and calls(box, SET) == 0
@@ -367,3 +369,259 @@ def test_bad_netmera_key_fails_without_discarding_anything(sync_env: Any, db_url
     dr = run_sync(logical_date=when)  # the key fixed, the run cleared: it resumes and delivers everyone
     assert dr.state == "success", states(dr)
     assert calls(box, SET) == math.ceil(CUSTOMERS / BATCH)  # no probe here: unknown users are sent and dropped
+
+
+def test_existence_answer_without_the_list_is_unknown_and_carried(sync_env: Any, db_url: str, tmp_path: Path) -> None:
+    """Finding 4: a checkExistence answer with no ``notExist`` list never counts as "everyone exists"."""
+    box = sync_env
+    box.admin.netmera.config(existence_answer="empty")  # Netmera ignores checkExistence: 200, no body
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    run = last_run(db_url)
+    assert run["counts"]["changes"] == {"not_found": CUSTOMERS}  # nobody recorded delivered
+    assert run["counts"]["plan"]["existence_unknown"] == CUSTOMERS
+    assert calls(box, SET) == 0 and calls(box, PROBE) == 1
+    assert snapshot_size(db_url) == 0 and netmera_profiles(box) == {}
+
+    box.admin.netmera.config(existence_answer="list")  # the documented answer again: the carried customers go out
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    run = last_run(db_url)
+    assert run["counts"]["plan"]["carried_over"] == CUSTOMERS and run["counts"]["plan"]["existence_unknown"] == 0
+    assert run["counts"]["changes"] == {"delivered": N_KNOWN, "not_found": CUSTOMERS - N_KNOWN}
+    assert snapshot_size(db_url) == N_KNOWN
+    assert_netmera_matches(box, tmp_path)
+
+
+SMALL_MAPPING = json.dumps(
+    [
+        {"optimove": "FirstName", "netmera": "name", "type": "string"},
+        {"optimove": "LTV", "netmera": "ltv", "type": "number"},
+        {"optimove": "IsVIP", "netmera": "isVip", "type": "boolean"},
+    ]
+)
+UNKNOWN_IDS = [c for c in ALL_IDS if not KNOWN.netmera_known(c)]
+
+
+def profile_of(box: Any, ext_id: str) -> dict[str, Any]:
+    stored = box.admin.netmera.profile(ext_id)
+    return stored["profile"] if stored else {}
+
+
+def set_values(box: Any, values: dict[str, dict[str, Any]], date: str | None = None) -> None:
+    changes = [{"customer_id": cid, "attributes": attrs} for cid, attrs in values.items()]
+    box.admin.optimove.change_customers(changes=changes, date=date)
+
+
+def test_unknown_customer_receives_the_attributes_after_registering(
+    sync_env: Any, db_url: str, monkeypatch: Any
+) -> None:
+    box = sync_env
+    monkeypatch.setenv("OPTIMOVE_NETMERA__ATTRIBUTES", SMALL_MAPPING)
+    u = UNKNOWN_IDS[0]
+    set_values(box, {u: {"FirstName": "Ada", "LTV": "12.50", "IsVIP": "yes"}})
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    assert box.admin.netmera.user(u) is None and profile_of(box, u) == {}
+    box.admin.netmera.add_users([u])  # the customer installs the app: Netmera knows the extId now
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    assert profile_of(box, u) == {"name": "Ada", "ltv": 12.5, "isVip": True}
+    assert last_run(db_url)["counts"]["plan"]["not_found"] == len(UNKNOWN_IDS) - 1  # the others are still carried
+
+
+def test_resync_param_resends_customers_the_snapshot_says_were_delivered(
+    sync_env: Any, db_url: str, monkeypatch: Any
+) -> None:
+    """Finding 4: customers recorded delivered while Netmera did not know them are recovered by ``resync``."""
+    box = sync_env
+    monkeypatch.setenv("OPTIMOVE_NETMERA__ATTRIBUTES", SMALL_MAPPING)
+    u1, u2 = UNKNOWN_IDS[:2]
+    k, k2, k3 = [c for c in ALL_IDS if KNOWN.netmera_known(c)][:3]
+    set_values(
+        box,
+        {
+            u1: {"FirstName": "Ada", "LTV": "12.50", "IsVIP": "yes"},
+            u2: {"FirstName": "Grace", "LTV": "7", "IsVIP": "false"},
+            k: {"FirstName": "Linus", "LTV": "3", "IsVIP": "true"},
+            k2: {"FirstName": "Alan", "LTV": None, "IsVIP": "false"},
+        },
+    )
+    five_days_ago = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=5)).isoformat()
+    set_values(box, {k3: {"FirstName": None, "LTV": None, "IsVIP": None}}, five_days_ago)  # no page lists k3
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__CHECK_UNKNOWN_EXT_IDS", "false")  # how customers got lost
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    # u1, u2 "delivered" (Netmera dropped them); k3 has no value, so no changers page lists it
+    assert last_run(db_url)["counts"]["changes"] == {"delivered": CUSTOMERS - 1}
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__CHECK_UNKNOWN_EXT_IDS", "true")
+    box.admin.netmera.add_users([u1, u2])
+    box.admin.netmera.config(existence_answer="list")
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    assert profile_of(box, u1) == {} and profile_of(box, u2) == {}  # the snapshot says delivered: nothing sent
+
+    set_values(box, {k: {"LTV": None}})  # k's value is emptied in Optimove: an ordinary change
+    # Netmera holds values the snapshot knows nothing of (written by someone else): a resync clears them.
+    with NetmeraClient(box.netmera_url, box.netmera_api_key) as netmera:
+        netmera.set_profile_attributes([{"extId": k2, "profile": {"ltv": 99}}, {"extId": k3, "profile": {"name": "x"}}])
+    sets, unsets = calls(box, SET), calls(box, UNSET)
+    dr = run_sync({"resync": [u1, k3]})
+    assert dr.state == "success", states(dr)
+    assert profile_of(box, u1) == {"name": "Ada", "ltv": 12.5, "isVip": True}
+    assert profile_of(box, u2) == {}
+    assert profile_of(box, k) == {"name": "Linus", "isVip": True}  # the ordinary change went out too
+    assert profile_of(box, k3) == {}  # listed, in no page: every mapped attribute is empty, so all are unset
+    assert profile_of(box, k2) == {"name": "Alan", "isVip": False, "ltv": 99}
+    plan = last_run(db_url)["counts"]["plan"]
+    assert plan["resynced"] == 2 and plan["changed"] == 3
+    assert calls(box, SET) - sets == 1 and calls(box, UNSET) - unsets == 1
+
+    dr = run_sync({"resync": "all", "max_change_ratio": 0.01})  # a resync never trips the guard
+    assert dr.state == "success", states(dr)
+    assert profile_of(box, u2) == {"name": "Grace", "ltv": 7, "isVip": False}
+    assert profile_of(box, u1) == {"name": "Ada", "ltv": 12.5, "isVip": True}
+    assert profile_of(box, k) == {"name": "Linus", "isVip": True}
+    assert profile_of(box, k2) == {"name": "Alan", "isVip": False}
+    assert profile_of(box, k3) == {}
+    run = last_run(db_url)
+    assert run["counts"]["plan"]["resynced"] == CUSTOMERS  # the snapshot's customers, k3 included
+    assert run["counts"]["changes"] == {"delivered": N_KNOWN + 2, "not_found": CUSTOMERS - N_KNOWN - 2}
+
+    dr = run_sync({"resync": "C1,C2"})
+    assert dr.state == "failed" and states(dr)["open_run[-1]"] == "failed"
+
+
+def test_a_failed_run_is_recorded_failed_and_counts_every_try(sync_env: Any, db_url: str, monkeypatch: Any) -> None:
+    """Finding 7: the sync_runs row ends ``failed``; the report counts the calls and 429s of every try."""
+    box = sync_env
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__RETRIES", "1")
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__RETRY_DELAY_SECONDS", "0")
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__EXTRACT_CONCURRENCY", "1")  # one request at a time: exact counts
+    # The first try's first changers request gets 429 on all 6 attempts (the client gives up, the task fails);
+    # the second try finds Optimove well again. Same for the probe (Netmera) in the plan task.
+    box.admin.optimove.set_faults([{"endpoint": "/current/customers/*", "rate_429": 1.0, "count": 6}])
+    box.admin.netmera.set_faults([{"endpoint": "/rest/3.0/untagUsers", "rate_429": 1.0, "count": 6}])
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    assert states(dr)["record_failure[-1]"] == "skipped"
+    run = last_run(db_url)
+    assert run["status"] == "success"
+    assert run["counts"]["optimove_429s"] == 6 and run["counts"]["netmera_429s"] == 6
+    changers = box.admin.optimove.count("/current/customers/GetCustomerAttributeChangers")
+    assert run["counts"]["optimove_calls"] == changers  # every request, the first try's included
+    netmera_calls = sum(sum(v.values()) for v in box.admin.netmera.requests()["counts"].values())
+    assert run["counts"]["netmera_calls"] == netmera_calls
+
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__RETRIES", "0")
+    bad = {"conn_type": "netmera", "host": box.netmera_url, "password": "not-the-key"}
+    monkeypatch.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", json.dumps(bad))
+    box.admin.optimove.change_customers(5)
+    dr = run_sync()
+    assert dr.state == "failed"
+    st = states(dr)
+    assert st["plan[-1]"] == "failed" and st["record_failure[-1]"] == "failed"
+    run = last_run(db_url)
+    assert run["status"] == "failed" and run["error"] and run["finished_at"] is not None
+    assert run["counts"]["netmera_calls"] >= 1  # the failed try's 403 is counted
+
+
+def test_change_and_revert_across_three_days_leaves_netmera_exact(sync_env: Any, db_url: str, monkeypatch: Any) -> None:
+    """Finding 3: a value changed on day D and reverted on D+1 is reverted in Netmera; exact after every run.
+
+    Optimove's changers compare the value at the start of StartDate with the value at the end of EndDate (the
+    sandbox does exactly that); each run's data date is the next day.
+    """
+    box = sync_env
+    monkeypatch.setenv("OPTIMOVE_NETMERA__ATTRIBUTES", SMALL_MAPPING)
+    c1, c2, c3, c4 = [c for c in ALL_IDS if KNOWN.netmera_known(c)][:4]
+    y = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    day = [(y + dt.timedelta(days=n)).isoformat() for n in range(4)]  # day[0]: the initial data date
+
+    def run_day(n: int, changes: list[dict[str, dict[str, Any]]], expected: dict[str, dict[str, Any]]) -> None:
+        for values in changes:  # in order, all dated day n (several on one day: only the last one stands)
+            set_values(box, values, day[n])
+        box.admin.optimove.config(last_data_update=day[n])
+        dr = run_sync()
+        assert dr.state == "success", states(dr)
+        assert last_run(db_url)["window_end"].isoformat() == day[n]
+        assert {c: profile_of(box, c) for c in expected} == expected, f"after the run for {day[n]}"
+
+    orig = {
+        c1: {"FirstName": "Orig1", "LTV": "10", "IsVIP": "true"},
+        c2: {"FirstName": "Orig2", "LTV": "20", "IsVIP": "false"},
+        c3: {"FirstName": "Orig3", "LTV": "30", "IsVIP": "true"},
+        c4: {"FirstName": "Orig4", "LTV": "40", "IsVIP": "false"},
+    }
+    run_day(
+        0,
+        [orig],
+        {
+            c1: {"name": "Orig1", "ltv": 10, "isVip": True},
+            c2: {"name": "Orig2", "ltv": 20, "isVip": False},
+            c3: {"name": "Orig3", "ltv": 30, "isVip": True},
+            c4: {"name": "Orig4", "ltv": 40, "isVip": False},
+        },
+    )
+    run_day(  # c1 and c3 change; c2 changes and reverts within the day
+        1,
+        [{c1: {"FirstName": "Ada"}, c3: {"LTV": "31"}, c2: {"FirstName": "Tmp"}}, {c2: {"FirstName": "Orig2"}}],
+        {
+            c1: {"name": "Ada", "ltv": 10, "isVip": True},
+            c2: {"name": "Orig2", "ltv": 20, "isVip": False},
+            c3: {"name": "Orig3", "ltv": 31, "isVip": True},
+            c4: {"name": "Orig4", "ltv": 40, "isVip": False},
+        },
+    )
+    set_values(box, {c4: {"LTV": "41"}}, day[1])  # recorded late for day 1, after its run: the next run finds it
+    run_day(  # c1 and c3 revert what changed yesterday; c2 and c3 change something else
+        2,
+        [{c1: {"FirstName": "Orig1"}, c3: {"LTV": "30", "IsVIP": "false"}, c2: {"IsVIP": "true"}}],
+        {
+            c1: {"name": "Orig1", "ltv": 10, "isVip": True},
+            c2: {"name": "Orig2", "ltv": 20, "isVip": True},
+            c3: {"name": "Orig3", "ltv": 30, "isVip": False},
+            c4: {"name": "Orig4", "ltv": 41, "isVip": False},
+        },
+    )
+    run_day(  # c2 and c3 revert yesterday's change; c1's LTV is emptied (unset in Netmera)
+        3,
+        [{c2: {"IsVIP": "false"}, c3: {"IsVIP": "true"}, c1: {"LTV": None}}],
+        {
+            c1: {"name": "Orig1", "isVip": True},
+            c2: {"name": "Orig2", "ltv": 20, "isVip": False},
+            c3: {"name": "Orig3", "ltv": 30, "isVip": True},
+            c4: {"name": "Orig4", "ltv": 41, "isVip": False},
+        },
+    )
+
+
+def test_an_invalid_value_is_absent_in_netmera_on_every_path(
+    sync_env: Any, db_url: str, monkeypatch: Any, tmp_path: Path
+) -> None:
+    """Finding 8: a value that cannot be coerced ends absent, whether it was valid before or never was."""
+    box = sync_env
+    monkeypatch.setenv("OPTIMOVE_NETMERA__ATTRIBUTES", SMALL_MAPPING)
+    c1, c2 = [c for c in ALL_IDS if KNOWN.netmera_known(c)][:2]
+    y = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    set_values(
+        box, {c1: {"FirstName": "N1", "LTV": "12", "IsVIP": "true"}, c2: {"FirstName": "N2", "LTV": "x", "IsVIP": "no"}}
+    )
+    dr = run_sync()  # fresh: c2's invalid LTV is never sent
+    assert dr.state == "success", states(dr)
+    assert profile_of(box, c2) == {"name": "N2", "isVip": False}
+    assert profile_of(box, c1) == {"name": "N1", "ltv": 12, "isVip": True}
+
+    nxt = (y + dt.timedelta(days=1)).isoformat()
+    set_values(box, {c1: {"LTV": "twelve", "IsVIP": "maybe"}}, nxt)  # valid before, invalid now
+    box.admin.optimove.config(last_data_update=nxt)
+    dr = run_sync()  # incremental: the old valid values are unset, not kept
+    assert dr.state == "success", states(dr)
+    assert profile_of(box, c1) == {"name": "N1"}
+    assert last_run(db_url)["counts"]["plan"]["dropped"]["invalid_boolean"] == 1  # counted by reason
+
+    export = tmp_path / "customers.csv"
+    box.admin.optimove.export(str(export))
+    dr = run_sync({"full_refresh": True, "export_path": str(export), "resync": [c1, c2]})  # full row again
+    assert dr.state == "success", states(dr)
+    assert profile_of(box, c1) == {"name": "N1"} and profile_of(box, c2) == {"name": "N2", "isVip": False}

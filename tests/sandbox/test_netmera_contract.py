@@ -569,7 +569,10 @@ def test_admin_config_rejects_unknown_keys(admin: NetmeraAdmin) -> None:
         "profile_attributes": "*",
         "notification_keys": [101, 102, 103, 104, 105],
         "unknown_target_error": True,
+        "existence_answer": "list",
     }
+    with pytest.raises(SandboxAdminError, match="existence_answer"):
+        admin.config(existence_answer="maybe")
     assert admin.health() == {"status": "ok", "service": "netmera"}
 
 
@@ -605,3 +608,34 @@ def test_injected_reset_drops_the_connection_and_is_counted(api: Netmera, admin:
     assert_no_body(api.call("fireEvents", events))
     assert admin.requests()["counts"] == {f"POST {REST}/fireEvents": {"reset": 1, "200": 1}}
     assert admin.events()["total"] == 1
+
+
+def test_check_existence_answers_the_not_exist_list(api: Netmera, admin: NetmeraAdmin, users: dict) -> None:
+    """REF §3.4: ``checkExistence: true`` lists the unknown extIds in ``notExist`` (``[]`` when all exist); without
+    it the answer has no body. ``existence_answer`` makes the sandbox answer without the list (a fault)."""
+    known, unknown = users["known"][:2], users["unknown"][:1]
+    headers = {"X-netmera-api-key": api.api_key, "Content-Type": "application/json"}
+
+    def untag(ext_ids: list[str], check: bool | None) -> requests.Response:
+        body: dict[str, Any] = {"tag": "probe", "extIds": ext_ids}
+        if check is not None:
+            body["checkExistence"] = check
+        url = f"{api.base_url}{REST}/untagUsers"
+        return api.session.post(url, data=json.dumps(body), headers=headers, timeout=30)
+
+    for endpoint in ("untagUsers", "tagUsers"):
+        url = f"{api.base_url}{REST}/{endpoint}"
+        body = {"tag": "probe", "extIds": [*known, *unknown], "checkExistence": True}
+        resp = api.session.post(url, data=json.dumps(body), headers=headers, timeout=30)
+        assert resp.status_code == 200 and resp.json() == {"notExist": unknown}
+    resp = untag(known, True)
+    assert resp.status_code == 200 and resp.json() == {"notExist": []}  # the list is there even when empty
+    assert_no_body(untag([*known, *unknown], None))
+    assert_no_body(untag([*known, *unknown], False))
+    assert error_of(untag(known, "yes"))[:2] == (400, 2004)  # type: ignore[arg-type]
+
+    admin.config(existence_answer="empty")
+    assert_no_body(untag([*known, *unknown], True))
+    admin.config(existence_answer="object")
+    resp = untag([*known, *unknown], True)
+    assert resp.status_code == 200 and resp.json() == {}

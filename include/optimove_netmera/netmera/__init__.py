@@ -13,7 +13,13 @@ from optimove_netmera.http import (
     TransportError,
     chunked,
 )
-from optimove_netmera.netmera.client import API_PREFIX, MAX_EXT_IDS, NetmeraClient, notification_key_str
+from optimove_netmera.netmera.client import (
+    API_PREFIX,
+    MAX_EXT_IDS,
+    ExistenceUnknown,
+    NetmeraClient,
+    notification_key_str,
+)
 from optimove_netmera.netmera.models import (
     PlatformStats,
     ProfileAttributes,
@@ -30,6 +36,7 @@ __all__ = [
     "AuthError",
     "CallStats",
     "ClientError",
+    "ExistenceUnknown",
     "NetmeraClient",
     "PlatformStats",
     "ProfileAttributes",

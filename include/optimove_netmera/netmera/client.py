@@ -43,11 +43,15 @@ from optimove_netmera.netmera.models import (
     UserRegistration,
 )
 
-__all__ = ["API_PREFIX", "MAX_EXT_IDS", "NetmeraClient"]
+__all__ = ["API_PREFIX", "MAX_EXT_IDS", "ExistenceUnknown", "NetmeraClient"]
 
 API_PREFIX = "/rest/3.0"
 MAX_EXT_IDS = 1000
 UNKNOWN_EXT_ID_CODE = 5016
+
+
+class ExistenceUnknown(ResponseFormatError):
+    """A ``checkExistence`` answer without the documented ``notExist`` list (REF §3.4): existence is unknown."""
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -255,21 +259,36 @@ class NetmeraClient(BaseHttpClient):
         if check_existence:
             body["checkExistence"] = True
         result = self._call("POST", name, json_body=body)
-        if not check_existence or not isinstance(result, Mapping):
+        if not check_existence:
             return []
-        missing = result.get("notExist") or []
-        return [str(x) for x in missing] if isinstance(missing, list) else []
+        missing = result.get("notExist") if isinstance(result, Mapping) else None
+        if not isinstance(missing, list):  # no list is no answer: never read it as "everyone exists"
+            raise ExistenceUnknown(
+                f"checkExistence was asked but the answer carried no notExist list ({type(result).__name__}); "
+                "which of these extIds Netmera knows is unknown",
+                service=self.service,
+                method="POST",
+                path=f"{API_PREFIX}/{name}",
+                redactor=self._redact,
+            )
+        return [str(x) for x in missing]
 
     def tag_users(
         self, tag: str | Sequence[str], ext_ids: Sequence[str], *, check_existence: bool = False
     ) -> list[str]:
-        """``tagUsers``; with ``check_existence`` returns the extIds Netmera does not know (``notExist``)."""
+        """``tagUsers``; with ``check_existence`` returns the extIds Netmera does not know (``notExist``).
+
+        An answer without the ``notExist`` list raises :class:`ExistenceUnknown` (it tells nothing about who exists).
+        """
         return self._tag_call("tagUsers", tag, ext_ids, check_existence)
 
     def untag_users(
         self, tag: str | Sequence[str], ext_ids: Sequence[str], *, check_existence: bool = False
     ) -> list[str]:
-        """``untagUsers``; with ``check_existence`` returns the extIds Netmera does not know (``notExist``)."""
+        """``untagUsers``; with ``check_existence`` returns the extIds Netmera does not know (``notExist``).
+
+        An answer without the ``notExist`` list raises :class:`ExistenceUnknown` (it tells nothing about who exists).
+        """
         return self._tag_call("untagUsers", tag, ext_ids, check_existence)
 
     # --- notifications -----------------------------------------------------------------------------

@@ -71,7 +71,8 @@ class NetmeraAdmin:
 
         Keys: ``max_ext_ids`` (1000), ``reject_invalid_entries`` (False), ``profile_attributes`` ("*" | "dataset" |
         {name: "string"|"number"|"boolean"|"date"|"array"}), ``notification_keys`` ([101..105]),
-        ``unknown_target_error`` (True). Returns the whole config after the change.
+        ``unknown_target_error`` (True), ``existence_answer`` ("list" | "empty" | "object": how ``checkExistence``
+        is answered; only "list" carries ``notExist``). Returns the whole config after the change.
         """
         if not changes:
             return self._call("GET", "/config")

@@ -267,6 +267,12 @@ def _iso(ts: float) -> str:
 # state
 
 
+#: How ``checkExistence: true`` is answered: ``list`` (documented, REF §3.4: ``{"notExist": [...]}``, empty list
+#: when everyone exists), ``empty`` (no body, as the SPEC's untagUsers/tagUsers answer, i.e. a Netmera that ignored
+#: the flag) or ``object`` (``{}``). The last two are faults for testing clients: neither says who exists.
+EXISTENCE_ANSWERS = ("list", "empty", "object")
+
+
 def _default_config() -> dict[str, Any]:
     return {
         "max_ext_ids": 1000,
@@ -274,6 +280,7 @@ def _default_config() -> dict[str, Any]:
         "profile_attributes": "*",
         "notification_keys": list(DEFAULT_NOTIFICATION_KEYS),
         "unknown_target_error": True,
+        "existence_answer": "list",
     }
 
 
@@ -293,6 +300,9 @@ def _validate_config(patch: Any) -> dict[str, Any]:
         elif key in ("reject_invalid_entries", "unknown_target_error"):
             if type(value) is not bool:
                 raise ValueError(f"{key} must be true or false")
+        elif key == "existence_answer":
+            if value not in EXISTENCE_ANSWERS:
+                raise ValueError(f"existence_answer must be one of {', '.join(EXISTENCE_ANSWERS)}, got {value!r}")
         elif key == "profile_attributes":
             if value in ("*", "dataset"):
                 pass
@@ -784,8 +794,9 @@ def create_netmera_app(dataset: KnownUsers, *, api_key: str, faults: FaultInject
         """``tagUsers`` / ``untagUsers`` ``{tag, extIds[, checkExistence]}`` (REF §3.4, SPEC TagUsersRequest).
 
         Unknown extIds are ignored silently; with ``checkExistence: true`` the answer lists them in ``notExist``
-        (REF §3.4, from the "remove tags from users" reference page; accepted on both endpoints here), otherwise
-        the answer has no body.
+        (REF §3.4, from the "remove tags from users" reference page; accepted on both endpoints here), always present
+        (``[]`` when everyone exists); otherwise the answer has no body. Config ``existence_answer`` (``empty`` /
+        ``object``) answers without the list, like a Netmera that ignored the flag.
         """
         if type(body) is not dict:
             raise _Rejected(2009, "Invalid JSON: the body must be an object {tag, extIds}")
@@ -813,7 +824,9 @@ def create_netmera_app(dataset: KnownUsers, *, api_key: str, faults: FaultInject
                 elif not add and t in have:
                     have.remove(t)
         state.bump("tagUsers" if add else "untagUsers", requests=1, entries=len(unique), unknown_ext_ids=len(not_exist))
-        return _json({"notExist": not_exist}) if check else _empty()
+        if not check or state.config["existence_answer"] == "empty":
+            return _empty()
+        return _json({"notExist": not_exist} if state.config["existence_answer"] == "list" else {})
 
     @app.post(f"{REST}/tagUsers")
     async def tag_users_route(request: Request) -> Response:

@@ -1,7 +1,8 @@
 """Extract changed customers from Optimove (or a full export file) into the staging table.
 
-Incremental: ``customers/GetCustomerAttributeChangers`` once per mapped attribute over the run's window, paged to
-the end, every mapped attribute requested, unioned by CustomerID. Export: a CSV or Parquet file read in chunks.
+Incremental: ``customers/GetCustomerAttributeChangers`` per mapped attribute over the run's windows (see
+:func:`change_windows`), paged to the end, every mapped attribute requested, unioned by CustomerID. Export: a CSV or
+Parquet file read in chunks.
 Either way the rows go to ``sync_staging`` (never to XCom); a retried extract starts its staging afresh.
 
 A staged row's ``attributes`` is ``{"v": {optimove attribute: raw value}, "c": [attributes reported changed]}``.
@@ -24,8 +25,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from optimove_netmera.optimove import OptimoveClient
 from optimove_netmera.settings import Settings
-from optimove_netmera.store.models import SyncStaging
+from optimove_netmera.store.models import CustomerSnapshot, SyncStaging
 from optimove_netmera.store.queries import upsert
+from optimove_netmera.sync.runs import INITIAL_SINCE
 
 log = logging.getLogger(__name__)
 CUSTOMER_ID_COLUMNS = ("CustomerID", "Client_ID", "ClientID", "customer_id")
@@ -72,6 +74,22 @@ def clear_staging(engine: Engine, run_id: int) -> None:
         conn.execute(sa.delete(SyncStaging).where(SyncStaging.sync_run_id == run_id))
 
 
+def change_windows(since: dt.date, until: dt.date, initial: bool = False) -> list[tuple[dt.date, dt.date]]:
+    """The changers windows that find every customer whose value at the end of ``until`` differs from what was
+    delivered, i.e. the value at the end of ``since`` (the previous window's last day).
+
+    ``GetCustomerAttributeChangers`` compares the value at the *start* of StartDate with the value at the end of
+    EndDate, so ``[since, until]`` alone misses a value changed on ``since`` and reverted later (it compares the
+    value before the change with the value after the revert, while Netmera holds the changed value).
+    ``[since + 1, until]`` compares the end of ``since`` with the end of ``until``: exactly the stale customers.
+    ``[since, until]`` is kept as well, so a change recorded on ``since`` after the previous run read it is
+    still found. Customers listed without a real change are dropped by the diff. An initial run has one window.
+    """
+    if initial or since >= until:
+        return [(since, until)]
+    return [(since, until), (since + dt.timedelta(days=1), until)]
+
+
 def extract_changes(
     engine: Engine,
     run_id: int,
@@ -81,7 +99,7 @@ def extract_changes(
     until: dt.date,
     initial: bool = False,
 ) -> dict[str, int]:
-    """Stage every customer whose mapped attributes changed in [since, until]; returns counts.
+    """Stage every customer whose mapped attributes changed since ``since`` (see :func:`change_windows`).
 
     The attributes are fetched concurrently (``sync.extract_concurrency`` threads sharing the client's rate
     limiter, so Optimove's limit, not page processing, paces the extraction); staging writes are serialised. An
@@ -95,10 +113,17 @@ def extract_changes(
 
     seen: set[str] = set()  # initial mode: every copy of a customer carries the same values; stage it once
 
+    windows = change_windows(since, until, initial)
+
     def one(attribute: str) -> int:
         read = 0
         skip = seen if initial else ()
-        for page in client.iter_customer_attribute_changers(attribute, since, until, names, skip_customers=skip):
+        pages = (
+            page
+            for start, end in windows
+            for page in client.iter_customer_attribute_changers(attribute, start, end, names, skip_customers=skip)
+        )
+        for page in pages:
             read += len(page)
             with lock:
                 if initial:
@@ -115,6 +140,54 @@ def extract_changes(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="optimove-extract") as pool:
         rows_read = sum(pool.map(one, names))
     return {"rows_read": rows_read, "fetched": staged_count(engine, run_id)}
+
+
+def extract_resync(
+    engine: Engine,
+    run_id: int,
+    client: OptimoveClient,
+    settings: Settings,
+    until: dt.date,
+    resync: str | list[str],
+    full_window: bool = True,
+) -> dict[str, int]:
+    """Stage the current values of the customers to resync (``"all"`` or CustomerIDs) next to the changers.
+
+    A changers window from ``since`` (2000-01-01) lists every customer whose value is not empty (nothing was set
+    before), with every mapped attribute: that is each customer's full current row (``full_window``; an initial
+    extraction has read it already). A resynced customer found in no page has every mapped attribute empty: it is
+    staged with empty values (``"all"``: every customer in the snapshot), so what Netmera holds for it is unset.
+    """
+    wanted = None if resync == "all" else set(resync)
+    names = settings.optimove_attributes
+    lock = threading.Lock()
+
+    def one(attribute: str) -> int:
+        read = 0
+        for page in client.iter_customer_attribute_changers(attribute, INITIAL_SINCE, until, names):
+            read += len(page)
+            rows = [(c.customer_id, c.attributes, None) for c in page if wanted is None or c.customer_id in wanted]
+            if rows:
+                with lock, engine.begin() as conn:
+                    _write(conn, run_id, rows, "merge")
+        return read
+
+    rows_read = 0
+    if full_window:
+        workers = max(1, min(settings.sync.extract_concurrency, len(names)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="optimove-resync") as pool:
+            rows_read = sum(pool.map(one, names))
+    with engine.connect() as conn:
+        q = sa.select(SyncStaging.customer_id).where(SyncStaging.sync_run_id == run_id)
+        staged = set(conn.execute(q).scalars())
+        if wanted is None:
+            wanted = set(conn.execute(sa.select(CustomerSnapshot.customer_id)).scalars())
+    empty = {name: None for name in names}
+    missing = sorted(wanted - staged)
+    for start in range(0, len(missing), 5000):
+        with engine.begin() as conn:
+            _write(conn, run_id, [(cid, dict(empty), None) for cid in missing[start : start + 5000]], "first")
+    return {"resync_rows_read": rows_read, "resync_empty": len(missing), "fetched": staged_count(engine, run_id)}
 
 
 def _customer_column(columns: Sequence[str], path: Path) -> str:

@@ -1,14 +1,22 @@
 """Diff the staged customers against the snapshot and plan the Netmera batches.
 
 Only customers whose fingerprint differs from the snapshot's (or who are new) go on. For each, ``set_attrs`` are
-the valid non-empty values and ``unset_attrs`` the attributes delivered before that are empty now. Set and unset
+the valid non-empty values and ``unset_attrs`` the attributes delivered before that are empty or invalid now: a value
+that cannot be coerced is treated as empty on every path (incremental, full refresh, resync), so what Netmera holds
+is a function of Optimove's current data, never of what was valid before. Set and unset
 parts are batched separately (at most ``batch_size`` extIds a batch, in extId order).
 
 Netmera silently drops writes for extIds it does not know, so customers new to the snapshot are first checked with
 the ``probe`` (``untagUsers`` + ``checkExistence`` of a tag nobody carries: no side effect, the answer lists the
 unknown extIds; 1000 extIds a call). Unknown customers are not batched: they are counted as ``not_found`` and
-carried over to the next run, which checks them again. Every batch therefore holds only sendable users, and the
-profile write calls are exactly ceil(sendable / batch_size).
+carried over to the next run, which checks them again. A probe answer that does not say who is unknown (the probe
+returns None: Netmera's answer carried no ``notExist`` list) is never read as "all known": that chunk's customers
+are handled exactly like unknown ones (not sent, counted as ``existence_unknown``, carried over, checked again).
+Every batch therefore holds only sendable users, and the profile write calls are exactly ceil(sendable / batch_size).
+
+A ``resync`` (``"all"`` or CustomerIDs) forgets the snapshot for those customers: each is planned as changed
+whatever its fingerprint, checked with the probe like a new customer, and sent its full row (every current value
+set, every mapped attribute that is empty now unset). Resynced customers do not count towards the guard.
 
 Planning is idempotent: a re-run of the plan task for a run that already has batches returns the stored plan,
 so a cleared plan task can never re-plan (and re-send) batches that were delivered.
@@ -46,7 +54,8 @@ from optimove_netmera.sync.transform import fingerprint_values, format_fingerpri
 
 MAX_MAPPED_TASKS = 512
 PROBE_CHUNK = 1000
-Probe = Callable[[list[str]], set[str]]
+Probe = Callable[[list[str]], set[str] | None]  # the unknown extIds; None: the answer did not say
+EXISTENCE_UNKNOWN = "existence unknown: Netmera's checkExistence answer carried no notExist list"
 
 
 class _Clock:
@@ -76,7 +85,9 @@ class Plan:
     changed: int = 0
     unchanged: int = 0
     carried_over: int = 0
+    resynced: int = 0
     not_found: int = 0
+    existence_unknown: int = 0
     set_entries: int = 0
     unset_entries: int = 0
     set_batches: int = 0
@@ -237,6 +248,7 @@ def build_plan(
     dry_run: bool,
     probe: Probe | None = None,
     export_path: str | None = None,
+    resync: str | list[str] | None = None,
 ) -> Plan:
     """Diff, guard, set aside extIds Netmera does not know (``probe``) and (unless ``dry_run``) store the plan.
 
@@ -269,12 +281,21 @@ def build_plan(
     same[seen] = snap_valid[pos[seen]] & (snap_values[pos[seen]] == hashes[seen])
     changed_mask = ~same
     del snap_ids, snap_values, snap_valid, pos
+    data_changed = int(changed_mask.sum())  # the guard counts changes in the data, never an operator's resync
+    if resync == "all":
+        forced = np.ones(len(hashes), dtype=bool)
+    elif resync:
+        forced = customer_index.astype("str").isin(resync)
+    else:
+        forced = np.zeros(len(hashes), dtype=bool)
+    changed_mask |= forced
+    plan.resynced = int(forced.sum())
     plan.new = int(is_new.sum())
     plan.changed = int(changed_mask.sum())
     plan.unchanged = len(hashes) - plan.changed
-    if plan.known and plan.changed / plan.known > max_change_ratio:
+    if plan.known and data_changed / plan.known > max_change_ratio:
         raise GuardTripped(
-            f"{plan.changed} of {plan.known} known customers ({plan.changed / plan.known:.1%}) would change, "
+            f"{data_changed} of {plan.known} known customers ({data_changed / plan.known:.1%}) would change, "
             f"more than max_change_ratio={max_change_ratio:.1%}; nothing was sent. If this is expected (a new "
             "attribute mapping, a bulk update in Optimove), trigger the run again with a higher max_change_ratio."
         )
@@ -284,9 +305,10 @@ def build_plan(
     customer_ids = customer_index[idx].astype(str).tolist()
     ext_ids = [settings.ext_id.apply(c) for c in customer_ids]
     new_flags = is_new[idx].tolist()
+    forced_flags = forced[idx].tolist()
+    all_names = [a.netmera for a in mapping]
     present_before = _present_of(engine, [c for c, new in zip(customer_ids, new_flags, strict=True) if not new])
     cols = _native_columns(t.values.iloc[idx])
-    invalid_cols = [t.invalid[n].to_numpy(dtype=bool)[idx].tolist() for n in names]
     by_optimove = {a.netmera: a.optimove for a in mapping}
     changed_hashes = [format_fingerprint(h) for h in hashes[idx].tolist()]
     changes: list[dict[str, Any]] = []
@@ -294,13 +316,9 @@ def build_plan(
     width = range(len(names))
     for i, cid in enumerate(customer_ids):
         set_attrs = {names[j]: cols[j][i] for j in width if cols[j][i] is not None}
-        before = present_before.get(cid)
-        if before:
-            kept_invalid = {names[j] for j in width if invalid_cols[j][i]}.intersection(before)
-            present = set_attrs.keys() | kept_invalid
-            unset = sorted(set(before) - present)
-        else:
-            present, unset = set_attrs.keys(), []
+        before = all_names if forced_flags[i] else present_before.get(cid)  # a resync may unset any attribute
+        present = set_attrs.keys()  # an invalid value counts as empty: never sent, unset if delivered before
+        unset = sorted(set(before) - present) if before else []
         reported = changed_names.get(cid) or [by_optimove[n] for n in (*set_attrs, *unset)]
         for optimove_name in reported:
             attr_counts[optimove_name] = attr_counts.get(optimove_name, 0) + 1
@@ -317,7 +335,7 @@ def build_plan(
                 "reason": None,
             }
         )
-    fresh = [e for e, new in zip(ext_ids, new_flags, strict=True) if new]
+    fresh = [e for e, new, f in zip(ext_ids, new_flags, forced_flags, strict=True) if new or f]
     staged = pd.Index(customer_ids, dtype="str") if export_path is None else customer_index
     for old in _carry_over(engine, run_id, staged):
         plan.carried_over += 1
@@ -326,10 +344,19 @@ def build_plan(
     clock.lap("diff")
     if probe is not None and fresh:
         unknown: set[str] = set()
+        unanswered: set[str] = set()
         for start in range(0, len(fresh), PROBE_CHUNK):
-            unknown |= probe(fresh[start : start + PROBE_CHUNK])
+            chunk = fresh[start : start + PROBE_CHUNK]
+            answer = probe(chunk)
+            if answer is None:
+                unanswered.update(chunk)
+            else:
+                unknown |= answer
         for c in changes:
-            if c["ext_id"] in unknown:
+            if c["ext_id"] in unanswered:
+                c["status"], c["reason"] = ChangeStatus.NOT_FOUND.value, EXISTENCE_UNKNOWN
+                plan.existence_unknown += 1
+            elif c["ext_id"] in unknown:
                 c["status"], c["reason"] = ChangeStatus.NOT_FOUND.value, "extId unknown to Netmera"
         plan.not_found = sum(c["status"] == ChangeStatus.NOT_FOUND.value for c in changes)
     netmera_of = {a.optimove: a.netmera for a in mapping}

@@ -29,6 +29,7 @@ class RunInfo:
     until: str  # YYYY-MM-DD, inclusive (the Optimove data date covered)
     dry_run: bool
     export_path: str | None
+    resync: str | list[str] | None = None  # "all", CustomerIDs, or None: see :func:`parse_resync`
 
     def as_dict(self) -> dict[str, Any]:
         """The run as a plain dict."""
@@ -53,6 +54,17 @@ def _as_date(value: Any, name: str) -> dt.date | None:
         raise ValueError(f"param {name}={value!r} is not a date: use YYYY-MM-DD") from None
 
 
+def parse_resync(value: Any) -> str | list[str] | None:
+    """The ``resync`` param: ``"all"``, a list of CustomerIDs (sorted, unique) or None (nothing to resync)."""
+    if value is None or value == "" or value == []:
+        return None
+    if value == "all":
+        return "all"
+    if isinstance(value, list) and value and all(isinstance(v, str | int) and str(v).strip() for v in value):
+        return sorted({str(v).strip() for v in value})
+    raise ValueError(f'param resync={value!r}: use "all" or a list of CustomerIDs, e.g. ["C0000001", "C0000002"]')
+
+
 def open_run(engine: Engine, dag_id: str, dag_run_id: str, params: Mapping[str, Any], data_date: dt.date) -> RunInfo:
     """Create the sync-run row for this DAG run, or return the existing one (a retried or cleared task)."""
     with engine.begin() as conn:
@@ -60,6 +72,12 @@ def open_run(engine: Engine, dag_id: str, dag_run_id: str, params: Mapping[str, 
         if row is not None:
             stored = row._mapping
             p = stored["params"]
+            if stored["status"] == SyncRunStatus.FAILED.value:  # cleared after a failure: it is running again
+                conn.execute(
+                    sa.update(SyncRun)
+                    .where(SyncRun.id == stored["id"])
+                    .values(status=SyncRunStatus.RUNNING.value, error=None, finished_at=None)
+                )
             return RunInfo(
                 sync_run_id=stored["id"],
                 mode=p["mode"],
@@ -67,10 +85,12 @@ def open_run(engine: Engine, dag_id: str, dag_run_id: str, params: Mapping[str, 
                 until=p["until"],
                 dry_run=bool(stored["dry_run"]),
                 export_path=p.get("export_path"),
+                resync=p.get("resync"),
             )
     since = _as_date(params.get("since"), "since")
     until = _as_date(params.get("until"), "until") or data_date
     export_path = params.get("export_path") or None
+    resync = parse_resync(params.get("resync"))
     full_refresh = bool(params.get("full_refresh"))
     if full_refresh and not export_path:
         raise ValueError(
@@ -83,7 +103,8 @@ def open_run(engine: Engine, dag_id: str, dag_run_id: str, params: Mapping[str, 
     else:
         last = last_successful_window_end(engine)
         mode = "initial" if last is None else "incremental"
-        # One day of overlap: a change recorded on the last covered date is never missed; the diff drops repeats.
+        # The window starts on the last covered date; extract.change_windows queries it so that a change
+        # recorded late on that date is still found and a change reverted after it is not missed.
         since = INITIAL_SINCE if last is None else last
     since = since or INITIAL_SINCE
     if since > until:
@@ -94,6 +115,7 @@ def open_run(engine: Engine, dag_id: str, dag_run_id: str, params: Mapping[str, 
         "until": until.isoformat(),
         "export_path": export_path,
         "max_change_ratio": params.get("max_change_ratio"),
+        "resync": resync,
     }
     with engine.begin() as conn:
         run_id = conn.execute(
@@ -111,7 +133,7 @@ def open_run(engine: Engine, dag_id: str, dag_run_id: str, params: Mapping[str, 
             .returning(SyncRun.id)
         ).scalar_one()
     return RunInfo(
-        run_id, mode, stored_params["since"], stored_params["until"], bool(params.get("dry_run")), export_path
+        run_id, mode, stored_params["since"], stored_params["until"], bool(params.get("dry_run")), export_path, resync
     )
 
 
@@ -155,6 +177,25 @@ def finish_run(engine: Engine, run_id: int, status: SyncRunStatus, error: str | 
     return report
 
 
+def fail_run(engine: Engine, dag_id: str, dag_run_id: str, error: str) -> int | None:
+    """Close this DAG run's sync run as failed if it is still running; returns its id (None: no such run).
+
+    A run already closed (aborted by the guard, failed by the report) keeps its status and error.
+    """
+    with engine.begin() as conn:
+        run_id = conn.execute(
+            sa.select(SyncRun.id).where(SyncRun.dag_id == dag_id, SyncRun.dag_run_id == dag_run_id)
+        ).scalar()
+        if run_id is None:
+            return None
+        conn.execute(
+            sa.update(SyncRun)
+            .where(SyncRun.id == run_id, SyncRun.status == SyncRunStatus.RUNNING.value)
+            .values(status=SyncRunStatus.FAILED.value, error=error, finished_at=dt.datetime.now(dt.UTC))
+        )
+    return run_id
+
+
 def run_report(engine: Engine, run_id: int | None = None) -> dict[str, Any] | None:
     """A run's window, mode, status, counts and phase seconds (the latest run when ``run_id`` is None)."""
     q = sa.select(SyncRun)
@@ -183,8 +224,10 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"sync run {report['sync_run_id']}: {report['status']} (mode {report['mode']}, window "
         f"{report['window'][0]}..{report['window'][1]}{', DRY RUN' if report['dry_run'] else ''})",
-        f"  fetched {c.get('fetched', 0)}  changed {p.get('changed', 0)} (new {p.get('new', 0)})  "
-        f"unchanged {p.get('unchanged', 0)}  carried over {p.get('carried_over', 0)}",
+        f"  fetched {c.get('fetched', 0)}  changed {p.get('changed', 0)} (new {p.get('new', 0)}, resynced "
+        f"{p.get('resynced', 0)})  "
+        f"unchanged {p.get('unchanged', 0)}  carried over {p.get('carried_over', 0)}  not in Netmera "
+        f"{p.get('not_found', 0)} (existence unknown {p.get('existence_unknown', 0)}; carried to the next run)",
         f"  set entries {p.get('set_entries', 0)} in {p.get('set_batches', 0)} batches, "
         f"unset entries {p.get('unset_entries', 0)} in {p.get('unset_batches', 0)} batches",
         f"  changes by status {c.get('changes', {})}  batches by status {c.get('batches', {})}",

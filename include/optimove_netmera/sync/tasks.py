@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
+from sqlalchemy.engine import Engine
 
 from optimove_netmera.hooks import NetmeraHook, OptimoveHook
+from optimove_netmera.netmera import ExistenceUnknown
 from optimove_netmera.runtime import state_engine
 from optimove_netmera.runtime import task_settings as settings
 from optimove_netmera.settings import Settings
@@ -71,9 +75,15 @@ def run_extract(run: dict[str, Any]) -> dict[str, int]:
         else:
             client = OptimoveHook(s.connections.optimove).get_conn()
             since, until = dt.date.fromisoformat(run["since"]), dt.date.fromisoformat(run["until"])
-            counts = extract.extract_changes(engine, run_id, client, s, since, until, initial=run["mode"] == "initial")
-            stats = client.stats.snapshot()
-            counts |= {"optimove_calls": stats["calls"], "optimove_429s": stats["rate_limited"]}
+            try:
+                counts = extract.extract_changes(
+                    engine, run_id, client, s, since, until, initial=run["mode"] == "initial"
+                )
+                if run.get("resync"):
+                    full = run["mode"] != "initial"  # the initial extraction read every customer's full row
+                    counts |= extract.extract_resync(engine, run_id, client, s, until, run["resync"], full)
+            finally:  # every try's calls count, the failed ones too
+                record_api_stats(engine, run_id, "optimove", client)
     runs.record_counts(engine, run_id, counts)
     log.info("extracted: %s", counts)
     return counts
@@ -88,23 +98,24 @@ def run_plan(run: dict[str, Any], max_change_ratio: float) -> list[list[int]]:
     if s.sync.check_unknown_ext_ids and not run["dry_run"]:  # a dry run makes no Netmera request at all
         netmera = NetmeraHook(s.connections.netmera).get_conn()
 
-        def probe(ext_ids: list[str]) -> set[str]:
-            return set(netmera.untag_users(PROBE_TAG, ext_ids, check_existence=True))
+        def probe(ext_ids: list[str]) -> set[str] | None:
+            try:
+                return set(netmera.untag_users(PROBE_TAG, ext_ids, check_existence=True))
+            except ExistenceUnknown as exc:  # not "all known": these customers are carried over and checked again
+                log.warning("existence of %s extIds unknown, they are carried over: %s", len(ext_ids), exc)
+                return None
 
-    with runs.phase(engine, run_id, "diff_plan"):
+    with runs.phase(engine, run_id, "diff_plan"), _recording(engine, run_id, "netmera", netmera):
         try:
             export = run["export_path"] if run["mode"] == "export" else None
-            p = plan.build_plan(engine, run_id, s, max_change_ratio, run["dry_run"], probe, export)
+            p = plan.build_plan(
+                engine, run_id, s, max_change_ratio, run["dry_run"], probe, export, resync=run.get("resync")
+            )
         except plan.GuardTripped as exc:
             runs.finish_run(engine, run_id, SyncRunStatus.ABORTED, str(exc))
             raise AirflowFailException(str(exc)) from None
         except (FileNotFoundError, ValueError) as exc:  # the export file vanished or changed shape since extract
             raise AirflowFailException(str(exc)) from None
-    if netmera is not None:
-        stats = netmera.stats.snapshot()
-        runs.record_counts(
-            engine, run_id, {"netmera_calls": stats["calls"], "netmera_429s": stats["rate_limited"]}, add=True
-        )
     counts = p.counts()
     if run["dry_run"]:
         runs.record_counts(engine, run_id, {"plan": counts})
@@ -127,16 +138,38 @@ def run_load(run: dict[str, Any], batch_ids: list[int]) -> dict[str, int]:
     engine = state_engine(s)
     run_id = run["sync_run_id"]
     client = NetmeraHook(s.connections.netmera).get_conn()
-    try:
-        with runs.phase(engine, run_id, "load"):
-            counts = load.load_batches(engine, run_id, batch_ids, client)
-    finally:
-        stats = client.stats.snapshot()
-        runs.record_counts(
-            engine, run_id, {"netmera_calls": stats["calls"], "netmera_429s": stats["rate_limited"]}, add=True
-        )
+    with runs.phase(engine, run_id, "load"), _recording(engine, run_id, "netmera", client):
+        counts = load.load_batches(engine, run_id, batch_ids, client)
     log.info("loaded: %s", counts)
     return counts
+
+
+def record_api_stats(engine: Engine, run_id: int, service: str, client: Any) -> None:
+    """Add the client's calls and 429s (this try's) to the run's counts: retries and failed tries add up."""
+    stats = client.stats.snapshot()
+    runs.record_counts(
+        engine, run_id, {f"{service}_calls": stats["calls"], f"{service}_429s": stats["rate_limited"]}, add=True
+    )
+
+
+@contextmanager
+def _recording(engine: Engine, run_id: int, service: str, client: Any | None) -> Iterator[None]:
+    """Record ``client``'s API stats when the block ends, whether it succeeded or failed."""
+    try:
+        yield
+    finally:
+        if client is not None:
+            record_api_stats(engine, run_id, service, client)
+
+
+def record_failure(dag_id: str, dag_run_id: str) -> None:
+    """A task of this DAG run failed: close its sync run as failed (unless already closed) and fail this task."""
+    s = settings()
+    message = "a task of the DAG run failed; see the failed task's log, fix the cause and clear it to resume"
+    run_id = runs.fail_run(state_engine(s), dag_id, dag_run_id, message)
+    if run_id is not None:
+        log.error("sync run %s closed as failed: %s", run_id, message)
+    raise AirflowFailException(f"user sync {dag_run_id} failed: {message}")
 
 
 def run_report(run: dict[str, Any]) -> dict[str, Any]:
