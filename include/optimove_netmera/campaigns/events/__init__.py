@@ -1,0 +1,85 @@
+"""Optimove campaign events: parse, store, dispatch (and the DAG triggers dispatch uses).
+
+One inbound event goes through three steps, shared by the HTTP endpoint (source ``webhook``), the
+reconciliation DAG (``reconcile``) and manual tools (``manual``), so every path dedups identically. Each
+step has its own module; this package re-exports their public names, so
+``from optimove_netmera.campaigns import events`` and ``events.parse_event(...)`` keep working:
+
+1. :mod:`.parse`: :func:`parse_event` turns a decoded JSON object into an :class:`OptimoveEvent`
+   (pydantic); every problem is a :class:`FieldError` that names the field.
+2. :mod:`.store`: :func:`store_event` writes the ``events`` row under :func:`dedup_key` (:mod:`.keys`,
+   with the run ids); a repeat is a duplicate, never acted on again.
+3. :mod:`.dispatch`: :func:`dispatch_event` acts on a ``received`` row (13 starts a campaign send, 4
+   cancels, 3 starts the day's user sync); :func:`dispatch_pending` retries the ones whose dispatch failed.
+
+:mod:`.triggers` creates the DAG runs: :class:`AirflowDagTrigger` where the metadata database may be used,
+:class:`TaskDagTrigger` inside a task. Logs name event ids, types, campaigns and channels, never customer
+ids or keys.
+"""
+
+from optimove_netmera.campaigns.events.dispatch import (
+    DispatchResult,
+    IngestResult,
+    PendingReport,
+    dispatch_event,
+    dispatch_pending,
+    ingest,
+    pending_event_ids,
+)
+from optimove_netmera.campaigns.events.keys import campaign_conf, campaign_run_id, dedup_key, user_sync_run_id
+from optimove_netmera.campaigns.events.parse import (
+    ACKNOWLEDGED_EVENT_TYPES,
+    ACTED_ON_EVENT_TYPES,
+    EVENT_TYPES,
+    REQUIRED_FIELDS,
+    EventValidationError,
+    FieldError,
+    OptimoveEvent,
+    parse_event,
+    redact_payload,
+)
+from optimove_netmera.campaigns.events.store import StoredEvent, count_by_status, store_event
+from optimove_netmera.campaigns.events.triggers import (
+    CAMPAIGN_SEND_DAG_ID,
+    USER_SYNC_DAG_ID,
+    AirflowDagTrigger,
+    DagTrigger,
+    DispatchError,
+    TaskDagTrigger,
+    default_trigger,
+    in_task,
+)
+
+__all__ = [
+    "ACKNOWLEDGED_EVENT_TYPES",
+    "ACTED_ON_EVENT_TYPES",
+    "CAMPAIGN_SEND_DAG_ID",
+    "EVENT_TYPES",
+    "REQUIRED_FIELDS",
+    "USER_SYNC_DAG_ID",
+    "AirflowDagTrigger",
+    "DagTrigger",
+    "DispatchError",
+    "DispatchResult",
+    "EventValidationError",
+    "FieldError",
+    "IngestResult",
+    "OptimoveEvent",
+    "PendingReport",
+    "StoredEvent",
+    "TaskDagTrigger",
+    "campaign_conf",
+    "campaign_run_id",
+    "count_by_status",
+    "dedup_key",
+    "default_trigger",
+    "dispatch_event",
+    "dispatch_pending",
+    "in_task",
+    "ingest",
+    "parse_event",
+    "pending_event_ids",
+    "redact_payload",
+    "store_event",
+    "user_sync_run_id",
+]
