@@ -20,13 +20,18 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from optimove_netmera.campaigns.events.keys import campaign_conf, campaign_run_id, user_sync_run_id
-from optimove_netmera.campaigns.events.parse import ACTED_ON_EVENT_TYPES, OptimoveEvent
+from optimove_netmera.campaigns.events.parse import (
+    ACTED_ON_EVENT_TYPES,
+    EARLIEST_EVENT_TIME,
+    LATEST_EVENT_TIME,
+    OptimoveEvent,
+)
 from optimove_netmera.campaigns.events.store import StoredEvent, store_event
 from optimove_netmera.campaigns.events.triggers import (
     CAMPAIGN_SEND_DAG_ID,
     USER_SYNC_DAG_ID,
     DagTrigger,
-    DispatchError,
+    PermanentDispatchError,
     default_trigger,
 )
 from optimove_netmera.settings import Settings, get_settings
@@ -69,6 +74,13 @@ def _act(engine: Engine, row: Any, trigger: DagTrigger) -> tuple[str | None, str
     from optimove_netmera.campaigns import state
 
     event_time: dt.datetime = row.event_time
+    if event_time.tzinfo is None:  # SQLite hands back naive UTC
+        event_time = event_time.replace(tzinfo=dt.UTC)
+    if not EARLIEST_EVENT_TIME <= event_time < LATEST_EVENT_TIME:
+        raise PermanentDispatchError(
+            f"event time {event_time:%Y-%m-%d %H:%M:%S} is outside {EARLIEST_EVENT_TIME:%Y-%m-%d} to "
+            f"{LATEST_EVENT_TIME:%Y-%m-%d}; it can never be dispatched (re-send the event with its real time)"
+        )
     if row.event_type_id == 13:
         run_id = campaign_run_id(row.campaign_id, row.channel_id, event_time)
         state.record_campaign(engine, row.campaign_id, row.channel_id, event_time, run_id)
@@ -87,7 +99,7 @@ def _act(engine: Engine, row: Any, trigger: DagTrigger) -> tuple[str | None, str
             USER_SYNC_DAG_ID, run_id, {}, logical_date=event_time, note=f"Optimove event {row.id}: daily process done"
         )
         return run_id, f"{USER_SYNC_DAG_ID} run {'created' if created else 'already existed'}"
-    raise DispatchError(f"event type {row.event_type_id} is not dispatched")
+    raise PermanentDispatchError(f"event type {row.event_type_id} is not dispatched")
 
 
 def dispatch_event(
@@ -96,7 +108,9 @@ def dispatch_event(
     """Act on a ``received`` event (13, 4, 3) and mark it ``dispatched``; a row in any other status is left alone.
 
     Never raises for a failed action: the row stays ``received`` with the error in ``note`` (for
-    :func:`dispatch_pending`) and the result carries ``error``. State-database errors propagate.
+    :func:`dispatch_pending`) and the result carries ``error``; a permanent failure
+    (:class:`PermanentDispatchError`, ``OverflowError``) moves it to ``failed`` with the reason instead,
+    once, so no sweep retries it. State-database errors propagate.
     """
     row = _load(engine, event_id)
     if row is None:
@@ -106,6 +120,20 @@ def dispatch_event(
     what = f"Optimove event {row.id} (type {row.event_type_id}, campaign {row.campaign_id}, channel {row.channel_id})"
     try:
         dag_run_id, note = _act(engine, row, trigger or default_trigger(settings))
+    except (PermanentDispatchError, OverflowError) as exc:
+        error = f"dispatch failed permanently: {type(exc).__name__}: {exc}"[:2000]
+        with session_scope(engine) as session:
+            moved = transition(
+                session,
+                Event,
+                key={"id": row.id},
+                from_status=EventStatus.RECEIVED.value,
+                to_status=EventStatus.FAILED.value,
+                values={"note": error},
+            )
+        if moved:
+            log.error("%s marked failed, not retried: %s", what, error)
+        return DispatchResult(row.id, EventStatus.FAILED.value, None, error, error)
     except Exception as exc:
         error = f"dispatch failed: {type(exc).__name__}: {exc}"[:2000]
         log.error("%s stays received and will be retried: %s", what, error)

@@ -9,6 +9,7 @@ Every problem is reported as a :class:`FieldError` that names the field.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,21 @@ _NEGATIVE = re.compile(r"^-[0-9]+$")
 MAX_INT32 = 2**31 - 1
 MAX_INT64 = 2**63 - 1
 MAX_CUSTOMER_ID_LENGTH = 255
+MIN_JSON_INT = -(2**63)
+MAX_JSON_INT = 2**63 - 1
+"""Any integer in a payload (known field or not) must fit 64 bits: the stored raw payload is JSON both
+state databases and the JSON encoder can hold."""
+MAX_DEPTH = 16
+"""Arrays/objects nested deeper than this anywhere in a payload are refused (Optimove's events are flat)."""
+
+EARLIEST_EVENT_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+LATEST_EVENT_TIME = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
+"""Every event, from any source: ``EARLIEST_EVENT_TIME <= timeStamp < LATEST_EVENT_TIME`` (dispatchable dates)."""
+WINDOW_PAST = dt.timedelta(days=30)
+WINDOW_FUTURE = dt.timedelta(days=2)
+WINDOWED_EVENT_TYPES: frozenset[int] = frozenset({4, 11, 13})
+"""At the endpoint (``parse_event(..., now=...)``), 13, 4 and 11 must also be within
+``[now - WINDOW_PAST, now + WINDOW_FUTURE]``: a campaign event older than 30 days is a replay, not a send."""
 
 # Payload keys that carry secrets (event 14's storage credentials): never stored, never logged.
 SENSITIVE_KEYS = frozenset({"decryptionkey", "serviceaccount"})
@@ -92,10 +108,10 @@ def _kind(value: Any) -> str:
         return "a string"
     if isinstance(value, int | float):
         return "a number"
+    if isinstance(value, Mapping):
+        return "an object"
     if isinstance(value, list):
         return "an array"
-    if isinstance(value, dict):
-        return "an object"
     return type(value).__name__
 
 
@@ -132,17 +148,28 @@ def _event_type(value: Any) -> int:
 
 def _timestamp(value: Any) -> dt.datetime:
     if isinstance(value, dt.datetime):  # built in code (reconcile, tests): naive means UTC
-        return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC).replace(microsecond=0)
+        moment = (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC).replace(microsecond=0)
+        return _within_bounds(moment)
     if not isinstance(value, str):
         raise ValueError(f"must be a string 'YYYY-MM-DD HH:MM:SS', got {_kind(value)}")
     text = value.strip()
     if _TIMESTAMP.match(text):
         for fmt in TIMESTAMP_FORMATS:
             try:
-                return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.UTC)
+                moment = dt.datetime.strptime(text, fmt).replace(tzinfo=dt.UTC)
             except ValueError:
                 continue
+            return _within_bounds(moment)
     raise ValueError(f"must be a date and time 'YYYY-MM-DD HH:MM:SS' (or 'YYYY-MM-DD HH:MM'), got {value[:40]!r}")
+
+
+def _within_bounds(moment: dt.datetime) -> dt.datetime:
+    if not EARLIEST_EVENT_TIME <= moment < LATEST_EVENT_TIME:
+        raise ValueError(
+            f"must be between {EARLIEST_EVENT_TIME:%Y-%m-%d %H:%M:%S} and {LATEST_EVENT_TIME:%Y-%m-%d %H:%M:%S} "
+            f"(UTC), got {moment:%Y-%m-%d %H:%M:%S}"
+        )
+    return moment
 
 
 def _customer_id(value: Any) -> str:
@@ -202,15 +229,108 @@ def _message(error: Mapping[str, Any]) -> str:
     return text.removeprefix("Value error, ")
 
 
-def parse_event(payload: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> OptimoveEvent:
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+_MAX_SHOWN = 80
+
+
+def _shown(text: str) -> str:
+    """``text`` safe to echo and log: control characters and lone surrogates as ``\\uXXXX``, at most 80 chars."""
+    if not text:
+        return '""'
+    shown = _UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return shown if len(shown) <= _MAX_SHOWN else shown[: _MAX_SHOWN - 3] + "..."
+
+
+def _text_problem(text: str) -> str | None:
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "contains a NUL character (\\u0000), which cannot be stored: remove it"
+    return (
+        f"contains a lone UTF-16 surrogate (\\u{ord(found.group()):04x}), which is not valid Unicode: "
+        "send the character itself in UTF-8 (or an escaped surrogate pair)"
+    )
+
+
+class OverlongNumber(str):
+    """A JSON integer literal too long to be a 64-bit number, kept as its text (see :func:`read_json_int`)."""
+
+
+def read_json_int(text: str) -> int | OverlongNumber:
+    """``json.loads(..., parse_int=read_json_int)``: literals over 20 digits stay text, never converted.
+
+    Converting a 5,000-digit literal costs quadratic time and, past Python's 4,300-digit limit, raises an
+    error that names no field; kept as text, :func:`check_payload` names the field instead.
+    """
+    return OverlongNumber(text) if len(text.lstrip("-")) > 20 else int(text)
+
+
+def check_payload(pairs: Sequence[tuple[str, Any]]) -> list[FieldError]:
+    """Problems anywhere in a payload (known fields or not) that would stop it being stored as sent.
+
+    Text (keys and values) with a NUL or a lone surrogate, integers outside 64 bits, numbers too large
+    for a double (``1e999``), arrays/objects nested deeper than :data:`MAX_DEPTH`. The field is named as
+    a path (``Extra.items[2]``). Iterative, so a deep payload cannot exhaust the stack.
+    """
+    errors: list[FieldError] = []
+    stack: list[tuple[str, Any, int]] = []
+    for key, value in reversed(list(pairs)):
+        stack.append((str(key), value, 1))
+        problem = _text_problem(str(key))
+        if problem:
+            errors.append(FieldError(_shown(str(key)), f"the key {problem}"))
+    while stack:
+        path, value, depth = stack.pop()
+        if isinstance(value, OverlongNumber):
+            problem = f"is a number with {len(value.lstrip('-'))} digits, outside the 64-bit integer range"
+        elif isinstance(value, str):
+            problem = _text_problem(value)
+        elif isinstance(value, bool) or value is None:
+            problem = None
+        elif isinstance(value, int):
+            problem = (
+                None
+                if MIN_JSON_INT <= value <= MAX_JSON_INT
+                else f"is a number outside the 64-bit integer range ({MIN_JSON_INT} to {MAX_JSON_INT})"
+            )
+        elif isinstance(value, float):
+            problem = None if math.isfinite(value) else "is a number too large to represent"
+        elif isinstance(value, Mapping | list):
+            children = list(value.items()) if isinstance(value, Mapping) else list(enumerate(value))
+            problem = None
+            if depth >= MAX_DEPTH and children:
+                problem = f"nests arrays/objects more than {MAX_DEPTH} levels deep; send a flatter payload"
+            else:
+                for child_key, child in reversed(children):
+                    child_path = f"{path}[{child_key}]" if isinstance(child_key, int) else f"{path}.{child_key}"
+                    key_problem = None if isinstance(child_key, int) else _text_problem(child_key)
+                    if key_problem:
+                        errors.append(FieldError(_shown(child_path), f"the key {key_problem}"))
+                    stack.append((child_path, child, depth + 1))
+        else:  # built in code (a datetime...): the model judges it
+            problem = None
+        if problem:
+            errors.append(FieldError(_shown(path), problem))
+    return errors
+
+
+def parse_event(
+    payload: Mapping[str, Any] | Sequence[tuple[str, Any]], *, now: dt.datetime | None = None
+) -> OptimoveEvent:
     """Validate a decoded JSON object (a mapping, or its key/value pairs to catch repeated keys).
 
     Known keys are matched case-insensitively; other keys are allowed and ignored (they stay in the
-    stored raw payload). A key given twice (``campaignId`` and ``CampaignID``) with different values is
-    an error. Raises :class:`EventValidationError` listing every bad field.
+    stored raw payload, so :func:`check_payload` checks them too). A key given twice (``campaignId`` and
+    ``CampaignID``) with different values is an error. With ``now`` (the endpoint), 13, 4 and 11 must
+    also fall in the window around it (:data:`WINDOW_PAST`, :data:`WINDOW_FUTURE`). Raises
+    :class:`EventValidationError` listing every bad field.
     """
     pairs = list(payload.items()) if isinstance(payload, Mapping) else list(payload)
-    errors: list[FieldError] = []
+    errors: list[FieldError] = check_payload(pairs)
+    if errors:
+        raise EventValidationError(errors)
     values: dict[str, Any] = {}
     spelled: dict[str, str] = {}
     for key, value in pairs:
@@ -239,7 +359,25 @@ def parse_event(payload: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> Optim
         raise EventValidationError(
             [FieldError(_WIRE_NAMES[n], f"is required for eventTypeId {event.event_type_id}") for n in missing]
         )
+    if now is not None and event.event_type_id in WINDOWED_EVENT_TYPES:
+        _check_window(event, now, spelled.get("event_time", _WIRE_NAMES["event_time"]))
     return event
+
+
+def _check_window(event: OptimoveEvent, now: dt.datetime, spelled: str) -> None:
+    earliest, latest = now - WINDOW_PAST, now + WINDOW_FUTURE
+    if not earliest <= event.event_time <= latest:
+        raise EventValidationError(
+            [
+                FieldError(
+                    spelled,
+                    f"{event.event_time:%Y-%m-%d %H:%M:%S} is outside the accepted window for eventTypeId "
+                    f"{event.event_type_id}: {WINDOW_PAST.days} days before to {WINDOW_FUTURE.days} days after "
+                    f"now ({earliest:%Y-%m-%d %H:%M:%S} to {latest:%Y-%m-%d %H:%M:%S} UTC); send the time the "
+                    "campaign ran, in UTC",
+                )
+            ]
+        )
 
 
 def redact_payload(payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,10 @@ class DispatchError(RuntimeError):
     """Acting on a stored event failed; the event stays ``received`` and is retried."""
 
 
+class PermanentDispatchError(DispatchError):
+    """The event can never be acted on as stored (a date Airflow cannot take, an invalid run): it is marked failed."""
+
+
 class DagTrigger(Protocol):
     """Creates DAG runs (idempotently: an existing run id is reported, not an error)."""
 
@@ -96,7 +100,11 @@ class AirflowDagTrigger:
                 f"DAG {dag_id!r} does not exist in Airflow (not deployed, not parsed yet, or it has import errors: "
                 f"check the dags folder and `airflow dags list-import-errors`): {exc}"
             ) from exc
-        except (ValueError, sa.exc.SQLAlchemyError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:  # the run itself is invalid: retrying cannot help
+            raise PermanentDispatchError(
+                f"Airflow refused run {run_id} of DAG {dag_id!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        except sa.exc.SQLAlchemyError as exc:
             raise DispatchError(
                 f"could not create run {run_id} of DAG {dag_id!r}: {type(exc).__name__}: {exc}"
             ) from exc
