@@ -12,21 +12,24 @@ on any rejection; every error body is ``{"status": "rejected", "error": "...", "
 415   the content type is not ``application/json``
 413   the body is over ``inbound.max_body_bytes`` (by Content-Length before reading, else while reading)
 400   not JSON, or JSON that is not an object (an array, a string...)
-422   not a valid event: the message names the field (see :func:`~optimove_netmera.campaigns.events.parse_event`)
+422   not a valid event: the message names the field (see :mod:`optimove_netmera.campaigns.events.parse`:
+      NUL, lone surrogates, numbers past 64 bits, deep nesting, wrong types, a timeStamp outside its window)
 503   the state database is unreachable, or the inbound key/settings are not usable: retry later
 ====  ==========================================================================================
 
 Accepted events are stored before the answer: ``200 {"status": "accepted"|"ignored"|"duplicate",
 "event_id": n}`` (Netmera documents no response body for this endpoint, so it stays small). Then 13, 4
 and 3 are dispatched in the same request; a failed dispatch leaves the row ``received`` and a sweep in
-this process retries it every 30 s (see :func:`~optimove_netmera.campaigns.events.dispatch_pending`).
+this process retries it every 30 s (one that can never succeed is marked ``failed`` with its reason, once) (see :func:`~optimove_netmera.campaigns.events.dispatch_pending`).
 
 The inbound key: the env var named by ``inbound.api_key_env``, else the Airflow Variable
 ``optimove_netmera_inbound_api_key`` (read through Airflow's secrets backends, cached 30 s, as are the
 settings and their Variable overlay ``optimove_netmera_config``).
 
 The other routes require an Airflow user (``Depends(get_user)``): ``GET /rest/optimove/events`` (recent
-events, no customer data) and ``GET /rest/optimove/status`` (counts, pending dispatches, configuration).
+events, no customer data; its integer parameters are bounded, out of range is 422) and
+``GET /rest/optimove/status`` (counts, pending dispatches, configuration). ``GET /rest/optimove/openapi.json``
+(public) is the OpenAPI document of these routes: request body, every answer with its schema.
 """
 
 from __future__ import annotations

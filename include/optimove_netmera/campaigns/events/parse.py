@@ -4,6 +4,19 @@ Keys are matched case-insensitively, so the seed's camelCase (``eventTypeId``, `
 ``campaignId``, ``channelId``) and Optimove's PascalCase (``EventTypeID``, ``TimeStamp``, ``CampaignID``,
 ``ChannelID``) both work, as do the single-target fields ``customerID``, ``templateID`` and ``promoCode``.
 Every problem is reported as a :class:`FieldError` that names the field.
+
+What is refused, so that every stored event can be stored as sent and dispatched:
+
+- anywhere in the payload (known fields or not, keys too; :func:`check_payload`): text with a NUL or a lone
+  UTF-16 surrogate, integers outside 64 bits (literals over 20 digits are never even converted), numbers
+  too large for a double (``1e999``), arrays/objects nested more than 16 levels;
+- ``timeStamp`` (UTC) outside ``2000-01-01 00:00:00 <= t < 2100-01-01 00:00:00``, for every event type and
+  source;
+- **the acceptable time window**: at the endpoint (``parse_event(..., now=...)``) events 13, 4 and 11 must be
+  at most 30 days before and 2 days after the time they arrive (``now - 30 d <= timeStamp <= now + 2 d``).
+  Older is a replay of a campaign that is long over, later is a clock or timezone error; both answer 422
+  naming ``timeStamp`` and the window. Event 3 (daily process done, one user-sync run per day) and the
+  acknowledged types are not windowed. The reconcile DAG and manual tools parse without ``now``.
 """
 
 from __future__ import annotations
