@@ -114,6 +114,7 @@ HOSTILE: list[tuple[str, str, int, str, str]] = [
      "surrogate"),
     ("nul-customer", raw_body(ok11(customerID="@x@"), x='"C1\\u0000"'), 422, "customerID", "NUL"),
     ("nul-nested", raw_body(ok13(Meta={"note": "@x@"}), x='"a\\u0000b"'), 422, "Meta.note", "NUL"),
+    ("nul-under-an-empty-key", raw_body(ok13()).replace("{", '{"": "\\u0000", ', 1), 422, '""', "NUL"),
     ("nul-in-nested-key", raw_body(ok13(Meta="@x@"), x='{"a\\u0000": 1}'), 422, "Meta.a\\u0000", "NUL"),
     ("30-digit-campaign", raw_body(ok13(campaignId="@x@"), x="1" * 30), 422, "campaignId", "30 digits"),
     ("5000-digit-extra", raw_body(ok13(Extra="@x@"), x="9" * 5000), 422, "Extra", "5000 digits"),

@@ -20,7 +20,8 @@ on any rejection; every error body is ``{"status": "rejected", "error": "...", "
 Accepted events are stored before the answer: ``200 {"status": "accepted"|"ignored"|"duplicate",
 "event_id": n}`` (Netmera documents no response body for this endpoint, so it stays small). Then 13, 4
 and 3 are dispatched in the same request; a failed dispatch leaves the row ``received`` and a sweep in
-this process retries it every 30 s (one that can never succeed is marked ``failed`` with its reason, once) (see :func:`~optimove_netmera.campaigns.events.dispatch_pending`).
+this process retries it every 30 s (see :func:`~optimove_netmera.campaigns.events.dispatch_pending`); one
+that can never succeed is marked ``failed`` with its reason, once.
 
 The inbound key: the env var named by ``inbound.api_key_env``, else the Airflow Variable
 ``optimove_netmera_inbound_api_key`` (read through Airflow's secrets backends, cached 30 s, as are the
