@@ -291,12 +291,17 @@ def stamp(moment: dt.datetime | None = None) -> str:
 
 
 def test_seed_curl_is_accepted_and_creates_a_queued_run_on_the_paused_dag(server: Server, engine: sa.Engine) -> None:
-    """The seed's curl, with only host, app key, key and the placeholder ids filled in."""
+    """The seed's curl, with only host, app key, key, the placeholder ids and a current timeStamp filled in.
+
+    (The guide's example time, 2022-09-19 05:04:54, is outside the accepted window for event 13 today.)
+    """
     assert shutil.which("curl"), "curl is needed for this test"
     paused = server.api("PATCH", f"/api/v2/dags/{SEND_DAG}", json={"is_paused": True})
     assert paused.status_code == 200, f"{SEND_DAG} must be deployed and parsed: {paused.text}"
     campaign = new_id()
-    payload = f'{{"eventTypeId":13,"timeStamp":"2022-09-19 05:04:54","campaignId":{campaign},"channelId":{CHANNEL}}}'
+    when = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
+    time_stamp = f"{when:%Y-%m-%d %H:%M:%S}"
+    payload = f'{{"eventTypeId":13,"timeStamp":"{time_stamp}","campaignId":{campaign},"channelId":{CHANNEL}}}'
     result = subprocess.run(
         [
             "curl", "--silent", "--show-error", "--location", "--request", "POST", server.event_url,
@@ -310,13 +315,13 @@ def test_seed_curl_is_accepted_and_creates_a_queued_run_on_the_paused_dag(server
     body, code = result.stdout.rsplit("\n", 1)
     assert code == "200", result.stdout
     answer = json.loads(body)
-    run_id = f"optimove_c{campaign}_ch{CHANNEL}_20220919T050454"
+    run_id = f"optimove_c{campaign}_ch{CHANNEL}_{when:%Y%m%dT%H%M%S}"
     assert answer == {"status": "accepted", "event_id": answer["event_id"], "dag_run_id": run_id}
 
     row = event_row(engine, answer["event_id"])
     assert row.raw_payload == json.loads(payload)
     assert (row.event_type_id, row.campaign_id, row.channel_id, row.source) == (13, campaign, CHANNEL, "webhook")
-    assert row.event_time == dt.datetime(2022, 9, 19, 5, 4, 54, tzinfo=dt.UTC)
+    assert row.event_time == when
     assert (row.status, row.dag_run_id) == ("dispatched", run_id)
     assert campaign_state(engine, campaign) == "received"
 
@@ -327,7 +332,7 @@ def test_seed_curl_is_accepted_and_creates_a_queued_run_on_the_paused_dag(server
     assert run["conf"] == {
         "campaign_id": campaign,
         "channel_id": CHANNEL,
-        "event_time": "2022-09-19 05:04:54",
+        "event_time": time_stamp,
         "event_id": answer["event_id"],
         "source": "webhook",
     }
@@ -337,17 +342,18 @@ def test_seed_curl_is_accepted_and_creates_a_queued_run_on_the_paused_dag(server
 
 def test_pascal_case_and_minute_timestamps_are_accepted(server: Server, engine: sa.Engine) -> None:
     campaign = new_id()
+    when = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0) - dt.timedelta(days=2)
     response = server.post_event(
-        {"EventTypeID": "13", "TimeStamp": "2026-03-04 10:11", "CampaignID": str(campaign), "ChannelID": str(CHANNEL)}
+        {"EventTypeID": "13", "TimeStamp": f"{when:%Y-%m-%d %H:%M}", "CampaignID": str(campaign), "ChannelID": "506"}
     )
     assert response.status_code == 200, response.text
     answer = response.json()
-    run_id = f"optimove_c{campaign}_ch{CHANNEL}_20260304T101100"
+    run_id = f"optimove_c{campaign}_ch{CHANNEL}_{when:%Y%m%dT%H%M}00"
     assert answer["status"] == "accepted" and answer["dag_run_id"] == run_id
     row = event_row(engine, answer["event_id"])
     assert (row.event_type_id, row.campaign_id, row.channel_id) == (13, campaign, CHANNEL)
-    assert row.event_time == dt.datetime(2026, 3, 4, 10, 11, tzinfo=dt.UTC)
-    assert dag_run(server, SEND_DAG, run_id)["conf"]["event_time"] == "2026-03-04 10:11:00"
+    assert row.event_time == when
+    assert dag_run(server, SEND_DAG, run_id)["conf"]["event_time"] == f"{when:%Y-%m-%d %H:%M}:00"
 
 
 def test_a_body_at_the_size_limit_is_accepted(server: Server, engine: sa.Engine) -> None:
@@ -365,10 +371,11 @@ def test_a_body_at_the_size_limit_is_accepted(server: Server, engine: sa.Engine)
 # Rejections: right status, the field named, nothing stored
 # --------------------------------------------------------------------------------------------------
 
-OK13 = {"eventTypeId": 13, "timeStamp": "2026-05-06 07:08:09", "campaignId": 4242, "channelId": CHANNEL}
+IN_WINDOW = stamp(dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))  # 13/4/11 must be within 30 days of now
+OK13 = {"eventTypeId": 13, "timeStamp": IN_WINDOW, "campaignId": 4242, "channelId": CHANNEL}
 OK11 = {
     "eventTypeId": 11,
-    "timeStamp": "2026-05-06 07:08:09",
+    "timeStamp": IN_WINDOW,
     "campaignId": 4242,
     "channelId": CHANNEL,
     "customerID": "C0000001",
@@ -440,7 +447,18 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], int, str]] = [
     ("11-empty-customer", {"json": _with(OK11, customerID="  ")}, 422, "customerID"),
     ("11-promo-object", {"json": _with(OK11, promoCode={"code": "X"})}, 422, "promoCode"),
     ("conflicting-spellings", {"json": _with(OK13, CampaignID=4243)}, 422, "CampaignID"),
-]
+    # hostile bytes: each was a 500 (or stored) before; the in-process variants are in test_event_hardening.py
+    ("surrogate-customer", {"json": _with(OK11, customerID="C0000001\ud800")}, 422, "customerID"),
+    ("surrogate-unknown-key", {"json": _with(OK13, Note="\udfff")}, 422, "Note"),
+    ("nul-customer", {"json": _with(OK11, customerID="C0000001\x00")}, 422, "customerID"),
+    ("30-digit-campaign", {"content": json.dumps(_with(OK13, campaignId="@")).replace('"@"', "1" * 30).encode()},
+     422, "campaignId"),
+    ("11-promo-empty-object", {"json": _with(OK11, promoCode={})}, 422, "promoCode"),
+    ("year-9999", {"json": _with(OK13, timeStamp="9999-12-31 23:59:59")}, 422, "timeStamp"),
+    ("year-1", {"json": _with(OK13, timeStamp="0001-01-01 00:00:00")}, 422, "timeStamp"),
+    ("event3-year-9999", {"json": {"eventTypeId": 3, "timeStamp": "9999-12-31 23:59:59"}}, 422, "timeStamp"),
+    ("13-from-2022", {"json": _with(OK13, timeStamp="2022-09-19 05:04:54")}, 422, "timeStamp"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("case", "overrides", "status", "field"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
@@ -478,7 +496,8 @@ def test_bad_input_is_rejected_and_nothing_is_stored(
 
 def test_a_duplicate_event_makes_one_run(server: Server, engine: sa.Engine) -> None:
     campaign = new_id()
-    when = "2026-06-07 08:09:10"
+    moment = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=3)
+    when = f"{moment:%Y-%m-%d %H:%M:%S}"
     first = server.post_event({"eventTypeId": 13, "timeStamp": when, "campaignId": campaign, "channelId": CHANNEL})
     again = server.post_event({"eventTypeId": 13, "timeStamp": when, "campaignId": campaign, "channelId": CHANNEL})
     pascal = server.post_event({"EventTypeID": 13, "TimeStamp": when, "CampaignID": campaign, "ChannelID": CHANNEL})
@@ -490,7 +509,7 @@ def test_a_duplicate_event_makes_one_run(server: Server, engine: sa.Engine) -> N
             sa.select(sa.func.count()).select_from(Event).where(Event.__table__.c.campaign_id == campaign)
         )
     assert rows == 1
-    assert send_runs_for(server, campaign) == [f"optimove_c{campaign}_ch{CHANNEL}_20260607T080910"]
+    assert send_runs_for(server, campaign) == [f"optimove_c{campaign}_ch{CHANNEL}_{moment:%Y%m%dT%H%M%S}"]
 
 
 def test_a_cancel_before_the_bulk_event_wins(server: Server, engine: sa.Engine) -> None:
@@ -660,12 +679,15 @@ def test_sandbox_webhooks_land_in_both_styles(server: Server, engine: sa.Engine,
 
 
 def test_other_routes_need_an_airflow_user(server: Server) -> None:
+    own = server.post_event({"eventTypeId": 4, "timeStamp": stamp(), "campaignId": new_id(), "channelId": CHANNEL})
+    assert own.status_code == 200 and own.json()["status"] == "accepted", own.text  # dispatched: cancels it
     for path in ("/rest/optimove/events", "/rest/optimove/status"):
         assert httpx.get(f"{server.base_url}{path}", timeout=30).status_code == 401
         assert httpx.get(f"{server.base_url}{path}", headers={"X-netmera-api-key": KEY}, timeout=30).status_code == 401
     listing = server.api("GET", "/rest/optimove/events", params={"limit": 5})
     assert listing.status_code == 200, listing.text
     assert 0 < len(listing.json()["events"]) <= 5
+    assert own.json()["event_id"] in [e["id"] for e in listing.json()["events"]]  # newest first
     assert all("customer_id" not in e and "promo_code" not in e for e in listing.json()["events"])
     status = server.api("GET", "/rest/optimove/status")
     assert status.status_code == 200, status.text
@@ -677,10 +699,48 @@ def test_other_routes_need_an_airflow_user(server: Server) -> None:
 
 
 def test_logs_never_show_the_key_or_customer_ids(server: Server) -> None:
+    """Its own traffic first (stored, refused, ignored), so it passes alone and in any order."""
+    customer = f"C-LOGS-{secrets.token_hex(4)}"
+    campaign = new_id()
+    sent = [
+        server.post_event(_with(OK11, campaignId=campaign, customerID=customer, timeStamp=stamp())),
+        server.post_event(_with(OK11, campaignId=campaign, customerID=customer + "\ud800")),
+        server.post_event(_with(OK11, campaignId=campaign, customerID=customer + "\x00")),
+        server.post_event(_with(OK11, campaignId=campaign, customerID=customer, timeStamp="9999-12-31 23:59:59")),
+        server.post_event(_with(OK11, campaignId=campaign, customerID=customer), headers={"X-netmera-api-key": "x"}),
+        server.post_event({"EventTypeID": 14, "TimeStamp": stamp(), "CampaignID": campaign,
+                           "DecryptionKey": "secret-key-material", "CustomerID": customer}),
+    ]  # fmt: skip
+    assert [r.status_code for r in sent] == [200, 422, 422, 422, 403, 200], [r.text for r in sent]
+    ignored = f"Optimove event {sent[-1].json()['event_id']} "
+    deadline = time.monotonic() + 30
+    while ignored not in server.log() and time.monotonic() < deadline:  # the last request's line is logged
+        time.sleep(0.1)
     text = server.log()
-    assert "Optimove event" in text
-    for secret in (KEY, "C0000001", "C0000002", "C0000007", "secret-key-material"):
+    assert ignored in text
+    assert text.count("Optimove event rejected with 422 (field customerID)") >= 2
+    for secret in (KEY, customer, "secret-key-material"):
         assert secret not in text
+
+
+def test_listing_query_parameters_out_of_range_answer_422(server: Server) -> None:
+    response = server.api("GET", "/rest/optimove/events", params={"event_type_id": "99999999999999999999"})
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "event_type_id"
+    assert "2147483647" in response.json()["error"]
+    huge_campaign = server.api("GET", "/rest/optimove/events", params={"campaign_id": str(2**63)})
+    assert huge_campaign.status_code == 422 and huge_campaign.json()["field"] == "campaign_id", huge_campaign.text
+
+
+def test_the_openapi_document_is_served_under_the_plugin_prefix(server: Server) -> None:
+    response = httpx.get(f"{server.base_url}/rest/optimove/openapi.json", timeout=30)
+    assert response.status_code == 200, response.text
+    spec = response.json()
+    assert {"url": "/rest/optimove"} in spec["servers"]
+    assert set(spec["paths"]) == {"/event/{app_key}", "/events", "/status"}
+    post = spec["paths"]["/event/{app_key}"]["post"]
+    assert "application/json" in post["requestBody"]["content"]
+    assert {"200", "400", "401", "403", "404", "413", "415", "422", "503"} <= set(post["responses"])
 
 
 # --------------------------------------------------------------------------------------------------

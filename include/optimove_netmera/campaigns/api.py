@@ -12,27 +12,32 @@ on any rejection; every error body is ``{"status": "rejected", "error": "...", "
 415   the content type is not ``application/json``
 413   the body is over ``inbound.max_body_bytes`` (by Content-Length before reading, else while reading)
 400   not JSON, or JSON that is not an object (an array, a string...)
-422   not a valid event: the message names the field (see :func:`~optimove_netmera.campaigns.events.parse_event`)
+422   not a valid event: the message names the field (see :mod:`optimove_netmera.campaigns.events.parse`:
+      NUL, lone surrogates, numbers past 64 bits, deep nesting, wrong types, a timeStamp outside its window)
 503   the state database is unreachable, or the inbound key/settings are not usable: retry later
 ====  ==========================================================================================
 
 Accepted events are stored before the answer: ``200 {"status": "accepted"|"ignored"|"duplicate",
 "event_id": n}`` (Netmera documents no response body for this endpoint, so it stays small). Then 13, 4
 and 3 are dispatched in the same request; a failed dispatch leaves the row ``received`` and a sweep in
-this process retries it every 30 s (see :func:`~optimove_netmera.campaigns.events.dispatch_pending`).
+this process retries it every 30 s (see :func:`~optimove_netmera.campaigns.events.dispatch_pending`); one
+that can never succeed is marked ``failed`` with its reason, once.
 
 The inbound key: the env var named by ``inbound.api_key_env``, else the Airflow Variable
 ``optimove_netmera_inbound_api_key`` (read through Airflow's secrets backends, cached 30 s, as are the
 settings and their Variable overlay ``optimove_netmera_config``).
 
 The other routes require an Airflow user (``Depends(get_user)``): ``GET /rest/optimove/events`` (recent
-events, no customer data) and ``GET /rest/optimove/status`` (counts, pending dispatches, configuration).
+events, no customer data; its integer parameters are bounded, out of range is 422) and
+``GET /rest/optimove/status`` (counts, pending dispatches, configuration). ``GET /rest/optimove/openapi.json``
+(public) is the OpenAPI document of these routes: request body, every answer with its schema.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import gc
 import hmac
 import json
@@ -43,11 +48,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
@@ -285,7 +292,9 @@ def _decode(body: bytes) -> _Pairs:
     if not body.strip():
         raise Rejected(400, "body is empty; expected a JSON object", "body")
     try:
-        parsed = json.loads(body, object_pairs_hook=_Pairs, parse_constant=_reject_constant)
+        parsed = json.loads(
+            body, object_pairs_hook=_Pairs, parse_constant=_reject_constant, parse_int=events.read_json_int
+        )
     except RecursionError:
         raise Rejected(400, "body is not valid JSON: nested too deeply", "body") from None
     except UnicodeDecodeError:
@@ -313,12 +322,19 @@ def _json_kind(value: Any) -> str:
     return "a number"
 
 
-def _plain(value: Any) -> Any:
-    """Pairs back to plain JSON values (last key wins, as in ``json.loads``)."""
+def _plain(value: Any, depth: int = 0) -> Any:
+    """Pairs back to plain JSON values (last key wins, as in ``json.loads``).
+
+    Stops converting below :data:`~optimove_netmera.campaigns.events.MAX_DEPTH` (+1) levels, so a deep
+    body cannot exhaust the stack; :func:`~optimove_netmera.campaigns.events.check_payload` refuses it
+    before looking that deep.
+    """
+    if depth > events.MAX_DEPTH + 1:
+        return value
     if isinstance(value, _Pairs):
-        return {k: _plain(v) for k, v in value}
+        return {k: _plain(v, depth + 1) for k, v in value}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [_plain(v, depth + 1) for v in value]
     return value
 
 
@@ -355,7 +371,7 @@ def _answer(stored: events.StoredEvent, dispatched: events.DispatchResult | None
         body["reason"] = stored.note
     if dispatched is not None:
         if dispatched.error:
-            body["dispatch"] = "pending"
+            body["dispatch"] = "failed" if dispatched.status == EventStatus.FAILED.value else "pending"
         elif dispatched.dag_run_id:
             body["dag_run_id"] = dispatched.dag_run_id
     return body
@@ -413,6 +429,111 @@ def _require_user() -> Any:
     return Depends(get_user)
 
 
+# --------------------------------------------------------------------------------------------------
+# The OpenAPI document (``GET /rest/optimove/openapi.json``): what the routes take and answer
+# --------------------------------------------------------------------------------------------------
+
+OPENAPI_PATH = "/openapi.json"
+_INTEGER_OR_TEXT = "an integer, as a JSON number or a numeric string"
+
+
+class EventBody(BaseModel):
+    """An Optimove event as posted (keys case-insensitive: ``EventTypeID`` works too; other keys are kept)."""
+
+    model_config = ConfigDict(extra="allow", title="OptimoveEvent")
+
+    eventTypeId: int | str = Field(description=f"1, 2, 3, 4, 5, 11, 13 or 14 ({_INTEGER_OR_TEXT})")
+    timeStamp: str = Field(
+        pattern=r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}(:\d{2})?$",
+        description="'YYYY-MM-DD HH:MM:SS' in UTC, between 2000-01-01 and 2100-01-01; for 13, 4 and 11 also "
+        "at most 30 days before and 2 days after the time it is received",
+    )
+    campaignId: int | str | None = Field(None, description=f"required for 13, 4, 11 ({_INTEGER_OR_TEXT})")
+    channelId: int | str | None = Field(None, description=f"required for 13, 11 ({_INTEGER_OR_TEXT})")
+    customerID: str | int | None = Field(None, description="required for 11; at most 255 characters")
+    templateID: int | str | None = Field(None, description=f"required for 11 ({_INTEGER_OR_TEXT})")
+    promoCode: str | list[str | int | float] | None = Field(None, description="a string, a list or null (11)")
+
+
+class FieldProblem(BaseModel):
+    """One bad field and what is wrong with it."""
+
+    field: str
+    message: str
+
+
+class RejectedAnswer(BaseModel):
+    """A refused request: nothing was stored."""
+
+    status: Literal["rejected"]
+    error: str
+    field: str | None = None
+    errors: list[FieldProblem] | None = None
+
+
+class UnavailableAnswer(BaseModel):
+    """The server cannot take the event now; nothing was stored, retry after ``Retry-After`` seconds."""
+
+    status: Literal["unavailable"]
+    error: str
+
+
+class EventAnswer(BaseModel):
+    """The event is stored (or was already): ``dispatch: pending`` means it will be retried in the background."""
+
+    status: Literal["accepted", "duplicate", "ignored"]
+    event_id: int
+    dag_run_id: str | None = None
+    reason: str | None = None
+    dispatch: Literal["pending", "failed"] | None = None
+
+
+class EventSummary(BaseModel):
+    """One stored event, without customer data."""
+
+    id: int
+    event_type_id: int
+    campaign_id: int | None
+    channel_id: int | None
+    template_id: int | None
+    event_time: str | None
+    received_at: str | None
+    source: str
+    status: str
+    dag_run_id: str | None
+    note: str | None
+
+
+class EventsPage(BaseModel):
+    """The most recent events, newest first."""
+
+    total: int
+    events: list[EventSummary]
+
+
+def _rejected(description: str) -> dict[str, Any]:
+    return {"model": RejectedAnswer, "description": description}
+
+
+_EVENT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": EventAnswer, "description": "stored (accepted, ignored) or a duplicate of a stored event"},
+    400: _rejected("not JSON, not a JSON object, or a bad Content-Length"),
+    401: _rejected("no X-netmera-api-key header"),
+    403: _rejected("the X-netmera-api-key is not the inbound key"),
+    404: _rejected("unknown app key in the path"),
+    413: _rejected("the body is over inbound.max_body_bytes"),
+    415: _rejected("the Content-Type is not application/json"),
+    422: _rejected("not a valid event: field names the first bad field, errors lists them all"),
+    503: {"model": UnavailableAnswer, "description": "state database down or server not configured: retry"},
+}
+_USER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "not logged in to Airflow"},
+    403: {"description": "the Airflow user may not read this"},
+    422: _rejected("a query parameter is invalid (out of range, not an integer, unknown status)"),
+    503: {"model": UnavailableAnswer, "description": "the state database is unavailable"},
+}
+
+
 def create_app() -> FastAPI:
     """The FastAPI app (no settings, database or network touched until the first request)."""
     runtime = _Runtime()
@@ -435,11 +556,30 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,
+        openapi_url=OPENAPI_PATH,
     )
     app.state.runtime = runtime
 
-    @app.post("/event/{app_key}")
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's own checks (query parameters) answer in the endpoint's format, naming the parameter."""
+        details = [
+            {"field": str(err["loc"][-1]) if err.get("loc") else "request", "message": str(err.get("msg", "invalid"))}
+            for err in exc.errors()
+        ]
+        error = "; ".join(f"{d['field']}: {d['message']}" for d in details) or "invalid request"
+        return Rejected(422, error, details[0]["field"] if details else None, details).response()
+
+    @app.post(
+        "/event/{app_key}",
+        responses=_EVENT_RESPONSES,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {JSON_MEDIA_TYPE: {"schema": EventBody.model_json_schema()}},
+            }
+        },
+    )
     async def receive_event(app_key: str, request: Request) -> JSONResponse:
         """Store (and dispatch) one Optimove event."""
         try:
@@ -464,12 +604,12 @@ def create_app() -> FastAPI:
             _check_content_type(request)
             body = await _read_body(request, config.settings.inbound.max_body_bytes)
             pairs = _decode(body)
-            try:
-                event = events.parse_event(pairs)
+            raw = _plain(pairs)
+            try:  # nested objects as plain dicts: an object is "an object", never a list of pairs
+                event = events.parse_event([(k, _plain(v, 1)) for k, v in pairs], now=dt.datetime.now(dt.UTC))
             except events.EventValidationError as exc:
                 details = [{"field": e.field, "message": e.message} for e in exc.errors]
                 raise Rejected(422, str(exc), exc.field, details) from None
-            raw = _plain(pairs)
         except Rejected as rejected:
             log.info("Optimove event rejected with %s (field %s)", rejected.status, rejected.field)
             return rejected.response()
@@ -491,17 +631,32 @@ def create_app() -> FastAPI:
                     f"Its operator must set {STATE_DB_ENV} (see the API server log)"
                 )
             return _unavailable("the state database is unavailable; nothing was stored, retry later")
+        except Exception as exc:  # a bug: log no message or traceback (they can carry the event's values)
+            log.error(
+                "Optimove event (type %s, campaign %s) could not be stored: %s; answered 500",
+                event.event_type_id,
+                event.campaign_id,
+                type(exc).__name__,
+            )
+            return JSONResponse(
+                {"status": "error", "error": "the event could not be stored (a server bug; see the server log)"},
+                status_code=500,
+            )
         dispatched = None
         if stored.created and stored.status == EventStatus.RECEIVED.value:
             dispatched = await run_in_threadpool(_dispatch, runtime, config, stored)
         return JSONResponse(_answer(stored, dispatched), status_code=200)
 
-    @app.get("/events", dependencies=[_require_user()])
+    @app.get(
+        "/events",
+        dependencies=[_require_user()],
+        responses={200: {"model": EventsPage, "description": "recent events"}, **_USER_RESPONSES},
+    )
     def list_events(
-        limit: int = Query(50, ge=1, le=1000),
-        status: str | None = Query(None),
-        event_type_id: int | None = Query(None),
-        campaign_id: int | None = Query(None),
+        limit: Annotated[int, Query(ge=1, le=1000, description="How many events, newest first")] = 50,
+        status: Annotated[EventStatus | None, Query(description="Only events in this status")] = None,
+        event_type_id: Annotated[int | None, Query(ge=1, le=events.MAX_INT32)] = None,
+        campaign_id: Annotated[int | None, Query(ge=1, le=events.MAX_INT64)] = None,
     ) -> JSONResponse:
         """The most recent events (newest first), without customer data."""
         config = runtime.cached() or runtime.refresh()
@@ -522,7 +677,8 @@ def create_app() -> FastAPI:
                 table.c.note,
             ]
             stmt = sa.select(*columns).order_by(table.c.id.desc()).limit(limit)
-            for column, value in (("status", status), ("event_type_id", event_type_id), ("campaign_id", campaign_id)):
+            wanted = {"status": status.value if status else None, "event_type_id": event_type_id}
+            for column, value in {**wanted, "campaign_id": campaign_id}.items():
                 if value is not None:
                     stmt = stmt.where(table.c[column] == value)
             with engine.connect() as connection:
@@ -534,7 +690,11 @@ def create_app() -> FastAPI:
                 row[name] = row[name].isoformat() if row[name] is not None else None
         return JSONResponse({"total": len(rows), "events": rows})
 
-    @app.get("/status", dependencies=[_require_user()])
+    @app.get(
+        "/status",
+        dependencies=[_require_user()],
+        responses={200: {"description": "configuration (no secrets), counts per status, backlog"}, **_USER_RESPONSES},
+    )
     def status() -> JSONResponse:
         """Configuration in use (no secrets), event counts per status and the dispatch backlog."""
         config = runtime.cached() or runtime.refresh()

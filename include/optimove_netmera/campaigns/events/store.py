@@ -1,0 +1,127 @@
+"""Step 2, storage: the ``events`` row under the event's dedup key (``INSERT ... ON CONFLICT DO NOTHING``).
+
+A repeat is reported as a duplicate and never acted on again. The initial status: ``ignored`` for the
+acknowledged types 1, 2, 5, 14 and for channels not in ``campaigns.channels``; ``queued`` for 11 (the
+realtime DAG drains those rows); ``received`` for 13, 4 and 3 (see :mod:`.dispatch`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from optimove_netmera.campaigns.events.keys import dedup_key
+from optimove_netmera.campaigns.events.parse import (
+    ACKNOWLEDGED_EVENT_TYPES,
+    ACTED_ON_EVENT_TYPES,
+    OptimoveEvent,
+    redact_payload,
+)
+from optimove_netmera.settings import Settings, get_settings
+from optimove_netmera.store import Event, EventSource, EventStatus, insert_if_absent, session_scope
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """The ``events`` row an event landed in; ``created`` False means it was a duplicate."""
+
+    event_id: int
+    created: bool
+    status: str
+    dedup_key: str
+    note: str | None = None
+    dag_run_id: str | None = None
+
+
+def _initial_status(event: OptimoveEvent, settings: Settings) -> tuple[str, str | None]:
+    if event.event_type_id in ACKNOWLEDGED_EVENT_TYPES:
+        return EventStatus.IGNORED.value, f"event type {event.event_type_id} is acknowledged, not acted on"
+    if event.channel_id is not None and event.channel_id not in settings.campaigns.channels:
+        return EventStatus.IGNORED.value, f"channel {event.channel_id} is not configured (campaigns.channels)"
+    if event.event_type_id == 11:
+        return EventStatus.QUEUED.value, None
+    return EventStatus.RECEIVED.value, None
+
+
+_SQLITE_WRITER = threading.Lock()
+
+
+def _writer(engine: Engine) -> contextlib.AbstractContextManager[Any]:
+    """SQLite: one writer at a time in this process (its busy-timeout backoff starves waiting writers)."""
+    return _SQLITE_WRITER if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+
+
+def store_event(
+    engine: Engine,
+    event: OptimoveEvent,
+    *,
+    source: str = EventSource.WEBHOOK.value,
+    raw: Mapping[str, Any] | None = None,
+    settings: Settings | None = None,
+) -> StoredEvent:
+    """Write the event under its dedup key in one transaction; return its row (new or the earlier one).
+
+    Raises :class:`~optimove_netmera.store.StateDatabaseError` when the state database is unreachable
+    or not migrated; nothing is written then.
+    """
+    s = settings or get_settings()
+    key = dedup_key(event)
+    status, note = _initial_status(event, s)
+    values = {
+        "dedup_key": key,
+        "event_type_id": event.event_type_id,
+        "campaign_id": event.campaign_id,
+        "channel_id": event.channel_id,
+        "customer_id": event.customer_id,
+        "template_id": event.template_id,
+        "promo_code": event.promo_code,
+        "event_time": event.event_time,
+        "source": EventSource(source).value,
+        "status": status,
+        "raw_payload": redact_payload(raw) if raw is not None else None,
+        "note": note,
+    }
+    table = Event.__table__
+    with _writer(engine), session_scope(engine) as session:
+        created = insert_if_absent(session, Event, values, conflict_columns=["dedup_key"])
+        row = session.execute(
+            sa.select(table.c.id, table.c.status, table.c.note, table.c.dag_run_id).where(table.c.dedup_key == key)
+        ).one()
+    stored = StoredEvent(int(row.id), created, str(row.status), key, row.note, row.dag_run_id)
+    _log_stored(event, stored, source)
+    return stored
+
+
+def _log_stored(event: OptimoveEvent, stored: StoredEvent, source: str) -> None:
+    what = f"Optimove event {stored.event_id} (type {event.event_type_id}, campaign {event.campaign_id}, "
+    what += f"channel {event.channel_id}, source {source})"
+    if not stored.created:
+        log.info("%s is a duplicate of a stored event: ignored", what)
+    elif stored.status == EventStatus.IGNORED.value:
+        if event.event_type_id in ACTED_ON_EVENT_TYPES:
+            log.warning("%s stored and ignored: %s", what, stored.note)
+        else:
+            log.info("%s stored and ignored: %s", what, stored.note)
+    elif stored.status == EventStatus.QUEUED.value:
+        log.debug("%s stored as queued", what)  # single-target events can be many: not logged one by one
+    else:
+        log.info("%s stored as %s", what, stored.status)
+
+
+def count_by_status(engine: Engine, statuses: Iterable[str] | None = None) -> dict[str, int]:
+    """Event counts per status (for the status page)."""
+    table = Event.__table__
+    stmt = sa.select(table.c.status, sa.func.count()).group_by(table.c.status)
+    if statuses is not None:
+        stmt = stmt.where(table.c.status.in_(list(statuses)))
+    with engine.connect() as connection:
+        return {str(s): int(n) for s, n in connection.execute(stmt)}
