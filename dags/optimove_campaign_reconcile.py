@@ -10,6 +10,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import DAG, Param, task
 from optimove_netmera.campaigns import tasks as campaign
+from optimove_netmera.notify import failure_callbacks
 from optimove_netmera.runtime import default_args
 from optimove_netmera.settings import get_settings
 
@@ -23,6 +24,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["optimove", "netmera", "campaigns"],
+    on_failure_callback=failure_callbacks(settings),  # one message per failed run, if configured
     default_args=default_args(settings),
     params={
         "day": Param(None, type=["null", "string"], format="date", description="Day to reconcile (default: today)"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import DAG, Param, task
 from optimove_netmera.campaigns import tasks as campaign
+from optimove_netmera.notify import failure_callbacks
 from optimove_netmera.runtime import default_args
 from optimove_netmera.settings import get_settings
 
@@ -27,6 +28,7 @@ with DAG(
     catchup=False,
     max_active_runs=16,
     tags=["optimove", "netmera", "campaigns"],
+    on_failure_callback=failure_callbacks(settings),  # one message per failed run, if configured
     default_args=default_args(settings),
     params={
         "campaign_id": Param(type="integer", minimum=1, description="Optimove CampaignID"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import DAG, Param
 from optimove_netmera.campaigns import tasks as campaign
+from optimove_netmera.notify import failure_callbacks
 from optimove_netmera.runtime import default_args
 from optimove_netmera.settings import get_settings
 
@@ -25,6 +26,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["optimove", "netmera", "campaigns", "realtime"],
+    on_failure_callback=failure_callbacks(settings),  # one message per failed run, if configured
     default_args=default_args(
         settings, retry_delay=pendulum.duration(seconds=min(30.0, settings.sync.retry_delay_seconds))
     ),

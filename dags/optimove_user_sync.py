@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import DAG, CronTriggerTimetable, Param, get_current_context, task
+from optimove_netmera.notify import failure_callbacks
 from optimove_netmera.runtime import default_args
 from optimove_netmera.sensors import OptimoveDataReadySensor
 from optimove_netmera.settings import get_settings
@@ -24,6 +25,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["optimove", "netmera", "sync"],
+    on_failure_callback=failure_callbacks(settings),  # one message per failed run, if configured
     default_args=default_args(settings),
     params={
         "full_refresh": Param(False, type="boolean", description="Read every customer from export_path"),

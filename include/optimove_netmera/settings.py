@@ -144,6 +144,13 @@ class InboundSettings(_Model):
     max_body_bytes: int = Field(65_536, ge=1024)
 
 
+class NotificationSettings(_Model):
+    """Failure notifications: an Airflow notifier class and its arguments (see :mod:`optimove_netmera.notify`)."""
+
+    notifier: str | None = Field(None, description="dotted path of an Airflow BaseNotifier subclass; null: none")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
 class Settings(_Model):
     """All integration settings."""
 
@@ -154,6 +161,7 @@ class Settings(_Model):
     sync: SyncSettings = Field(default_factory=SyncSettings)
     campaigns: CampaignSettings = Field(default_factory=CampaignSettings)
     inbound: InboundSettings = Field(default_factory=InboundSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
 
     @model_validator(mode="after")
     def _unique_attributes(self) -> Settings:

@@ -356,9 +356,14 @@ def test_bad_netmera_key_fails_without_discarding_anything(sync_env: Any, db_url
     bad = {"conn_type": "netmera", "host": box.netmera_url, "password": "not-the-key"}
     monkeypatch.setenv("AIRFLOW_CONN_NETMERA_DEFAULT", json.dumps(bad))
     monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__CHECK_UNKNOWN_EXT_IDS", "false")  # reach the load with a bad key
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__RETRIES", "2")  # what an outage would get ...
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__RETRY_DELAY_SECONDS", "0")
     when = dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.UTC)
     dr = run_sync(logical_date=when)
     assert dr.state == "failed"
+    tries = {ti.task_id: ti.try_number for ti in dr.get_task_instances() if ti.state == "failed"}
+    assert tries.get("load") == 1, f"a wrong key is a configuration fault: no retries ({tries})"
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__RETRIES", "0")
     run = last_run(db_url)
     assert run["status"] == "failed" and run["counts"].get("batches") is None
     with get_engine(db_url).connect() as conn:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 
 from optimove_netmera.hooks import NetmeraHook, OptimoveHook
 from optimove_netmera.netmera import ExistenceUnknown
-from optimove_netmera.runtime import state_engine
+from optimove_netmera.runtime import fail_fast_on_config_errors, state_engine
 from optimove_netmera.runtime import task_settings as settings
 from optimove_netmera.settings import Settings
 from optimove_netmera.store.engine import migrate
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 PROBE_TAG = "optimove-netmera-existence-probe"  # never set on anyone: untagging it changes nothing
 
 
+@fail_fast_on_config_errors
 def open_run(dag_id: str, dag_run_id: str, params: dict[str, Any], data_date: str) -> dict[str, Any]:
     """Migrate the state database if needed and open (or resume) this DAG run's sync run."""
     s = settings()
@@ -61,6 +62,7 @@ def check_mapping(s: Settings) -> None:
         )
 
 
+@fail_fast_on_config_errors
 def run_extract(run: dict[str, Any]) -> dict[str, int]:
     """Stage the run's customers (changers API, or the export file for a full refresh)."""
     s = settings()
@@ -89,6 +91,7 @@ def run_extract(run: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
+@fail_fast_on_config_errors
 def run_plan(run: dict[str, Any], max_change_ratio: float) -> list[list[int]]:
     """Diff and plan; returns the batch-id groups the load tasks map over. The guard fails before any send."""
     s = settings()
@@ -132,6 +135,7 @@ def run_plan(run: dict[str, Any], max_change_ratio: float) -> list[list[int]]:
     return p.groups
 
 
+@fail_fast_on_config_errors
 def run_load(run: dict[str, Any], batch_ids: list[int]) -> dict[str, int]:
     """Deliver one group of batches."""
     s = settings()
@@ -172,6 +176,7 @@ def record_failure(dag_id: str, dag_run_id: str) -> None:
     raise AirflowFailException(f"user sync {dag_run_id} failed: {message}")
 
 
+@fail_fast_on_config_errors
 def run_report(run: dict[str, Any]) -> dict[str, Any]:
     """Close the run: success when every batch was delivered or dead-lettered; log and return the summary."""
     s = settings()
