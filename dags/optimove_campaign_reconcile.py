@@ -28,12 +28,18 @@ with DAG(
     default_args=default_args(settings),
     params={
         "day": Param(None, type=["null", "string"], format="date", description="Day to reconcile (default: today)"),
+        "redispatch_held": Param(
+            False,
+            type="boolean",
+            description="First dispatch the held events (channel or template not configured then) the settings "
+            "now cover",
+        ),
     },
     doc_md=__doc__,
 ) as dag:
 
     @task
     def reconcile(dag_run=None, params=None) -> dict:
-        return campaign.run_reconcile(params.get("day"), dag_run.run_after)
+        return campaign.run_reconcile(params.get("day"), dag_run.run_after, bool(params.get("redispatch_held")))
 
     reconcile()

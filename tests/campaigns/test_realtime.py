@@ -30,7 +30,15 @@ def env(sandbox_reset: Any, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Any
     return sandbox_reset
 
 
-def queue(db_url: str, customers: list[str], *, template: int = 1, campaign: int = CAMPAIGN, promo: str = "P1") -> None:
+def queue(
+    db_url: str,
+    customers: list[str],
+    *,
+    template: int = 1,
+    campaign: int = CAMPAIGN,
+    promo: str = "P1",
+    expected: str = "queued",
+) -> None:
     """Store events 11 exactly as the endpoint does (status queued)."""
     engine = get_engine(db_url)
     stamp = utcnow().strftime("%Y-%m-%d %H:%M:%S")
@@ -45,7 +53,7 @@ def queue(db_url: str, customers: list[str], *, template: int = 1, campaign: int
             "promoCode": promo,
         }
         stored = events.store_event(engine, events.parse_event(payload), raw=payload)
-        assert stored.created and stored.status == "queued"
+        assert stored.created and stored.status == expected
 
 
 def event_rows(db_url: str) -> dict[str, Any]:
@@ -66,7 +74,7 @@ def test_several_queued_events_go_out_in_one_request_of_one_run(env: Any, db_url
     ok = customers(8)
     box.admin.netmera.add_users(ok)
     queue(db_url, ok)
-    queue(db_url, customers(1, 50), template=9)  # no notificationKey mapped
+    queue(db_url, customers(1, 50), template=9, expected="held")  # no notificationKey mapped: held at the door
     queue(db_url, customers(1, 60), campaign=CAMPAIGN + 1)  # its campaign is cancelled
     state.mark_cancelled(get_engine(db_url), CAMPAIGN + 1, None, utcnow(), "webhook")
 
@@ -78,7 +86,7 @@ def test_several_queued_events_go_out_in_one_request_of_one_run(env: Any, db_url
     assert all(d["params"] == {"promoCode": "P1"} and d["notificationKey"] == "101" for d in got.values())
     rows = event_rows(db_url)
     assert {rows[c].status for c in ok} == {"sent"}
-    assert rows["C0000050"].status == "ignored" and rows["C0000050"].note.startswith("skipped: no notificationKey")
+    assert rows["C0000050"].status == "held" and "template 9 has no notificationKey" in rows["C0000050"].note
     assert rows["C0000060"].status == "cancelled"
     summary = xcom(dr, "drain")
     assert summary["sent"] == 8 and summary["batches"] == 1 and summary["requests"] == 1

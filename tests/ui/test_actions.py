@@ -168,7 +168,9 @@ def _event(conn: sa.Connection, key: str, type_id: int, status: str, channel: in
                 channel_id=channel,
                 event_time=NOW,
                 status=status,
-                note="channel 459 is not configured (campaigns.channels)" if status == "ignored" else None,
+                note=f"channel {channel} is not configured (campaigns.channels)"
+                if status in ("ignored", "held")
+                else None,
             )
             .returning(Event.id)
         ).scalar_one()
@@ -178,7 +180,8 @@ def _event(conn: sa.Connection, key: str, type_id: int, status: str, channel: in
 def test_redispatch(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         received = _event(conn, "a", 13, "received")
-        ignored = _event(conn, "b", 13, "ignored", channel=459)
+        ignored = _event(conn, "b", 13, "ignored", channel=777)  # stored by an older version for a channel then
+        held = _event(conn, "d", 13, "held", channel=778)
         sent = _event(conn, "c", 11, "sent")
     trigger = FakeTrigger()
     settings = get_settings()
@@ -191,10 +194,15 @@ def test_redispatch(engine: sa.Engine) -> None:
         "carol",
     )
     assert trigger.runs == [("optimove_campaign_send", "optimove_c4242_ch506_20261201T060000")]
-    with pytest.raises(actions.ActionRefused, match=r"channel 459, which is still not in campaigns\.channels"):
+    with pytest.raises(actions.ActionRefused, match=r"channel 777, which is still not in campaigns\.channels"):
         actions.redispatch_event(engine, ignored, "carol", settings, trigger=trigger)
-    fixed = settings.model_copy(update={"campaigns": settings.campaigns.model_copy(update={"channels": [506, 459]})})
+    with pytest.raises(actions.ActionRefused, match="is still held"):
+        actions.redispatch_event(engine, held, "carol", settings, trigger=trigger)
+    channels = [*settings.campaigns.channels, 777, 778]
+    fixed = settings.model_copy(update={"campaigns": settings.campaigns.model_copy(update={"channels": channels})})
     assert actions.redispatch_event(engine, ignored, "carol", fixed, trigger=trigger)["status"] == "dispatched"
+    assert actions.redispatch_event(engine, held, "carol", fixed, trigger=trigger)["status"] == "dispatched"
+    assert ("optimove_campaign_send", "optimove_c4242_ch778_20261201T060000") in trigger.runs
     with pytest.raises(actions.ActionRefused, match="is sent"):
         actions.redispatch_event(engine, sent, "carol", settings, trigger=trigger)
     with pytest.raises(LookupError):

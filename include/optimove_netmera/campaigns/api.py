@@ -17,8 +17,10 @@ on any rejection; every error body is ``{"status": "rejected", "error": "...", "
 503   the state database is unreachable, or the inbound key/settings are not usable: retry later
 ====  ==========================================================================================
 
-Accepted events are stored before the answer: ``200 {"status": "accepted"|"ignored"|"duplicate",
-"event_id": n}`` (Netmera documents no response body for this endpoint, so it stays small). Then 13, 4
+Accepted events are stored before the answer: ``200 {"status": "accepted"|"ignored"|"held"|"duplicate",
+"event_id": n}`` (Netmera documents no response body for this endpoint, so it stays small). ``held``: its channel
+(or an event 11's template) is not configured; it is stored with the reason, logged at error level and acted on once
+the settings cover it (see :mod:`optimove_netmera.campaigns.events.held`). Then 13, 4
 and 3 are dispatched in the same request; a failed dispatch leaves the row ``received`` and a sweep in
 this process retries it every 30 s (see :func:`~optimove_netmera.campaigns.events.dispatch_pending`); one
 that can never succeed is marked ``failed`` with its reason, once.
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import gc
 import hmac
@@ -343,10 +346,17 @@ def _plain(value: Any, depth: int = 0) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 
-def _store(runtime: _Runtime, config: _Config, event: events.OptimoveEvent, raw: dict[str, Any]) -> events.StoredEvent:
+def _store(
+    runtime: _Runtime, config: _Config, event: events.OptimoveEvent, raw: dict[str, Any]
+) -> tuple[events.StoredEvent, bool]:
+    """Store the event; a repeat of a held event that the settings now cover is released (``True``)."""
     engine = runtime.engine(config.settings)
     try:
-        return events.store_event(engine, event, raw=raw, settings=config.settings)
+        stored = events.store_event(engine, event, raw=raw, settings=config.settings)
+        if stored.created or stored.status != EventStatus.HELD.value:
+            return stored, False
+        status = events.release_held(engine, stored.event_id, config.settings, by="a repeat from Optimove")
+        return (stored, False) if status is None else (dataclasses.replace(stored, status=status), True)
     except (StateDatabaseError, sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:
         raise StoreUnavailable(_describe(exc)) from exc
 
@@ -364,10 +374,12 @@ def _dispatch(runtime: _Runtime, config: _Config, stored: events.StoredEvent) ->
         return events.DispatchResult(stored.event_id, "received", None, error, error)
 
 
-def _answer(stored: events.StoredEvent, dispatched: events.DispatchResult | None) -> dict[str, Any]:
-    result = events.IngestResult(stored, dispatched)
+def _answer(
+    stored: events.StoredEvent, dispatched: events.DispatchResult | None, released: bool = False
+) -> dict[str, Any]:
+    result = events.IngestResult(stored, dispatched, released=released)
     body: dict[str, Any] = {"status": result.response_status, "event_id": stored.event_id}
-    if result.response_status == "ignored" and stored.note:
+    if result.response_status in ("ignored", "held") and stored.note:
         body["reason"] = stored.note
     if dispatched is not None:
         if dispatched.error:
@@ -481,7 +493,7 @@ class UnavailableAnswer(BaseModel):
 class EventAnswer(BaseModel):
     """The event is stored (or was already): ``dispatch: pending`` means it will be retried in the background."""
 
-    status: Literal["accepted", "duplicate", "ignored"]
+    status: Literal["accepted", "duplicate", "ignored", "held"]
     event_id: int
     dag_run_id: str | None = None
     reason: str | None = None
@@ -516,7 +528,11 @@ def _rejected(description: str) -> dict[str, Any]:
 
 
 _EVENT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"model": EventAnswer, "description": "stored (accepted, ignored) or a duplicate of a stored event"},
+    200: {
+        "model": EventAnswer,
+        "description": "stored (accepted, ignored, or held until its channel or template is configured) or a "
+        "duplicate of a stored event",
+    },
     400: _rejected("not JSON, not a JSON object, or a bad Content-Length"),
     401: _rejected("no X-netmera-api-key header"),
     403: _rejected("the X-netmera-api-key is not the inbound key"),
@@ -615,7 +631,7 @@ def create_app() -> FastAPI:
             return rejected.response()
         try:
             async with runtime.db_slots(config.settings):
-                stored = await run_in_threadpool(_store, runtime, config, event, raw)
+                stored, released = await run_in_threadpool(_store, runtime, config, event, raw)
         except StoreUnavailable as exc:
             url = _shown_url(config.settings)
             log.error(
@@ -643,9 +659,9 @@ def create_app() -> FastAPI:
                 status_code=500,
             )
         dispatched = None
-        if stored.created and stored.status == EventStatus.RECEIVED.value:
+        if (stored.created or released) and stored.status == EventStatus.RECEIVED.value:
             dispatched = await run_in_threadpool(_dispatch, runtime, config, stored)
-        return JSONResponse(_answer(stored, dispatched), status_code=200)
+        return JSONResponse(_answer(stored, dispatched, released), status_code=200)
 
     @app.get(
         "/events",

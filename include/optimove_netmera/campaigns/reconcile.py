@@ -1,10 +1,11 @@
 """Reconciliation: start the campaigns Optimove executed on our channels that no event announced.
 
 For each configured channel, ``actions/GetExecutedCampaignsByChannel`` for the day lists the campaigns
-Optimove executed. A campaign is *announced* when an event 13 for it is stored (any source or status) or
-its campaigns row carries a DAG run. For every other one an event 13 is created through the endpoint's own
-store + dispatch (:func:`optimove_netmera.campaigns.events.ingest`, source ``reconcile``), with the day's
-midnight as its timestamp, so the dedup key, run_id (``optimove_c{id}_ch{channel}_{YYYYMMDD}T000000``)
+Optimove executed. A campaign is *announced* when its campaigns row carries a DAG run, or an event 13 for it is
+stored and waiting for dispatch (``received``: the re-dispatch below handles it). A held, ignored or failed event
+does not count: a campaign nothing started is started here. For every other one an event 13 is created through
+the endpoint's own store + dispatch (:func:`optimove_netmera.campaigns.events.ingest`, source ``reconcile``), with
+the day's midnight as its timestamp, so the dedup key, run_id (``optimove_c{id}_ch{channel}_{YYYYMMDD}T000000``)
 and conf come out exactly as for a webhook, and a second reconcile of the same day finds the first one's
 event. The send ledger makes a late webhook for the same campaign harmless (nobody is sent twice).
 Finally :func:`~optimove_netmera.campaigns.events.dispatch_pending` re-dispatches stored events whose
@@ -23,7 +24,7 @@ from sqlalchemy.engine import Engine
 from optimove_netmera.campaigns import events
 from optimove_netmera.optimove import OptimoveClient
 from optimove_netmera.settings import Settings
-from optimove_netmera.store import Campaign, Event, EventSource
+from optimove_netmera.store import Campaign, Event, EventSource, EventStatus
 
 __all__ = ["announced", "reconcile_day"]
 
@@ -33,7 +34,7 @@ BULK_EVENT_TYPE = 13
 
 
 def announced(engine: Engine, campaign_id: int, channel_id: int) -> bool:
-    """Whether an event 13 was stored for this campaign and channel, or a run was started for it."""
+    """Whether a run was started for this campaign and channel, or an event 13 for it waits for dispatch."""
     e, c = Event.__table__, Campaign.__table__
     with engine.connect() as connection:
         stored = connection.scalar(
@@ -43,6 +44,7 @@ def announced(engine: Engine, campaign_id: int, channel_id: int) -> bool:
                 e.c.event_type_id == BULK_EVENT_TYPE,
                 e.c.campaign_id == int(campaign_id),
                 e.c.channel_id == int(channel_id),
+                e.c.status == EventStatus.RECEIVED.value,
             )
         )
         if stored:

@@ -163,7 +163,8 @@ def mark_cancelled(engine: Engine, campaign_id: int, channel_id: int | None, at:
                 for ch in channels
             ],
             update_columns=["state", "cancelled_at", "cancel_scope", "cancel_fetched_at"],
-            where=table.c.state.not_in(_TERMINAL),
+            # not "NOT IN (...)": an expanding IN list cannot go into an executemany (one row per channel)
+            where=sa.and_(*(table.c.state != state for state in _TERMINAL)),
         )
         session.execute(
             sa.update(table)

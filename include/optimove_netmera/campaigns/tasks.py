@@ -465,12 +465,23 @@ class RealtimeDrainOperator(BaseOperator):
 
 
 @fail_fast_on_config_errors
-def run_reconcile(day: str | None, run_after: dt.datetime | None) -> dict[str, Any]:
-    """Reconcile ``day`` (default: the run's date, UTC) and re-dispatch pending events."""
-    from optimove_netmera.campaigns.events import TaskDagTrigger
+def run_reconcile(day: str | None, run_after: dt.datetime | None, redispatch_held: bool = False) -> dict[str, Any]:
+    """Reconcile ``day`` (default: the run's date, UTC) and re-dispatch pending events.
+
+    ``redispatch_held``: first release and dispatch the held events the settings now cover (after an operator
+    configured their channel or template).
+    """
+    from optimove_netmera.campaigns import events
 
     s = settings()
     migrate(s.resolved_state_db_url())
+    engine = state_engine(s)
+    trigger = events.TaskDagTrigger(s)
+    held = None
+    if redispatch_held:
+        held = events.redispatch_held(engine, s, trigger=trigger, by="the reconcile DAG's redispatch_held").as_dict()
+        log.info("held events: %s", held)
     moment = run_after or dt.datetime.now(dt.UTC)
     target = dt.date.fromisoformat(day) if day else moment.astimezone(dt.UTC).date()
-    return reconcile.reconcile_day(state_engine(s), _optimove(s), s, target, trigger=TaskDagTrigger(s))
+    counts = reconcile.reconcile_day(engine, _optimove(s), s, target, trigger=trigger)
+    return counts if held is None else {**counts, "held": held}

@@ -207,7 +207,8 @@ class EventStatus(StrEnum):
     PROCESSING = "processing"  # claimed by a drainer
     DISPATCHED = "dispatched"  # handed on (a DAG run triggered, a cancel applied)
     SENT = "sent"  # single-target push requested
-    IGNORED = "ignored"  # duplicate, unconfigured channel, event type not acted on
+    IGNORED = "ignored"  # an event type not acted on (1, 2, 5, 14)
+    HELD = "held"  # not acted on until its channel (or, for 11, its template) is configured; then re-dispatched
     CANCELLED = "cancelled"  # single-target event whose campaign was cancelled
     FAILED = "failed"
 

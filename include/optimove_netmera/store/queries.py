@@ -112,7 +112,8 @@ def upsert(
     ``conflict_columns`` default to the primary key (they must match a primary key or unique
     constraint). ``update_columns`` default to every supplied column except the conflict columns; an
     empty list means ``DO NOTHING``. ``where`` is an optional condition on the existing row
-    (``table.c.col ...``) that must hold for it to be updated. ``onupdate`` columns such as
+    (``table.c.col ...``) that must hold for it to be updated; it may not use an IN list (``in_``/``not_in``), which
+    an executemany cannot expand: spell it as ``and_``/``or_`` of comparisons. ``onupdate`` columns such as
     ``updated_at`` are refreshed on update. Every row must have the same keys; rows are sent in
     executemany chunks of ``chunk_size``. Returns the number of rows submitted (drivers do not report
     per-row outcomes of a batched executemany; use :func:`insert_if_absent` to learn whether one row

@@ -65,6 +65,12 @@ def load_event(engine: Engine, event_id: int) -> Any:
         ).one_or_none()
 
 
+def _load_note(engine: Engine, event_id: int) -> str | None:
+    t = Event.__table__
+    with engine.connect() as conn:
+        return conn.scalar(sa.select(t.c.note).where(t.c.id == int(event_id)))
+
+
 def redispatch_event(
     engine: Engine, event_id: int, user: str, settings: Settings, trigger: events.DagTrigger | None = None
 ) -> dict[str, Any]:
@@ -81,6 +87,27 @@ def redispatch_event(
             f"event {row.id} (type {row.event_type_id}) is {row.status}: only events 13, 4 and 3 that are "
             "received (dispatch pending or failed) or ignored can be re-dispatched"
         )
+    if row.status == EventStatus.HELD.value:
+        log.warning("UI action by %s: re-dispatch of held Optimove event %s", user, row.id)
+        report = events.redispatch_held(
+            engine,
+            settings,
+            event_ids=[row.id],
+            trigger=trigger or events.AirflowDagTrigger(triggering_user=user),
+            by=f"{user} (plugin page)",
+        )
+        if report.still_held:
+            raise ActionRefused(
+                f"event {row.id} is still held: the settings do not cover it yet ({_load_note(engine, row.id)}); "
+                "configure its channel or template, then re-dispatch"
+            )
+        after = load_event(engine, row.id)
+        return {
+            "event_id": row.id,
+            "status": after.status if after else None,
+            "error": report.errors.get(row.id),
+            "requested_by": user,
+        }
     if row.status == EventStatus.IGNORED.value:
         if row.channel_id is not None and row.channel_id not in settings.campaigns.channels:
             raise ActionRefused(

@@ -211,11 +211,14 @@ def sends_over_time(engine: Engine, days: int = 7, now: dt.datetime | None = Non
 def redispatchable(event_type_id: int, status: str) -> bool:
     """Whether the page offers re-dispatch: a 13, 4 or 3 still ``received`` (its dispatch failed or is pending),
     or ``ignored`` (e.g. for a channel that was not configured then)."""
+    if status == EventStatus.HELD.value:
+        return True  # 13, 4, 3 are dispatched once released; an 11 is queued for the realtime drainer
     return event_type_id in DISPATCHED_TYPES and status in (EventStatus.RECEIVED.value, EventStatus.IGNORED.value)
 
 
 def events_overview(engine: Engine, limit: int = 100) -> dict[str, Any]:
-    """Events received by type and status, ignored ones by reason, the dispatch backlog, failures, recent events."""
+    """Events received by type and status, ignored and held ones by reason, the dispatch backlog, failures, recent
+    events."""
     t = Event.__table__
     with engine.connect() as conn:
         by_type: dict[str, dict[str, int]] = defaultdict(dict)
@@ -223,15 +226,19 @@ def events_overview(engine: Engine, limit: int = 100) -> dict[str, Any]:
             sa.select(t.c.event_type_id, t.c.status, sa.func.count()).group_by(t.c.event_type_id, t.c.status)
         ).all():
             by_type[str(type_id)][status] = int(n)
-        ignored = [
-            {"reason": note or NO_REASON, "count": int(n)}
-            for note, n in conn.execute(
-                sa.select(t.c.note, sa.func.count())
-                .where(t.c.status == EventStatus.IGNORED.value)
-                .group_by(t.c.note)
-                .order_by(sa.func.count().desc(), t.c.note)
-            ).all()
-        ]
+        by_reason = {
+            status: [
+                {"reason": note or NO_REASON, "count": int(n)}
+                for note, n in conn.execute(
+                    sa.select(t.c.note, sa.func.count())
+                    .where(t.c.status == status)
+                    .group_by(t.c.note)
+                    .order_by(sa.func.count().desc(), t.c.note)
+                ).all()
+            ]
+            for status in (EventStatus.IGNORED.value, EventStatus.HELD.value)
+        }
+        ignored, held = by_reason[EventStatus.IGNORED.value], by_reason[EventStatus.HELD.value]
         columns = [
             t.c.id,
             t.c.event_type_id,
@@ -253,6 +260,7 @@ def events_overview(engine: Engine, limit: int = 100) -> dict[str, Any]:
         "by_type": {k: dict(sorted(v.items())) for k, v in sorted(by_type.items(), key=lambda kv: int(kv[0]))},
         "received": {k: sum(v.values()) for k, v in sorted(by_type.items(), key=lambda kv: int(kv[0]))},
         "ignored": ignored,
+        "held": held,
         "waiting_for_dispatch": waiting,
         "queued": sum(per.get(EventStatus.QUEUED.value, 0) for per in by_type.values()),
         "failed": sum(per.get(EventStatus.FAILED.value, 0) for per in by_type.values()),

@@ -26,6 +26,7 @@ from optimove_netmera.campaigns.events.dispatch import (
     ingest,
     pending_event_ids,
 )
+from optimove_netmera.campaigns.events.held import HeldReport, held_event_ids, redispatch_held, release_held
 from optimove_netmera.campaigns.events.keys import campaign_conf, campaign_run_id, dedup_key, user_sync_run_id
 from optimove_netmera.campaigns.events.parse import (
     ACKNOWLEDGED_EVENT_TYPES,
@@ -83,6 +84,7 @@ __all__ = [
     "DispatchResult",
     "EventValidationError",
     "FieldError",
+    "HeldReport",
     "IngestResult",
     "OptimoveEvent",
     "OverlongNumber",
@@ -98,12 +100,15 @@ __all__ = [
     "default_trigger",
     "dispatch_event",
     "dispatch_pending",
+    "held_event_ids",
     "in_task",
     "ingest",
     "parse_event",
     "pending_event_ids",
     "read_json_int",
     "redact_payload",
+    "redispatch_held",
+    "release_held",
     "store_event",
     "user_sync_run_id",
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -173,9 +173,18 @@ class IngestResult:
     stored: StoredEvent
     dispatch: DispatchResult | None = None
 
+    released: bool = False
+
     @property
     def response_status(self) -> str:
-        """``accepted``, ``duplicate`` or ``ignored`` (what the endpoint answers)."""
+        """``accepted``, ``duplicate``, ``held`` or ``ignored`` (what the endpoint answers).
+
+        A repeat of a held event that the configuration now covers is released and ``accepted``.
+        """
+        if self.released:
+            return "accepted"
+        if self.stored.status == EventStatus.HELD.value:
+            return "held"
         if not self.stored.created:
             return "duplicate"
         if self.stored.status == EventStatus.IGNORED.value:
@@ -193,17 +202,25 @@ def ingest(
     trigger: DagTrigger | None = None,
 ) -> IngestResult:
     """Store the event and, if it is new and ``received``, dispatch it right away."""
+    from optimove_netmera.campaigns.events.held import release_held
+
     s = settings or get_settings()
     stored = store_event(engine, event, source=source, raw=raw, settings=s)
-    if not stored.created or stored.status != EventStatus.RECEIVED.value:
-        return IngestResult(stored)
+    released = False
+    if not stored.created and stored.status == EventStatus.HELD.value:  # Optimove retried a held event
+        new_status = release_held(engine, stored.event_id, s, by=f"a repeat from {source}")
+        if new_status is not None:
+            released = True
+            stored = replace(stored, status=new_status)
+    if not (stored.created or released) or stored.status != EventStatus.RECEIVED.value:
+        return IngestResult(stored, released=released)
     try:
         dispatched = dispatch_event(engine, stored.event_id, trigger=trigger, settings=s)
     except Exception as exc:  # the event is stored: it must be answered 2xx and retried later
         error = f"dispatch failed: {type(exc).__name__}"
         log.error("Optimove event %s stays received and will be retried: %s", stored.event_id, error)
         dispatched = DispatchResult(stored.event_id, EventStatus.RECEIVED.value, None, error, error)
-    return IngestResult(stored, dispatched)
+    return IngestResult(stored, dispatched, released=released)
 
 
 @dataclass

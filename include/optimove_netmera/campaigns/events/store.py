@@ -1,8 +1,10 @@
 """Step 2, storage: the ``events`` row under the event's dedup key (``INSERT ... ON CONFLICT DO NOTHING``).
 
-A repeat is reported as a duplicate and never acted on again. The initial status: ``ignored`` for the
-acknowledged types 1, 2, 5, 14 and for channels not in ``campaigns.channels``; ``queued`` for 11 (the
-realtime DAG drains those rows); ``received`` for 13, 4 and 3 (see :mod:`.dispatch`).
+A repeat is reported as a duplicate and never acted on again (unless it was ``held`` and the configuration now
+covers it: see :mod:`.held`). The initial status: ``ignored`` for the acknowledged types 1, 2, 5, 14; ``held`` for a
+channel not in ``campaigns.channels`` or an event 11 whose template has no ``notificationKey`` (logged at error
+level, re-dispatched once configured); ``queued`` for 11 (the realtime DAG drains those rows); ``received`` for 13,
+4 and 3 (see :mod:`.dispatch`).
 """
 
 from __future__ import annotations
@@ -42,14 +44,30 @@ class StoredEvent:
     dag_run_id: str | None = None
 
 
-def _initial_status(event: OptimoveEvent, settings: Settings) -> tuple[str, str | None]:
-    if event.event_type_id in ACKNOWLEDGED_EVENT_TYPES:
-        return EventStatus.IGNORED.value, f"event type {event.event_type_id} is acknowledged, not acted on"
-    if event.channel_id is not None and event.channel_id not in settings.campaigns.channels:
-        return EventStatus.IGNORED.value, f"channel {event.channel_id} is not configured (campaigns.channels)"
-    if event.event_type_id == 11:
+HELD_HINT = (
+    "held until configured: add it to the settings, then re-dispatch (python -m optimove_netmera.campaigns "
+    "redispatch, the reconcile DAG's redispatch_held param, or the plugin page)"
+)
+
+
+def initial_status(
+    event_type_id: int, channel_id: int | None, template_id: int | None, settings: Settings
+) -> tuple[str, str | None]:
+    """The status (and note) an event gets under ``settings``: ignored, held, queued or received."""
+    if event_type_id in ACKNOWLEDGED_EVENT_TYPES:
+        return EventStatus.IGNORED.value, f"event type {event_type_id} is acknowledged, not acted on"
+    if channel_id is not None and channel_id not in settings.campaigns.channels:
+        return EventStatus.HELD.value, f"channel {channel_id} is not configured (campaigns.channels): {HELD_HINT}"
+    if event_type_id == 11:
+        if template_id is not None and template_id not in settings.campaigns.templates:
+            reason = f"template {template_id} has no notificationKey (campaigns.templates)"
+            return EventStatus.HELD.value, f"{reason}: {HELD_HINT}"
         return EventStatus.QUEUED.value, None
     return EventStatus.RECEIVED.value, None
+
+
+def _initial_status(event: OptimoveEvent, settings: Settings) -> tuple[str, str | None]:
+    return initial_status(event.event_type_id, event.channel_id, event.template_id, settings)
 
 
 _SQLITE_WRITER = threading.Lock()
@@ -106,6 +124,8 @@ def _log_stored(event: OptimoveEvent, stored: StoredEvent, source: str) -> None:
     what += f"channel {event.channel_id}, source {source})"
     if not stored.created:
         log.info("%s is a duplicate of a stored event: ignored", what)
+    elif stored.status == EventStatus.HELD.value:
+        log.error("%s stored but NOT acted on: %s", what, stored.note)
     elif stored.status == EventStatus.IGNORED.value:
         if event.event_type_id in ACTED_ON_EVENT_TYPES:
             log.warning("%s stored and ignored: %s", what, stored.note)
