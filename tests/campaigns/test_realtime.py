@@ -201,3 +201,17 @@ def test_a_refused_event_does_not_sink_its_micro_batch(env: Any, db_url: str, mo
     assert {rows[c].status for c in good} == {"sent"}
     assert rows["C0000500"].status == "failed" and "5003" in rows["C0000500"].note
     assert {d["extId"] for d in deliveries(box)} == set(good)
+
+
+def test_single_target_events_get_the_configured_ext_id(env: Any, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ext_id prefix + suffix + case on the realtime path: Netmera receives ``RT-C0000042_rt`` for ``c0000042``."""
+    box = env
+    monkeypatch.setenv("OPTIMOVE_NETMERA__EXT_ID__PREFIX", "RT-")
+    monkeypatch.setenv("OPTIMOVE_NETMERA__EXT_ID__SUFFIX", "_rt")
+    monkeypatch.setenv("OPTIMOVE_NETMERA__EXT_ID__CASE", "upper")
+    box.admin.netmera.add_users(["RT-C0000042_rt", "RT-C0000043_rt"])
+    queue(db_url, ["c0000042", "c0000043"])
+    dr = drain_run()
+    assert dr.state == "success", task_states(dr)
+    assert sorted(d["extId"] for d in deliveries(box)) == ["RT-C0000042_rt", "RT-C0000043_rt"]
+    assert {r.status for r in event_rows(db_url).values()} == {"sent"}
