@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system-deps demo test lint format bench sandbox clean
+.PHONY: install system-deps demo test lint format bench mutation sandbox clean
 
 $(BIN)/airflow: requirements.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench: install ## benchmarks (not part of `make test`); figures and the machine 
 	$(BIN)/python tests/perf/bench_sync.py
 	$(BIN)/python tests/perf/bench_campaign.py
 	$(BIN)/python tests/perf/bench_events.py
+
+mutation: install ## mutation testing of the safeguard modules (mutmut; not part of `make test`); prints the score
+	BIN=$(CURDIR)/$(BIN) bash scripts/mutation.sh
 
 sandbox: install ## serve the sandbox APIs on 127.0.0.1:8301 (Optimove) and :8302 (Netmera)
 	$(BIN)/python -m optimove_netmera.sandbox
