@@ -1,6 +1,7 @@
 """``optimove_realtime_send``: queued events 11 drained in micro-batches (real DAG runs, HTTP, SQLite + PostgreSQL).
 
-Also measures the p95 latency from event receipt (``events.received_at``) to the start of its Netmera request.
+Also prints the latency from event receipt (``events.received_at``) to the start of its Netmera request (a figure,
+not an assertion: speed is measured by the benchmarks).
 """
 
 from __future__ import annotations
@@ -151,8 +152,14 @@ def test_idle_drainer_defers_and_resumes_when_events_arrive(env: Any, db_url: st
     assert summary["sent"] == 10 and summary["requests"] == 2
 
 
-def test_p95_receipt_to_request_latency(env: Any, db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """A drainer polling every 0.1 s while events arrive one by one: p95 from receipt to request start < 1 s."""
+def test_events_arriving_one_by_one_go_out_in_micro_batches(env: Any, db_url: str, figures: list[str]) -> None:
+    """A drainer polling every 0.1 s while events arrive one by one: sent while they keep arriving, in batches.
+
+    The first 30 events must be delivered while the drainer is still running (it is not waiting for the queue to
+    go quiet: its idle timeout is 5 s) before the next 30 arrive, so there are at least two requests; fewer
+    requests than events means micro-batches. Waits are on conditions with generous deadlines; the latency
+    figures are printed in the run summary (speed is a benchmark, tests/perf/bench_campaign.py).
+    """
     box = env
     ids = customers(60, 300)
     box.admin.netmera.add_users(ids)
@@ -163,26 +170,29 @@ def test_p95_receipt_to_request_latency(env: Any, db_url: str, capsys: pytest.Ca
 
     def drainer() -> None:
         result["out"] = realtime.drain(
-            engine, netmera, settings, until=time.monotonic() + 8, idle_seconds=2.5, poll_seconds=0.1
+            engine, netmera, settings, until=time.monotonic() + 120, idle_seconds=5, poll_seconds=0.1
         )
 
     thread = threading.Thread(target=drainer, daemon=True)
     thread.start()
-    for customer in ids:  # about 30 events per second, one at a time
-        queue(db_url, [customer])
-        time.sleep(0.033)
-    thread.join(timeout=30)
+    for half in (ids[:30], ids[30:]):
+        for customer in half:  # about 30 events per second, one at a time
+            queue(db_url, [customer])
+            time.sleep(0.033)
+        deadline = time.monotonic() + 60
+        while len(deliveries(box)) < ids.index(half[-1]) + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    thread.join(timeout=120)
     out: realtime.DrainOutcome = result["out"]
     summary = out.summary()
-    with capsys.disabled():
-        print(
-            f"\nrealtime latency ({engine.dialect.name}): {summary['sent']} events in {summary['requests']} requests, "
-            f"p50 {summary['latency_p50_s'] * 1000:.0f} ms, p95 {summary['latency_p95_s'] * 1000:.0f} ms, "
-            f"max {summary['latency_max_s'] * 1000:.0f} ms"
-        )
+    figures.append(
+        f"realtime latency ({engine.dialect.name}): {summary['sent']} events in {summary['requests']} requests, "
+        f"p50 {summary['latency_p50_s'] * 1000:.0f} ms, p95 {summary['latency_p95_s'] * 1000:.0f} ms, "
+        f"max {summary['latency_max_s'] * 1000:.0f} ms"
+    )
     assert summary["sent"] == 60
-    assert summary["requests"] < 60  # micro-batches, not one request per event
-    assert summary["latency_p95_s"] < 1.0
+    assert 2 <= summary["requests"] < 60  # sent while events arrive, in micro-batches, not one per event
+    assert sorted(d["extId"] for d in deliveries(box)) == ids
 
 
 def test_a_refused_event_does_not_sink_its_micro_batch(env: Any, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,3 +209,17 @@ def test_a_refused_event_does_not_sink_its_micro_batch(env: Any, db_url: str, mo
     assert {rows[c].status for c in good} == {"sent"}
     assert rows["C0000500"].status == "failed" and "5003" in rows["C0000500"].note
     assert {d["extId"] for d in deliveries(box)} == set(good)
+
+
+def test_single_target_events_get_the_configured_ext_id(env: Any, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ext_id prefix + suffix + case on the realtime path: Netmera receives ``RT-C0000042_rt`` for ``c0000042``."""
+    box = env
+    monkeypatch.setenv("OPTIMOVE_NETMERA__EXT_ID__PREFIX", "RT-")
+    monkeypatch.setenv("OPTIMOVE_NETMERA__EXT_ID__SUFFIX", "_rt")
+    monkeypatch.setenv("OPTIMOVE_NETMERA__EXT_ID__CASE", "upper")
+    box.admin.netmera.add_users(["RT-C0000042_rt", "RT-C0000043_rt"])
+    queue(db_url, ["c0000042", "c0000043"])
+    dr = drain_run()
+    assert dr.state == "success", task_states(dr)
+    assert sorted(d["extId"] for d in deliveries(box)) == ["RT-C0000042_rt", "RT-C0000043_rt"]
+    assert {r.status for r in event_rows(db_url).values()} == {"sent"}

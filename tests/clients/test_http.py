@@ -50,6 +50,7 @@ class Script:
         self.lock = threading.Lock()
         self.queues: dict[str, list[Any]] = {}
         self.seen: list[tuple[str, str, dict[str, str]]] = []
+        self.arrivals: list[float] = []  # time.monotonic() as each request arrived (compared with each other only)
 
     def set(self, path: str, *responses: Any) -> None:
         with self.lock:
@@ -81,6 +82,7 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         with self.script.lock:
             self.script.seen.append((self.command, self.path, dict(self.headers)))
+            self.script.arrivals.append(time.monotonic())
         action = self.script.next(path)
         if action == "reset":
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -118,7 +120,7 @@ def server() -> Iterator[tuple[str, Script]]:
 
 
 class Probe(BaseHttpClient):
-    """A minimal client over the base class; sleeps are recorded, not slept (unless real=True)."""
+    """A minimal client over the base class; sleeps are recorded, and only slept with ``real_sleep=True``."""
 
     service = "probe"
 
@@ -132,8 +134,12 @@ class Probe(BaseHttpClient):
             pool_size=2,
             redactor=Redactor([SECRET]),
             headers={"X-API-KEY": SECRET},
-            sleep=time.sleep if real_sleep else self.sleeps.append,
+            sleep=self._record_and_sleep if real_sleep else self.sleeps.append,
         )
+
+    def _record_and_sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        time.sleep(seconds)
 
     def call(self, method: str = "GET", path: str = "/x", **kw: Any) -> Any:
         response = self._request(method, path, **kw)
@@ -213,31 +219,31 @@ def test_limiter_default_margin_and_validation() -> None:
 
 
 def test_limiter_is_thread_safe_and_never_exceeds_window() -> None:
+    """8 threads, 40 grants: the limiter's own log of grant starts never holds more than ``calls`` in a period."""
     calls, period = 10, 0.5
     limiter = RateLimiter(calls, period)
-    stamps: list[float] = []
+    starts: list[float] = []
     lock = threading.Lock()
 
     def worker() -> None:
         for _ in range(5):
             permit = limiter.acquire()
             with lock:
-                stamps.append(time.monotonic())
+                starts.append(permit._slot.start)  # the start the limiter granted, on its clock
             time.sleep(0.01)  # "the request"
             permit.release()
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
-    started = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    stamps.sort()
-    assert len(stamps) == 40
-    # any calls+1 consecutive grants span more than one period
-    for i in range(len(stamps) - calls):
-        assert stamps[i + calls] - stamps[i] > period
-    assert time.monotonic() - started >= 3 * period
+    starts.sort()
+    assert len(starts) == 40
+    # any calls+1 consecutive grants span more than one period: at most `calls` in any window
+    for i in range(len(starts) - calls):
+        assert starts[i + calls] - starts[i] > period
+    assert starts[-1] - starts[0] > 3 * period  # 40 grants at 10 per period need 3 full windows
 
 
 def test_registry_shares_and_reconfigures_in_place() -> None:
@@ -397,13 +403,14 @@ def test_429_honours_retry_after_seconds_and_date(server: tuple[str, Script]) ->
 
 
 def test_429_real_retry_after_wait(server: tuple[str, Script]) -> None:
+    """Retry-After: 1 with a real sleep: the client asked for 1 s and the server saw the retry >= 1 s later."""
     url, script = server
     script.set("/x", (429, {"Retry-After": "1"}, b"{}"), (200, {}, b"{}"))
     probe = Probe(url, real_sleep=True)
-    started = time.monotonic()
     probe.call()
-    assert time.monotonic() - started >= 1.0
+    assert probe.sleeps == [1.0]
     assert script.count("/x") == 2
+    assert script.arrivals[1] - script.arrivals[0] >= 1.0
 
 
 def test_429_exhausts_into_rate_limited_error(server: tuple[str, Script]) -> None:
@@ -463,14 +470,17 @@ def test_connect_failure_is_unambiguous_and_retried_even_when_not_idempotent() -
 
 
 def test_limiter_paces_requests(server: tuple[str, Script]) -> None:
-    url, _script = server
-    limiter = RateLimiter(5, 0.5)
-    probe = Probe(url, limiter=limiter)
-    started = time.monotonic()
+    """12 requests through a 5 per 0.5 s limiter: the server never sees 6 inside one 0.5 s window."""
+    url, script = server
+    calls, period = 5, 0.5
+    probe = Probe(url, limiter=RateLimiter(calls, period))
     for _ in range(12):
         probe.call()
-    assert time.monotonic() - started >= 2 * 0.5
-    assert probe.stats.throttle_seconds > 0.5
+    arrivals = script.arrivals
+    assert len(arrivals) == 12
+    for i in range(len(arrivals) - calls):
+        assert arrivals[i + calls] - arrivals[i] > period
+    assert probe.stats.throttle_seconds > 0  # the client waited for the limiter, not the server
 
 
 def test_secret_echoed_by_server_never_reaches_error_or_logs(

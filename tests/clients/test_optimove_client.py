@@ -395,18 +395,16 @@ def test_limiter_keeps_a_burst_of_200_calls_free_of_429s(box: Any, admin: Any) -
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    started = time.monotonic()
     threads = [threading.Thread(target=worker, args=(50,)) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.monotonic() - started
     assert not errors, errors[:1]
     assert counts(admin, LAST) == {"200": 200}, "zero 429s counted by the sandbox"
     assert client.stats.rate_limited == 0
-    ideal = (200 - calls) / (calls / period)  # 9 s: the limiter may not be much slower than the ceiling
-    assert ideal * 0.95 <= elapsed <= ideal * 1.5
+    assert client.stats.throttle_seconds > 0, "the limiter did the pacing, not luck"
+    # how close to the ceiling it runs is a benchmark (tests/perf/bench_clients.py), not a test
 
 
 def test_backoff_through_429_retry_after_5xx_and_reset(box: Any, admin: Any) -> None:
@@ -419,9 +417,11 @@ def test_backoff_through_429_retry_after_5xx_and_reset(box: Any, admin: Any) -> 
         ]
     )
     client = make_client(box)
-    started = time.monotonic()
+    sleeps: list[float] = []
+    client._sleep = sleeps.append  # the retry loop's sleep, recorded instead of slept
     client.get_last_data_update()
-    assert time.monotonic() - started >= 2.0, "Retry-After: 1 honoured twice"
+    assert sleeps[:2] == [1.0, 1.0], "Retry-After: 1 honoured twice"
+    assert all(s < 1.0 for s in sleeps[2:]), "the 503 and the reset back off by the (fast) policy"
     assert counts(admin, LAST) == {"429": 2, "503": 1, "reset": 1, "200": 1}
     stats = client.stats.snapshot()
     assert stats["retries"] == 4 and stats["rate_limited"] == 2

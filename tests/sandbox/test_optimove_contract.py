@@ -108,13 +108,19 @@ def test_login_token_flow(sandbox: Any, admin: OptimoveAdmin) -> None:
 
 
 def test_token_sliding_expiry(sandbox: Any, admin: OptimoveAdmin) -> None:
-    admin.config(token_ttl_seconds=1.0)
+    """A call refreshes the token's expiry: valid 2 s after its last use even when issued longer ago than that.
+
+    Only lower bounds on elapsed time decide the outcome: the sleeps guarantee that the token is older than the
+    TTL since login (so only a refresh keeps it valid) and, at the end, idle for longer than the TTL.
+    """
+    ttl = 2.0
     token = login(sandbox)
     headers = {"Authorization-Token": token}
-    for _ in range(3):  # each call refreshes the 1 s expiry
-        time.sleep(0.6)
-        assert call(sandbox, "/current/general/GetLastDataUpdate", headers=headers).status_code == 200
-    time.sleep(1.3)
+    time.sleep(ttl)
+    assert call(sandbox, "/current/general/GetLastDataUpdate", headers=headers).status_code == 200  # refreshes
+    admin.config(token_ttl_seconds=ttl)  # issued >= ttl ago, last used just now
+    assert call(sandbox, "/current/general/GetLastDataUpdate", headers=headers).status_code == 200
+    time.sleep(ttl + 0.1)
     r = call(sandbox, "/current/general/GetLastDataUpdate", headers=headers)
     assert (r.status_code, r.text) == (403, "Authorization-Token Expired")
 
@@ -300,13 +306,17 @@ def test_netmera_known_is_deterministic() -> None:
     assert not ds.netmera_known("C0001001") and not ds.netmera_known("nobody") and not ds.netmera_known("C00000001")
 
 
-def test_page_at_one_million_customers_is_fast() -> None:
+def test_page_at_one_million_customers() -> None:
+    """A page deep into a 1M-customer dataset is computed by index, the same values as one customer at a time.
+
+    (How fast that is belongs to the benchmarks, not here.)
+    """
     ds = Dataset(seed=7, customers=1_000_000)
-    start = time.perf_counter()
     rows = ds.rows(np.arange(500_000, 510_000), ds.attribute_names)
     ids, _ = ds.changers("Email", ds.base_date, ds.base_date)
     assert len(rows) == 10_000 and len(rows[0]) == 20 and 970_000 < ids.size < 990_000
-    assert time.perf_counter() - start < 1.0
+    for offset in (0, 4_321, 9_999):
+        assert dict(zip(ds.attribute_names, rows[offset], strict=True)) == ds.customer(500_000 + offset)
 
 
 def test_export_csv_and_parquet(sandbox: Any, admin: OptimoveAdmin, tmp_path: Any) -> None:
