@@ -96,15 +96,15 @@ def _notifier_class(path: str) -> type:
     return cls
 
 
-def failure_callbacks(settings: Settings) -> list[Callable[[dict[str, Any]], None]]:
-    """The DAG-level ``on_failure_callback`` list: empty when no notifier is configured.
+def failure_callbacks(settings: Settings) -> list[Callable[[dict[str, Any]], None]] | None:
+    """The DAG-level ``on_failure_callback`` list; None when no notifier is configured (no callback at all).
 
     The notifier class is imported and built at DAG parse time, so a wrong path or argument fails the DAG's
     import naming the setting, not the first failure.
     """
     config = settings.notifications
     if not config.notifier:
-        return []
+        return None
     cls = _notifier_class(config.notifier)
     try:
         notifier = cls(**config.kwargs)

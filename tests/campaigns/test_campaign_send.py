@@ -438,7 +438,8 @@ def test_mark_cancelled_and_record_campaign_contract(env: Any, db_url: str) -> N
     state.record_campaign(engine, 42, CHANNEL, at, "optimove_c42_ch506_x")  # the bulk event after the cancel
     assert state.cancel_status(engine, 42, CHANNEL).state == "cancelled"  # the cancel wins
     with engine.connect() as conn:
-        assert conn.scalar(sa.select(Campaign.dag_run_id).where(Campaign.campaign_id == 42)) == "optimove_c42_ch506_x"
+        run_id = sa.select(Campaign.dag_run_id).where(Campaign.campaign_id == 42, Campaign.channel_id == CHANNEL)
+        assert conn.scalar(run_id) == "optimove_c42_ch506_x"
 
     # a finished campaign keeps its state; pending recipients of a running one are cancelled and counted
     state.record_campaign(engine, 43, CHANNEL, at, None)

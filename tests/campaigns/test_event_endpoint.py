@@ -382,7 +382,7 @@ OK11 = {
     "campaignId": 4242,
     "channelId": CHANNEL,
     "customerID": "C0000001",
-    "templateID": 101,
+    "templateID": 1,
     "promoCode": "SAVE10",
 }
 
@@ -549,7 +549,7 @@ def test_single_target_events_are_queued(server: Server, engine: sa.Engine) -> N
             "CampaignID": campaign,
             "ChannelID": CHANNEL,
             "CustomerID": "C0000002",
-            "TemplateID": "102",
+            "TemplateID": "2",
             "PromoCode": None,
         }
     )
@@ -560,13 +560,13 @@ def test_single_target_events_are_queued(server: Server, engine: sa.Engine) -> N
     assert (first.status, first.customer_id, first.template_id, first.promo_code) == (
         "queued",
         "C0000001",
-        101,
+        1,
         "SAVE10,VIP",
     )
     assert (second.status, second.customer_id, second.template_id, second.promo_code) == (
         "queued",
         "C0000002",
-        102,
+        2,
         None,
     )
     assert send_runs_for(server, campaign) == []  # never one DAG run per single-target event
@@ -660,7 +660,7 @@ def test_sandbox_webhooks_land_in_both_styles(server: Server, engine: sa.Engine,
         landed.append((campaign, fired["body"]))
         single = admin.fire_webhook(
             11, campaign, CHANNEL, url=server.event_url, headers=headers, style=style, customer_id="C0000007",
-            template_id=103, promo_code="WELCOME",
+            template_id=3, promo_code="WELCOME",
         )  # fmt: skip
         assert [d["status"] for d in single["deliveries"]] == [200], single
     table = Event.__table__

@@ -86,7 +86,7 @@ def ok13(**changes: Any) -> dict[str, Any]:
 
 def ok11(**changes: Any) -> dict[str, Any]:
     body = {"eventTypeId": 11, "timeStamp": now_stamp(), "campaignId": 777, "channelId": CHANNEL}
-    return {**body, "customerID": CUSTOMER, "templateID": 101, "promoCode": "SAVE10", **changes}
+    return {**body, "customerID": CUSTOMER, "templateID": 1, "promoCode": "SAVE10", **changes}
 
 
 def raw_body(payload: dict[str, Any], **literals: str) -> str:

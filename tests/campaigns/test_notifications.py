@@ -49,7 +49,7 @@ def test_a_failed_run_sends_one_message_saying_what_failed_and_the_next_step(
 
 
 def test_no_notifier_no_callback_and_a_wrong_one_fails_at_parse(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert failure_callbacks(load_settings(REPO_CONFIG, env={})) == []
+    assert failure_callbacks(load_settings(REPO_CONFIG, env={})) is None  # no callback: nothing to run
     bad = load_settings(REPO_CONFIG, env={"OPTIMOVE_NETMERA__NOTIFICATIONS__NOTIFIER": "no.such.Notifier"})
     with pytest.raises(SettingsError, match=r"notifications\.notifier"):
         failure_callbacks(bad)

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.sql.elements import conv
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -24,17 +26,64 @@ OLD_STATUSES = ("received", "queued", "processing", "dispatched", "sent", "ignor
 NEW_STATUSES = (*OLD_STATUSES, "held")
 
 
-def _replace_check(statuses: Sequence[str]) -> None:
-    allowed = ", ".join(f"'{s}'" for s in statuses)
-    with op.batch_alter_table("events") as batch:
+BIGID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+JSON = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+TS = sa.DateTime(timezone=True)
+SOURCES = ("webhook", "reconcile", "manual")
+
+
+def _allowed(statuses: Sequence[str]) -> str:
+    return "status IN (" + ", ".join(f"'{s}'" for s in statuses) + ")"
+
+
+def _events_table(statuses: Sequence[str]) -> sa.Table:
+    """The ``events`` table as 0001 created it (with ``statuses`` allowed), for SQLite's table copy: passing it
+    spares alembic a reflection, so the migration also prints as SQL (``upgrade --sql``)."""
+    now = sa.text("(strftime('%Y-%m-%d %H:%M:%f000', 'now'))")
+    sources = ", ".join(f"'{s}'" for s in SOURCES)
+    return sa.Table(
+        "events",
+        sa.MetaData(),
+        sa.Column("id", BIGID, autoincrement=True, nullable=False),
+        sa.Column("dedup_key", sa.String(255), nullable=False),
+        sa.Column("event_type_id", sa.Integer(), nullable=False),
+        sa.Column("campaign_id", sa.BigInteger(), nullable=True),
+        sa.Column("channel_id", sa.Integer(), nullable=True),
+        sa.Column("customer_id", sa.String(255), nullable=True),
+        sa.Column("template_id", sa.BigInteger(), nullable=True),
+        sa.Column("promo_code", sa.Text(), nullable=True),
+        sa.Column("event_time", TS, nullable=True),
+        sa.Column("received_at", TS, server_default=now, nullable=False),
+        sa.Column("source", sa.String(16), server_default="webhook", nullable=False),
+        sa.Column("status", sa.String(16), server_default="received", nullable=False),
+        sa.Column("dag_run_id", sa.String(250), nullable=True),
+        sa.Column("raw_payload", JSON, nullable=True),
+        sa.Column("note", sa.Text(), nullable=True),
+        sa.Column("updated_at", TS, server_default=now, nullable=False),
+        sa.PrimaryKeyConstraint("id", name=conv("pk_events")),
+        sa.UniqueConstraint("dedup_key", name=conv("uq_events_dedup_key")),
+        sa.CheckConstraint(f"source IN ({sources})", name=conv("ck_events_source")),
+        sa.CheckConstraint(_allowed(statuses), name=conv("ck_events_status")),
+        sa.Index(conv("ix_events_status_event_type_id_id"), "status", "event_type_id", "id"),
+        sa.Index(conv("ix_events_campaign_id_channel_id"), "campaign_id", "channel_id"),
+        sqlite_autoincrement=True,
+    )
+
+
+def _replace_check(old: Sequence[str], new: Sequence[str]) -> None:
+    if op.get_context().dialect.name != "sqlite":
+        op.drop_constraint(op.f("ck_events_status"), "events", type_="check")
+        op.create_check_constraint(op.f("ck_events_status"), "events", sa.text(_allowed(new)))
+        return
+    with op.batch_alter_table("events", copy_from=_events_table(old), recreate="always") as batch:
         batch.drop_constraint(op.f("ck_events_status"), type_="check")
-        batch.create_check_constraint(op.f("ck_events_status"), sa.text(f"status IN ({allowed})"))
+        batch.create_check_constraint(op.f("ck_events_status"), sa.text(_allowed(new)))
 
 
 def upgrade() -> None:
-    _replace_check(NEW_STATUSES)
+    _replace_check(OLD_STATUSES, NEW_STATUSES)
 
 
 def downgrade() -> None:
     op.execute("UPDATE events SET status = 'ignored' WHERE status = 'held'")
-    _replace_check(OLD_STATUSES)
+    _replace_check(NEW_STATUSES, OLD_STATUSES)
