@@ -52,6 +52,16 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None, **kwargs: Any) -> A
     return bag.get_dag(dag_id).test(run_conf=conf or {}, **kwargs)
 
 
+SEND_DAG_ID = "optimove_campaign_send"
+
+
+def send_campaign(campaign_id: int, conf: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """A run of the send DAG; ``logical_date`` also fixes ``run_after``, so the same value re-runs the same run."""
+    if "logical_date" in kwargs:
+        kwargs.setdefault("run_after", kwargs["logical_date"])
+    return run_dag(SEND_DAG_ID, {"campaign_id": campaign_id, "channel_id": CHANNEL, **(conf or {})}, **kwargs)
+
+
 def task_states(dr: Any) -> dict[str, str]:
     """``{"task[map_index]": state}``."""
     return {f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in dr.get_task_instances()}

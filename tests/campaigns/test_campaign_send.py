@@ -36,6 +36,9 @@ from sends_helpers import (
     utcnow,
     xcom,
 )
+from sends_helpers import (
+    send_campaign as send,
+)
 
 DAG_ID = "optimove_campaign_send"
 CHUNK = 50
@@ -48,13 +51,6 @@ def env(sandbox_reset: Any, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Any
     """The sandbox (reset), the test's state DB, chunks of 50, no task retries."""
     configure(sandbox_reset, db_url, monkeypatch, chunk_size=CHUNK)
     return sandbox_reset
-
-
-def send(campaign_id: int, conf: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-    """A run of the send DAG; ``logical_date`` also fixes ``run_after``, so the same value re-runs the same run."""
-    if "logical_date" in kwargs:
-        kwargs.setdefault("run_after", kwargs["logical_date"])
-    return run_dag(DAG_ID, {"campaign_id": campaign_id, "channel_id": CHANNEL, **(conf or {})}, **kwargs)
 
 
 def stored_report(db_url: str, campaign_id: int) -> dict[str, Any]:

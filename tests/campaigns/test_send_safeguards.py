@@ -29,12 +29,14 @@ from sends_helpers import (
     expected_recipients,
     ledger,
     optimove_client,
-    run_dag,
     send_requests,
     statuses,
     task_states,
     utcnow,
     xcom,
+)
+from sends_helpers import (
+    send_campaign as send,
 )
 
 DAG_ID = "optimove_campaign_send"
@@ -48,11 +50,6 @@ def env(sandbox_reset: Any, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Any
     """The sandbox (reset), the test's state DB, chunks of 50, no task retries."""
     configure(sandbox_reset, db_url, monkeypatch, chunk_size=CHUNK)
     return sandbox_reset
-
-
-def send(campaign_id: int, conf: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-    """A real run of the send DAG."""
-    return run_dag(DAG_ID, {"campaign_id": campaign_id, "channel_id": CHANNEL, **(conf or {})}, **kwargs)
 
 
 def staged(box: Any, db_url: str, recipients_n: int, **campaign: Any) -> tuple[int, list[int]]:

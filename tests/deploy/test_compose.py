@@ -558,7 +558,7 @@ def test_sandbox_defaults_resolve_to_working_connections(resolved: dict[str, Any
 def live_sandbox(resolved: dict[str, Any], tmp_path: Path) -> Iterator[tuple[Any, int, int]]:
     """The sandbox started with the compose service's own flags, on free loopback ports."""
     from optimove_netmera.sandbox.admin import SandboxAdmin
-    from optimove_netmera.sandbox.process import free_port
+    from optimove_netmera.sandbox.process import free_port, stop_process
 
     argv = shlex.split(resolved["services"]["sandbox"]["command"])
     o_port, n_port = free_port(), free_port()
@@ -570,12 +570,7 @@ def live_sandbox(resolved: dict[str, Any], tmp_path: Path) -> Iterator[tuple[Any
         SandboxAdmin(f"http://127.0.0.1:{o_port}", f"http://127.0.0.1:{n_port}").wait_ready(timeout=120)
         yield _sandbox_config(resolved), o_port, n_port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
 
 
 def test_sandbox_defaults_authenticate_against_the_sandbox(

@@ -41,7 +41,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from machine import machine  # tests/perf/machine.py (the script's own folder is on sys.path)
-from optimove_netmera.sandbox.process import free_port
+from optimove_netmera.sandbox.process import free_port, stop_process
 from optimove_netmera.store import Event, dispose_engines, get_engine, migrate, redact_url, scratch
 from sqlalchemy.pool import NullPool
 
@@ -138,12 +138,7 @@ def api_server(deployment: Deployment, state_url: str, log_path: Path) -> Iterat
             print(f"  api-server up in {time.perf_counter() - started:.1f} s (port {port}, log {log_path})")
             yield port, process
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, timeout=20)
 
 
 # --------------------------------------------------------------------------------------------------

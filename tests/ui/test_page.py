@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from optimove_netmera.sandbox.process import free_port
+from optimove_netmera.sandbox.process import free_port, stop_process
 from optimove_netmera.store import (
     Campaign,
     DeadLetter,
@@ -260,12 +260,7 @@ def server(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             time.sleep(0.3)
         yield srv
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=20)
         dispose_engines()
 
 

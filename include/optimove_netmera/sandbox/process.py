@@ -45,12 +45,17 @@ class SandboxProcess:
 
     def stop(self) -> None:
         """Terminate the subprocess (kill it if it does not stop within 10 s)."""
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """Terminate ``process``; kill it if it has not exited after ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def start_sandbox(
