@@ -44,9 +44,12 @@ def sync_env(sandbox_reset: Any, db_url: str, monkeypatch: pytest.MonkeyPatch) -
     """Connections to the sandbox, a fresh state DB, small batches, no task retries (failures show at once).
 
     The Optimove window is widened to 1000 calls / 10 s on both sides so a test's several runs are not paced.
+    Netmera is as strict as the real one: only the mapping's attributes are defined, with their types; any other
+    key or a wrong type is dropped silently (200), which the sync's verify step must catch.
     """
     box = sandbox_reset
     box.admin.optimove.config(rate_limit={"calls": 1000, "period": 10})
+    box.admin.netmera.config(profile_attributes={a.netmera: a.type for a in load_settings().attributes})
     fast = {"retry_base_delay": 0.02, "retry_max_delay": 0.2, "max_attempts": 6}
     limits = {"rate_limit_calls": 1000, "rate_limit_period": 10}
     optimove = {"conn_type": "optimove", "host": box.optimove_url, "extra": {"api_key": box.optimove_api_key}}
@@ -322,6 +325,58 @@ def test_permanent_rejection_is_dead_lettered(sync_env: Any, db_url: str) -> Non
         letters = conn.execute(sa.select(DeadLetter.kind, DeadLetter.reason)).all()
     assert len(letters) == N_KNOWN and all(k == "profile_set" and "400" in r for k, r in letters)
     assert snapshot_size(db_url) == 0
+
+
+def test_a_value_netmera_drops_fails_the_check_then_clear_delivers(
+    sync_env: Any, db_url: str, monkeypatch: Any, tmp_path: Path
+) -> None:
+    """Netmera answers 200 and drops an undefined key: the verify step fails naming it; fix, clear, exact."""
+    box = sync_env
+    monkeypatch.setenv("OPTIMOVE_NETMERA__ATTRIBUTES", SMALL_MAPPING)
+    box.admin.netmera.config(profile_attributes={"name": "string", "ltv": "number"})  # isVip not defined
+    k1, k2 = [c for c in ALL_IDS if KNOWN.netmera_known(c)][:2]
+    set_values(
+        box,
+        {
+            k1: {"FirstName": "Ada", "LTV": "12.50", "IsVIP": "yes"},
+            k2: {"FirstName": "Grace", "LTV": "7", "IsVIP": "false"},
+        },
+    )
+    when = dt.datetime(2026, 11, 28, 3, 0, tzinfo=dt.UTC)
+    dr = run_sync(logical_date=when)
+    assert dr.state == "failed", states(dr)
+    st = states(dr)
+    assert st["verify[-1]"] == "failed" and st["report[-1]"] != "success"
+    assert calls(box, "POST /rest/3.0/setProfileAttributes", "400") == 0  # a silent drop: every write was a 200
+    run = last_run(db_url)
+    assert run["status"] == "failed"
+    assert "define `isVip` as boolean in Netmera, then clear" in run["error"]
+    assert "`name`" not in run["error"] and "`ltv`" not in run["error"]
+    verify = run["counts"]["verify"]
+    assert verify["first_run"] is True and verify["profiles_read"] == N_KNOWN  # the whole first run, under the cap
+    assert set(verify["not_kept"]) == {"isVip"} and verify["checked"]["name"] == N_KNOWN
+    assert profile_of(box, k1) == {"name": "Ada", "ltv": 12.5}  # nothing else lost
+    assert profile_of(box, k2) == {"name": "Grace", "ltv": 7}
+    netmera_calls = sum(sum(v.values()) for v in box.admin.netmera.requests()["counts"].values())
+    assert run["counts"]["netmera_calls"] == netmera_calls  # the read-back counts as API calls
+    assert calls(box, "GET /rest/3.0/getProfileAttributes") == N_KNOWN
+
+    box.admin.netmera.config(profile_attributes={"name": "string", "ltv": "number", "isVip": "boolean"})
+    dr = run_sync(logical_date=when)  # the same DAG run, cleared
+    assert dr.state == "success", states(dr)
+    assert profile_of(box, k1) == {"name": "Ada", "ltv": 12.5, "isVip": True}
+    assert profile_of(box, k2) == {"name": "Grace", "ltv": 7, "isVip": False}
+    assert_netmera_matches(box, tmp_path)
+    run = last_run(db_url)
+    assert run["status"] == "success" and run["counts"]["verify"]["not_kept"] == {}
+
+    set_values(box, {k1: {"LTV": "13"}})  # a later run of the same mapping reads a sample, every attribute once
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__VERIFY_SAMPLE", "0")
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    verify = last_run(db_url)["counts"]["verify"]
+    assert verify["first_run"] is False and verify["profiles_read"] == 1 and verify["written"] == 1
+    assert verify["checked"] == {"isVip": 1, "ltv": 1, "name": 1}
 
 
 def test_waits_for_optimove_data_then_proceeds(sync_env: Any, db_url: str) -> None:

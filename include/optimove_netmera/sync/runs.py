@@ -236,6 +236,13 @@ def format_report(report: dict[str, Any]) -> str:
         f"netmera {c.get('netmera_calls', 0)} (429s {c.get('netmera_429s', 0)})",
         f"  seconds per phase {report['phase_seconds']}",
     ]
+    v = c.get("verify")
+    if v:
+        lines.append(
+            f"  verified: {v.get('profiles_read', 0)} profiles read back "
+            f"({'first run of this mapping' if v.get('first_run') else 'sample'}), "
+            f"attributes checked {v.get('checked', {})}, not kept by Netmera {v.get('not_kept', {})}"
+        )
     if report["dry_run"]:
         lines.append(f"  attributes that would change: {p.get('attributes_changed', {})}")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from optimove_netmera.runtime import task_settings as settings
 from optimove_netmera.settings import Settings
 from optimove_netmera.store.engine import migrate
 from optimove_netmera.store.models import SyncRunStatus
-from optimove_netmera.sync import extract, load, plan, runs
+from optimove_netmera.sync import extract, load, plan, runs, verify
 
 log = logging.getLogger(__name__)
 PROBE_TAG = "optimove-netmera-existence-probe"  # never set on anyone: untagging it changes nothing
@@ -145,6 +145,32 @@ def run_load(run: dict[str, Any], batch_ids: list[int]) -> dict[str, int]:
     with runs.phase(engine, run_id, "load"), _recording(engine, run_id, "netmera", client):
         counts = load.load_batches(engine, run_id, batch_ids, client)
     log.info("loaded: %s", counts)
+    return counts
+
+
+@fail_fast_on_config_errors
+def run_verify(run: dict[str, Any]) -> dict[str, Any]:
+    """Read back a sample of the written profiles; fail (no retries) naming any attribute Netmera dropped."""
+    if run["dry_run"]:
+        return {"skipped": "dry run"}
+    s = settings()
+    engine = state_engine(s)
+    run_id = run["sync_run_id"]
+    load.settle(engine, run_id)  # the read-back covers every customer whose writes were all delivered
+    client = NetmeraHook(s.connections.netmera).get_conn()
+    with runs.phase(engine, run_id, "verify"), _recording(engine, run_id, "netmera", client):
+        result = verify.verify_run(engine, run_id, s, client)
+    counts = result.counts()
+    runs.record_counts(engine, run_id, {"verify": counts})
+    log.info("verify: %s", counts)  # attribute names and counts only
+    if result.unverified:
+        log.warning("not verified (every profile read back was unknown to Netmera): %s", result.unverified)
+    if result.not_kept:
+        message = result.message({a.netmera: a.type for a in s.attributes})
+        reopened = verify.reopen(engine, run_id, set(result.not_kept))
+        runs.finish_run(engine, run_id, SyncRunStatus.FAILED, message)
+        log.error("sync run %s: %s (%s batches reopened)", run_id, message, reopened)
+        raise AirflowFailException(message)
     return counts
 
 
