@@ -77,6 +77,20 @@ def run_sync(conf: dict[str, Any] | None = None, logical_date: dt.datetime | Non
     return bag.get_dag(DAG_ID).test(**kwargs)
 
 
+def xcom(dr: Any, task_id: str) -> Any:
+    """The return value of one (unmapped) task instance of the run."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.scalars(
+            XComModel.get_many(
+                run_id=dr.run_id, key="return_value", task_ids=task_id, dag_ids=dr.dag_id, map_indexes=-1
+            )
+        ).first()
+        return None if row is None else XComModel.deserialize_value(row)
+
+
 def states(dr: Any) -> dict[str, str]:
     return {f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in dr.get_task_instances()}
 
@@ -313,18 +327,49 @@ def test_unknown_attribute_fails_the_first_task_naming_it(sync_env: Any, monkeyp
     assert box.admin.netmera.write_calls() == 0
 
 
-def test_permanent_rejection_is_dead_lettered(sync_env: Any, db_url: str) -> None:
+def test_permanent_rejection_is_dead_lettered_and_the_run_is_not_green(
+    sync_env: Any, db_url: str, monkeypatch: Any
+) -> None:
+    """A 400 is not retried: the batch is dead-lettered, everyone else delivered, the run fails naming the replay."""
     box = sync_env
-    box.admin.netmera.set_faults([])
-    box.admin.netmera.config(reject_invalid_entries=True, profile_attributes={"name": "string"})
+    monkeypatch.setenv("OPTIMOVE_NETMERA__ATTRIBUTES", SMALL_MAPPING)
+    first_sync(box, db_url)
+    k1, k2, k3 = [c for c in ALL_IDS if KNOWN.netmera_known(c)][:3]
+    # Netmera rejects the whole request when one entry holds a wrong type (the panel's "reject invalid" setting)
+    box.admin.netmera.config(
+        reject_invalid_entries=True, profile_attributes={"name": "string", "ltv": "number", "isVip": "string"}
+    )
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__BATCH_SIZE", "1")  # one customer per request
+    set_values(
+        box,
+        {
+            k1: {"FirstName": "Rej", "LTV": "1", "IsVIP": "yes"},  # isVip is a boolean: rejected
+            k2: {"FirstName": "Ok", "LTV": "5", "IsVIP": None},
+            k3: {"FirstName": "Ok3", "LTV": "6", "IsVIP": None},
+        },
+    )
     dr = run_sync()
-    assert dr.state == "success", states(dr)  # a 400 is not retried; it is dead-lettered and reported
+    assert dr.state == "failed", states(dr)
+    st = states(dr)
+    assert st["report[-1]"] == "failed" and st["verify[-1]"] == "success"
+    assert all(v == "success" for k, v in st.items() if k.startswith("load["))
     run = last_run(db_url)
-    assert run["counts"]["batches"] == {"dead": math.ceil(N_KNOWN / BATCH)}
+    assert run["status"] == "failed"
+    assert run["error"].startswith("1 customers dead-lettered") and "Replay" in run["error"]
+    assert run["counts"]["batches"] == {"dead": 1, "delivered": 4}  # k2 and k3: a set and an unset each
+    assert profile_of(box, k2) == {"name": "Ok", "ltv": 5} and profile_of(box, k3) == {"name": "Ok3", "ltv": 6}
     with get_engine(db_url).connect() as conn:
-        letters = conn.execute(sa.select(DeadLetter.kind, DeadLetter.reason)).all()
-    assert len(letters) == N_KNOWN and all(k == "profile_set" and "400" in r for k, r in letters)
-    assert snapshot_size(db_url) == 0
+        letters = conn.execute(sa.select(DeadLetter.id, DeadLetter.kind, DeadLetter.reason)).all()
+    assert len(letters) == 1 and letters[0].kind == "profile_set" and "400" in letters[0].reason
+
+    # The replay path the error names: fix the cause, Replay the letter, the next run delivers it and is green.
+    from optimove_netmera.ui.actions import replay_dead_letters
+
+    box.admin.netmera.config(profile_attributes={"name": "string", "ltv": "number", "isVip": "boolean"})
+    replay_dead_letters(get_engine(db_url), [letters[0].id], "tester")
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    assert profile_of(box, k1) == {"name": "Rej", "ltv": 1, "isVip": True}
 
 
 def test_a_value_netmera_drops_fails_the_check_then_clear_delivers(
@@ -439,6 +484,9 @@ def test_existence_answer_without_the_list_is_unknown_and_carried(sync_env: Any,
     assert dr.state == "success", states(dr)
     run = last_run(db_url)
     assert run["counts"]["changes"] == {"not_found": CUSTOMERS}  # nobody recorded delivered
+    assert run["status"] == "success"  # expected in normal operation: green, and the report says so plainly
+    statement = f"{CUSTOMERS} customers not delivered: unknown to Netmera, carried to the next run"
+    assert xcom(dr, "report")["undelivered"].startswith(statement)
     assert run["counts"]["plan"]["existence_unknown"] == CUSTOMERS
     assert calls(box, SET) == 0 and calls(box, PROBE) == 1
     assert snapshot_size(db_url) == 0 and netmera_profiles(box) == {}

@@ -1,4 +1,4 @@
-"""The verify step's pieces: value comparison, mapping fingerprint, first-run rule, sample."""
+"""The verify step's pieces: value comparison, mapping fingerprint, first-run rule, sample; the report's notices."""
 
 from __future__ import annotations
 
@@ -63,3 +63,13 @@ def test_first_run_of_a_mapping_and_the_sample(db_url: str) -> None:
     assert written == 100 and len(sample) == 10 and len({w.customer_id for w in sample}) == 10
     assert [w.customer_id for w in per_attribute["rare"]] == ["C077"]  # the rare attribute is read back too
     assert len(per_attribute["name"]) == verify.BACKUPS_PER_ATTRIBUTE
+
+
+def test_report_notices_name_the_count_and_the_next_step() -> None:
+    assert runs.undelivered_notice({"changes": {"delivered": 3}}) is None
+    assert runs.undelivered_notice({"changes": {"not_found": 4}}) == (
+        "4 customers not delivered: unknown to Netmera, carried to the next run; they are sent once they register"
+    )
+    assert runs.dead_letter_notice({"dead_lettered": 0}) is None
+    notice = runs.dead_letter_notice({"dead_lettered": 2})
+    assert notice is not None and notice.startswith("2 customers dead-lettered") and "Replay" in notice

@@ -218,12 +218,15 @@ def run_report(run: dict[str, Any]) -> dict[str, Any]:
         report = runs.finish_run(engine, run_id, SyncRunStatus.DRY_RUN)
     else:
         open_batches = sum(n for status, n in summary["batches"].items() if status not in ("delivered", "dead"))
-        status = SyncRunStatus.SUCCESS if open_batches == 0 else SyncRunStatus.FAILED
-        error = None if open_batches == 0 else f"{open_batches} batch(es) not delivered"
-        report = runs.finish_run(engine, run_id, status, error)
+        dead = runs.dead_letter_notice(summary)
+        error = f"{open_batches} batch(es) not delivered" if open_batches else dead
+        report = runs.finish_run(engine, run_id, SyncRunStatus.FAILED if error else SyncRunStatus.SUCCESS, error)
     if report["status"] != SyncRunStatus.FAILED.value:
         extract.clear_staging(engine, run_id)  # the staged copy is no longer needed once the run is closed
+    undelivered = runs.undelivered_notice(report["counts"])
+    if undelivered:
+        report["undelivered"] = undelivered
     log.info("user sync report:\n%s", runs.format_report(report))
     if report["status"] == SyncRunStatus.FAILED.value:
-        raise AirflowFailException(f"sync run {run_id} incomplete: {report['counts']}")
+        raise AirflowFailException(f"sync run {run_id}: {report['error']}; counts {report['counts']}")
     return report
