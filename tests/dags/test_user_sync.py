@@ -157,6 +157,11 @@ def test_first_run_then_no_change_then_k_changes(sync_env: Any, db_url: str, tmp
     assert calls(box, PROBE) == math.ceil(CUSTOMERS / 1000)  # new extIds are checked 1000 per call
     assert calls(box, UNSET) == 0
     assert snapshot_size(db_url) == N_KNOWN
+    assert first["counts"]["verify"]["profiles_read"] == N_KNOWN  # the first run of the mapping: read back
+    k = next(c for c in ALL_IDS if KNOWN.netmera_known(c))
+    with NetmeraClient(box.netmera_url, box.netmera_api_key) as netmera:  # the fixture's Netmera is strict
+        netmera.set_profile_attributes([{"extId": k, "profile": {"notMapped": "x", "ltv": "not a number"}}])
+    assert "notMapped" not in profile_of(box, k) and profile_of(box, k).get("ltv") != "not a number"
 
     before = {e: calls(box, e) for e in (SET, UNSET, PROBE)}
     dr = run_sync()

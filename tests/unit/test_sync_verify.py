@@ -73,3 +73,22 @@ def test_report_notices_name_the_count_and_the_next_step() -> None:
     assert runs.dead_letter_notice({"dead_lettered": 0}) is None
     notice = runs.dead_letter_notice({"dead_lettered": 2})
     assert notice is not None and notice.startswith("2 customers dead-lettered") and "Replay" in notice
+
+
+def test_the_report_line_states_the_undelivered_and_the_verify_outcome() -> None:
+    report = {
+        "sync_run_id": 3,
+        "status": "success",
+        "window": ["2026-11-29", "2026-11-30"],
+        "mode": "incremental",
+        "dry_run": False,
+        "counts": {
+            "changes": {"delivered": 5, "not_found": 2},
+            "verify": {"profiles_read": 5, "first_run": False, "checked": {"name": 5}, "not_kept": {}},
+        },
+        "phase_seconds": {},
+        "error": None,
+    }
+    text = runs.format_report(report)
+    assert "2 customers not delivered: unknown to Netmera, carried to the next run" in text
+    assert "verified: 5 profiles read back (sample)" in text
