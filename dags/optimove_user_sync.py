@@ -1,8 +1,9 @@
 """Nightly user sync: Optimove customer attributes -> Netmera profile attributes on extId = Client_ID.
 
 wait for Optimove's daily data -> open the sync run -> extract changed customers -> diff & plan batches
--> load (mapped, pooled) -> report; ``record_failure`` runs only when a task failed (it closes the sync run as
-failed). Logic lives in ``optimove_netmera.sync``; see the README for settings.
+-> load (mapped, pooled) -> verify (read back a sample: Netmera drops undefined keys silently) -> report;
+``record_failure`` runs only when a task failed (it closes the sync run as failed). Logic lives in
+``optimove_netmera.sync``; see the README for settings.
 """
 
 from __future__ import annotations
@@ -76,7 +77,11 @@ with DAG(
         return sync.run_load(run, batch_ids)
 
     @task(trigger_rule="none_failed")
-    def report(run: dict, loaded: list) -> dict:
+    def verify(run: dict, loaded: list) -> dict:
+        return sync.run_verify(run)
+
+    @task(trigger_rule="none_failed")
+    def report(run: dict, verified: dict) -> dict:
         return sync.run_report(run)
 
     @task(trigger_rule="one_failed", retries=0)
@@ -88,5 +93,6 @@ with DAG(
     extracted = extract(run)
     planned = plan(run, extracted)
     loaded = load.partial(run=run).expand(batch_ids=planned)
-    reported = report(run, loaded)
-    [data_date, run, extracted, planned, loaded, reported] >> record_failure()
+    verified = verify(run, loaded)
+    reported = report(run, verified)
+    [data_date, run, extracted, planned, loaded, verified, reported] >> record_failure()

@@ -33,7 +33,9 @@ NEXT_STEPS: dict[str, str] = {
     "optimove_user_sync": (
         "Open the failed task's log: a configuration fault names the connection or setting to fix (it is not "
         "retried); an outage was retried before failing. Then clear the failed task: delivered batches are skipped, "
-        "nobody is sent twice or lost."
+        "nobody is sent twice or lost. If the verify task failed, define the attribute it names in Netmera (with that "
+        "type), then clear. If the report failed over dead letters, fix their reason and Replay them on the Optimove "
+        "Netmera page."
     ),
     "optimove_campaign_send": (
         "If the report task failed over recipients with an UNKNOWN outcome, either trigger optimove_campaign_send "

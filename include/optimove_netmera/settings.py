@@ -98,6 +98,12 @@ class SyncSettings(_Model):
     check_unknown_ext_ids: bool = Field(
         True, description="check that extIds new to the snapshot exist in Netmera before writing (untagUsers probe)"
     )
+    verify_sample: int = Field(
+        50, ge=0, description="profiles read back after each load (getProfileAttributes) to catch silent drops"
+    )
+    verify_first_run_cap: int = Field(
+        1000, ge=0, description="profiles read back on the first run of a new attribute mapping (all, up to this)"
+    )
 
     @field_validator("schedule")
     @classmethod

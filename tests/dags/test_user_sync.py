@@ -44,9 +44,12 @@ def sync_env(sandbox_reset: Any, db_url: str, monkeypatch: pytest.MonkeyPatch) -
     """Connections to the sandbox, a fresh state DB, small batches, no task retries (failures show at once).
 
     The Optimove window is widened to 1000 calls / 10 s on both sides so a test's several runs are not paced.
+    Netmera is as strict as the real one: only the mapping's attributes are defined, with their types; any other
+    key or a wrong type is dropped silently (200), which the sync's verify step must catch.
     """
     box = sandbox_reset
     box.admin.optimove.config(rate_limit={"calls": 1000, "period": 10})
+    box.admin.netmera.config(profile_attributes={a.netmera: a.type for a in load_settings().attributes})
     fast = {"retry_base_delay": 0.02, "retry_max_delay": 0.2, "max_attempts": 6}
     limits = {"rate_limit_calls": 1000, "rate_limit_period": 10}
     optimove = {"conn_type": "optimove", "host": box.optimove_url, "extra": {"api_key": box.optimove_api_key}}
@@ -72,6 +75,20 @@ def run_sync(conf: dict[str, Any] | None = None, logical_date: dt.datetime | Non
     if logical_date is not None:  # the same logical date and run_after: the same run_id, i.e. the same DAG run
         kwargs["logical_date"] = kwargs["run_after"] = logical_date
     return bag.get_dag(DAG_ID).test(**kwargs)
+
+
+def xcom(dr: Any, task_id: str) -> Any:
+    """The return value of one (unmapped) task instance of the run."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.scalars(
+            XComModel.get_many(
+                run_id=dr.run_id, key="return_value", task_ids=task_id, dag_ids=dr.dag_id, map_indexes=-1
+            )
+        ).first()
+        return None if row is None else XComModel.deserialize_value(row)
 
 
 def states(dr: Any) -> dict[str, str]:
@@ -140,6 +157,11 @@ def test_first_run_then_no_change_then_k_changes(sync_env: Any, db_url: str, tmp
     assert calls(box, PROBE) == math.ceil(CUSTOMERS / 1000)  # new extIds are checked 1000 per call
     assert calls(box, UNSET) == 0
     assert snapshot_size(db_url) == N_KNOWN
+    assert first["counts"]["verify"]["profiles_read"] == N_KNOWN  # the first run of the mapping: read back
+    k = next(c for c in ALL_IDS if KNOWN.netmera_known(c))
+    with NetmeraClient(box.netmera_url, box.netmera_api_key) as netmera:  # the fixture's Netmera is strict
+        netmera.set_profile_attributes([{"extId": k, "profile": {"notMapped": "x", "ltv": "not a number"}}])
+    assert "notMapped" not in profile_of(box, k) and profile_of(box, k).get("ltv") != "not a number"
 
     before = {e: calls(box, e) for e in (SET, UNSET, PROBE)}
     dr = run_sync()
@@ -310,18 +332,101 @@ def test_unknown_attribute_fails_the_first_task_naming_it(sync_env: Any, monkeyp
     assert box.admin.netmera.write_calls() == 0
 
 
-def test_permanent_rejection_is_dead_lettered(sync_env: Any, db_url: str) -> None:
+def test_permanent_rejection_is_dead_lettered_and_the_run_is_not_green(
+    sync_env: Any, db_url: str, monkeypatch: Any
+) -> None:
+    """A 400 is not retried: the batch is dead-lettered, everyone else delivered, the run fails naming the replay."""
     box = sync_env
-    box.admin.netmera.set_faults([])
-    box.admin.netmera.config(reject_invalid_entries=True, profile_attributes={"name": "string"})
+    monkeypatch.setenv("OPTIMOVE_NETMERA__ATTRIBUTES", SMALL_MAPPING)
+    first_sync(box, db_url)
+    k1, k2, k3 = [c for c in ALL_IDS if KNOWN.netmera_known(c)][:3]
+    # Netmera rejects the whole request when one entry holds a wrong type (the panel's "reject invalid" setting)
+    box.admin.netmera.config(
+        reject_invalid_entries=True, profile_attributes={"name": "string", "ltv": "number", "isVip": "string"}
+    )
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__BATCH_SIZE", "1")  # one customer per request
+    set_values(
+        box,
+        {
+            k1: {"FirstName": "Rej", "LTV": "1", "IsVIP": "yes"},  # isVip is a boolean: rejected
+            k2: {"FirstName": "Ok", "LTV": "5", "IsVIP": None},
+            k3: {"FirstName": "Ok3", "LTV": "6", "IsVIP": None},
+        },
+    )
     dr = run_sync()
-    assert dr.state == "success", states(dr)  # a 400 is not retried; it is dead-lettered and reported
+    assert dr.state == "failed", states(dr)
+    st = states(dr)
+    assert st["report[-1]"] == "failed" and st["verify[-1]"] == "success"
+    assert all(v == "success" for k, v in st.items() if k.startswith("load["))
     run = last_run(db_url)
-    assert run["counts"]["batches"] == {"dead": math.ceil(N_KNOWN / BATCH)}
+    assert run["status"] == "failed"
+    assert run["error"].startswith("1 customers dead-lettered") and "Replay" in run["error"]
+    assert run["counts"]["batches"] == {"dead": 1, "delivered": 4}  # k2 and k3: a set and an unset each
+    assert profile_of(box, k2) == {"name": "Ok", "ltv": 5} and profile_of(box, k3) == {"name": "Ok3", "ltv": 6}
     with get_engine(db_url).connect() as conn:
-        letters = conn.execute(sa.select(DeadLetter.kind, DeadLetter.reason)).all()
-    assert len(letters) == N_KNOWN and all(k == "profile_set" and "400" in r for k, r in letters)
-    assert snapshot_size(db_url) == 0
+        letters = conn.execute(sa.select(DeadLetter.id, DeadLetter.kind, DeadLetter.reason)).all()
+    assert len(letters) == 1 and letters[0].kind == "profile_set" and "400" in letters[0].reason
+
+    # The replay path the error names: fix the cause, Replay the letter, the next run delivers it and is green.
+    from optimove_netmera.ui.actions import replay_dead_letters
+
+    box.admin.netmera.config(profile_attributes={"name": "string", "ltv": "number", "isVip": "boolean"})
+    replay_dead_letters(get_engine(db_url), [letters[0].id], "tester")
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    assert profile_of(box, k1) == {"name": "Rej", "ltv": 1, "isVip": True}
+
+
+def test_a_value_netmera_drops_fails_the_check_then_clear_delivers(
+    sync_env: Any, db_url: str, monkeypatch: Any, tmp_path: Path
+) -> None:
+    """Netmera answers 200 and drops an undefined key: the verify step fails naming it; fix, clear, exact."""
+    box = sync_env
+    monkeypatch.setenv("OPTIMOVE_NETMERA__ATTRIBUTES", SMALL_MAPPING)
+    box.admin.netmera.config(profile_attributes={"name": "string", "ltv": "number"})  # isVip not defined
+    k1, k2 = [c for c in ALL_IDS if KNOWN.netmera_known(c)][:2]
+    set_values(
+        box,
+        {
+            k1: {"FirstName": "Ada", "LTV": "12.50", "IsVIP": "yes"},
+            k2: {"FirstName": "Grace", "LTV": "7", "IsVIP": "false"},
+        },
+    )
+    when = dt.datetime(2026, 11, 28, 3, 0, tzinfo=dt.UTC)
+    dr = run_sync(logical_date=when)
+    assert dr.state == "failed", states(dr)
+    st = states(dr)
+    assert st["verify[-1]"] == "failed" and st["report[-1]"] != "success"
+    assert calls(box, "POST /rest/3.0/setProfileAttributes", "400") == 0  # a silent drop: every write was a 200
+    run = last_run(db_url)
+    assert run["status"] == "failed"
+    assert "define `isVip` as boolean in Netmera, then clear" in run["error"]
+    assert "`name`" not in run["error"] and "`ltv`" not in run["error"]
+    verify = run["counts"]["verify"]
+    assert verify["first_run"] is True and verify["profiles_read"] == N_KNOWN  # the whole first run, under the cap
+    assert set(verify["not_kept"]) == {"isVip"} and verify["checked"]["name"] == N_KNOWN
+    assert profile_of(box, k1) == {"name": "Ada", "ltv": 12.5}  # nothing else lost
+    assert profile_of(box, k2) == {"name": "Grace", "ltv": 7}
+    netmera_calls = sum(sum(v.values()) for v in box.admin.netmera.requests()["counts"].values())
+    assert run["counts"]["netmera_calls"] == netmera_calls  # the read-back counts as API calls
+    assert calls(box, "GET /rest/3.0/getProfileAttributes") == N_KNOWN
+
+    box.admin.netmera.config(profile_attributes={"name": "string", "ltv": "number", "isVip": "boolean"})
+    dr = run_sync(logical_date=when)  # the same DAG run, cleared
+    assert dr.state == "success", states(dr)
+    assert profile_of(box, k1) == {"name": "Ada", "ltv": 12.5, "isVip": True}
+    assert profile_of(box, k2) == {"name": "Grace", "ltv": 7, "isVip": False}
+    assert_netmera_matches(box, tmp_path)
+    run = last_run(db_url)
+    assert run["status"] == "success" and run["counts"]["verify"]["not_kept"] == {}
+
+    set_values(box, {k1: {"LTV": "13"}})  # a later run of the same mapping reads a sample, every attribute once
+    monkeypatch.setenv("OPTIMOVE_NETMERA__SYNC__VERIFY_SAMPLE", "0")
+    dr = run_sync()
+    assert dr.state == "success", states(dr)
+    verify = last_run(db_url)["counts"]["verify"]
+    assert verify["first_run"] is False and verify["profiles_read"] == 1 and verify["written"] == 1
+    assert verify["checked"] == {"isVip": 1, "ltv": 1, "name": 1}
 
 
 def test_waits_for_optimove_data_then_proceeds(sync_env: Any, db_url: str) -> None:
@@ -384,6 +489,9 @@ def test_existence_answer_without_the_list_is_unknown_and_carried(sync_env: Any,
     assert dr.state == "success", states(dr)
     run = last_run(db_url)
     assert run["counts"]["changes"] == {"not_found": CUSTOMERS}  # nobody recorded delivered
+    assert run["status"] == "success"  # expected in normal operation: green, and the report says so plainly
+    statement = f"{CUSTOMERS} customers not delivered: unknown to Netmera, carried to the next run"
+    assert xcom(dr, "report")["undelivered"].startswith(statement)
     assert run["counts"]["plan"]["existence_unknown"] == CUSTOMERS
     assert calls(box, SET) == 0 and calls(box, PROBE) == 1
     assert snapshot_size(db_url) == 0 and netmera_profiles(box) == {}

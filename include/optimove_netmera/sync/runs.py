@@ -217,6 +217,26 @@ def run_report(engine: Engine, run_id: int | None = None) -> dict[str, Any] | No
     }
 
 
+def undelivered_notice(counts: Mapping[str, Any]) -> str | None:
+    """The plain statement for customers this run carried because Netmera does not know them (None: none)."""
+    n = (counts.get("changes") or {}).get("not_found", 0)
+    if not n:
+        return None
+    return f"{n} customers not delivered: unknown to Netmera, carried to the next run; they are sent once they register"
+
+
+def dead_letter_notice(summary: Mapping[str, Any]) -> str | None:
+    """Why a run with dead letters is not green, with the count and the replay path (None: no dead letters)."""
+    n = summary.get("dead_lettered", 0)
+    if not n:
+        return None
+    return (
+        f"{n} customers dead-lettered: Netmera rejected their payload (4xx); everyone else was delivered. Fix the "
+        "cause named in the letters' reason, then select them under Dead letters on the Optimove Netmera page "
+        "(Airflow UI) and Replay: the next user-sync run sends them again"
+    )
+
+
 def format_report(report: dict[str, Any]) -> str:
     """A readable, counts-only summary of a finished run."""
     c = report["counts"]
@@ -236,6 +256,17 @@ def format_report(report: dict[str, Any]) -> str:
         f"netmera {c.get('netmera_calls', 0)} (429s {c.get('netmera_429s', 0)})",
         f"  seconds per phase {report['phase_seconds']}",
     ]
+    v = c.get("verify")
+    if v:
+        lines.append(
+            f"  verified: {v.get('profiles_read', 0)} profiles read back "
+            f"({'first run of this mapping' if v.get('first_run') else 'sample'}), "
+            f"attributes checked {v.get('checked', {})}, not kept by Netmera {v.get('not_kept', {})}"
+        )
     if report["dry_run"]:
         lines.append(f"  attributes that would change: {p.get('attributes_changed', {})}")
+    else:
+        lines += [f"  {notice}" for notice in (undelivered_notice(c),) if notice]
+    if report.get("error"):
+        lines.append(f"  error: {report['error']}")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from optimove_netmera.runtime import task_settings as settings
 from optimove_netmera.settings import Settings
 from optimove_netmera.store.engine import migrate
 from optimove_netmera.store.models import SyncRunStatus
-from optimove_netmera.sync import extract, load, plan, runs
+from optimove_netmera.sync import extract, load, plan, runs, verify
 
 log = logging.getLogger(__name__)
 PROBE_TAG = "optimove-netmera-existence-probe"  # never set on anyone: untagging it changes nothing
@@ -148,6 +148,32 @@ def run_load(run: dict[str, Any], batch_ids: list[int]) -> dict[str, int]:
     return counts
 
 
+@fail_fast_on_config_errors
+def run_verify(run: dict[str, Any]) -> dict[str, Any]:
+    """Read back a sample of the written profiles; fail (no retries) naming any attribute Netmera dropped."""
+    if run["dry_run"]:
+        return {"skipped": "dry run"}
+    s = settings()
+    engine = state_engine(s)
+    run_id = run["sync_run_id"]
+    load.settle(engine, run_id)  # the read-back covers every customer whose writes were all delivered
+    client = NetmeraHook(s.connections.netmera).get_conn()
+    with runs.phase(engine, run_id, "verify"), _recording(engine, run_id, "netmera", client):
+        result = verify.verify_run(engine, run_id, s, client)
+    counts = result.counts()
+    runs.record_counts(engine, run_id, {"verify": counts})
+    log.info("verify: %s", counts)  # attribute names and counts only
+    if result.unverified:
+        log.warning("not verified (every profile read back was unknown to Netmera): %s", result.unverified)
+    if result.not_kept:
+        message = result.message({a.netmera: a.type for a in s.attributes})
+        reopened = verify.reopen(engine, run_id, set(result.not_kept))
+        runs.finish_run(engine, run_id, SyncRunStatus.FAILED, message)
+        log.error("sync run %s: %s (%s batches reopened)", run_id, message, reopened)
+        raise AirflowFailException(message)
+    return counts
+
+
 def record_api_stats(engine: Engine, run_id: int, service: str, client: Any) -> None:
     """Add the client's calls and 429s (this try's) to the run's counts: retries and failed tries add up."""
     stats = client.stats.snapshot()
@@ -192,12 +218,15 @@ def run_report(run: dict[str, Any]) -> dict[str, Any]:
         report = runs.finish_run(engine, run_id, SyncRunStatus.DRY_RUN)
     else:
         open_batches = sum(n for status, n in summary["batches"].items() if status not in ("delivered", "dead"))
-        status = SyncRunStatus.SUCCESS if open_batches == 0 else SyncRunStatus.FAILED
-        error = None if open_batches == 0 else f"{open_batches} batch(es) not delivered"
-        report = runs.finish_run(engine, run_id, status, error)
+        dead = runs.dead_letter_notice(summary)
+        error = f"{open_batches} batch(es) not delivered" if open_batches else dead
+        report = runs.finish_run(engine, run_id, SyncRunStatus.FAILED if error else SyncRunStatus.SUCCESS, error)
     if report["status"] != SyncRunStatus.FAILED.value:
         extract.clear_staging(engine, run_id)  # the staged copy is no longer needed once the run is closed
+    undelivered = runs.undelivered_notice(report["counts"])
+    if undelivered:
+        report["undelivered"] = undelivered
     log.info("user sync report:\n%s", runs.format_report(report))
     if report["status"] == SyncRunStatus.FAILED.value:
-        raise AirflowFailException(f"sync run {run_id} incomplete: {report['counts']}")
+        raise AirflowFailException(f"sync run {run_id}: {report['error']}; counts {report['counts']}")
     return report
