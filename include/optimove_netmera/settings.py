@@ -148,6 +148,12 @@ class InboundSettings(_Model):
     app_key: str = "optimove-netmera"
     api_key_env: str = "OPTIMOVE_NETMERA_INBOUND_API_KEY"
     max_body_bytes: int = Field(65_536, ge=1024)
+    body_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="a body not fully received by then is answered 408 (slow or stalled clients)"
+    )
+    max_concurrent_requests: int = Field(
+        64, ge=1, description="event requests in progress per API server process; more are answered 503 (retry)"
+    )
 
 
 class NotificationSettings(_Model):

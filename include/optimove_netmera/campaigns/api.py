@@ -11,10 +11,12 @@ on any rejection; every error body is ``{"status": "rejected", "error": "...", "
 404   ``app_key`` is not ``inbound.app_key``
 415   the content type is not ``application/json``
 413   the body is over ``inbound.max_body_bytes`` (by Content-Length before reading, else while reading)
+408   the body has not fully arrived after ``inbound.body_timeout_seconds`` (a stalled or trickling client)
 400   not JSON, or JSON that is not an object (an array, a string...)
 422   not a valid event: the message names the field (see :mod:`optimove_netmera.campaigns.events.parse`:
       NUL, lone surrogates, numbers past 64 bits, deep nesting, wrong types, a timeStamp outside its window)
-503   the state database is unreachable, or the inbound key/settings are not usable: retry later
+503   the state database is unreachable, the inbound key/settings are not usable, or
+      ``inbound.max_concurrent_requests`` event requests are already in progress in this process: retry later
 ====  ==========================================================================================
 
 Accepted events are stored before the answer: ``200 {"status": "accepted"|"ignored"|"held"|"duplicate",
@@ -132,6 +134,10 @@ def _read_variable(key: str) -> str | None:
     return None if value is None else str(value)
 
 
+DEFAULT_MAX_CONCURRENT = 64
+"""The in-progress cap before the settings are loaded (``inbound.max_concurrent_requests``)."""
+
+
 class _Runtime:
     """Settings and the inbound key (refreshed every 30 s), the state engine and its one-time migration."""
 
@@ -140,6 +146,7 @@ class _Runtime:
         self._lock = threading.Lock()
         self._migrated: set[str] = set()
         self._slots: asyncio.Semaphore | None = None
+        self.in_progress = 0  # event requests being handled (one event loop per process: no lock needed)
 
     def cached(self) -> _Config | None:
         """The current config if it is fresh."""
@@ -267,8 +274,10 @@ def _check_content_type(request: Request) -> None:
         raise Rejected(415, f"Content-Type must be {JSON_MEDIA_TYPE}, got {shown}", "Content-Type")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing more than ``limit`` bytes (Content-Length first, so a large body is never read)."""
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, refusing more than ``limit`` bytes (Content-Length first, so a large body is never read) and a body
+    that has not fully arrived after ``timeout`` seconds (408: a stalled or trickling client holds no slot for long).
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.strip().isdigit():
@@ -276,10 +285,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise Rejected(413, f"body is {int(declared)} bytes; at most {limit} are accepted", "body")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise Rejected(413, f"body is over {limit} bytes", "body")
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise Rejected(413, f"body is over {limit} bytes", "body")
+    except TimeoutError:
+        raise Rejected(408, f"the body did not arrive within {timeout:g} s; send it at once", "body") from None
     return bytes(body)
 
 
@@ -537,10 +550,15 @@ _EVENT_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: _rejected("no X-netmera-api-key header"),
     403: _rejected("the X-netmera-api-key is not the inbound key"),
     404: _rejected("unknown app key in the path"),
+    408: _rejected("the body did not fully arrive within inbound.body_timeout_seconds"),
     413: _rejected("the body is over inbound.max_body_bytes"),
     415: _rejected("the Content-Type is not application/json"),
     422: _rejected("not a valid event: field names the first bad field, errors lists them all"),
-    503: {"model": UnavailableAnswer, "description": "state database down or server not configured: retry"},
+    503: {
+        "model": UnavailableAnswer,
+        "description": "state database down, server not configured, or inbound.max_concurrent_requests in "
+        "progress: retry",
+    },
 }
 _USER_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "not logged in to Airflow"},
@@ -597,7 +615,19 @@ def create_app() -> FastAPI:
         },
     )
     async def receive_event(app_key: str, request: Request) -> JSONResponse:
-        """Store (and dispatch) one Optimove event."""
+        """Store (and dispatch) one Optimove event; at most ``inbound.max_concurrent_requests`` at once (503 over)."""
+        cached = runtime.cached()
+        cap = cached.settings.inbound.max_concurrent_requests if cached else DEFAULT_MAX_CONCURRENT
+        if runtime.in_progress >= cap:
+            log.warning("Optimove event refused with 503: %d event requests already in progress (the cap)", cap)
+            return _unavailable(f"{cap} event requests are already in progress on this server; retry later")
+        runtime.in_progress += 1
+        try:
+            return await _receive_event(app_key, request)
+        finally:
+            runtime.in_progress -= 1
+
+    async def _receive_event(app_key: str, request: Request) -> JSONResponse:
         try:
             given = request.headers.get(API_KEY_HEADER)
             if not given:
@@ -618,7 +648,8 @@ def create_app() -> FastAPI:
             _check_key(given, config.api_key)
             _check_app_key(app_key, config)
             _check_content_type(request)
-            body = await _read_body(request, config.settings.inbound.max_body_bytes)
+            inbound = config.settings.inbound
+            body = await _read_body(request, inbound.max_body_bytes, inbound.body_timeout_seconds)
             pairs = _decode(body)
             raw = _plain(pairs)
             try:  # nested objects as plain dicts: an object is "an object", never a list of pairs
