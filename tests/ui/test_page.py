@@ -264,6 +264,21 @@ def server(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         dispose_engines()
 
 
+@pytest.fixture(autouse=True)
+def fresh_state(request: pytest.FixtureRequest) -> None:
+    """Each test starts from the seeded rows (the actions change them), so the tests pass alone and in any order."""
+    if "server" not in request.fixturenames:
+        return
+    srv: Server = request.getfixturevalue("server")
+    from optimove_netmera.store import Base
+
+    with srv.engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+    srv.ids.clear()
+    srv.ids.update(seed(srv.engine))
+
+
 def scalar(engine: sa.Engine, stmt: Any) -> Any:
     with engine.connect() as conn:
         return conn.execute(stmt).scalar()
