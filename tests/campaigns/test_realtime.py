@@ -131,25 +131,36 @@ def test_events_in_flight_when_a_drainer_died_are_unknown_until_resend(env: Any,
     assert len(deliveries(box)) == 3
 
 
-def test_idle_drainer_defers_and_resumes_when_events_arrive(env: Any, db_url: str) -> None:
-    """One run: a first burst drained in the worker, then idle -> deferred -> resumed for the second burst."""
+def test_idle_drainer_defers_and_resumes_when_events_arrive(
+    env: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One run: a first burst drained in the worker, then idle -> deferred -> resumed for the second burst.
+
+    The second burst is queued right after the first drain pass went idle (a hook on ``realtime.drain``), so it
+    arrives while the task defers, whatever the machine's speed: never a fixed sleep racing the drainer.
+    """
     box = env
     first, second = customers(5, 100), customers(5, 200)
     box.admin.netmera.add_users(first + second)
     queue(db_url, first)
+    passes: list[Any] = []
+    original = realtime.drain
 
-    def later() -> None:
-        time.sleep(3.0)
-        queue(db_url, second)
+    def drain_then_feed(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        passes.append(out)
+        if len(passes) == 1:
+            assert {event_rows(db_url)[c].status for c in first} == {"sent"}  # the first burst went out first
+            queue(db_url, second)
+        return out
 
-    feeder = threading.Thread(target=later, daemon=True)
-    feeder.start()
+    monkeypatch.setattr(realtime, "drain", drain_then_feed)
     dr = run_dag(DAG_ID, {"run_seconds": 8, "idle_seconds": 0.5, "poll_seconds": 0.1})
-    feeder.join()
     assert dr.state == "success", task_states(dr)
     assert {r.status for r in event_rows(db_url).values()} == {"sent"}
     summary = xcom(dr, "drain")
     assert summary["sent"] == 10 and summary["requests"] == 2
+    assert len(passes) >= 2  # drained, deferred, resumed and drained again in one run
 
 
 def test_events_arriving_one_by_one_go_out_in_micro_batches(env: Any, db_url: str, figures: list[str]) -> None:
