@@ -102,7 +102,7 @@ def test_full_refresh_from_a_csv_export_delivers_exact_values(sync_env: Any, db_
         {
             k1: {"FirstName": "  Zoë, \"Z\"  ", "LTV": " 12.50 ", "Age": "NULL", "IsVIP": "Yes", "OptIn": "n",
                  "BirthDate": "1990-02-03 00:00:00", "City": "", "Country": "NA"},
-            k2: {"LTV": "twelve", "IsVIP": "maybe", "BirthDate": "1990-02-30", "Score": "1e2"},
+            k2: {"LTV": "twelve", "IsVIP": "maybe", "BirthDate": "1990-02-30", "Score": "1e2", "FirstName": "Nan"},
         },
     )  # fmt: skip
     dr = run_sync({"full_refresh": True, "export_path": str(export)})
@@ -113,7 +113,7 @@ def test_full_refresh_from_a_csv_export_delivers_exact_values(sync_env: Any, db_
     assert got[k1]["optIn"] is False and got[k1]["dateOfBirth"] == 634003200000  # date -u -d 1990-02-03 +%s
     assert "age" not in got[k1] and "city" not in got[k1]
     assert got[k1]["country"] == "NA"  # Namibia: pandas reads "NA" as missing unless told not to
-    assert got[k2]["score"] == 100 and not {"ltv", "isVip", "dateOfBirth"} & set(got[k2])
+    assert got[k2]["name"] == "Nan" and got[k2]["score"] == 100 and not {"ltv", "isVip", "dateOfBirth"} & set(got[k2])
     from optimove_netmera.settings import load_settings
 
     mapping = [(a.optimove, a.netmera, a.type) for a in load_settings().attributes]
