@@ -451,15 +451,20 @@ def test_waits_for_optimove_data_then_proceeds(sync_env: Any, db_url: str) -> No
     today = dt.datetime.now(dt.UTC).date()
     box.admin.optimove.config(last_data_update=(today - dt.timedelta(days=3)).isoformat())
 
-    def data_arrives() -> None:
-        time.sleep(3)
+    pokes = "/current/general/GetLastDataUpdate"
+    arrived = threading.Event()
+
+    def data_arrives() -> None:  # once the sensor has seen the stale date twice (a condition, not a timer)
+        deadline = time.monotonic() + 240
+        while box.admin.optimove.count(pokes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
         box.admin.optimove.config(last_data_update=(today - dt.timedelta(days=1)).isoformat())
+        arrived.set()
 
     threading.Thread(target=data_arrives, daemon=True).start()
-    started = time.monotonic()
     dr = run_sync()
     assert dr.state == "success", states(dr)
-    assert time.monotonic() - started >= 3
+    assert arrived.is_set() and box.admin.optimove.count(pokes) >= 3  # stale twice, then the fresh date
     assert last_run(db_url)["window_end"] == today - dt.timedelta(days=1)
 
 
