@@ -1,7 +1,8 @@
 """Real runs of ``optimove_user_sync`` (``dag.test()``) against the sandbox over HTTP, on SQLite and PostgreSQL.
 
-Expected Netmera state is computed independently: Optimove's current values (a sandbox export), coerced by the
-mapping, for the users Netmera knows. Request counts come from the sandbox's own counters.
+Expected Netmera state comes from an oracle independent of the code under test: Optimove's current values (a
+sandbox export) mapped by ``sync_oracle`` (a separate reference implementation), for the users Netmera knows, plus
+literal spot checks. Request counts come from the sandbox's own counters.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 import sqlalchemy as sa
 from optimove_netmera.netmera import NetmeraClient
@@ -22,7 +22,7 @@ from optimove_netmera.sandbox.data import Dataset
 from optimove_netmera.settings import load_settings
 from optimove_netmera.store import get_engine
 from optimove_netmera.store.models import CustomerSnapshot, DeadLetter, SyncRun
-from optimove_netmera.sync.transform import json_value, transform
+from sync_oracle import ext_id, profile, read_csv_export
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "optimove_user_sync"
@@ -100,15 +100,14 @@ def calls(box: Any, endpoint: str, status: str = "200") -> int:
 
 
 def expected_profiles(box: Any, tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """Netmera's expected profiles by extId: Optimove's current rows through the oracle, for known users."""
     export = tmp_path / "expected.csv"
     box.admin.optimove.export(str(export))
-    raw = pd.read_csv(export, dtype=str, keep_default_na=False).set_index("CustomerID")
-    t = transform(raw, load_settings().attributes)
+    mapping = [(a.optimove, a.netmera, a.type) for a in load_settings().attributes]
     out = {}
-    for cid, row in t.values.iterrows():
+    for cid, raw in read_csv_export(export).items():
         if KNOWN.netmera_known(cid):
-            values = {k: json_value(v) for k, v in row.items()}
-            out[cid] = {k: v for k, v in values.items() if v is not None}
+            out[ext_id(cid)] = profile(raw, mapping)
     return out
 
 
@@ -126,6 +125,23 @@ def assert_netmera_matches(box: Any, tmp_path: Path) -> None:
     assert set(got) == set(want), (len(got), len(want))
     diffs = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
     assert not diffs, list(diffs.items())[:3]
+
+
+# Literal spot checks (the seed-7 sandbox's first customers, converted by hand; dates: `date -u -d DAY +%s`).
+SPOT_CHECKS: dict[str, dict[str, Any]] = {
+    "C0000001": {  # Gender is "NULL" in Optimove: absent
+        "name": "Lucas", "surname": "Demir", "country": "FR", "city": "Paris", "language": "fr",
+        "segment": "Platinum", "favoriteCategory": "Travel", "age": 73, "ltv": 23989.94, "score": 99,
+        "totalOrders": 124, "isVip": False, "optIn": False, "pushEnabled": False,
+        "dateOfBirth": 105840000000, "registrationDate": 1503532800000, "lastOrderDate": 1674345600000,
+    },
+    "C0000003": {  # City is "NULL" in Optimove: absent
+        "name": "Noah", "surname": "Fischer", "country": "NL", "language": "nl", "gender": "M",
+        "segment": "Bronze", "favoriteCategory": "Home", "age": 37, "ltv": 1168.18, "score": 99,
+        "totalOrders": 203, "isVip": False, "optIn": True, "pushEnabled": True,
+        "dateOfBirth": 987724800000, "registrationDate": 1594857600000, "lastOrderDate": 1686614400000,
+    },
+}  # fmt: skip
 
 
 def last_run(db_url: str) -> dict[str, Any]:
@@ -149,6 +165,7 @@ def test_first_run_then_no_change_then_k_changes(sync_env: Any, db_url: str, tmp
     dr = run_sync()
     assert dr.state == "success", states(dr)
     assert_netmera_matches(box, tmp_path)
+    assert {c: profile_of(box, c) for c in SPOT_CHECKS} == SPOT_CHECKS
     first = last_run(db_url)
     assert first["status"] == "success" and first["params"]["mode"] == "initial"
     assert first["counts"]["plan"]["changed"] == CUSTOMERS
@@ -434,15 +451,20 @@ def test_waits_for_optimove_data_then_proceeds(sync_env: Any, db_url: str) -> No
     today = dt.datetime.now(dt.UTC).date()
     box.admin.optimove.config(last_data_update=(today - dt.timedelta(days=3)).isoformat())
 
-    def data_arrives() -> None:
-        time.sleep(3)
+    pokes = "/current/general/GetLastDataUpdate"
+    arrived = threading.Event()
+
+    def data_arrives() -> None:  # once the sensor has seen the stale date twice (a condition, not a timer)
+        deadline = time.monotonic() + 240
+        while box.admin.optimove.count(pokes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
         box.admin.optimove.config(last_data_update=(today - dt.timedelta(days=1)).isoformat())
+        arrived.set()
 
     threading.Thread(target=data_arrives, daemon=True).start()
-    started = time.monotonic()
     dr = run_sync()
     assert dr.state == "success", states(dr)
-    assert time.monotonic() - started >= 3
+    assert arrived.is_set() and box.admin.optimove.count(pokes) >= 3  # stale twice, then the fresh date
     assert last_run(db_url)["window_end"] == today - dt.timedelta(days=1)
 
 

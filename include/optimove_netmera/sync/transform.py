@@ -21,7 +21,9 @@ import pyarrow.compute as pc
 
 from optimove_netmera.settings import AttributeMapping
 
-EMPTY_STRINGS = frozenset({"", "null", "none", "nan"})
+# Optimove's empty value is "NULL" (any case) or blank; "None"/"nan" are real strings (a first name "Nan").
+# Missing cells stay missing through ``astype("str")`` (pandas 3), so no stringified null needs catching.
+EMPTY_STRINGS = frozenset({"", "null"})
 _TRUE = frozenset({"true", "1", "yes", "y", "t"})
 _FALSE = frozenset({"false", "0", "no", "n", "f"})
 _TRUE_ARROW = pa.array(sorted(_TRUE), pa.large_string())
