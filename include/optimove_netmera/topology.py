@@ -10,6 +10,7 @@ that no sender sees. :func:`check_shared_state` refuses that configuration, nami
 from __future__ import annotations
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from optimove_netmera.store.engine import ENV_URL, StateDatabaseError, redact_url
 
@@ -44,7 +45,11 @@ def is_distributed(executors: list[str] | None = None) -> bool:
 
 def check_shared_state(url: str, executors: list[str] | None = None) -> None:
     """Raise :class:`SharedStateError` when ``url`` is SQLite and Airflow's executor is not local."""
-    if make_url(url).get_backend_name() != "sqlite":
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:  # not a URL at all: the engine reports that, naming the setting
+        return
+    if backend != "sqlite":
         return
     names = configured_executors() if executors is None else executors
     if not is_distributed(names):

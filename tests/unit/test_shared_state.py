@@ -55,6 +55,10 @@ def test_sqlite_under_a_distributed_executor_is_refused_naming_the_variable(tmp_
     check_shared_state(PG, ["CeleryExecutor"])  # a server database is shared
 
 
+def test_a_malformed_url_is_left_to_the_engine_to_explain() -> None:
+    check_shared_state("not a url", ["CeleryExecutor"])  # no crash here: get_engine names the setting
+
+
 def test_the_error_never_shows_a_password() -> None:
     with pytest.raises(SharedStateError) as err:
         check_shared_state("sqlite:////tmp/state.db", ["CeleryExecutor"])
