@@ -29,6 +29,9 @@ _FALSE = frozenset({"false", "0", "no", "n", "f"})
 _TRUE_ARROW = pa.array(sorted(_TRUE), pa.large_string())
 _FALSE_ARROW = pa.array(sorted(_FALSE), pa.large_string())
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+# A date is YYYY-MM-DD, optionally followed by a time (Optimove's "YYYY-MM-DD HH:MM[:SS]", ISO 8601 with "T",
+# fractions and a zone); the day is the one written. Anything else ("2024-1-5", "2024-01-05xyz") is invalid_date.
+_DATE = r"^\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$"
 INVALID = "\x00invalid"
 HASH_VERSION = "h1"
 
@@ -61,7 +64,11 @@ def coerce_column(raw: pd.Series, kind: str) -> tuple[pd.Series, pd.Series]:
         invalid = ~empty & values.isna()
         return values, invalid
     if kind == "date":
-        day = pd.to_datetime(text.where(~empty).str.slice(0, 10), format="%Y-%m-%d", errors="coerce", utc=True)
+        arr = pa.array(text.where(~empty), type=pa.large_string())
+        shaped = pc.fill_null(pc.match_substring_regex(arr, _DATE), False).to_numpy(zero_copy_only=False)
+        day = pd.to_datetime(
+            text.where(~empty & shaped).str.slice(0, 10), format="%Y-%m-%d", errors="coerce", utc=True
+        )
         invalid = ~empty & day.isna()
         millis = pd.Series(day.dt.as_unit("ms").astype("int64"), index=raw.index).astype("Int64")
         return millis.where(day.notna(), pd.NA), invalid
