@@ -66,9 +66,7 @@ def coerce_column(raw: pd.Series, kind: str) -> tuple[pd.Series, pd.Series]:
     if kind == "date":
         arr = pa.array(text.where(~empty), type=pa.large_string())
         shaped = pc.fill_null(pc.match_substring_regex(arr, _DATE), False).to_numpy(zero_copy_only=False)
-        day = pd.to_datetime(
-            text.where(~empty & shaped).str.slice(0, 10), format="%Y-%m-%d", errors="coerce", utc=True
-        )
+        day = pd.to_datetime(text.where(~empty & shaped).str.slice(0, 10), format="%Y-%m-%d", errors="coerce", utc=True)
         invalid = ~empty & day.isna()
         millis = pd.Series(day.dt.as_unit("ms").astype("int64"), index=raw.index).astype("Int64")
         return millis.where(day.notna(), pd.NA), invalid
