@@ -1,6 +1,7 @@
 """Nightly user sync: Optimove customer attributes -> Netmera profile attributes on extId = Client_ID.
 
 wait for Optimove's daily data -> open the sync run -> extract changed customers -> diff & plan batches
+-> approve_changes (only when the change guard tripped: Approve / Reject in Required Actions)
 -> load (mapped, pooled) -> verify (read back a sample: Netmera drops undefined keys silently) -> report;
 ``record_failure`` runs only when a task failed (it closes the sync run as failed). Logic lives in
 ``optimove_netmera.sync``; see the README for settings.
@@ -15,6 +16,7 @@ from optimove_netmera.runtime import default_args
 from optimove_netmera.sensors import OptimoveDataReadySensor
 from optimove_netmera.settings import get_settings
 from optimove_netmera.sync import tasks as sync
+from optimove_netmera.sync.guard import ChangeGuardApproval
 
 settings = get_settings()  # the settings file and env only: no network or database at parse time
 
@@ -38,7 +40,8 @@ with DAG(
             type="number",
             exclusiveMinimum=0,
             maximum=1,
-            description="Stop before sending if more than this share of known customers would change",
+            description="Ask in Required Actions before sending if more than this share of known customers would "
+            "change",
         ),
         "export_path": Param(None, type=["null", "string"], description="CSV/Parquet customer export"),
         "resync": Param(
@@ -92,7 +95,9 @@ with DAG(
     run = open_run(data_date.output)
     extracted = extract(run)
     planned = plan(run, extracted)
+    approved = ChangeGuardApproval(task_id="approve_changes", run=run, timeout_hours=settings.sync.guard_timeout_hours)
     loaded = load.partial(run=run).expand(batch_ids=planned)
+    planned >> approved >> loaded
     verified = verify(run, loaded)
     reported = report(run, verified)
-    [data_date, run, extracted, planned, loaded, verified, reported] >> record_failure()
+    [data_date, run, extracted, planned, approved, loaded, verified, reported] >> record_failure()

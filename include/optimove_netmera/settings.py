@@ -89,6 +89,9 @@ class SyncSettings(_Model):
     batch_size: int = Field(1000, ge=1, le=1000)
     batches_per_task: int = Field(50, ge=1)
     max_change_ratio: float = Field(0.5, gt=0, le=1)
+    guard_timeout_hours: float = Field(
+        12, gt=0, description="how long a tripped change guard waits for Approve/Reject (then: Reject, task fails)"
+    )
     pool: str = "netmera_api"
     data_ready_poke_seconds: int = Field(300, ge=1)
     data_ready_timeout_hours: float = Field(12, gt=0)

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,16 +21,12 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from api_server import APP_KEY, KEY, Server, reserialize, start_server, stop_server, wait_healthy
 from optimove_netmera.campaigns import events
 from optimove_netmera.sandbox.process import free_port
 from optimove_netmera.store import Campaign, Event, dispose_engines, get_engine, migrate, scratch
 
 REPO = Path(__file__).resolve().parents[2]
-DAGS = REPO / "dags"
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
-KEY = "test-inbound-" + secrets.token_hex(8)
-APP_KEY = "optimove-netmera"  # inbound.app_key in config/optimove_netmera.yaml
-PASSWORD = "admin-" + secrets.token_hex(6)
 CHANNEL = 506  # campaigns.channels in config/optimove_netmera.yaml
 SEND_DAG = events.CAMPAIGN_SEND_DAG_ID
 SYNC_DAG = events.USER_SYNC_DAG_ID
@@ -60,116 +54,10 @@ def new_id() -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    """A running ``airflow api-server`` and how to call it."""
-
-    base_url: str
-    state_url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    _token: str | None = None
-
-    @property
-    def event_url(self) -> str:
-        return f"{self.base_url}/rest/optimove/event/{APP_KEY}"
-
-    def token(self) -> str:
-        if self._token is None:
-            response = httpx.post(
-                f"{self.base_url}/auth/token", json={"username": "admin", "password": PASSWORD}, timeout=30
-            )
-            assert response.status_code in (200, 201), response.text
-            self._token = response.json()["access_token"]
-        return self._token
-
-    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Call the Airflow REST API (``/api/v2...``) as admin."""
-        headers = {"Authorization": f"Bearer {self.token()}", **kwargs.pop("headers", {})}
-        return httpx.request(method, f"{self.base_url}{path}", headers=headers, timeout=30, **kwargs)
-
-    def post_event(self, body: Any, **kwargs: Any) -> httpx.Response:
-        """POST a JSON event with the right key and content type (override with ``headers=``)."""
-        headers = {"X-netmera-api-key": KEY, "Content-Type": "application/json", **kwargs.pop("headers", {})}
-        content = body if isinstance(body, bytes) else json.dumps(body)
-        return httpx.post(kwargs.pop("url", self.event_url), content=content, headers=headers, timeout=30, **kwargs)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def _server_env(state_url: str, home: Path) -> dict[str, str]:
-    passwords = home / "onm_endpoint_passwords.json"
-    if not passwords.exists():
-        passwords.write_text(json.dumps({"admin": PASSWORD}))
-    env = os.environ.copy()
-    env.update(
-        {
-            "OPTIMOVE_NETMERA_STATE_DB_URL": state_url,
-            "OPTIMOVE_NETMERA_INBOUND_API_KEY": KEY,
-            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-            "AIRFLOW__API_AUTH__JWT_SECRET": "onm-endpoint-tests-" + "0" * 16,
-        }
-    )
-    return env
-
-
-def start_server(state_url: str, home: Path, log_path: Path) -> Server:
-    """Start an API server (returns at once; see :func:`wait_healthy`)."""
-    port = free_port()
-    log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
-    process = subprocess.Popen(
-        [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=_server_env(state_url, home),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    return Server(f"http://127.0.0.1:{port}", state_url, process, log_path)
-
-
-def wait_healthy(server: Server, timeout: float = 90) -> None:
-    """Block until ``/api/v2/monitor/health`` answers 200 (fail with the server's log otherwise)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"api-server exited with {server.process.returncode}:\n{server.log()[-3000:]}")
-        try:
-            if httpx.get(f"{server.base_url}/api/v2/monitor/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"api-server did not become healthy in {timeout:.0f}s:\n{server.log()[-3000:]}")
-
-
-def stop_server(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
-
-
 @pytest.fixture(scope="module")
 def reserialized(airflow_db: Path) -> Path:
     """The repo's DAGs serialized into the session's metadata database."""
-    result = subprocess.run(
-        [AIRFLOW, "dags", "reserialize"],
-        env={
-            **os.environ,
-            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        },
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return airflow_db
+    return reserialize(airflow_db)
 
 
 @pytest.fixture(scope="module", params=ENDPOINT_BACKENDS)

@@ -70,10 +70,6 @@ class _Clock:
         self.last = now
 
 
-class GuardTripped(RuntimeError):
-    """More customers would change than the run's ``max_change_ratio`` allows."""
-
-
 @dataclass
 class Plan:
     """Counts of the plan, plus the batch-id groups the load tasks map over (all small, XCom-safe)."""
@@ -95,6 +91,7 @@ class Plan:
     dropped: dict[str, int] = field(default_factory=dict)
     attributes_changed: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # read, diff, probe (Netmera round trips), store
+    guard: dict[str, Any] = field(default_factory=dict)  # see :func:`guard_check`
     groups: list[list[int]] = field(default_factory=list)
 
     def counts(self) -> dict[str, Any]:
@@ -293,12 +290,7 @@ def build_plan(
     plan.new = int(is_new.sum())
     plan.changed = int(changed_mask.sum())
     plan.unchanged = len(hashes) - plan.changed
-    if plan.known and data_changed / plan.known > max_change_ratio:
-        raise GuardTripped(
-            f"{data_changed} of {plan.known} known customers ({data_changed / plan.known:.1%}) would change, "
-            f"more than max_change_ratio={max_change_ratio:.1%}; nothing was sent. If this is expected (a new "
-            "attribute mapping, a bulk update in Optimove), trigger the run again with a higher max_change_ratio."
-        )
+    plan.guard = guard_check(data_changed, plan.known, max_change_ratio)
 
     idx = np.flatnonzero(changed_mask)
     names = list(t.values.columns)
@@ -368,6 +360,21 @@ def build_plan(
     clock.lap("diff")
     _store(engine, run_id, changes, plan, settings, clock)
     return plan
+
+
+def guard_check(changed: int, known: int, max_change_ratio: float) -> dict[str, Any]:
+    """The change guard: ``tripped`` when more than ``max_change_ratio`` of the known customers would change.
+
+    A tripped guard does not stop the plan: the load waits for a person's decision (``sync.guard``).
+    """
+    ratio = changed / known if known else 0.0
+    return {
+        "changed": changed,
+        "known": known,
+        "ratio": round(ratio, 6),
+        "max_change_ratio": max_change_ratio,
+        "tripped": bool(known) and ratio > max_change_ratio,
+    }
 
 
 def _assign_batches(changes: list[dict[str, Any]], size: int, plan: Plan) -> None:

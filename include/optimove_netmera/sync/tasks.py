@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from sqlalchemy.engine import Engine
 
 from optimove_netmera.hooks import NetmeraHook, OptimoveHook
@@ -22,7 +22,7 @@ from optimove_netmera.runtime import task_settings as settings
 from optimove_netmera.settings import Settings
 from optimove_netmera.store.engine import migrate
 from optimove_netmera.store.models import SyncRunStatus
-from optimove_netmera.sync import extract, load, plan, runs, verify
+from optimove_netmera.sync import extract, guard, load, plan, runs, verify
 
 log = logging.getLogger(__name__)
 PROBE_TAG = "optimove-netmera-existence-probe"  # never set on anyone: untagging it changes nothing
@@ -93,7 +93,11 @@ def run_extract(run: dict[str, Any]) -> dict[str, int]:
 
 @fail_fast_on_config_errors
 def run_plan(run: dict[str, Any], max_change_ratio: float) -> list[list[int]]:
-    """Diff and plan; returns the batch-id groups the load tasks map over. The guard fails before any send."""
+    """Diff and plan; returns the batch-id groups the load tasks map over.
+
+    The change guard is evaluated and recorded here; when it trips, the ``approve_changes`` task asks a person
+    before the load sends anything (:mod:`optimove_netmera.sync.guard`).
+    """
     s = settings()
     engine = state_engine(s)
     run_id = run["sync_run_id"]
@@ -114,14 +118,19 @@ def run_plan(run: dict[str, Any], max_change_ratio: float) -> list[list[int]]:
             p = plan.build_plan(
                 engine, run_id, s, max_change_ratio, run["dry_run"], probe, export, resync=run.get("resync")
             )
-        except plan.GuardTripped as exc:
-            runs.finish_run(engine, run_id, SyncRunStatus.ABORTED, str(exc))
-            raise AirflowFailException(str(exc)) from None
         except (FileNotFoundError, ValueError) as exc:  # the export file vanished or changed shape since extract
             raise AirflowFailException(str(exc)) from None
     counts = p.counts()
     if run["dry_run"]:
         runs.record_counts(engine, run_id, {"plan": counts})
+    if p.guard.get("tripped"):
+        log.warning(
+            "change guard tripped: %s of %s known customers would change (max_change_ratio %s)%s",
+            p.guard["changed"],
+            p.guard["known"],
+            p.guard["max_change_ratio"],
+            "" if run["dry_run"] else "; the load waits for a decision in Required Actions (approve_changes)",
+        )
     log.info(
         "plan: %s changed of %s fetched (%s new, %s unchanged), %s set + %s unset batches in %s load tasks",
         p.changed,
@@ -137,10 +146,18 @@ def run_plan(run: dict[str, Any], max_change_ratio: float) -> list[list[int]]:
 
 @fail_fast_on_config_errors
 def run_load(run: dict[str, Any], batch_ids: list[int]) -> dict[str, int]:
-    """Deliver one group of batches."""
+    """Deliver one group of batches, once the change guard allows it (see :func:`guard.clearance`)."""
     s = settings()
     engine = state_engine(s)
     run_id = run["sync_run_id"]
+    allowed = guard.clearance(engine, run_id)
+    if allowed is guard.Clearance.REJECTED:
+        raise AirflowSkipException("the change guard's decision was Reject: nothing is sent for this run")
+    if allowed is guard.Clearance.UNDECIDED:
+        raise AirflowFailException(
+            "the change guard tripped and no decision is recorded: clear the approve_changes task and answer it in "
+            "Required Actions (Approve sends, Reject ends the run without sending)"
+        )
     client = NetmeraHook(s.connections.netmera).get_conn()
     with runs.phase(engine, run_id, "load"), _recording(engine, run_id, "netmera", client):
         counts = load.load_batches(engine, run_id, batch_ids, client)
@@ -156,6 +173,8 @@ def run_verify(run: dict[str, Any]) -> dict[str, Any]:
     s = settings()
     engine = state_engine(s)
     run_id = run["sync_run_id"]
+    if guard.clearance(engine, run_id) is guard.Clearance.REJECTED:
+        return {"skipped": "changes rejected"}
     load.settle(engine, run_id)  # the read-back covers every customer whose writes were all delivered
     client = NetmeraHook(s.connections.netmera).get_conn()
     with runs.phase(engine, run_id, "verify"), _recording(engine, run_id, "netmera", client):
@@ -208,6 +227,12 @@ def run_report(run: dict[str, Any]) -> dict[str, Any]:
     s = settings()
     engine = state_engine(s)
     run_id = run["sync_run_id"]
+    if guard.clearance(engine, run_id) is guard.Clearance.REJECTED:  # closed as aborted by the decision
+        report = runs.run_report(engine, run_id)
+        assert report is not None
+        extract.clear_staging(engine, run_id)
+        log.info("user sync report:\n%s", runs.format_report(report))
+        return report
     if not run["dry_run"]:
         settled = load.settle(engine, run_id)
         if settled:
