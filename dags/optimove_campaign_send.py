@@ -2,7 +2,9 @@
 
 open (not cancelled?) -> GetCampaignDetails -> stage recipients into the ledger -> plan chunks per template and
 scheduled time -> send (mapped: each task carries many chunks, defers until its scheduled time, re-checks
-cancellation before every Netmera request) -> report. Logic lives in ``optimove_netmera.campaigns``.
+cancellation before every Netmera request) -> report -> decide_unknown (only when some recipients' outcome is
+unknown: "Re-send them" -> trigger_resend starts a run with ``resend_unknown``; or "Accept the outcome"). Logic
+lives in ``optimove_netmera.campaigns``.
 
 Runs started by the event endpoint have the run_id ``optimove_c{campaign}_ch{channel}_{YYYYMMDDTHHMMSS}``. Clearing
 any task (or the whole run) is safe: the send ledger never sends a recipient twice. ``resend_unknown`` re-sends the
@@ -12,8 +14,10 @@ recipients whose request was in flight when its worker died.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, Param, task
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import DAG, Param, XComArg, task
 from optimove_netmera.campaigns import tasks as campaign
+from optimove_netmera.campaigns.decision import UnknownOutcomeDecision
 from optimove_netmera.notify import failure_callbacks
 from optimove_netmera.runtime import default_args
 from optimove_netmera.settings import get_settings
@@ -89,4 +93,18 @@ with DAG(
         pool=settings.sync.pool,
         map_index_template="{{ batch_label }}",
     ).expand(batch=batches(planned))
-    sends >> report(run)
+    reported = report(run)
+    sends >> reported
+    decided = UnknownOutcomeDecision(
+        task_id="decide_unknown",
+        report=reported,
+        timeout_hours=settings.campaigns.unknown_timeout_hours,
+        resend_task_id="trigger_resend",
+    )
+    decided >> TriggerDagRunOperator(
+        task_id="trigger_resend",
+        trigger_dag_id="optimove_campaign_send",
+        trigger_run_id="{{ dag_run.run_id }}_resend",
+        conf=XComArg(decided, key="resend_conf"),
+        skip_when_already_exists=True,  # a cleared decide_unknown answered again never starts a second re-send
+    )

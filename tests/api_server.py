@@ -6,13 +6,17 @@ Shared by the endpoint tests and the tests that answer human-in-the-loop questio
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -136,3 +140,101 @@ def reserialize(airflow_db: Path) -> Path:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return airflow_db
+
+
+class Responder(threading.Thread):
+    """Answer one human-in-the-loop question through the REST API, as a person in Required Actions would.
+
+    Polls ``GET /api/v2/dags/{dag_id}/dagRuns/~/hitlDetails`` until ``task_id`` asks (no response yet), calls
+    ``before_answer(detail)`` (what the test wants to check while the run waits), then PATCHes ``choice``.
+    Start it before the (blocking) ``dag.test()``; ``join_and_check()`` afterwards re-raises what went wrong.
+    """
+
+    def __init__(
+        self,
+        server: Server,
+        dag_id: str,
+        task_id: str,
+        choice: str | None,
+        before_answer: Callable[[dict[str, Any]], None] | None = None,
+        timeout: float = 600,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.server, self.dag_id, self.task_id, self.choice = server, dag_id, task_id, choice
+        self.before_answer, self.timeout = before_answer, timeout
+        self.detail: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self.run_over = threading.Event()
+
+    def run(self) -> None:
+        try:
+            deadline = time.monotonic() + self.timeout
+            while self.detail is None:
+                if self.run_over.is_set():
+                    return  # the run ended without asking: join_and_check says so
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.task_id} did not ask within {self.timeout:.0f} s")
+                answer = self.server.api(
+                    "GET",
+                    f"/api/v2/dags/{self.dag_id}/dagRuns/~/hitlDetails",
+                    params={"task_id": self.task_id, "response_received": "false"},
+                )
+                assert answer.status_code == 200, answer.text
+                pending = answer.json()["hitl_details"]
+                if pending:
+                    self.detail = pending[0]
+                else:
+                    time.sleep(0.5)
+            if self.before_answer is not None:
+                try:
+                    self.before_answer(self.detail)
+                except BaseException as exc:  # still answer below, so the run ends and the test sees the failure
+                    self.error = exc
+            if self.choice is None:
+                return
+            ti = self.detail["task_instance"]
+            answer = self.server.api(
+                "PATCH",
+                f"/api/v2/dags/{self.dag_id}/dagRuns/{ti['dag_run_id']}/taskInstances/{self.task_id}/"
+                f"{ti['map_index']}/hitlDetails",
+                json={"chosen_options": [self.choice]},
+            )
+            assert answer.status_code == 200, answer.text
+        except BaseException as exc:  # handed to the test thread by join_and_check
+            self.error = self.error or exc
+
+    def join_and_check(self) -> dict[str, Any]:
+        """Call once the run has ended: re-raise the thread's failure; return the question it answered."""
+        self.run_over.set()  # a question is answered before its run can end: none now means none was asked
+        self.join(timeout=self.timeout)
+        if self.error is not None:
+            raise self.error
+        assert self.detail is not None, f"{self.task_id} never asked"
+        return self.detail
+
+
+class TimeoutSweeper(threading.Thread):
+    """Runs Airflow's own scheduler sweep for timed-out human-in-the-loop tasks (``dag.test()`` has no scheduler)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+
+            runner = SimpleNamespace(log=logging.getLogger("timeout-sweep"))
+            while not self.stop.is_set():
+                SchedulerJobRunner.check_awaiting_input_timeouts(runner)  # type: ignore[arg-type]
+                time.sleep(0.5)
+        except BaseException as exc:  # handed to the test by finish()
+            self.error = exc
+
+    def finish(self) -> None:
+        """Stop sweeping; re-raise what went wrong in the thread."""
+        self.stop.set()
+        self.join(timeout=60)
+        if self.error is not None:
+            raise self.error

@@ -8,6 +8,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from optimove_netmera.sandbox.process import SandboxProcess, start_sandbox
@@ -67,6 +68,21 @@ BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
 ]
+
+
+@pytest.fixture(scope="session")
+def hitl_api(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real ``airflow api-server`` on the session's metadata database, for answering human-in-the-loop
+    questions through the REST API (as Required Actions does): the answer resumes the waiting ``dag.test()`` task."""
+    from api_server import reserialize, start_server, stop_server, wait_healthy
+
+    home = reserialize(airflow_db)
+    server = start_server(os.environ["OPTIMOVE_NETMERA_STATE_DB_URL"], home, tmp_path_factory.mktemp("hitl") / "a.log")
+    try:
+        wait_healthy(server)
+        yield server
+    finally:
+        stop_server(server)
 
 
 @pytest.fixture(scope="session")

@@ -31,15 +31,18 @@ log = logging.getLogger(__name__)
 
 NEXT_STEPS: dict[str, str] = {
     "optimove_user_sync": (
-        "Open the failed task's log: a configuration fault names the connection or setting to fix (it is not "
-        "retried); an outage was retried before failing. Then clear the failed task: delivered batches are skipped, "
-        "nobody is sent twice or lost. If the verify task failed, define the attribute it names in Netmera (with that "
-        "type), then clear. If the report failed over dead letters, fix their reason and Replay them on the Optimove "
-        "Netmera page."
+        "If approve_changes failed, nobody answered the change guard's question in time: nothing was sent; check "
+        "the changes and trigger the run again (with a higher max_change_ratio to send them without asking). "
+        "Otherwise open the failed task's log: a configuration fault names the connection or setting to fix (it "
+        "is not retried); an outage was retried before failing. Then clear the failed task: delivered batches are"
+        " skipped, nobody is sent twice or lost. If the verify task failed, define the attribute it names in "
+        "Netmera (with that type), then clear. If the report failed over dead letters, fix their reason and "
+        "Replay them on the Optimove Netmera page."
     ),
     "optimove_campaign_send": (
-        "If the report task failed over recipients with an UNKNOWN outcome, either trigger optimove_campaign_send "
-        "again with resend_unknown=true (they may get the push twice) or mark the report task success to accept. "
+        "If decide_unknown failed, nobody answered whether to re-send the recipients with an UNKNOWN outcome: either "
+        "trigger optimove_campaign_send again with resend_unknown=true (they may get the push twice) or mark "
+        "decide_unknown success to accept. "
         "Otherwise fix what the failed task's log names and clear it: the send ledger never sends anyone twice."
     ),
     "optimove_realtime_send": (

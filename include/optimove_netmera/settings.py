@@ -124,6 +124,9 @@ class CampaignSettings(_Model):
         description="Optimove ChannelIDs handled (459 and 481: Netmera's guide; 506: Optimove's sandbox push)",
     )
     templates: dict[int, str] = Field(default_factory=dict, description="Optimove TemplateID -> notificationKey")
+    unknown_timeout_hours: float = Field(
+        24, gt=0, description="how long the re-send/accept question for unknown outcomes waits (then: task fails)"
+    )
     params: dict[str, str] = Field(default_factory=dict, description="Optimove attribute -> Netmera message param")
     required_params: list[str] = Field(default_factory=list)
     chunk_size: int = Field(1000, ge=1, le=1000)

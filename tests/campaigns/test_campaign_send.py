@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from api_server import Responder, TimeoutSweeper
 from optimove_netmera.campaigns import state
+from optimove_netmera.campaigns.decision import ACCEPT, RESEND
 from optimove_netmera.campaigns.recipients import ORPHAN_REASON
 from optimove_netmera.campaigns.send import UNKNOWN_EXT_ID_REASON
 from optimove_netmera.store import Campaign, DeadLetter, Recipient, get_engine
@@ -58,6 +60,11 @@ def stored_report(db_url: str, campaign_id: int) -> dict[str, Any]:
     with get_engine(db_url).connect() as conn:
         counts = conn.scalar(sa.select(Campaign.counts).where(Campaign.campaign_id == campaign_id))
     return counts["report"]
+
+
+def campaign_counts(db_url: str, campaign_id: int) -> dict[str, Any]:
+    with get_engine(db_url).connect() as conn:
+        return conn.scalar(sa.select(Campaign.counts).where(Campaign.campaign_id == campaign_id))
 
 
 def per_ext_id(box: Any) -> Counter[str]:
@@ -156,7 +163,19 @@ def test_unknown_ext_id_chunk_is_skipped_not_retried(env: Any, db_url: str) -> N
     assert send_requests(box, "400") == 1 and send_requests(box) == 0
 
 
-def test_crash_leaves_rows_in_flight_they_become_unknown_and_resend_on_request(env: Any, db_url: str) -> None:
+def triggered_runs(campaign_run_id: str) -> list[Any]:
+    """Runs of the send DAG that ``trigger_resend`` started for ``campaign_run_id`` (queued: no scheduler here)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        runs = session.query(DagRun).filter(DagRun.dag_id == DAG_ID, DagRun.run_id == f"{campaign_run_id}_resend")
+        return [(r.run_id, dict(r.conf or {})) for r in runs]
+
+
+def test_crash_leaves_rows_in_flight_they_become_unknown_and_resend_on_request(
+    env: Any, db_url: str, hitl_api: Any
+) -> None:
     box = env
     cid = box.admin.optimove.create_campaign(recipients=300, control_fraction=0.1, templates=[1])["campaign_id"]
     expected = expected_recipients(box, cid)
@@ -176,24 +195,39 @@ def test_crash_leaves_rows_in_flight_they_become_unknown_and_resend_on_request(e
         crashed = set(crashed)
     assert crashed
 
-    cleared = send(cid, logical_date=when)  # ops clear the whole run: the same run, every task cleared
-    assert cleared.run_id == staged.run_id
-    # never green over recipients whose push may not have gone out: the report fails, naming the next step
-    assert task_states(cleared)["report[-1]"] == "failed" and cleared.state == "failed", task_states(cleared)
-    rows = {r["customer_id"]: r for r in ledger(db_url, cid)}
-    assert {c for c, r in rows.items() if r["status"] == "unknown"} == crashed
-    assert {rows[c]["reason"] for c in crashed} == {ORPHAN_REASON}
-    assert_exactly_once(box, expected, allowed_missing=crashed)  # nobody missing except the reported unknowns
-    report = stored_report(db_url, cid)
-    assert report["unknown"] == len(crashed) and report["outcome"] == "unknown outcome"
+    seen: dict[str, Any] = {}
 
-    resent = send(cid, conf={"resend_unknown": True})
+    def while_asking(detail: dict[str, Any]) -> None:  # the run waits for a person: the ledger is settled
+        rows = {r["customer_id"]: r for r in ledger(db_url, cid)}
+        seen["unknown"] = {c for c, r in rows.items() if r["status"] == "unknown"}
+        seen["reasons"] = {rows[c]["reason"] for c in seen["unknown"]}
+        seen["report"] = stored_report(db_url, cid)
+
+    # ops clear the whole run (the same run, every task cleared); the report asks, the operator re-sends
+    responder = Responder(hitl_api, DAG_ID, "decide_unknown", RESEND, while_asking)
+    responder.start()
+    cleared = send(cid, logical_date=when)
+    detail = responder.join_and_check()
+    assert cleared.run_id == staged.run_id
+    assert seen["unknown"] == crashed and seen["reasons"] == {ORPHAN_REASON}
+    assert seen["report"]["unknown"] == len(crashed) and seen["report"]["outcome"] == "unknown outcome"
+    assert f"{len(crashed)} recipient(s) have an UNKNOWN outcome" in detail["body"]
+    assert detail["defaults"] is None  # no answer: nothing is re-sent (the task fails)
+    assert_exactly_once(box, expected, allowed_missing=crashed)  # nobody missing except the unknowns
+    assert cleared.state == "success" and task_states(cleared)["trigger_resend[-1]"] == "success"
+    assert campaign_counts(db_url, cid)["unknown_decision"]["by"] == "admin"
+    # the re-send run trigger_resend queued (the scheduler would run it; here dag.test runs its conf)
+    [(_, conf)] = triggered_runs(cleared.run_id)
+    assert conf == {"campaign_id": cid, "channel_id": CHANNEL, "resend_unknown": True, "source": "manual"}
+    resent = run_dag(DAG_ID, conf)
     assert resent.state == "success", task_states(resent)
     assert_exactly_once(box, expected)
     assert statuses(ledger(db_url, cid))["unknown"] == 0
+    assert task_states(resent)["decide_unknown[-1]"] == "success"  # nothing unknown: it did not ask
+    assert task_states(resent)["trigger_resend[-1]"] == "skipped"
 
 
-def test_ambiguous_failure_marks_unknown_task_fails_clear_resumes(env: Any, db_url: str) -> None:
+def test_ambiguous_failure_marks_unknown_task_fails_clear_resumes(env: Any, db_url: str, hitl_api: Any) -> None:
     box = env
     cid = box.admin.optimove.create_campaign(recipients=300, control_fraction=0.0, templates=[1])["campaign_id"]
     expected = expected_recipients(box, cid)
@@ -210,17 +244,55 @@ def test_ambiguous_failure_marks_unknown_task_fails_clear_resumes(env: Any, db_u
     assert statuses(rows)["pending"] > 0
     box.admin.netmera.clear_faults()
 
-    cleared = send(cid, logical_date=when)  # the outage is over, the run cleared: the rest goes out ...
+    # the outage is over, the run cleared: the rest goes out, then the operator accepts the unknown outcomes
+    seen: dict[str, Any] = {}
+    responder = Responder(
+        hitl_api, DAG_ID, "decide_unknown", ACCEPT, lambda _: seen.update(report=stored_report(db_url, cid))
+    )
+    responder.start()
+    cleared = send(cid, logical_date=when)
+    responder.join_and_check()
     assert cleared.run_id == first.run_id
+    assert seen["report"]["outcome"] == "unknown outcome"
     assert_exactly_once(box, expected, allowed_missing=unknown)
     assert statuses(ledger(db_url, cid))["unknown"] == len(unknown)
-    # ... but the run is not green while 50 recipients may have got nothing
-    assert cleared.state == "failed" and task_states(cleared)["report[-1]"] == "failed", task_states(cleared)
-    assert stored_report(db_url, cid)["outcome"] == "unknown outcome"
+    assert cleared.state == "success", task_states(cleared)  # a person accepted: nobody is re-sent
+    assert task_states(cleared)["trigger_resend[-1]"] == "skipped" and not triggered_runs(cleared.run_id)
+    decision = campaign_counts(db_url, cid)["unknown_decision"]
+    assert (decision["choice"], decision["unknown"], decision["by"]) == (ACCEPT, len(unknown), "admin")
 
-    resent = send(cid, conf={"resend_unknown": True})  # the operator's choice: re-send them
+    resent = send(cid, conf={"resend_unknown": True})  # the operator changes their mind: re-send them
     assert resent.state == "success", task_states(resent)
     assert_exactly_once(box, expected)
+
+
+def test_no_answer_on_unknown_outcomes_resends_nobody_and_fails_the_run(
+    env: Any, db_url: str, hitl_api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box = env
+    cid = box.admin.optimove.create_campaign(recipients=200, control_fraction=0.0, templates=[1])["campaign_id"]
+    expected = expected_recipients(box, cid)
+    box.admin.netmera.set_faults(
+        [{"endpoint": "/rest/3.0/sendNotification", "error_rate": 1.0, "error_status": 503, "count": 1, "after": 1}]
+    )
+    when = utcnow()
+    assert send(cid, logical_date=when).state == "failed"  # a send task failed over the 503: nothing to ask yet
+    box.admin.netmera.clear_faults()
+    unknown = {r["customer_id"] for r in ledger(db_url, cid) if r["status"] == "unknown"}
+    assert len(unknown) == CHUNK
+    monkeypatch.setenv("OPTIMOVE_NETMERA__CAMPAIGNS__UNKNOWN_TIMEOUT_HOURS", "0.0003")  # about a second
+    sweeper = TimeoutSweeper()
+    sweeper.start()
+    try:
+        cleared = send(cid, logical_date=when)
+    finally:
+        sweeper.finish()
+    states = task_states(cleared)
+    assert cleared.state == "failed" and states["decide_unknown[-1]"] == "failed", states
+    assert states["trigger_resend[-1]"] == "upstream_failed" and not triggered_runs(cleared.run_id)
+    assert_exactly_once(box, expected, allowed_missing=unknown)  # the rest went out; the unknowns were not re-sent
+    assert statuses(ledger(db_url, cid))["unknown"] == len(unknown)
+    assert "unknown_decision" not in campaign_counts(db_url, cid)
 
 
 def _start_canceller(box: Any, engine: Any, cid: int, stored: dict[str, Any]) -> threading.Thread:

@@ -292,18 +292,24 @@ def test_failure_mid_load_then_clear_resumes_without_resending(sync_env: Any, db
     assert run["counts"]["batches"] == {"delivered": math.ceil(N_KNOWN / BATCH)}
 
 
-def test_guard_stops_before_any_send_and_param_overrides(sync_env: Any, db_url: str) -> None:
+def test_guard_param_and_dry_run_never_ask(sync_env: Any, db_url: str) -> None:
+    """Over the limit, a dry run only reports the guard, and a run whose max_change_ratio allows it sends at once.
+
+    (A tripped guard waiting for Approve/Reject is tested in ``test_sync_guard.py`` with a real API server.)
+    """
     box = sync_env
     first_sync(box, db_url)
     box.admin.optimove.change_customers(600)
     before = calls(box, SET)
-    dr = run_sync()
-    assert dr.state == "failed"
-    run = last_run(db_url)
-    assert run["status"] == "aborted" and "max_change_ratio" in run["error"]
+    dr = run_sync({"dry_run": True})
+    assert dr.state == "success", states(dr)
+    guard = last_run(db_url)["counts"]["plan"]["guard"]
+    assert guard["tripped"] and guard["changed"] / guard["known"] > 0.5
+    assert xcom(dr, "approve_changes") == {"decision": "not needed", "tripped": True}
     assert calls(box, SET) == before
     dr = run_sync({"max_change_ratio": 1.0})
     assert dr.state == "success", states(dr)
+    assert xcom(dr, "approve_changes") == {"decision": "not needed", "tripped": False}
     assert calls(box, SET) > before
 
 

@@ -25,6 +25,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -361,3 +362,20 @@ def set_state(
     with session_scope(engine) as session:
         result = session.execute(sa.update(table).where(*conditions).values(state=state, **(values or {})))
         return (result.rowcount or 0) > 0  # type: ignore[attr-defined]
+
+
+def store_counts(engine: Engine, campaign_id: int, channel_id: int, key: str, value: Any) -> None:
+    """Merge ``{key: value}`` into the campaign's ``counts`` (counts and ids only, never customer data)."""
+    table = Campaign.__table__
+    with session_scope(engine) as session:
+        current = session.scalar(
+            table.select()
+            .with_only_columns(table.c.counts)
+            .where(table.c.campaign_id == campaign_id, table.c.channel_id == channel_id)
+        )
+        merged = {**(current or {}), key: value}
+        session.execute(
+            table.update()
+            .where(table.c.campaign_id == campaign_id, table.c.channel_id == channel_id)
+            .values(counts=merged)
+        )

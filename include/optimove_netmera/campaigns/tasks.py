@@ -18,7 +18,6 @@ from typing import Any
 from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
-from sqlalchemy.engine import Engine
 
 from optimove_netmera.campaigns import realtime, recipients, reconcile, send
 from optimove_netmera.campaigns.state import (
@@ -26,6 +25,7 @@ from optimove_netmera.campaigns.state import (
     cancel_status,
     record_campaign,
     set_state,
+    store_counts,
 )
 from optimove_netmera.hooks import NetmeraHook, OptimoveHook
 from optimove_netmera.http import ApiError
@@ -55,22 +55,6 @@ def _event_time(value: str | None) -> dt.datetime | None:
         return dt.datetime.strptime(str(value).strip(), EVENT_TIME_FORMAT).replace(tzinfo=dt.UTC)
     except ValueError:
         raise AirflowFailException(f"event_time {value!r} is not 'YYYY-MM-DD HH:MM:SS'") from None
-
-
-def _store_counts(engine: Engine, campaign_id: int, channel_id: int, key: str, value: Any) -> None:
-    table = Campaign.__table__
-    with session_scope(engine) as session:
-        current = session.scalar(
-            table.select()
-            .with_only_columns(table.c.counts)
-            .where(table.c.campaign_id == campaign_id, table.c.channel_id == channel_id)
-        )
-        merged = {**(current or {}), key: value}
-        session.execute(
-            table.update()
-            .where(table.c.campaign_id == campaign_id, table.c.channel_id == channel_id)
-            .values(counts=merged)
-        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,7 +155,7 @@ def stage(run: dict[str, Any]) -> dict[str, Any]:
         counts["cancel_scope"] = send.narrow_cancel(engine, client, cid, ch)
     counts["cancelled_now"] = recipients.reapply_cancel(engine, cid, ch)
     counts["ledger"] = recipients.status_counts(engine, cid, ch)
-    _store_counts(engine, cid, ch, "staging", counts)
+    store_counts(engine, cid, ch, "staging", counts)
     log.info("staged: %s", counts)
     return counts
 
@@ -283,7 +267,7 @@ def _format_report(report: dict[str, Any]) -> str:
     if report.get("unknown"):
         lines.append(
             f"  {report['unknown']} recipient(s) have an UNKNOWN outcome (a request in flight when its worker "
-            "died, or a 5xx/timeout): not re-sent; trigger the campaign again with resend_unknown=true to re-send"
+            "died, or a 5xx/timeout): decide_unknown asks whether to re-send them or accept the outcome"
         )
     return "\n".join(lines)
 
@@ -294,9 +278,9 @@ def report(run: dict[str, Any], update_metrics: bool) -> dict[str, Any]:
 
     Rows still ``in_flight`` once every send task has finished are marked ``unknown``. The task fails (so the run
     is never green over undelivered recipients) when recipients are left ``pending`` on a campaign that is not
-    cancelled (a send task failed: clear it), or when some have an ``unknown`` outcome (a request that may or may
-    not have reached Netmera): the log says how to re-send them or accept the outcome. The report is stored in
-    the campaign's ``counts`` either way.
+    cancelled (a send task failed: clear it). Recipients with an ``unknown`` outcome (a request that may or may
+    not have reached Netmera) are the next task's question (:mod:`optimove_netmera.campaigns.decision`). The
+    report is stored in the campaign's ``counts`` either way.
     """
     s = settings()
     engine = state_engine(s)
@@ -330,7 +314,7 @@ def report(run: dict[str, Any], update_metrics: bool) -> dict[str, Any]:
     }
     if update_metrics and outcome.startswith("done"):
         summary["metrics_rows"] = _update_metrics(s, cid, ch, summary["templates"])
-    _store_counts(engine, cid, ch, "report", summary)
+    store_counts(engine, cid, ch, "report", summary)
     log.info("campaign send report:\n%s", _format_report(summary))
     if outcome == "incomplete":
         raise AirflowFailException(
@@ -338,12 +322,13 @@ def report(run: dict[str, Any], update_metrics: bool) -> dict[str, Any]:
             "(a send task failed); clear the failed send task to resume"
         )
     if outcome == "unknown outcome":
-        raise AirflowFailException(
-            f"campaign {cid} channel {ch}: {summary['unknown']} recipient(s) have an UNKNOWN outcome (their request "
-            "may or may not have reached Netmera; reasons above); everyone else is settled. Next step, one of: "
-            f"re-send them (a recipient may get the push twice) by triggering optimove_campaign_send with "
-            f'{{"campaign_id": {cid}, "channel_id": {ch}, "resend_unknown": true}}; or accept the outcome by marking '
-            "this report task success"
+        log.warning(
+            "campaign %s channel %s: %s recipient(s) have an UNKNOWN outcome (their request may or may not have "
+            "reached Netmera; reasons above); everyone else is settled. decide_unknown asks in Required Actions: "
+            "re-send them (a recipient may get the push twice) or accept the outcome",
+            cid,
+            ch,
+            summary["unknown"],
         )
     return summary
 
