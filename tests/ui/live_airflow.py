@@ -33,6 +33,8 @@ CHUNK = 100
 """Recipients per sendNotification request here (campaigns.chunk_size)."""
 CLIENT_ATTEMPTS = 3
 """HTTP attempts per request of the clients (the connections' ``max_attempts``)."""
+TASK_TRIES = 2
+"""Tries per task (``sync.retries`` + 1, one second apart): a hiccup of the machine is retried, as in production."""
 T = TypeVar("T")
 
 
@@ -88,7 +90,7 @@ class LiveAirflow:
         return {"conn_type": "netmera", "host": box.netmera_url, "password": key, "extra": fast} | changes
 
     def env(self) -> dict[str, str]:
-        """The standalone's environment: what ``make demo`` sets, on free ports, with task retries off."""
+        """The standalone's environment: what ``make demo`` sets, on free ports, with quick task retries."""
         passwords = self.home / "passwords.json"
         if not passwords.exists():
             passwords.write_text(json.dumps({"admin": self.password}))
@@ -118,7 +120,8 @@ class LiveAirflow:
                 "OPTIMOVE_NETMERA_STATE_DB_URL": self.state_url,
                 "OPTIMOVE_NETMERA_INBOUND_API_KEY": self.inbound_key,
                 "OPTIMOVE_NETMERA_API_GC_FREEZE": "0",
-                "OPTIMOVE_NETMERA__SYNC__RETRIES": "0",  # a failed task stays failed: the operator clears it
+                "OPTIMOVE_NETMERA__SYNC__RETRIES": str(TASK_TRIES - 1),
+                "OPTIMOVE_NETMERA__SYNC__RETRY_DELAY_SECONDS": "1",
                 "OPTIMOVE_NETMERA__SYNC__DATA_READY_POKE_SECONDS": "2",
                 "OPTIMOVE_NETMERA__SYNC__SCHEDULE": "0 0 29 2 *",  # unpausing starts no scheduled run
                 "OPTIMOVE_NETMERA__CAMPAIGNS__CHUNK_SIZE": str(CHUNK),
@@ -224,6 +227,15 @@ class LiveAirflow:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100"
         return self.api_json("GET", path)["task_instances"]
+
+    def failure_logs(self, dag_id: str, run_id: str) -> str:
+        """The warning and error lines of every task log of the run (for an assertion's message)."""
+        lines = []
+        for path in sorted((self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}").rglob("*.log")):
+            for line in path.read_text(errors="replace").splitlines():
+                if '"level":"error"' in line or '"level":"warning"' in line:
+                    lines.append(f"{path.parent.name}/{path.name}: {line[:1500]}")
+        return "\n".join(lines) or "(no task logs)"
 
     def wait_run_finished(self, dag_id: str, run_id: str, timeout: float) -> dict[str, Any]:
         """The run once it is ``success`` or ``failed``."""

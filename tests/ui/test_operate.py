@@ -1,13 +1,14 @@
 """Operating the integration from the Airflow UI, in Debian's chromium, against a real ``airflow standalone``.
 
-One standalone for the module (what ``make demo`` runs: LocalExecutor, SQLite; task retries off so a failed task
-stays failed for the operator), its own sandbox, one logged-in page. The walks the README's operator run-book
-describes, each step saved as a screenshot (``conftest.screenshots``):
+One standalone for the module (what ``make demo`` runs: LocalExecutor, SQLite; task retries one second apart), its
+own sandbox, one logged-in page. The walks of the README's operator run-book, each step saved as a screenshot
+(``conftest.screenshots``):
 
 1. a campaign send fails in a Netmera outage (the sandbox answers ``sendNotification`` with 429s past the client's
-   retries); in the grid the operator clicks the failed send task, Clear, Confirm; the run goes green, and the
-   sandbox's Netmera holds exactly one push for every recipient Optimove lists who can get one: none twice, none
-   missing (expected from the sandbox's Optimove and Netmera data, not from the code under test);
+   retries, in every try of the task); the plugin page shows the recipients still pending; in the grid the
+   operator clicks the failed send task, Clear (the report is cleared with it), Confirm; the run goes green, and
+   the sandbox's Netmera holds exactly one push for every recipient Optimove lists who can get one: none twice,
+   none missing (expected from the sandbox's Optimove and Netmera data, not from the code under test);
 2. Admin -> Connections: Test on an Optimove and a Netmera connection pointing at the sandbox says what the key
    reaches; a wrong key says why it failed, without the key;
 3. the demo (the user sync, then Optimove's bulk-send event for campaign 1001): the plugin page shows the finished
@@ -30,7 +31,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from conftest import log_in
-from live_airflow import CLIENT_ATTEMPTS, REPO, LiveAirflow, wait_for
+from live_airflow import CLIENT_ATTEMPTS, REPO, TASK_TRIES, LiveAirflow, wait_for
 from optimove_netmera.sandbox.process import start_sandbox
 from optimove_netmera.store import Recipient, SyncRun, dispose_engines, get_engine
 
@@ -42,6 +43,8 @@ SEND_ENDPOINT = "/rest/3.0/sendNotification"
 STAMP = "%Y-%m-%d %H:%M:%S"
 SHOT_NUMBERS = {"optimove_sandbox": 20, "netmera_sandbox": 21, "optimove_wrong_key": 22}
 CONFIG = yaml.safe_load((REPO / "config" / "optimove_netmera.yaml").read_text())
+TEMPLATE = 4
+KEY = str(CONFIG["campaigns"]["templates"][TEMPLATE])  # Netmera's notificationKey of Optimove's template 4
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +116,13 @@ def pushes(live: LiveAirflow, notification_key: str) -> Counter[str]:
     return Counter(d["extId"] for d in got)
 
 
+def ledger_counts(live: LiveAirflow, campaign_id: int) -> Counter[str]:
+    """The campaign's send ledger rows per status."""
+    with get_engine(live.state_url).connect() as conn:
+        rows = conn.execute(sa.select(Recipient.status).where(Recipient.campaign_id == campaign_id)).scalars()
+        return Counter(rows.all())
+
+
 def run_header(page: Any, run_id: str) -> Any:
     """The run page's title block (the run id and its state badge)."""
     return page.locator("h2", has_text=run_id).first.locator("xpath=..")
@@ -122,28 +132,43 @@ def test_failed_send_is_cleared_in_the_grid(live: LiveAirflow, page: Any, screen
     from playwright.sync_api import expect
 
     box = live.sandbox
-    created = box.admin.optimove.create_campaign(recipients=250, control_fraction=0.0, templates=[1])
+    # Template 4: no other campaign of this module sends it, so its pushes are this campaign's.
+    created = box.admin.optimove.create_campaign(recipients=250, control_fraction=0.0, templates=[TEMPLATE])
     cid = created["campaign_id"]
     expected = expected_pushes(live, cid)
     assert len(expected) > 150, "the campaign must span several chunks"
+    assert pushes(live, KEY) == Counter()
 
-    # Netmera's outage: the first chunk goes out, then sendNotification answers 429 past the client's retries.
-    box.admin.netmera.set_faults([{"endpoint": SEND_ENDPOINT, "after": 1, "storm_429": CLIENT_ATTEMPTS}])
+    # Netmera's outage: the first chunk goes out, then sendNotification answers 429 past the client's retries, in
+    # every try of the send task (each try skips the chunk already sent and fails on the next).
+    storm = CLIENT_ATTEMPTS * TASK_TRIES
+    box.admin.netmera.set_faults([{"endpoint": SEND_ENDPOINT, "after": 1, "storm_429": storm}])
     answer = live.post_event(event_13(cid))
     assert answer.status_code == 200 and answer.json()["status"] == "accepted", answer.text
     run_id = answer.json()["dag_run_id"]
     run = live.wait_run_finished(SEND_DAG, run_id, 300)
     states = {t["task_id"]: t["state"] for t in live.task_instances(SEND_DAG, run_id)}
-    assert run["state"] == "failed" and states["send"] == "failed" and states["report"] == "failed", states
-    before = pushes(live, "101")
+    assert run["state"] == "failed" and states["send"] == "failed" and states["report"] == "failed", (
+        states,
+        live.failure_logs(SEND_DAG, run_id),
+    )
+    before = pushes(live, KEY)
     assert before and set(before) < expected, "the first chunk went out, the rest did not"
-    assert box.admin.netmera.faults()["injected"] == {"429": CLIENT_ATTEMPTS}
+    assert box.admin.netmera.faults()["injected"] == {"429": storm}
     box.admin.netmera.clear_faults()  # the outage is over
+
+    # What the operator sees first: the plugin page counts the recipients still pending (from the ledger).
+    page.goto(f"{live.base_url}/plugin/optimove-netmera")
+    pending = ledger_counts(live, cid)["pending"]
+    assert pending > 0
+    expect(page.get_by_test_id(f"campaign-{cid}-{CHANNEL}-pending")).to_have_text(str(pending))
+    expect(page.get_by_test_id(f"campaign-{cid}-{CHANNEL}-state")).to_have_text("sending")
+    page.screenshot(path=screenshots / "10-page-pending.png", full_page=True)
 
     # The operator: the run's grid, the failed send task, Clear (downstream: the report too), Confirm.
     page.goto(f"{live.base_url}/dags/{SEND_DAG}/runs/{run_id}")
     expect(run_header(page, run_id)).to_contain_text("Failed")
-    page.screenshot(path=screenshots / "10-send-failed.png")
+    page.screenshot(path=screenshots / "11-send-failed.png")
     page.get_by_test_id(f"grid-{run_id}-send").click()
     expect(page).to_have_url(re.compile(r".*/tasks/send/mapped$"))
     failed = page.get_by_role("row").filter(has_text="Failed")
@@ -152,18 +177,18 @@ def test_failed_send_is_cleared_in_the_grid(live: LiveAirflow, page: Any, screen
     dialog = page.get_by_role("dialog")
     expect(dialog.get_by_role("row").filter(has_text="report")).to_have_count(1)  # downstream is cleared too
     expect(dialog.get_by_role("row").filter(has_text="send")).to_have_count(1)
-    page.screenshot(path=screenshots / "11-clear-dialog.png")
+    page.screenshot(path=screenshots / "12-clear-dialog.png")
     dialog.get_by_role("button", name="Confirm").click()
     expect(dialog).to_have_count(0)
 
     run = live.wait_run_finished(SEND_DAG, run_id, 300)
-    assert run["state"] == "success", live.task_instances(SEND_DAG, run_id)
+    assert run["state"] == "success", live.failure_logs(SEND_DAG, run_id)
     page.goto(f"{live.base_url}/dags/{SEND_DAG}/runs/{run_id}")
     expect(run_header(page, run_id)).to_contain_text("Success")
-    page.screenshot(path=screenshots / "12-send-cleared.png")
+    page.screenshot(path=screenshots / "13-send-cleared.png")
 
     # Netmera: every recipient who can get the push got it exactly once.
-    got = pushes(live, "101")
+    got = pushes(live, KEY)
     assert {c for c, n in got.items() if n > 1} == set(), "a recipient got the campaign twice"
     assert expected - set(got) == set(), "a recipient is missing"
     assert set(got) - expected == set(), "someone outside the campaign got it"
@@ -202,7 +227,6 @@ def test_connection_test_button(
     row.get_by_role("button", name="Test Connection").click()
     toast = page.locator("[data-scope=toast][data-part=root]").last
     expect(toast).to_be_visible()
-    page.screenshot(path=screenshots / f"{SHOT_NUMBERS[conn_id]}-test-{conn_id}.png")
     if conn_id == "optimove_wrong_key":
         expect(toast).to_contain_text("Test Connection Failed")
         expect(toast).to_contain_text("HTTP 401")
@@ -215,6 +239,7 @@ def test_connection_test_button(
     else:
         expect(toast).to_contain_text("Test Connection Successful")
         expect(toast).to_contain_text("the REST API key was accepted")
+    page.screenshot(path=screenshots / f"{SHOT_NUMBERS[conn_id]}-test-{conn_id}.png")
 
 
 def test_page_after_the_demo(live: LiveAirflow, page: Any, screenshots: Path, figures: list[str]) -> None:
@@ -226,7 +251,7 @@ def test_page_after_the_demo(live: LiveAirflow, page: Any, screenshots: Path, fi
     started = time.monotonic()
     live.trigger(SYNC_DAG, run_id)
     run = live.wait_run_finished(SYNC_DAG, run_id, 600)
-    assert run["state"] == "success", live.task_instances(SYNC_DAG, run_id)
+    assert run["state"] == "success", live.failure_logs(SYNC_DAG, run_id)
     sync_s = time.monotonic() - started
     answer = live.post_event(event_13(1001))
     assert answer.status_code == 200 and answer.json()["status"] in ("accepted", "duplicate"), answer.text
@@ -243,7 +268,7 @@ def test_page_after_the_demo(live: LiveAirflow, page: Any, screenshots: Path, fi
         120,
     )
     run = live.wait_run_finished(SEND_DAG, campaign_run, 300)
-    assert run["state"] == "success", live.task_instances(SEND_DAG, campaign_run)
+    assert run["state"] == "success", live.failure_logs(SEND_DAG, campaign_run)
     figures.append(f"ui demo: user sync {sync_s:.1f} s, then campaign 1001 (standalone, 2 cores shared)")
 
     with get_engine(live.state_url).connect() as conn:
