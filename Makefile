@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system-deps ui demo test lint format bench mutation sandbox clean
+.PHONY: install system-deps ui demo test screenshots lint format bench mutation sandbox clean
 
 # The plugin page's bundle, built from ui/ (Node >= 20.19 and npm; the versions are pinned in ui/package-lock.json).
 UI_BUNDLE := include/optimove_netmera/ui/static/main.umd.cjs
@@ -34,6 +34,9 @@ system-deps: ## Debian packages the tests use (docker-compose, chromium), instal
 
 test: install system-deps ## the whole test suite (sandbox over HTTP, SQLite and PostgreSQL, real DAG runs, Celery)
 	$(BIN)/pytest
+
+screenshots: install system-deps ## the browser tests (tests/ui); screenshots of each step (README "Browser tests")
+	$(BIN)/pytest tests/ui
 
 lint: install
 	$(BIN)/ruff check .

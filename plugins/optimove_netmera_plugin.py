@@ -1,11 +1,14 @@
 """Airflow plugin: the Optimove event endpoint and the optimove-netmera page of the Airflow UI.
 
 * ``POST /rest/optimove/event/{app_key}``: the event endpoint (:mod:`optimove_netmera.campaigns.api`).
-* ``/optimove-netmera``: the page's JSON routes and its bundle (:mod:`optimove_netmera.ui.routes`), and a
-  ``react_apps`` entry that puts the page in the UI's navigation (``/plugin/optimove-netmera``).
+* ``/optimove-netmera``: the page's JSON routes, its bundle and its icon (:mod:`optimove_netmera.ui.routes`), and a
+  ``react_apps`` entry that puts the page in the UI's navigation (``/plugin/optimove-netmera``) with that icon.
+* a root middleware that lets the Connections list's Test button work for our two connection types on Airflow 3.3.2
+  (:mod:`optimove_netmera.ui.connection_test`).
 
-The apps are built on first access of ``fastapi_apps``, which only the API server (and ``airflow plugins``) reads,
-so schedulers, dag-processors and workers that load plugins do not import the FastAPI stack.
+The apps and the middleware are built on first access of ``fastapi_apps`` / ``fastapi_root_middlewares``, which only
+the API server (and ``airflow plugins``) reads, so schedulers, dag-processors and workers that load plugins do not
+import the FastAPI stack.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ class OptimoveNetmeraPlugin(AirflowPlugin):
 
     name = "optimove_netmera"
 
-    # bundle_url is relative: the UI resolves it against its base URL (works under a [api] base_url path too).
+    # bundle_url and icon are relative: the UI resolves them against its base URL (<base href>), so they work
+    # under an [api] base_url path too. The icon is shown as an <img> in the navigation.
     react_apps = [
         {
             "name": "Optimove Netmera",
             "bundle_url": f"{PAGE_PREFIX.lstrip('/')}/static/main.umd.cjs",
+            "icon": f"{PAGE_PREFIX.lstrip('/')}/icon.svg",
             "destination": "nav",
             "url_route": "optimove-netmera",
         }
@@ -43,3 +48,10 @@ class OptimoveNetmeraPlugin(AirflowPlugin):
             {"app": create_app(), "url_prefix": URL_PREFIX, "name": "Optimove events"},
             {"app": routes.create_app(), "url_prefix": routes.URL_PREFIX, "name": "Optimove Netmera page"},
         ]
+
+    @cached_property
+    def fastapi_root_middlewares(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        """The Test button fix for portless Optimove / Netmera connections (apache/airflow#73298)."""
+        from optimove_netmera.ui.connection_test import PortlessConnectionTestMiddleware
+
+        return [{"middleware": PortlessConnectionTestMiddleware, "name": "Optimove Netmera connection test"}]

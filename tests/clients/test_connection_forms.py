@@ -6,8 +6,11 @@ import json
 from typing import Any
 
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
 from optimove_netmera.hooks import NetmeraHook, OptimoveHook
 from optimove_netmera.sandbox.process import SandboxProcess
+from optimove_netmera.ui.connection_test import PortlessConnectionTestMiddleware
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +101,41 @@ def test_netmera_test_button_accepts_the_right_key(monkeypatch: pytest.MonkeyPat
     _set(monkeypatch, "netmera_default", {"conn_type": "netmera", "host": sandbox.netmera_url,
          "password": sandbox.netmera_api_key})  # fmt: skip
     assert NetmeraHook().test_connection() == (True, "Connected to Netmera; the REST API key was accepted")
+
+
+# --- the Test button's request on Airflow 3.3.2 (apache/airflow#73298): "port": 0 for a connection without a port ---
+
+
+def _echo_app() -> FastAPI:
+    """An app standing in for Airflow's test route: it answers with the body and Content-Length it received."""
+    app = FastAPI()
+
+    @app.post("/api/v2/connections/test")
+    @app.post("/api/v2/connections")
+    async def echo(request: Request) -> dict[str, Any]:
+        body = await request.body()
+        return {"body": json.loads(body), "length": int(request.headers["content-length"]), "read": len(body)}
+
+    app.add_middleware(PortlessConnectionTestMiddleware)
+    return app
+
+
+@pytest.mark.parametrize("kind", ["optimove", "netmera"])
+def test_the_test_button_request_of_our_types_gets_no_port(kind: str) -> None:
+    sent = {"connection_id": f"{kind}_x", "conn_type": kind, "host": "http://h", "password": "***", "port": 0}
+    answer = TestClient(_echo_app()).post("/api/v2/connections/test", json=sent).json()
+    assert answer["body"] == {**sent, "port": None}
+    assert answer["length"] == answer["read"]  # Content-Length follows the rewritten body
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v2/connections/test", {"connection_id": "h", "conn_type": "http", "port": 0}),  # not our type
+        ("/api/v2/connections/test", {"connection_id": "o", "conn_type": "optimove", "port": 443}),  # a real port
+        ("/api/v2/connections/test", {"connection_id": "o", "conn_type": "optimove", "port": False}),
+        ("/api/v2/connections", {"connection_id": "o", "conn_type": "optimove", "port": 0}),  # not the test route
+    ],
+)
+def test_any_other_request_passes_untouched(path: str, body: dict[str, Any]) -> None:
+    assert TestClient(_echo_app()).post(path, json=body).json()["body"] == body

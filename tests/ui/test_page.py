@@ -2,8 +2,8 @@
 page itself in Debian's chromium driven by Playwright (log in, open the page from the nav, compare its numbers with
 the state database, re-dispatch an event, replay a dead letter).
 
-Screenshots of each browser step go to ``$OPTIMOVE_NETMERA_SCREENSHOTS`` (default
-``${TMPDIR:-/tmp}/optimove-netmera-screenshots``); the run's summary prints the folder.
+Screenshots of each browser step go to the folder of ``conftest.screenshots`` (``$OPTIMOVE_NETMERA_SCREENSHOTS``,
+default ``${TMPDIR:-/tmp}/optimove-netmera-screenshots``); the run's summary prints the folder.
 """
 
 from __future__ import annotations
@@ -12,19 +12,19 @@ import datetime as dt
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from conftest import log_in
 from optimove_netmera.sandbox.process import free_port, stop_process
 from optimove_netmera.store import (
     Campaign,
@@ -40,9 +40,7 @@ from optimove_netmera.store import (
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
-CHROMIUM = "/usr/bin/chromium"
 PASSWORDS = {"admin": "admin-" + secrets.token_hex(6), "viewer": "viewer-" + secrets.token_hex(6)}
-SCREENSHOTS_ENV = "OPTIMOVE_NETMERA_SCREENSHOTS"
 API = "/optimove-netmera/api"
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 HOUR = (NOW - dt.timedelta(days=1)).replace(minute=0, second=0)  # the sends fall in this hour and the next
@@ -402,106 +400,92 @@ def test_bundle_is_served(server: Server) -> None:
     assert app["bundle_url"] == "optimove-netmera/static/main.umd.cjs" and app["destination"] == "nav"
 
 
+def test_nav_icon_is_served_and_referenced(server: Server) -> None:
+    plugins = server.call("GET", "/api/v2/plugins").json()["plugins"]
+    (app,) = [a for p in plugins for a in p["react_apps"] if a["url_route"] == "optimove-netmera"]
+    assert app["icon"] == "optimove-netmera/icon.svg"  # relative: resolved against the UI's <base href>
+    response = httpx.get(f"{server.base_url}/{app['icon']}", timeout=30)  # an <img>: no credentials needed
+    assert response.status_code == 200 and response.headers["content-type"].startswith("image/svg+xml")
+    root = ElementTree.fromstring(response.content)
+    assert root.tag == "{http://www.w3.org/2000/svg}svg" and root.get("viewBox") == "0 0 24 24"
+
+
 # --------------------------------------------------------------------------------------------------
 # The page in a real browser
 # --------------------------------------------------------------------------------------------------
 
 
-def screenshots_dir() -> Path:
-    folder = Path(os.environ.get(SCREENSHOTS_ENV) or Path(tempfile.gettempdir()) / "optimove-netmera-screenshots")
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    return folder
+def test_page_in_chromium(server: Server, browser: Any, screenshots: Path, figures: list[str]) -> None:
+    from playwright.sync_api import expect
 
-
-def test_page_in_chromium(server: Server, figures: list[str]) -> None:
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(
-            f"{CHROMIUM} is missing: the browser test drives Debian's chromium. Install it with "
-            "`apt-get update && apt-get install -y chromium` (never `playwright install`).",
-            pytrace=False,
-        )
-    from playwright.sync_api import expect, sync_playwright
-
-    shots = screenshots_dir()
+    shots = screenshots
     figures.append(f"plugin page screenshots: {shots}")
     engine = server.engine
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1100})
-            page.set_default_timeout(60_000)
-            expect.set_options(timeout=60_000)
+    page = log_in(browser, server.base_url, "admin", PASSWORDS["admin"], shot=shots / "01-login.png")
+    try:
+        # 1. logged in through the UI's form; the page's nav entry shows its icon (loaded, not a broken image)
+        nav = page.get_by_role("link", name="Optimove Netmera")
+        icon = nav.first.locator("img")
+        expect(icon).to_have_attribute("src", "optimove-netmera/icon.svg")
+        expect(icon).to_have_js_property("complete", True)
+        loaded = icon.evaluate("img => [img.naturalWidth, new URL(img.src).pathname]")
+        assert loaded == [24, "/optimove-netmera/icon.svg"]
+        page.screenshot(path=shots / "02-home.png")
 
-            # 1. log in through the UI's form
-            page.goto(server.base_url + "/")
-            page.locator("input[name=username]").fill("admin")
-            page.locator("input[name=password]").fill(PASSWORDS["admin"])
-            page.screenshot(path=shots / "01-login.png")
-            page.locator("button[type=submit]").click()
-            nav = page.get_by_role("link", name="Optimove Netmera")
-            expect(nav.first).to_be_visible()
-            page.screenshot(path=shots / "02-home.png")
+        # 2. open the plugin page from the nav
+        nav.first.click()
+        expect(page.get_by_test_id("optimove-netmera-page")).to_be_visible()
+        expect(page.get_by_test_id("sync-1-sent")).to_be_visible()
+        expect(page.get_by_test_id("sync-chart").locator("canvas")).to_be_visible()
+        expect(page.get_by_test_id("sends-chart").locator("canvas")).to_be_visible()
+        page.screenshot(path=shots / "03-page.png", full_page=True)
 
-            # 2. open the plugin page from the nav
-            nav.first.click()
-            expect(page.get_by_test_id("optimove-netmera-page")).to_be_visible()
-            expect(page.get_by_test_id("sync-1-sent")).to_be_visible()
-            expect(page.get_by_test_id("sync-chart").locator("canvas")).to_be_visible()
-            expect(page.get_by_test_id("sends-chart").locator("canvas")).to_be_visible()
-            page.screenshot(path=shots / "03-page.png", full_page=True)
+        # 3. the numbers shown are the state database's
+        def changes(run_id: int, status: str) -> int:
+            stmt = sa.select(sa.func.count()).select_from(SyncChange)
+            return int(scalar(engine, stmt.where(SyncChange.sync_run_id == run_id, SyncChange.status == status)))
 
-            # 3. the numbers shown are the state database's
-            def changes(run_id: int, status: str) -> int:
-                stmt = sa.select(sa.func.count()).select_from(SyncChange)
-                return int(scalar(engine, stmt.where(SyncChange.sync_run_id == run_id, SyncChange.status == status)))
+        def recipients(status: str) -> int:
+            stmt = sa.select(sa.func.count()).select_from(Recipient).where(Recipient.campaign_id == 501)
+            return int(scalar(engine, stmt.where(Recipient.status == status)))
 
-            def recipients(status: str) -> int:
-                stmt = sa.select(sa.func.count()).select_from(Recipient).where(Recipient.campaign_id == 501)
-                return int(scalar(engine, stmt.where(Recipient.status == status)))
+        letters = sa.select(sa.func.count()).select_from(DeadLetter)
+        dead = int(scalar(engine, letters.where(DeadLetter.ref == "sync_run:1")))
+        expected = {
+            "sync-1-sent": changes(1, "delivered"),
+            "sync-1-not_found": changes(1, "not_found"),
+            "sync-1-dead_lettered": dead,
+            "sync-2-sent": changes(2, "delivered"),
+            "campaign-501-506-sent": recipients("sent"),
+            "campaign-501-506-failed": recipients("failed"),
+            "campaign-501-506-unknown": recipients("unknown"),
+            "campaign-501-506-cancelled": recipients("cancelled"),
+        }
+        for test_id, value in expected.items():
+            expect(page.get_by_test_id(test_id)).to_have_text(str(value))
+        expect(page.get_by_test_id("sync-1-skipped")).to_have_attribute("data-total", str(changes(1, "skipped")))
+        expect(page.get_by_test_id("campaign-501-506-skipped")).to_have_attribute(
+            "data-total", str(recipients("skipped"))
+        )
 
-            letters = sa.select(sa.func.count()).select_from(DeadLetter)
-            dead = int(scalar(engine, letters.where(DeadLetter.ref == "sync_run:1")))
-            expected = {
-                "sync-1-sent": changes(1, "delivered"),
-                "sync-1-not_found": changes(1, "not_found"),
-                "sync-1-dead_lettered": dead,
-                "sync-2-sent": changes(2, "delivered"),
-                "campaign-501-506-sent": recipients("sent"),
-                "campaign-501-506-failed": recipients("failed"),
-                "campaign-501-506-unknown": recipients("unknown"),
-                "campaign-501-506-cancelled": recipients("cancelled"),
-            }
-            for test_id, value in expected.items():
-                expect(page.get_by_test_id(test_id)).to_have_text(str(value))
-            expect(page.get_by_test_id("sync-1-skipped")).to_have_attribute("data-total", str(changes(1, "skipped")))
-            expect(page.get_by_test_id("campaign-501-506-skipped")).to_have_attribute(
-                "data-total", str(recipients("skipped"))
-            )
+        # 4. re-dispatch an event and see it change
+        event_id = server.ids["waiting-browser"]
+        expect(page.get_by_test_id(f"event-{event_id}-status")).to_have_text("received")
+        page.get_by_test_id(f"redispatch-{event_id}").click()
+        expect(page.get_by_test_id(f"event-{event_id}-status")).to_have_text("dispatched")
+        expect(page.get_by_test_id(f"event-{event_id}-note")).to_contain_text("optimove_c702_ch506_")
+        page.screenshot(path=shots / "04-redispatched.png", full_page=True)
+        assert scalar(engine, sa.select(Event.status).where(Event.id == event_id)) == "dispatched"
 
-            # 4. re-dispatch an event and see it change
-            event_id = server.ids["waiting-browser"]
-            expect(page.get_by_test_id(f"event-{event_id}-status")).to_have_text("received")
-            page.get_by_test_id(f"redispatch-{event_id}").click()
-            expect(page.get_by_test_id(f"event-{event_id}-status")).to_have_text("dispatched")
-            expect(page.get_by_test_id(f"event-{event_id}-note")).to_contain_text("optimove_c702_ch506_")
-            page.screenshot(path=shots / "04-redispatched.png", full_page=True)
-            assert scalar(engine, sa.select(Event.status).where(Event.id == event_id)) == "dispatched"
-
-            # 5. replay the sync dead letter
-            letter = server.ids["sync_letter"]
-            page.get_by_test_id(f"dead-letter-{letter}-select").check()
-            page.get_by_test_id("replay-selected").click()
-            expect(page.get_by_test_id("dead-letters-message")).to_contain_text("queued for the next sync: 1")
-            expect(page.get_by_test_id(f"dead-letter-{letter}")).to_have_count(0)
-            page.screenshot(path=shots / "05-replayed.png", full_page=True)
-            assert scalar(engine, sa.select(DeadLetter.replayed_at).where(DeadLetter.id == letter)) is not None
-        finally:
-            browser.close()
-    assert sorted(p.name for p in shots.iterdir()) == [
-        "01-login.png",
-        "02-home.png",
-        "03-page.png",
-        "04-redispatched.png",
-        "05-replayed.png",
-    ]
+        # 5. replay the sync dead letter
+        letter = server.ids["sync_letter"]
+        page.get_by_test_id(f"dead-letter-{letter}-select").check()
+        page.get_by_test_id("replay-selected").click()
+        expect(page.get_by_test_id("dead-letters-message")).to_contain_text("queued for the next sync: 1")
+        expect(page.get_by_test_id(f"dead-letter-{letter}")).to_have_count(0)
+        page.screenshot(path=shots / "05-replayed.png", full_page=True)
+        assert scalar(engine, sa.select(DeadLetter.replayed_at).where(DeadLetter.id == letter)) is not None
+    finally:
+        page.close()
+    names = {p.name for p in shots.iterdir()}
+    assert {"01-login.png", "02-home.png", "03-page.png", "04-redispatched.png", "05-replayed.png"} <= names

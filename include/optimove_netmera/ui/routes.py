@@ -12,6 +12,7 @@ Every route needs an Airflow user (the UI's session cookie or a bearer token; ``
 ``POST /api/events/{id}/redispatch``        re-dispatch a stored event (13, 4, 3)
 ``POST /api/dead-letters/replay``           ``{"ids": [...]}``: queue sync dead letters for the next sync run
 ``GET  /static/{file}``                     the page's bundle (built from ``ui/`` at the repo root)
+``GET  /icon.svg``                          the page's icon in the navigation (``react_apps`` ``icon``)
 ==========================================  =================================================================
 
 The two actions need the right to trigger the DAG they affect (``is_authorized_dag`` with ``POST`` on DAG runs, as
@@ -38,13 +39,14 @@ from optimove_netmera.settings import VARIABLE_NAME, Settings, SettingsError, co
 from optimove_netmera.store import StateDatabaseError, get_engine, migrate
 from optimove_netmera.ui import actions, queries
 
-__all__ = ["BUNDLE_FILE", "STATIC_DIR", "URL_PREFIX", "create_app"]
+__all__ = ["BUNDLE_FILE", "ICON_FILE", "STATIC_DIR", "URL_PREFIX", "create_app"]
 
 log = logging.getLogger(__name__)
 
 URL_PREFIX = "/optimove-netmera"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 BUNDLE_FILE = "main.umd.cjs"
+ICON_FILE = Path(__file__).resolve().parent / "icon.svg"
 _MEDIA = {".cjs": "text/javascript", ".js": "text/javascript", ".json": "application/json", ".map": "application/json"}
 
 
@@ -211,6 +213,11 @@ def create_app() -> FastAPI:
             hint = " (the page is not built: run `make install`, or `npm ci && npm run build` in ui/)"
             raise HTTPException(404, f"no file {name!r}{hint if name == BUNDLE_FILE else ''}")
         return FileResponse(path, media_type=_MEDIA.get(path.suffix, "application/octet-stream"))
+
+    @app.get("/icon.svg")
+    def icon() -> FileResponse:
+        """The page's icon in the navigation (an SVG in the package, not part of the built bundle)."""
+        return FileResponse(ICON_FILE, media_type="image/svg+xml")
 
     return app
 
