@@ -182,7 +182,9 @@ class CampaignSettings(_Model):
                 if unknown or "key" not in value:
                     raise ValueError(
                         f"templates.{template_id}: give a notificationKey, or {{key: ..., name: ...}} "
-                        f"(unknown field(s) {unknown})" if unknown else f"templates.{template_id}: key is required"
+                        f"(unknown field(s) {unknown})"
+                        if unknown
+                        else f"templates.{template_id}: key is required"
                     )
                 name = value.get("name")
                 if name is not None:

@@ -236,9 +236,7 @@ class OptimoveClient(BaseHttpClient):
         ``ambiguous=True``.
         """
         path = self.path(category, function)
-        response = self._request(
-            "POST", path, params=dict(params or {}) or None, json_body=json, idempotent=idempotent
-        )
+        response = self._request("POST", path, params=dict(params or {}) or None, json_body=json, idempotent=idempotent)
         return self._decode(response, "POST", path)
 
     def iter_pages(

@@ -1212,7 +1212,16 @@ def _add_admin_routes(app: FastAPI, s: _Sandbox) -> None:
     async def metrics() -> Response:
         with s.lock:
             rows = [dict(r) for r in s.metrics]
-        return _json({"total": len(rows), "rows": rows})
+        # Optimove keeps aggregate counts: each row received adds its MetricValue to its key's aggregate.
+        sums: dict[tuple[int, int, int, int], float] = {}
+        for r in rows:
+            key = (r["CampaignID"], r["ChannelID"], r["TemplateID"], r["MetricID"])
+            sums[key] = sums.get(key, 0) + r["MetricValue"]
+        aggregates = [
+            {"CampaignID": c, "ChannelID": ch, "TemplateID": t, "MetricID": m, "MetricValue": v}
+            for (c, ch, t, m), v in sorted(sums.items())
+        ]
+        return _json({"total": len(rows), "rows": rows, "aggregates": aggregates})
 
 
 # --------------------------------------------------------------------------------------------- factory

@@ -1,4 +1,4 @@
-"""The metrics ledger (``campaign_metrics``) and the templates this integration added to Optimove (``channel_templates``).
+"""The metrics ledger (``campaign_metrics``) and the templates added to Optimove (``channel_templates``).
 
 Revision ID: 0003
 Revises: 0002
