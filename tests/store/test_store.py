@@ -26,10 +26,12 @@ from optimove_netmera.store import (
     BatchKind,
     BatchStatus,
     Campaign,
+    CampaignMetricReport,
     CampaignState,
     CancelledCustomer,
     CancelScope,
     ChangeStatus,
+    ChannelTemplate,
     CustomerSnapshot,
     DeadLetter,
     DeadLetterKind,
@@ -396,6 +398,28 @@ def test_unique_recipient_key_and_foreign_key(engine: Engine) -> None:
         session.delete(session.get(Campaign, (1, 506)))  # cascades to the ledger
     with session_scope(engine) as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Recipient)) == 0
+
+
+def test_metrics_ledger_key_foreign_key_and_owned_templates(engine: Engine) -> None:
+    with session_scope(engine) as session:
+        session.add(Campaign(campaign_id=1, channel_id=506))
+        session.flush()
+        session.add(CampaignMetricReport(campaign_id=1, channel_id=506, template_id=7, metric_id=0, reported=5))
+        session.add(CampaignMetricReport(campaign_id=1, channel_id=506, template_id=7, metric_id=9))
+        session.add(ChannelTemplate(channel_id=506, template_id=7, name="Welcome Push"))
+    with pytest.raises(sa.exc.IntegrityError), session_scope(engine) as session:  # one row per metric
+        session.add(CampaignMetricReport(campaign_id=1, channel_id=506, template_id=7, metric_id=0))
+    with pytest.raises(sa.exc.IntegrityError), session_scope(engine) as session:  # no such campaign
+        session.add(CampaignMetricReport(campaign_id=2, channel_id=506, template_id=7, metric_id=0))
+    with pytest.raises(sa.exc.IntegrityError), session_scope(engine) as session:
+        session.add(ChannelTemplate(channel_id=506, template_id=7, name="again"))
+    with session_scope(engine) as session:
+        row = session.get(CampaignMetricReport, (1, 506, 7, 9))
+        assert (row.reported, row.sending) == (0, None)  # server default: nothing reported yet
+        session.delete(session.get(Campaign, (1, 506)))  # cascades to the metrics ledger
+    with session_scope(engine) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(CampaignMetricReport)) == 0
+        assert session.scalar(sa.select(sa.func.count()).select_from(ChannelTemplate)) == 1
 
 
 @pytest.mark.parametrize(
