@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -74,6 +75,16 @@ def test_register_twice_second_run_changes_nothing(env: Any) -> None:
     assert len(second["listeners"]["ok"]) == 10
     assert changing_calls(box) == {"POST /current/general/RegisterEventListener": {"200": 10}}  # no new call
     assert listeners(box) == expected
+
+
+def test_listener_urls_listed_url_encoded_are_compared_decoded(env: Any) -> None:
+    box = env
+    box.admin.optimove.config(listener_urls_as_sent=True)  # list ListenerURL as registered: URL-encoded
+    assert setup()["changes"] == 10
+    listed = optimove_client(box).get("general", "GetRegisteredEventListeners")
+    assert {li["ListenerURL"] for li in listed} == {quote(URL, safe="")}  # what the documentation's fixture sends
+    second = setup()
+    assert second["changes"] == 0 and second["listeners"]["stale"] == []
 
 
 def test_stale_listener_is_reported_then_removed(env: Any) -> None:

@@ -485,10 +485,14 @@ def _raise_for_metrics(cid: int, ch: int, failure: ApiError | None, outcome: met
                 f'to send them again trigger optimove_campaign_send with {{"campaign_id": {cid}, "channel_id": {ch}, '
                 '"resend_unknown": true}; or accept by marking this task success'
             ) from failure
-        raise RuntimeError(
-            f"campaign {cid} channel {ch}: UpdateCampaignMetrics failed ({failure}); the send is complete, the "
-            "metrics ledger did not advance: the task's retry (or clearing it) reports them"
-        ) from failure
+        log.error(
+            "campaign %s channel %s: UpdateCampaignMetrics failed (%s); the send is complete, the metrics ledger did "
+            "not advance: the task's retry (or clearing it) reports them",
+            cid,
+            ch,
+            failure,
+        )
+        raise failure
     if outcome is not None and outcome.unknown:
         raise AirflowFailException(
             f"campaign {cid} channel {ch}: {outcome.unknown} metric row(s) have an unknown outcome from an earlier "
