@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from optimove_netmera.campaigns import metrics
 from optimove_netmera.netmera import NetmeraClient
 from optimove_netmera.settings import load_settings
 from optimove_netmera.store import CampaignMetricReport, get_engine
@@ -234,3 +235,21 @@ def test_unmapped_template_is_named_before_anything_is_sent(env: Any, caplog: py
         dr = send(cid, conf={"dry_run": True})
     assert xcom(dr, "stage_recipients")["unmapped_templates"] == {"9": {"name": "Template 9", "recipients": n9}}
     assert any("template 9 'Template 9'" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+
+
+def test_two_reporters_reading_the_same_ledger_send_each_count_once(env: Any, db_url: str) -> None:
+    """The report task and the stats DAG may report one campaign at once: the one that sends second, from a
+    plan made before the first one's rows were accepted, sends nothing."""
+    box = env
+    cid = box.admin.optimove.create_campaign(recipients=60, control_fraction=0.0, templates=[1, 2])["campaign_id"]
+    assert send(cid, conf={"update_metrics": False}).state == "success"
+    expected = expected_metrics(box, cid)
+    engine = get_engine(db_url)
+    totals = metrics.ledger_counts(engine, cid, CHANNEL, load_settings())
+    first = metrics.plan_increments(engine, cid, CHANNEL, totals)
+    second = metrics.plan_increments(engine, cid, CHANNEL, totals)  # read before the first is sent
+    assert first.todo == second.todo and len(first.todo) == len(expected)
+    client = optimove_client(box)
+    assert metrics.send_increments(engine, client, first).rows_reported == len(expected)
+    assert metrics.send_increments(engine, client, second).rows_reported == 0
+    assert aggregates(box, cid) == expected and metric_calls(box) == {"200": 1}

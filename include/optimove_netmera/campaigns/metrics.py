@@ -48,10 +48,13 @@ from optimove_netmera.store import (
 )
 
 __all__ = [
+    "Increments",
     "MetricsOutcome",
     "ledger_counts",
+    "plan_increments",
     "push_stat_counts",
     "report_counts",
+    "send_increments",
 ]
 
 log = logging.getLogger(__name__)
@@ -175,16 +178,20 @@ def _mine(campaign_id: int, channel_id: int) -> tuple[Any, Any]:
     return (_M.c.campaign_id == int(campaign_id), _M.c.channel_id == int(channel_id))
 
 
-def report_counts(
-    engine: Engine,
-    client: OptimoveClient,
-    campaign_id: int,
-    channel_id: int,
-    totals: Mapping[Key, int],
-    *,
-    resend_unknown: bool = False,
-) -> MetricsOutcome:
-    """Send Optimove the increments of ``totals`` over the ledger; see the module docstring. Raises on a failed call."""
+@dataclass
+class Increments:
+    """What one reporter read from the ledger: the rows to send, each with the ``reported`` it was computed from."""
+
+    campaign_id: int
+    channel_id: int
+    todo: list[tuple[Key, int, int]]
+    outcome: MetricsOutcome
+
+
+def plan_increments(
+    engine: Engine, campaign_id: int, channel_id: int, totals: Mapping[Key, int], *, resend_unknown: bool = False
+) -> Increments:
+    """Read the ledger: the increments of ``totals`` to send (rows with an unknown outcome are left out)."""
     cid, ch = int(campaign_id), int(channel_id)
     out = MetricsOutcome()
     with session_scope(engine) as session:
@@ -206,7 +213,7 @@ def report_counts(
                 sa.select(_M.c.template_id, _M.c.metric_id, _M.c.reported, _M.c.sending).where(*_mine(cid, ch))
             )
         }
-    todo: list[tuple[Key, int, int]] = []  # (key, increment, reported it was computed from)
+    todo: list[tuple[Key, int, int]] = []
     for key, total in sorted(totals.items()):
         row = ledger[key]
         if row.sending is not None:
@@ -220,14 +227,35 @@ def report_counts(
             out.notes.append(f"template {key[0]} MetricID {key[1]}: {total} now, {row.reported} already reported")
         else:
             out.unchanged += 1
-    for start in range(0, len(todo), MAX_METRICS_PER_CALL):
-        _send_chunk(engine, client, cid, ch, todo[start : start + MAX_METRICS_PER_CALL], out)
+    return Increments(cid, ch, todo, out)
+
+
+def send_increments(engine: Engine, client: OptimoveClient, planned: Increments) -> MetricsOutcome:
+    """Send planned increments (≤ 100 rows a call). A row another reporter changed since the plan is skipped."""
+    out = planned.outcome
+    for start in range(0, len(planned.todo), MAX_METRICS_PER_CALL):
+        chunk = planned.todo[start : start + MAX_METRICS_PER_CALL]
+        _send_chunk(engine, client, planned.campaign_id, planned.channel_id, chunk, out)
     if out.unknown:
         out.notes.append(
             f"{out.unknown} metric row(s) have an UNKNOWN outcome (Optimove answered 5xx or timed out after "
             "receiving them): not sent again, to never count twice"
         )
     return out
+
+
+def report_counts(
+    engine: Engine,
+    client: OptimoveClient,
+    campaign_id: int,
+    channel_id: int,
+    totals: Mapping[Key, int],
+    *,
+    resend_unknown: bool = False,
+) -> MetricsOutcome:
+    """Send Optimove the increments of ``totals`` over the ledger; see the module docstring. Raises on a failed call."""
+    planned = plan_increments(engine, campaign_id, channel_id, totals, resend_unknown=resend_unknown)
+    return send_increments(engine, client, planned)
 
 
 def _send_chunk(
