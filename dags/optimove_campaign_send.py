@@ -8,7 +8,9 @@ lives in ``optimove_netmera.campaigns``.
 
 Runs started by the event endpoint have the run_id ``optimove_c{campaign}_ch{channel}_{YYYYMMDDTHHMMSS}``. Clearing
 any task (or the whole run) is safe: the send ledger never sends a recipient twice. ``resend_unknown`` re-sends the
-recipients whose request was in flight when its worker died.
+recipients whose request was in flight when its worker died (and metric rows whose report had an unknown outcome).
+``update_metrics`` (default ``campaigns.report_metrics``) reports sent / failed / skipped per template to Optimove,
+each count once; ``dry_run`` (default ``campaigns.dry_run``) stages and reports what would be sent, sending nothing.
 """
 
 from __future__ import annotations
@@ -54,7 +56,14 @@ with DAG(
             description="Re-send recipients whose request was in flight when its worker died (may duplicate)",
         ),
         "update_metrics": Param(
-            False, type="boolean", description="Report sent counts back with integrations/UpdateCampaignMetrics"
+            settings.campaigns.report_metrics,
+            type="boolean",
+            description="Report sent / failed / skipped counts back with integrations/UpdateCampaignMetrics",
+        ),
+        "dry_run": Param(
+            settings.campaigns.dry_run,
+            type="boolean",
+            description="Stage and report what would be sent (masked sample in the log); no Netmera call, no metrics",
         ),
         "event_id": Param(None, type=["null", "integer"], description="The stored event (set by the endpoint)"),
         "source": Param("manual", enum=["webhook", "reconcile", "manual"], description="Who started the run"),
@@ -76,7 +85,7 @@ with DAG(
 
     @task
     def plan(run: dict, staged: dict, params=None) -> dict:
-        return campaign.plan(run, bool(params["resend_unknown"]))
+        return campaign.plan(run, bool(params["resend_unknown"]), bool(params["dry_run"]))
 
     @task
     def batches(planned: dict) -> list:
@@ -84,7 +93,9 @@ with DAG(
 
     @task(trigger_rule="all_done")
     def report(run: dict, params=None) -> dict:
-        return campaign.report(run, bool(params["update_metrics"]))
+        return campaign.report(
+            run, bool(params["update_metrics"]), bool(params["dry_run"]), bool(params["resend_unknown"])
+        )
 
     run = open_campaign()
     planned = plan(run, stage_recipients(run, campaign_details(run)))

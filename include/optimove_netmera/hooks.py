@@ -110,6 +110,10 @@ class OptimoveHook(BaseHook):
     def test_connection(self) -> tuple[bool, str]:
         """Authenticate, then say what the key reaches: the data date, the mapped attributes, the channels.
 
+        Per channel it also compares Optimove's templates with ``campaigns.templates``: a mapped template missing
+        from the channel fails the test (run ``optimove_setup``); unmapped ones are listed (their recipients are
+        skipped).
+
         Optimove scopes integration keys to chosen attributes and channels, so a key can authenticate and still
         miss what the integration needs: the test fails, naming what is missing.
         """
@@ -134,16 +138,29 @@ class OptimoveHook(BaseHook):
             else f"mapped attributes NOT reachable with this key: {', '.join(missing)}"
         )
         unknown_channels = [c for c in settings.campaigns.channels if c not in channels]
+        mapped = set(settings.campaigns.templates)
+        templates_missing = False
         for channel in settings.campaigns.channels:
             if channel in channels:
                 try:
                     templates = client.get_channel_templates(channel)
                 except ApiError as exc:
                     return False, "; ".join(parts) + f"; channel {channel}: its templates cannot be read ({exc})"
-                parts.append(f"channel {channel} ({channels[channel] or 'unnamed'}): {len(templates)} template(s)")
+                listed = {t.template_id for t in templates}
+                part = f"channel {channel} ({channels[channel] or 'unnamed'}): {len(templates)} template(s)"
+                absent = sorted(mapped - listed)
+                unmapped = sorted(listed - mapped)
+                if absent:
+                    templates_missing = True
+                    part += (
+                        f", mapped template(s) NOT on the channel: {', '.join(map(str, absent))} (run optimove_setup)"
+                    )
+                if unmapped:
+                    part += f", unmapped (their recipients are skipped): {', '.join(map(str, unmapped))}"
+                parts.append(part)
         if unknown_channels:
             parts.append(f"configured channel(s) NOT available to this key: {', '.join(map(str, unknown_channels))}")
-        return not missing and not unknown_channels, "; ".join(parts)
+        return not missing and not unknown_channels and not templates_missing, "; ".join(parts)
 
 
 class NetmeraHook(BaseHook):

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote, urlsplit
 
 import yaml
 from croniter import croniter
@@ -116,8 +117,36 @@ class SyncSettings(_Model):
         return value
 
 
+METRIC_NAMES = ("sent", "failed", "skipped", "delivered", "opened")
+
+
+class MetricIds(_Model):
+    """Optimove ``UpdateCampaignMetrics`` MetricIDs per count reported; null: that count is not reported.
+
+    Defaults from the integrators the reference cites (SENT 0, DELIVERED 1, OPENED 2, DROPPED 5, BOUNCED 9).
+    """
+
+    sent: int | None = Field(0, ge=0, description="recipients Netmera accepted (ledger: sent)")
+    failed: int | None = Field(9, ge=0, description="recipients Netmera refused (ledger: failed), as bounced")
+    skipped: int | None = Field(5, ge=0, description="recipients skipped (not control group), as dropped")
+    delivered: int | None = Field(1, ge=0, description="getPushStats 'sent': pushes that reached a device")
+    opened: int | None = Field(2, ge=0, description="getPushStats 'clicked': pushes opened")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> MetricIds:
+        ids = [v for v in (getattr(self, n) for n in METRIC_NAMES) if v is not None]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"metric_ids: MetricID(s) {dupes} used for more than one count")
+        return self
+
+    def items(self) -> list[tuple[str, int]]:
+        """``(count name, MetricID)`` of the counts reported."""
+        return [(n, v) for n in METRIC_NAMES if (v := getattr(self, n)) is not None]
+
+
 class CampaignSettings(_Model):
-    """Campaign sends: channels handled, template -> notificationKey, personalisation params."""
+    """Campaign sends: channels handled, template -> notificationKey, personalisation params, reporting."""
 
     channels: list[int] = Field(
         default_factory=lambda: [506, 459, 481],
@@ -127,16 +156,52 @@ class CampaignSettings(_Model):
     unknown_timeout_hours: float = Field(
         24, gt=0, description="how long the re-send/accept question for unknown outcomes waits (then: task fails)"
     )
+    template_names: dict[int, str] = Field(
+        default_factory=dict,
+        description="TemplateID -> the name offered to Optimove (from the {key, name} form of templates)",
+    )
     params: dict[str, str] = Field(default_factory=dict, description="Optimove attribute -> Netmera message param")
     required_params: list[str] = Field(default_factory=list)
     chunk_size: int = Field(1000, ge=1, le=1000)
+    report_metrics: bool = Field(True, description="report sent/failed/skipped back with UpdateCampaignMetrics")
+    metric_ids: MetricIds = Field(default_factory=MetricIds)
+    stats_days: int = Field(7, ge=0, description="days after a send its Netmera push stats are reported (0: never)")
+    dry_run: bool = Field(False, description="campaign runs stage and report what they would send, sending nothing")
 
-    @field_validator("templates", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _keys_as_strings(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {int(k): str(v) for k, v in value.items()}
-        return value
+    def _template_forms(cls, data: Any) -> Any:
+        """``templates`` values: a notificationKey, or ``{key: "101", name: "Welcome Push"}`` (name offered)."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("templates"), Mapping):
+            return data
+        keys: dict[int, str] = {}
+        names: dict[int, str] = dict(data.get("template_names") or {})
+        for raw_id, value in data["templates"].items():
+            try:
+                template_id = int(raw_id)
+            except (TypeError, ValueError):
+                raise ValueError(f"templates: TemplateID {raw_id!r} is not an integer") from None
+            if template_id < 1:
+                raise ValueError(f"templates: TemplateID {template_id} must be >= 1")
+            if isinstance(value, Mapping):
+                unknown = sorted(set(value) - {"key", "name"})
+                if unknown or "key" not in value:
+                    raise ValueError(
+                        f"templates.{template_id}: give a notificationKey, or {{key: ..., name: ...}} "
+                        f"(unknown field(s) {unknown})"
+                        if unknown
+                        else f"templates.{template_id}: key is required"
+                    )
+                name = value.get("name")
+                if name is not None:
+                    if not isinstance(name, str) or not name.strip():
+                        raise ValueError(f"templates.{template_id}: name must be a non-empty string")
+                    names[template_id] = name.strip()
+                value = value["key"]
+            if value is None or isinstance(value, bool | Mapping | list) or not str(value).strip():
+                raise ValueError(f"templates.{template_id}: the notificationKey must be a non-empty string")
+            keys[template_id] = str(value).strip()
+        return {**data, "templates": keys, "template_names": names}
 
     @model_validator(mode="after")
     def _required_are_params(self) -> CampaignSettings:
@@ -160,6 +225,30 @@ class InboundSettings(_Model):
     max_concurrent_requests: int = Field(
         64, ge=1, description="event requests in progress per API server process; more are answered 503 (retry)"
     )
+    public_url: str | None = Field(
+        None, description="the Airflow API server's address as Optimove reaches it (listener registration)"
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _valid_public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parsed = urlsplit(value.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL (e.g. https://airflow.example.com)")
+        if parsed.query or parsed.fragment or parsed.username or parsed.password:
+            raise ValueError(f"{value!r}: give the base address only (no query, fragment or credentials)")
+        return value.strip().rstrip("/")
+
+    def listener_url(self) -> str:
+        """``{public_url}/rest/optimove/event/{app_key}``: the URL Optimove's listeners call."""
+        if not self.public_url:
+            raise ValueError(
+                "inbound.public_url is not set: set it to the Airflow API server's address as Optimove reaches it "
+                "(e.g. https://airflow.example.com), the listener URL is {public_url}/rest/optimove/event/{app_key}"
+            )
+        return f"{self.public_url}/rest/optimove/event/{quote(self.app_key, safe='')}"
 
 
 class NotificationSettings(_Model):

@@ -218,7 +218,13 @@ def test_crash_leaves_rows_in_flight_they_become_unknown_and_resend_on_request(
     assert campaign_counts(db_url, cid)["unknown_decision"]["by"] == "admin"
     # the re-send run trigger_resend queued (the scheduler would run it; here dag.test runs its conf)
     [(_, conf)] = triggered_runs(cleared.run_id)
-    assert conf == {"campaign_id": cid, "channel_id": CHANNEL, "resend_unknown": True, "source": "manual"}
+    assert conf == {
+        "campaign_id": cid,
+        "channel_id": CHANNEL,
+        "resend_unknown": True,
+        "dry_run": False,
+        "source": "manual",
+    }
     resent = run_dag(DAG_ID, conf)
     assert resent.state == "success", task_states(resent)
     assert_exactly_once(box, expected)

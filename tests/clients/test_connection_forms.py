@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from optimove_netmera.hooks import NetmeraHook, OptimoveHook
 from optimove_netmera.sandbox.process import SandboxProcess
 from optimove_netmera.ui.connection_test import PortlessConnectionTestMiddleware
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +82,26 @@ def test_optimove_test_button_says_what_the_key_reaches(
     ok, message = OptimoveHook().test_connection()
     assert not ok
     assert "NOT reachable with this key: Shoe" in message and "NOT available to this key: 9999" in message
+
+
+def test_optimove_test_button_checks_the_channel_templates_cover_the_mapping(
+    monkeypatch: pytest.MonkeyPatch, sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    _set(monkeypatch, "optimove_default", {"conn_type": "optimove", "host": sandbox.optimove_url, "extra": {
+        "api_key": sandbox.optimove_api_key}})  # fmt: skip
+    monkeypatch.setenv("OPTIMOVE_NETMERA__CAMPAIGNS__CHANNELS", "[506]")
+    # the sandbox's channel 506 holds templates 1-4; map 1 and 77 (not there), leave 2-4 unmapped
+    config = yaml.safe_load((REPO / "config" / "optimove_netmera.yaml").read_text())
+    config["campaigns"]["templates"] = {1: "101", 77: {"key": "107", "name": "New Push"}}
+    (tmp_path / "settings.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("OPTIMOVE_NETMERA_CONFIG", str(tmp_path / "settings.yaml"))
+    ok, message = OptimoveHook().test_connection()
+    assert not ok, message
+    assert "mapped template(s) NOT on the channel: 77 (run optimove_setup)" in message
+    assert "unmapped (their recipients are skipped): 2, 3, 4" in message
+    monkeypatch.delenv("OPTIMOVE_NETMERA_CONFIG")
+    ok, message = OptimoveHook().test_connection()
+    assert ok and "NOT on the channel" not in message and "unmapped" not in message, message
 
 
 @pytest.mark.parametrize("kind", ["optimove", "netmera"])

@@ -26,10 +26,12 @@ from optimove_netmera.store import (
     BatchKind,
     BatchStatus,
     Campaign,
+    CampaignMetricReport,
     CampaignState,
     CancelledCustomer,
     CancelScope,
     ChangeStatus,
+    ChannelTemplate,
     CustomerSnapshot,
     DeadLetter,
     DeadLetterKind,
@@ -77,6 +79,8 @@ STATE_TABLES = {
     "recipients",
     "cancelled_customers",
     "dead_letters",
+    "campaign_metrics",
+    "channel_templates",
 }
 PAYLOAD = {
     "eventTypeId": 13,
@@ -103,17 +107,17 @@ def _free_port() -> int:
 
 def test_migrate_up_down_up(db_url: str) -> None:
     assert current_revision(db_url) is None
-    assert migrate(db_url) == head_revision() == "0002"
+    assert migrate(db_url) == head_revision() == "0003"
     tables = _tables(db_url)
     assert tables == STATE_TABLES | {VERSION_TABLE}
     assert "alembic_version" not in tables  # a distinct version table: the DB can be shared
 
-    assert migrate(db_url) == "0002"  # idempotent
+    assert migrate(db_url) == "0003"  # idempotent
     assert downgrade(db_url, "base") is None
     assert _tables(db_url) <= {VERSION_TABLE}
-    assert migrate(db_url, "head") == "0002"
+    assert migrate(db_url, "head") == "0003"
     assert _tables(db_url) == STATE_TABLES | {VERSION_TABLE}
-    assert check_database(db_url) == "0002"
+    assert check_database(db_url) == "0003"
 
 
 def test_migrated_schema_matches_models(migrated_url: str) -> None:
@@ -159,16 +163,16 @@ def test_concurrent_migrate_is_serialised(db_url: str, tmp_path: Path) -> None:
     for thread in threads:
         thread.join(timeout=120)
     assert errors == []
-    assert results == ["0002", "0002"]
+    assert results == ["0003", "0003"]
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
-        assert out.strip() == "0002"
+        assert out.strip() == "0003"
     assert _tables(db_url) == STATE_TABLES | {VERSION_TABLE}
 
 
 def test_in_memory_sqlite_can_be_migrated_and_used() -> None:
     url = "sqlite://"
-    assert migrate(url) == "0002"
+    assert migrate(url) == "0003"
     with session_scope(url) as session:
         session.add(Campaign(campaign_id=1, channel_id=2))
     with session_scope(url) as session:
@@ -394,6 +398,28 @@ def test_unique_recipient_key_and_foreign_key(engine: Engine) -> None:
         session.delete(session.get(Campaign, (1, 506)))  # cascades to the ledger
     with session_scope(engine) as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Recipient)) == 0
+
+
+def test_metrics_ledger_key_foreign_key_and_owned_templates(engine: Engine) -> None:
+    with session_scope(engine) as session:
+        session.add(Campaign(campaign_id=1, channel_id=506))
+        session.flush()
+        session.add(CampaignMetricReport(campaign_id=1, channel_id=506, template_id=7, metric_id=0, reported=5))
+        session.add(CampaignMetricReport(campaign_id=1, channel_id=506, template_id=7, metric_id=9))
+        session.add(ChannelTemplate(channel_id=506, template_id=7, name="Welcome Push"))
+    with pytest.raises(sa.exc.IntegrityError), session_scope(engine) as session:  # one row per metric
+        session.add(CampaignMetricReport(campaign_id=1, channel_id=506, template_id=7, metric_id=0))
+    with pytest.raises(sa.exc.IntegrityError), session_scope(engine) as session:  # no such campaign
+        session.add(CampaignMetricReport(campaign_id=2, channel_id=506, template_id=7, metric_id=0))
+    with pytest.raises(sa.exc.IntegrityError), session_scope(engine) as session:
+        session.add(ChannelTemplate(channel_id=506, template_id=7, name="again"))
+    with session_scope(engine) as session:
+        row = session.get(CampaignMetricReport, (1, 506, 7, 9))
+        assert (row.reported, row.sending) == (0, None)  # server default: nothing reported yet
+        session.delete(session.get(Campaign, (1, 506)))  # cascades to the metrics ledger
+    with session_scope(engine) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(CampaignMetricReport)) == 0
+        assert session.scalar(sa.select(sa.func.count()).select_from(ChannelTemplate)) == 1
 
 
 @pytest.mark.parametrize(
@@ -857,7 +883,7 @@ def test_default_url_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 def test_default_url_is_used_by_get_engine_and_migrate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(ENV_URL, raising=False)
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "new" / "airflow"))  # directory does not exist yet
-    assert migrate() == "0002"
+    assert migrate() == "0003"
     assert (tmp_path / "new" / "airflow" / "optimove_netmera_state.db").is_file()
     assert get_engine() is get_engine(default_state_db_url())
     with session_scope() as session:
@@ -967,7 +993,7 @@ def test_not_migrated_error_says_what_to_do(db_url: str) -> None:
         check_database(db_url)
 
     migrate(db_url)
-    assert check_database(db_url) == "0002"
+    assert check_database(db_url) == "0003"
     assert _count_events(get_engine(db_url)) == 0
 
 
@@ -1000,18 +1026,19 @@ def test_cli_upgrade_current_history_downgrade(db_url: str, tmp_path: Path) -> N
     shown = redact_url(db_url)
     proc = _cli("upgrade", "--url", db_url, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert f"{shown}: at 0002 (head)" in proc.stdout
-    assert "Running upgrade  -> 0001" in proc.stderr and "Running upgrade 0001 -> 0002" in proc.stderr
-    assert current_revision(db_url) == "0002"
+    assert f"{shown}: at 0003 (head)" in proc.stdout
+    assert "Running upgrade  -> 0001" in proc.stderr and "Running upgrade 0002 -> 0003" in proc.stderr
+    assert current_revision(db_url) == "0003"
 
     proc = _cli("current", cwd=tmp_path, env={ENV_URL: db_url})  # URL from the environment
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == f"{shown}: 0002 (head)"
+    assert proc.stdout.strip() == f"{shown}: 0003 (head)"
 
     proc = _cli("history", "--url", db_url, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "<base> -> 0001: Initial state database" in proc.stdout
-    assert "0001 -> 0002 (head, current): Events may be ``held``" in proc.stdout
+    assert "0001 -> 0002: Events may be ``held``" in proc.stdout
+    assert "0002 -> 0003 (head, current): The metrics ledger" in proc.stdout
 
     proc = _cli("check", "--url", db_url, cwd=tmp_path)
     assert proc.returncode == 0 and "ok" in proc.stdout
@@ -1044,7 +1071,7 @@ def test_held_events_need_0002_and_downgrade_to_ignored(db_url: str) -> None:
     with pytest.raises(sa.exc.IntegrityError), get_engine(db_url).begin() as conn:  # 0001's CHECK refuses it
         conn.execute(sa.insert(Event.__table__).values(row))
     dispose_engines()
-    assert migrate(db_url) == "0002"
+    assert migrate(db_url) == "0003"
     with get_engine(db_url).begin() as conn:
         conn.execute(sa.insert(Event.__table__).values(row))
     dispose_engines()

@@ -48,6 +48,17 @@ def test_overlay_deep_merges(tmp_path: Path) -> None:
         ("ext_id: {case: title}\n", "ext_id.case"),
         ("surprise: 1\n", "surprise"),
         ("campaigns: {params: {FirstName: name}, required_params: [surname]}\n", "required_params"),
+        ("campaigns: {templates: {x1: '101'}}\n", "TemplateID 'x1' is not an integer"),
+        ("campaigns: {templates: {0: '101'}}\n", "TemplateID 0 must be >= 1"),
+        ("campaigns: {templates: {1: ''}}\n", "templates.1: the notificationKey must be a non-empty string"),
+        ("campaigns: {templates: {1: {key: '101', name: ' '}}}\n", "templates.1: name must be a non-empty string"),
+        ("campaigns: {templates: {1: {name: Welcome}}}\n", "templates.1: key is required"),
+        ("campaigns: {templates: {1: {key: '1', title: x}}}\n", "unknown field(s) ['title']"),
+        ("campaigns: {metric_ids: {sent: 0, failed: 0}}\n", "MetricID(s) [0] used for more than one count"),
+        ("campaigns: {metric_ids: {colour: 3}}\n", "campaigns.metric_ids.colour"),
+        ("campaigns: {stats_days: -1}\n", "campaigns.stats_days"),
+        ("inbound: {public_url: 'ftp://example.com'}\n", "inbound.public_url"),
+        ("inbound: {public_url: 'https://example.com/?x=1'}\n", "base address only"),
     ],
 )
 def test_bad_settings_name_the_setting(tmp_path: Path, text: str, needle: str) -> None:
@@ -68,3 +79,28 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 def test_ext_id_transform(tmp_path: Path) -> None:
     s = load_settings(write(tmp_path, "ext_id: {prefix: 'om-', case: lower}\n"), env={})
     assert s.ext_id.apply(" C0001 ") == "om-c0001"
+
+
+def test_templates_take_a_key_or_a_key_and_name(tmp_path: Path) -> None:
+    s = load_settings(
+        write(tmp_path, "campaigns: {templates: {1: '101', 2: {key: 102, name: ' Win-back '}}}\n"), env={}
+    )
+    assert s.campaigns.templates == {1: "101", 2: "102"}
+    assert s.campaigns.template_names == {2: "Win-back"}
+
+
+def test_reporting_defaults_and_listener_url(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, "inbound: {app_key: my-app, public_url: 'https://af.example.com/'}\n"), env={})
+    assert s.campaigns.report_metrics is True and s.campaigns.dry_run is False and s.campaigns.stats_days == 7
+    assert s.campaigns.metric_ids.items() == [
+        ("sent", 0),
+        ("failed", 9),
+        ("skipped", 5),
+        ("delivered", 1),
+        ("opened", 2),
+    ]
+    assert s.inbound.listener_url() == "https://af.example.com/rest/optimove/event/my-app"
+    off = load_settings(write(tmp_path, "campaigns: {metric_ids: {skipped: null}}\n"), env={})
+    assert "skipped" not in dict(off.campaigns.metric_ids.items())
+    with pytest.raises(ValueError, match=r"inbound\.public_url is not set"):
+        off.inbound.listener_url()

@@ -109,6 +109,7 @@ def resend_conf(report: Mapping[str, Any]) -> dict[str, Any]:
         "campaign_id": int(report["campaign_id"]),
         "channel_id": int(report["channel_id"]),
         "resend_unknown": True,
+        "dry_run": False,  # unknown outcomes come from real sends; campaigns.dry_run must not turn this one off
         "source": "manual",
     }
 

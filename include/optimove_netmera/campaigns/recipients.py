@@ -88,8 +88,11 @@ def stage_recipients(
     settings: Settings,
     *,
     page_size: int | None = None,
+    template_names: dict[int, str] | None = None,
 ) -> dict[str, int]:
     """Page ``GetCustomerExecutionDetailsByCampaign`` into the ledger; return counts (no customer data).
+
+    ``template_names`` (if given) collects the TemplateName Optimove gives each TemplateID.
 
     ``CustomerAttributes`` are the Optimove side of ``campaigns.params``. Rows repeating a (customer,
     template) already seen are dropped; existing ledger rows are left as they are (a re-stage after a
@@ -104,6 +107,8 @@ def stage_recipients(
         for detail in page:
             counts["fetched"] += 1
             row = personalise.ledger_row(detail, settings)
+            if template_names is not None and detail.template_name and row["template_id"] not in template_names:
+                template_names[row["template_id"]] = detail.template_name
             key = (row["customer_id"], row["template_id"])
             if key in seen:
                 counts["duplicates_dropped"] += 1

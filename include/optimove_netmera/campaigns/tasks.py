@@ -15,11 +15,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import sqlalchemy as sa
 from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from optimove_netmera.campaigns import realtime, recipients, reconcile, send
+from optimove_netmera.campaigns import metrics, personalise, realtime, recipients, reconcile, send
+from optimove_netmera.campaigns import setup as optimove_setup
 from optimove_netmera.campaigns.state import (
     apply_cancel_list,
     cancel_status,
@@ -30,17 +32,16 @@ from optimove_netmera.campaigns.state import (
 from optimove_netmera.hooks import NetmeraHook, OptimoveHook
 from optimove_netmera.http import ApiError
 from optimove_netmera.optimove import OptimoveClient
-from optimove_netmera.optimove.models import CampaignMetric
 from optimove_netmera.runtime import fail_fast_on_config_errors, state_engine
 from optimove_netmera.runtime import task_settings as settings
 from optimove_netmera.settings import Settings
-from optimove_netmera.store import Campaign, CampaignState, RecipientStatus, session_scope
+from optimove_netmera.store import Campaign, CampaignState, Recipient, RecipientStatus, session_scope
 from optimove_netmera.store.engine import migrate
 
 log = logging.getLogger(__name__)
 
-SENT_METRIC_ID = 0
-"""``UpdateCampaignMetrics`` MetricID for "sent" (what Optimove channel integrations report)."""
+DRY_RUN_SAMPLE = 3
+"""Rendered requests per template shown (masked) in a dry run's log."""
 EVENT_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
@@ -145,8 +146,10 @@ def stage(run: dict[str, Any]) -> dict[str, Any]:
     cid, ch = run["campaign_id"], run["channel_id"]
     client = _optimove(s)
     started = time.monotonic()
-    counts = recipients.stage_recipients(engine, client, cid, ch, s)
+    names: dict[int, str] = {}
+    counts = recipients.stage_recipients(engine, client, cid, ch, s, template_names=names)
     counts["seconds"] = round(time.monotonic() - started, 3)
+    counts["unmapped_templates"] = _report_unmapped(engine, client, cid, ch, s, names)
     stats = client.stats.snapshot()
     counts |= {"optimove_calls": stats["calls"], "optimove_429s": stats["rate_limited"]}
     set_state(engine, cid, ch, CampaignState.STAGED.value, from_states=[CampaignState.RECEIVED.value])
@@ -160,9 +163,102 @@ def stage(run: dict[str, Any]) -> dict[str, Any]:
     return counts
 
 
+def _report_unmapped(
+    engine: Engine, client: OptimoveClient, cid: int, ch: int, s: Settings, names: dict[int, str]
+) -> dict[str, dict[str, Any]]:
+    """Name every template this campaign uses that has no notificationKey mapping (its recipients are skipped)."""
+    unmapped = {
+        int(t): sum(counts.values())
+        for t, counts in recipients.template_counts(engine, cid, ch).items()
+        if int(t) != personalise.NO_TEMPLATE_ID and int(t) not in s.campaigns.templates
+    }
+    if not unmapped:
+        return {}
+    if any(t not in names for t in unmapped):
+        try:
+            names = {t.template_id: t.name or "" for t in client.get_channel_templates(ch)} | names
+        except ApiError as exc:
+            log.warning("GetChannelTemplates failed, unmapped templates reported without names: %s", exc)
+    out: dict[str, dict[str, Any]] = {}
+    for template_id, n in sorted(unmapped.items()):
+        name = names.get(template_id) or "(name unknown)"
+        out[str(template_id)] = {"name": name, "recipients": n}
+        log.error(
+            "template %s %r (channel %s) has no notificationKey mapping: its %d recipient(s) are skipped (reason %r); "
+            "map it in campaigns.templates and trigger the campaign again to send them",
+            template_id,
+            name,
+            ch,
+            n,
+            personalise.no_mapping_reason(template_id),
+        )
+    return out
+
+
+def _mask(value: Any) -> Any:
+    """The structure of a request without its customer data: keys kept, values replaced by their type."""
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    return f"<{type(value).__name__}>"
+
+
+def _dry_run_plan(engine: Engine, cid: int, ch: int, s: Settings) -> dict[str, Any]:
+    """What a real run would send: requests and recipients per template, skips per reason, a masked sample."""
+    table = Recipient.__table__
+    mine = (table.c.campaign_id == cid, table.c.channel_id == ch, table.c.status == RecipientStatus.PENDING.value)
+    with engine.connect() as conn:
+        groups = conn.execute(
+            sa.select(table.c.template_id, table.c.scheduled_time, sa.func.count())
+            .where(*mine)
+            .group_by(table.c.template_id, table.c.scheduled_time)
+        ).all()
+        sample_rows = {
+            int(t): conn.execute(
+                sa.select(table.c.notification_key, table.c.ext_id, table.c.params)
+                .where(*mine, table.c.template_id == t)
+                .order_by(table.c.id)
+                .limit(DRY_RUN_SAMPLE)
+            ).all()
+            for t in {int(g[0]) for g in groups}
+        }
+    per_template: dict[str, dict[str, int]] = {}
+    for template_id, _, n in groups:
+        item = per_template.setdefault(str(template_id), {"recipients": 0, "requests": 0})
+        item["recipients"] += int(n)
+        item["requests"] += -(-int(n) // s.campaigns.chunk_size)
+    skipped = {
+        reason.split(": ", 1)[1]: n
+        for reason, n in recipients.reason_counts(engine, cid, ch).items()
+        if reason.startswith(RecipientStatus.SKIPPED.value + ": ")
+    }
+    for template_id, rows in sorted(sample_rows.items()):
+        for row in rows:
+            body = personalise.request_object(row.notification_key, row.ext_id, row.params)
+            body["target"] = {"extId": "<masked>"}
+            if "message" in body:
+                body["message"] = _mask(body["message"])
+            log.info("DRY RUN sample request, template %s: %s", template_id, body)
+    for template_id, item in sorted(per_template.items()):
+        log.info(
+            "DRY RUN template %s: would send %d recipient(s) in %d request(s)",
+            template_id,
+            item["recipients"],
+            item["requests"],
+        )
+    for reason, n in sorted(skipped.items()):
+        log.info("DRY RUN skipped %7d: %s", n, reason)
+    return {"templates": per_template, "skipped": skipped}
+
+
 @fail_fast_on_config_errors
-def plan(run: dict[str, Any], resend_unknown: bool) -> dict[str, Any]:
-    """Chunk the ledger per template and scheduled time; group chunks into a few mapped send batches."""
+def plan(run: dict[str, Any], resend_unknown: bool, dry_run: bool = False) -> dict[str, Any]:
+    """Chunk the ledger per template and scheduled time; group chunks into a few mapped send batches.
+
+    ``dry_run``: no batches (nothing is sent, the ledger rows stay pending for a real run); the log says what would
+    be sent per template and skipped per reason, with a sample of the rendered requests without customer data.
+    """
     s = settings()
     engine = state_engine(s)
     cid, ch = run["campaign_id"], run["channel_id"]
@@ -174,6 +270,8 @@ def plan(run: dict[str, Any], resend_unknown: bool) -> dict[str, Any]:
     if run["cancelled"] or status.cancelled:
         log.info("campaign is cancelled: nothing to send")
         return {"batches": [], "info": {"cancelled": True}}
+    if dry_run:
+        return {"batches": [], "info": {"dry_run": _dry_run_plan(engine, cid, ch, s)}}
     batches, info = recipients.plan_chunks(engine, cid, ch, s.campaigns.chunk_size, include_unknown=resend_unknown)
     log.info(
         "plan: %d chunk(s) with work in %d send task(s); chunks per template %s",
@@ -273,7 +371,9 @@ def _format_report(report: dict[str, Any]) -> str:
 
 
 @fail_fast_on_config_errors
-def report(run: dict[str, Any], update_metrics: bool) -> dict[str, Any]:
+def report(
+    run: dict[str, Any], update_metrics: bool, dry_run: bool = False, resend_unknown: bool = False
+) -> dict[str, Any]:
     """Close the campaign: counts per status and template, in the log and XCom (counts only).
 
     Rows still ``in_flight`` once every send task has finished are marked ``unknown``. The task fails (so the run
@@ -281,15 +381,21 @@ def report(run: dict[str, Any], update_metrics: bool) -> dict[str, Any]:
     cancelled (a send task failed: clear it). Recipients with an ``unknown`` outcome (a request that may or may
     not have reached Netmera) are the next task's question (:mod:`optimove_netmera.campaigns.decision`). The
     report is stored in the campaign's ``counts`` either way.
+
+    ``update_metrics``: the sent / failed / skipped counts per template go to Optimove through the metrics ledger
+    (:mod:`~optimove_netmera.campaigns.metrics`: only what changed since the last report); a failed call fails
+    the task (its retries cover an outage). ``dry_run``: the report of a run that sent nothing; nothing changes.
     """
     s = settings()
     engine = state_engine(s)
     cid, ch = run["campaign_id"], run["channel_id"]
-    orphans = recipients.mark_orphans_unknown(engine, cid, ch, None)
+    orphans = 0 if dry_run else recipients.mark_orphans_unknown(engine, cid, ch, None)
     status = cancel_status(engine, cid, ch)
     statuses = recipients.status_counts(engine, cid, ch)
     requests = recipients.request_count(engine, cid, ch)
-    if status.cancelled:
+    if dry_run:
+        outcome = "dry run"
+    elif status.cancelled:
         outcome = "cancelled"
     elif statuses.get(RecipientStatus.PENDING.value, 0):
         outcome = "incomplete"
@@ -312,10 +418,31 @@ def report(run: dict[str, Any], update_metrics: bool) -> dict[str, Any]:
         "orphans_marked_unknown": orphans,
         "requests": requests,
     }
-    if update_metrics and outcome.startswith("done"):
-        summary["metrics_rows"] = _update_metrics(s, cid, ch, summary["templates"])
+    if dry_run:
+        log.info("DRY RUN: nothing was sent to Netmera and nothing reported to Optimove; run again with dry_run=false")
+        log.info("campaign send report:\n%s", _format_report(summary))
+        return summary
+    failure: ApiError | None = None
+    outcome_metrics: metrics.MetricsOutcome | None = None
+    if update_metrics:
+        outcome_metrics = metrics.MetricsOutcome()
+        try:
+            outcome_metrics = metrics.report_counts(
+                engine,
+                _optimove(s),
+                cid,
+                ch,
+                metrics.ledger_counts(engine, cid, ch, s),
+                resend_unknown=resend_unknown,
+            )
+        except ApiError as exc:
+            failure = exc
+        summary["metrics"] = outcome_metrics.as_dict()
+        summary["metrics_rows"] = outcome_metrics.rows_reported
     store_counts(engine, cid, ch, "report", summary)
     log.info("campaign send report:\n%s", _format_report(summary))
+    if outcome_metrics is not None:
+        log.info("metrics reported to Optimove: %s", {k: v for k, v in outcome_metrics.as_dict().items() if v})
     if outcome == "incomplete":
         raise AirflowFailException(
             f"campaign {cid} channel {ch}: {statuses.get('pending', 0)} recipient(s) still pending "
@@ -330,20 +457,98 @@ def report(run: dict[str, Any], update_metrics: bool) -> dict[str, Any]:
             ch,
             summary["unknown"],
         )
+    _raise_for_metrics(cid, ch, failure, outcome_metrics)
     return summary
 
 
-def _update_metrics(s: Settings, cid: int, ch: int, templates: dict[str, dict[str, int]]) -> int:
-    rows = [
-        CampaignMetric(cid, ch, int(t), SENT_METRIC_ID, counts.get(RecipientStatus.SENT.value, 0))
-        for t, counts in templates.items()
-        if counts.get(RecipientStatus.SENT.value)
-    ]
+def _raise_for_metrics(cid: int, ch: int, failure: ApiError | None, outcome: metrics.MetricsOutcome | None) -> None:
+    if failure is not None:
+        if failure.ambiguous:
+            raise AirflowFailException(
+                f"campaign {cid} channel {ch}: UpdateCampaignMetrics answered {failure} (Optimove may have counted "
+                "it): those rows are not re-sent, to never count twice. Check the campaign's numbers in Optimove; "
+                f'to send them again trigger optimove_campaign_send with {{"campaign_id": {cid}, "channel_id": {ch}, '
+                '"resend_unknown": true}; or accept by marking this task success'
+            ) from failure
+        log.error(
+            "campaign %s channel %s: UpdateCampaignMetrics failed (%s); the send is complete, the metrics ledger did "
+            "not advance: the task's retry (or clearing it) reports them",
+            cid,
+            ch,
+            failure,
+        )
+        raise failure
+    if outcome is not None and outcome.unknown:
+        raise AirflowFailException(
+            f"campaign {cid} channel {ch}: {outcome.unknown} metric row(s) have an unknown outcome from an earlier "
+            "report (not re-sent, to never count twice); re-send them with resend_unknown=true, or mark this task "
+            "success to accept"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# optimove_setup and optimove_campaign_stats
+# --------------------------------------------------------------------------------------------------
+
+
+@fail_fast_on_config_errors
+def run_setup(remove_stale: bool, dry_run: bool) -> dict[str, Any]:
+    """Register the listeners and offer the templates (:mod:`~optimove_netmera.campaigns.setup`)."""
+    s = settings()
+    migrate(s.resolved_state_db_url())
     try:
-        return _optimove(s).update_campaign_metrics(rows)
-    except ApiError as exc:
-        log.warning("UpdateCampaignMetrics failed (the send itself is complete): %s", exc)
-        return 0
+        s.inbound.listener_url()
+    except ValueError as exc:
+        raise AirflowFailException(str(exc)) from None
+    summary = optimove_setup.run_setup(_optimove(s), state_engine(s), s, remove_stale=remove_stale, dry_run=dry_run)
+    log.info("Optimove setup: %s", summary)
+    return summary
+
+
+@fail_fast_on_config_errors
+def run_campaign_stats(now: dt.datetime | None = None) -> dict[str, Any]:
+    """Report Netmera's delivered / opened counts of the campaigns sent in the last ``campaigns.stats_days`` days.
+
+    Also re-reports the send counts of finished campaigns (only what changed: normally nothing). A failed
+    Optimove or Netmera call fails the task after the other campaigns are done.
+    """
+    s = settings()
+    migrate(s.resolved_state_db_url())
+    if not s.campaigns.report_metrics or s.campaigns.stats_days == 0:
+        log.info("campaigns.report_metrics is off or campaigns.stats_days is 0: nothing to report")
+        return {"campaigns": 0}
+    engine = state_engine(s)
+    cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=s.campaigns.stats_days)
+    table = Recipient.__table__
+    with engine.connect() as conn:
+        recent = conn.execute(
+            sa.select(table.c.campaign_id, table.c.channel_id)
+            .where(table.c.status == RecipientStatus.SENT.value)
+            .group_by(table.c.campaign_id, table.c.channel_id)
+            .having(sa.func.max(table.c.sent_at) >= cutoff)
+            .order_by(table.c.campaign_id, table.c.channel_id)
+        ).all()
+    optimove = _optimove(s)
+    netmera = NetmeraHook(s.connections.netmera).get_conn()
+    out: dict[str, Any] = {"campaigns": len(recent), "rows_reported": 0, "notes": [], "errors": []}
+    for cid, ch in recent:
+        try:
+            totals, notes = metrics.push_stat_counts(engine, netmera, cid, ch, s)
+            if cancel_status(engine, cid, ch).state == CampaignState.DONE.value:
+                totals |= metrics.ledger_counts(engine, cid, ch, s)
+            result = metrics.report_counts(engine, optimove, cid, ch, totals)
+        except ApiError as exc:
+            out["errors"].append(f"campaign {cid} channel {ch}: {exc}")
+            log.error("campaign %s channel %s: %s", cid, ch, exc)
+            continue
+        out["rows_reported"] += result.rows_reported
+        out["notes"] += [f"campaign {cid} channel {ch}: {n}" for n in notes + result.notes]
+        log.info("campaign %s channel %s: %s", cid, ch, {k: v for k, v in result.as_dict().items() if v})
+    for note in out["notes"]:
+        log.warning(note)
+    if out["errors"]:
+        raise RuntimeError(f"{len(out['errors'])} campaign(s) not reported: {out['errors']}")
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

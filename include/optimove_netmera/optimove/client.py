@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -42,6 +43,7 @@ from optimove_netmera.optimove.models import (
     CampaignMetric,
     CanceledCustomer,
     ChangerRow,
+    EventListener,
     ExecutionChannel,
     ExecutionDetail,
     Template,
@@ -219,10 +221,22 @@ class OptimoveClient(BaseHttpClient):
         response = self._request("GET", path, params=dict(params or {}))
         return self._decode(response, "GET", path)
 
-    def post(self, category: str, function: str, json: Any = None, params: Mapping[str, Any] | None = None) -> Any:
-        """POST a JSON body to a function; returns the decoded JSON (None for an empty body)."""
+    def post(
+        self,
+        category: str,
+        function: str,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        *,
+        idempotent: bool = True,
+    ) -> Any:
+        """POST a JSON body to a function; returns the decoded JSON (None for an empty body).
+
+        ``idempotent=False``: a 5xx or a timeout (the server may have processed it) is not retried and raises with
+        ``ambiguous=True``.
+        """
         path = self.path(category, function)
-        response = self._request("POST", path, params=dict(params or {}) or None, json_body=json)
+        response = self._request("POST", path, params=dict(params or {}) or None, json_body=json, idempotent=idempotent)
         return self._decode(response, "POST", path)
 
     def iter_pages(
@@ -423,21 +437,67 @@ class OptimoveClient(BaseHttpClient):
         except ValueError as exc:
             raise self._format_error(path, exc) from None
 
-    def update_campaign_metrics(self, rows: Iterable[CampaignMetric | Mapping[str, Any]]) -> int:
-        """``integrations/UpdateCampaignMetrics`` in chunks of ≤ 100 rows; returns the rows sent."""
+    def add_channel_templates(self, channel_id: int, templates: Mapping[int, str]) -> int:
+        """``integrations/AddChannelTemplates?ChannelID=N`` in chunks of ≤ 100 (integer IDs, non-empty names)."""
+        items = []
+        for template_id, name in templates.items():
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"template {template_id}: TemplateName must be a non-empty string")
+            items.append({"TemplateID": int(template_id), "TemplateName": name.strip()})
+        for chunk in chunked(items, MAX_METRICS_PER_CALL):
+            self.post("integrations", "AddChannelTemplates", chunk, params={"ChannelID": int(channel_id)})
+        return len(items)
+
+    def delete_channel_templates(self, channel_id: int, template_ids: Iterable[int]) -> int:
+        """``integrations/DeleteChannelTemplates`` in chunks of ≤ 100."""
+        items = [{"ChannelID": int(channel_id), "TemplateID": int(t)} for t in template_ids]
+        for chunk in chunked(items, MAX_METRICS_PER_CALL):
+            self.post("integrations", "DeleteChannelTemplates", chunk)
+        return len(items)
+
+    def update_campaign_metrics(
+        self,
+        rows: Iterable[CampaignMetric | Mapping[str, Any]],
+        *,
+        on_accepted: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> int:
+        """``integrations/UpdateCampaignMetrics`` in chunks of ≤ 100 rows; returns the rows sent.
+
+        Optimove adds what it receives to its aggregates, so a call is not repeated on a 5xx or timeout (it may
+        have been counted): that raises with ``ambiguous=True``. ``on_accepted`` is called with each chunk once
+        Optimove has accepted it (before the next chunk goes out).
+        """
         payload = [row.to_json() if isinstance(row, CampaignMetric) else dict(row) for row in rows]
         for chunk in chunked(payload, MAX_METRICS_PER_CALL):
-            self.post("integrations", "UpdateCampaignMetrics", chunk)
+            self.post("integrations", "UpdateCampaignMetrics", chunk, idempotent=False)
+            if on_accepted is not None:
+                on_accepted(chunk)
         return len(payload)
 
     def register_event_listener(self, event_type_id: int, listener_url: str, channel_id: int | None = None) -> None:
-        """``general/RegisterEventListener`` for one event type (and channel, for event 13)."""
+        """``general/RegisterEventListener`` for one event type (and channel); ``ListenerURL`` URL-encoded as in
+        the documentation's fixture."""
         if not listener_url.startswith(("http://", "https://")):
             raise ValueError("listener_url must be an http(s) URL")
-        body: dict[str, Any] = {"EventTypeID": int(event_type_id), "ListenerURL": listener_url}
+        body: dict[str, Any] = {"EventTypeID": int(event_type_id), "ListenerURL": quote(listener_url, safe="")}
         if channel_id is not None:
             body["ChannelID"] = int(channel_id)
         self.post("general", "RegisterEventListener", body)
+
+    def unregister_event_listener(self, event_type_id: int, channel_id: int | None = None) -> None:
+        """``general/UnregisterEventListener`` for one event type (and channel)."""
+        body: dict[str, Any] = {"EventTypeID": int(event_type_id)}
+        if channel_id is not None:
+            body["ChannelID"] = int(channel_id)
+        self.post("general", "UnregisterEventListener", body)
+
+    def get_registered_event_listeners(self) -> list[EventListener]:
+        """``general/GetRegisteredEventListeners`` (URLs decoded)."""
+        path = self.path("general", "GetRegisteredEventListeners")
+        try:
+            return [EventListener.from_row(r) for r in _rows(self.get("general", "GetRegisteredEventListeners"))]
+        except ValueError as exc:
+            raise self._format_error(path, exc) from None
 
 
 def _rows(body: Any) -> list[Mapping[str, Any]]:

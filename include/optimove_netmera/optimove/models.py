@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
 from typing import Any, ClassVar
+from urllib.parse import unquote
 
 import msgspec
 
@@ -23,6 +24,7 @@ __all__ = [
     "CampaignMetric",
     "CanceledCustomer",
     "ChangerRow",
+    "EventListener",
     "ExecutionChannel",
     "ExecutionDetail",
     "KeyPlan",
@@ -523,6 +525,24 @@ class Template:
         if template_id is None:
             raise ValueError("template row without TemplateID")
         return cls(template_id=template_id, name=_as_str(ci_get(row, "TemplateName", "Name")))
+
+
+@dataclass(frozen=True)
+class EventListener:
+    """One row of ``general/GetRegisteredEventListeners`` (``listener_url`` decoded: the doc fixture URL-encodes it)."""
+
+    event_type_id: int
+    channel_id: int | None
+    listener_url: str
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> EventListener:
+        """Build from a response row."""
+        event_type_id = _as_int(ci_get(row, "EventTypeID", "EventTypeId"))
+        url = _as_str(ci_get(row, "ListenerURL", "ListenerUrl"))
+        if event_type_id is None or not url:
+            raise ValueError("listener row without EventTypeID or ListenerURL")
+        return cls(event_type_id, _as_int(ci_get(row, "ChannelID")), unquote(url.strip()))
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,10 @@ class OptimoveAdmin:
         """Rows received by ``integrations/UpdateCampaignMetrics`` (each with ``received_at``)."""
         return self._call("GET", "metrics")["rows"]
 
+    def metric_aggregates(self) -> list[dict[str, Any]]:
+        """Optimove's aggregate per (campaign, channel, template, MetricID): the sum of the values received."""
+        return self._call("GET", "metrics")["aggregates"]
+
     # ------------------------------------------------------------------- faults
     def set_faults(self, rules: list[dict[str, Any]]) -> dict[str, Any]:
         """Replace the fault rules (see ``sandbox/faults.py``)."""

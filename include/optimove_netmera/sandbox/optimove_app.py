@@ -61,6 +61,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "last_data_update": None,  # None: yesterday's date, evaluated on every call
     "login_min_interval": 1.0,
     "cancel_window_seconds": 7200,
+    # GetRegisteredEventListeners: False lists ListenerURL decoded; True lists it exactly as registered (URL-encoded
+    # if it was sent encoded, as the documentation's fixture does). The documents do not say which Optimove does.
+    "listener_urls_as_sent": False,
 }
 
 Scope = MutableMapping[str, Any]
@@ -283,9 +286,9 @@ class _Sandbox:
                 number = _as_number(value, key)
                 if number < 0 or (key == "token_ttl_seconds" and number == 0):
                     raise AdminError(400, f"{key} must be {'> 0' if key == 'token_ttl_seconds' else '>= 0'}")
-            elif key == "legacy_attributes":
+            elif key in ("legacy_attributes", "listener_urls_as_sent"):
                 if not isinstance(value, bool):
-                    raise AdminError(400, "legacy_attributes must be a boolean")
+                    raise AdminError(400, f"{key} must be a boolean")
             elif key == "schedule_time_key":
                 if value not in ("ScheduleTime", "ScheduledTime"):
                     raise AdminError(400, 'schedule_time_key must be "ScheduleTime" or "ScheduledTime"')
@@ -444,11 +447,12 @@ async def h_register_listener(s: _Sandbox, q: Query, body: Any) -> Response:
     event_type = _body_int(body, "EventTypeID")
     if event_type not in EVENT_TYPES:
         raise _bad(f"Invalid value for field EventTypeID: {event_type}")
-    url = _listener_url(_body_field(body, "ListenerURL"))
+    raw = _body_field(body, "ListenerURL")
+    url = _listener_url(raw)
     channel = _body_int(body, "ChannelID", required=False)
     with s.lock:
         s.listeners = [li for li in s.listeners if not (li["EventTypeID"] == event_type and li["ChannelID"] == channel)]
-        s.listeners.append({"EventTypeID": event_type, "ListenerURL": url, "ChannelID": channel})
+        s.listeners.append({"EventTypeID": event_type, "ListenerURL": url, "ChannelID": channel, "_as_sent": raw})
     return _empty()
 
 
@@ -466,9 +470,16 @@ async def h_unregister_listener(s: _Sandbox, q: Query, body: Any) -> Response:
     return _empty()
 
 
+def _listener_view(li: dict[str, Any], as_sent: bool) -> dict[str, Any]:
+    view = {k: v for k, v in li.items() if not k.startswith("_")}
+    if as_sent:
+        view["ListenerURL"] = str(li["_as_sent"]).strip()
+    return view
+
+
 async def h_get_listeners(s: _Sandbox, q: Query, body: Any) -> Response:
     with s.lock:
-        return _json([dict(li) for li in s.listeners])
+        return _json([_listener_view(li, bool(s.config["listener_urls_as_sent"])) for li in s.listeners])
 
 
 async def h_attribute_list(s: _Sandbox, q: Query, body: Any) -> Response:
@@ -1205,14 +1216,23 @@ def _add_admin_routes(app: FastAPI, s: _Sandbox) -> None:
     @app.get("/_sandbox/listeners")
     async def listeners() -> Response:
         with s.lock:
-            items = [dict(li) for li in s.listeners]
+            items = [_listener_view(li, False) for li in s.listeners]
         return _json({"total": len(items), "listeners": items})
 
     @app.get("/_sandbox/metrics")
     async def metrics() -> Response:
         with s.lock:
             rows = [dict(r) for r in s.metrics]
-        return _json({"total": len(rows), "rows": rows})
+        # Optimove keeps aggregate counts: each row received adds its MetricValue to its key's aggregate.
+        sums: dict[tuple[int, int, int, int], float] = {}
+        for r in rows:
+            key = (r["CampaignID"], r["ChannelID"], r["TemplateID"], r["MetricID"])
+            sums[key] = sums.get(key, 0) + r["MetricValue"]
+        aggregates = [
+            {"CampaignID": c, "ChannelID": ch, "TemplateID": t, "MetricID": m, "MetricValue": v}
+            for (c, ch, t, m), v in sorted(sums.items())
+        ]
+        return _json({"total": len(rows), "rows": rows, "aggregates": aggregates})
 
 
 # --------------------------------------------------------------------------------------------- factory

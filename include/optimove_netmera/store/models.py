@@ -33,10 +33,12 @@ __all__ = [
     "BatchStatus",
     "BigIntPK",
     "Campaign",
+    "CampaignMetricReport",
     "CampaignState",
     "CancelScope",
     "CancelledCustomer",
     "ChangeStatus",
+    "ChannelTemplate",
     "CustomerSnapshot",
     "DeadLetter",
     "DeadLetterKind",
@@ -530,3 +532,45 @@ class DeadLetter(Base):
     attempts: Mapped[int] = mapped_column(sa.Integer(), nullable=False, default=0, server_default=sa.text("0"))
     created_at: Mapped[dt.datetime] = _created_at()
     replayed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class CampaignMetricReport(Base):
+    """The metrics ledger: what Optimove accepted per (campaign, channel, template, MetricID).
+
+    ``reported`` is the sum of the values Optimove accepted (it adds what it receives to its aggregate), so a
+    report sends ``total - reported`` and only rows whose total moved. ``sending`` holds a value whose request
+    has not been answered: set before the request, folded into ``reported`` once accepted, cleared when the
+    request certainly was not processed, and left set (outcome unknown: never sent again on its own) after a
+    5xx or timeout.
+    """
+
+    __tablename__ = "campaign_metrics"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["campaign_id", "channel_id"],
+            ["campaigns.campaign_id", "campaigns.channel_id"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    campaign_id: Mapped[int] = mapped_column(sa.BigInteger(), primary_key=True, autoincrement=False)
+    channel_id: Mapped[int] = mapped_column(sa.Integer(), primary_key=True, autoincrement=False)
+    template_id: Mapped[int] = mapped_column(sa.BigInteger(), primary_key=True, autoincrement=False)
+    metric_id: Mapped[int] = mapped_column(sa.Integer(), primary_key=True, autoincrement=False)
+    reported: Mapped[int] = mapped_column(sa.BigInteger(), nullable=False, default=0, server_default=sa.text("0"))
+    sending: Mapped[int | None] = mapped_column(sa.BigInteger())
+    request_id: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[dt.datetime] = _created_at()
+    updated_at: Mapped[dt.datetime] = _updated_at()
+
+
+class ChannelTemplate(Base):
+    """Templates this integration added to an Optimove channel (AddChannelTemplates): the only ones it deletes."""
+
+    __tablename__ = "channel_templates"
+
+    channel_id: Mapped[int] = mapped_column(sa.Integer(), primary_key=True, autoincrement=False)
+    template_id: Mapped[int] = mapped_column(sa.BigInteger(), primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(sa.Text(), nullable=False)
+    created_at: Mapped[dt.datetime] = _created_at()
+    updated_at: Mapped[dt.datetime] = _updated_at()
