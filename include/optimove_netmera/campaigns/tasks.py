@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
+from sqlalchemy.engine import Engine
 
 from optimove_netmera.campaigns import metrics, personalise, realtime, recipients, reconcile, send
 from optimove_netmera.campaigns import setup as optimove_setup
