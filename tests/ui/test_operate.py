@@ -12,7 +12,10 @@ own sandbox, one logged-in page. The walks of the README's operator run-book, ea
 2. Admin -> Connections: Test on an Optimove and a Netmera connection pointing at the sandbox says what the key
    reaches; a wrong key says why it failed, without the key;
 3. the demo (the user sync, then Optimove's bulk-send event for campaign 1001): the plugin page shows the finished
-   sync and the campaign with its chart.
+   sync and the campaign with its chart;
+4. the user sync's change guard trips (more customers change than ``max_change_ratio`` allows): the run waits in
+   ``approve_changes`` with nothing written; the operator opens Browse -> Required Actions, reads the counts and the
+   attribute names, clicks Approve; the run goes green and the changes are in Netmera.
 """
 
 from __future__ import annotations
@@ -285,3 +288,63 @@ def test_page_after_the_demo(live: LiveAirflow, page: Any, screenshots: Path, fi
     expect(page.get_by_test_id("sync-chart").locator("canvas")).to_be_visible()
     expect(page.get_by_test_id("sends-chart").locator("canvas")).to_be_visible()
     page.screenshot(path=screenshots / "30-page-after-demo.png", full_page=True)
+
+
+def sync_writes(live: LiveAirflow) -> int:
+    """Profile write requests Netmera answered 200 (set + unset), from the sandbox's own counters."""
+    counts = live.sandbox.admin.netmera.requests()["counts"]
+    return sum(counts.get(f"POST /rest/3.0/{name}", {}).get("200", 0) for name in PROFILE_WRITES)
+
+
+PROFILE_WRITES = ("setProfileAttributes", "unsetProfileAttributes")
+
+
+def test_change_guard_is_approved_in_required_actions(live: LiveAirflow, page: Any, screenshots: Path) -> None:
+    from playwright.sync_api import expect
+
+    box = live.sandbox
+    with get_engine(live.state_url).connect() as conn:
+        synced = conn.execute(sa.select(sa.func.count()).where(SyncRun.status == "success")).scalar_one()
+    if not synced:  # the guard compares against what was delivered: deliver everyone first
+        first = f"first__{utcnow():%Y%m%dT%H%M%S%f}"
+        live.trigger(SYNC_DAG, first)
+        assert live.wait_run_finished(SYNC_DAG, first, 600)["state"] == "success", live.failure_logs(SYNC_DAG, first)
+    box.admin.optimove.change_customers(600)  # of the sandbox's 1000: over the default max_change_ratio of 0.5
+    before = sync_writes(live)
+    run_id = f"guard__{utcnow():%Y%m%dT%H%M%S%f}"
+    live.trigger(SYNC_DAG, run_id)
+
+    def asking() -> dict[str, Any] | None:
+        details = live.api_json(
+            "GET",
+            f"/api/v2/dags/{SYNC_DAG}/dagRuns/{run_id}/hitlDetails",
+            params={"task_id": "approve_changes", "response_received": "false"},
+        )["hitl_details"]
+        return details[0] if details else None
+
+    question = wait_for("approve_changes to ask", asking, 600)
+    assert sync_writes(live) == before, "nothing may be written while the guard waits"
+
+    # The operator: Browse -> Required Actions, the question with its counts and attribute names, Approve.
+    page.goto(live.base_url + "/")
+    page.get_by_role("button", name="Browse").click()
+    page.get_by_role("menuitem", name="Required Actions").click()
+    row = page.get_by_role("row").filter(has_text=question["subject"])
+    expect(row).to_have_count(1)
+    page.screenshot(path=screenshots / "40-required-actions.png", full_page=True)
+    row.get_by_role("link").first.click()
+    expect(page.get_by_text("would change, more than max_change_ratio").first).to_be_visible()
+    expect(page.get_by_text("name", exact=True).first).to_be_visible()  # the attribute names are listed
+    page.screenshot(path=screenshots / "41-approve-changes.png", full_page=True)
+    page.get_by_role("button", name="Approve").click()
+
+    run = live.wait_run_finished(SYNC_DAG, run_id, 600)
+    assert run["state"] == "success", live.failure_logs(SYNC_DAG, run_id)
+    assert sync_writes(live) > before
+    with get_engine(live.state_url).connect() as conn:
+        counts = conn.execute(sa.select(SyncRun.counts).where(SyncRun.dag_run_id == run_id)).scalar_one()
+    assert counts["guard_decision"]["choice"] == "Approve" and counts["guard_decision"]["by"] == "admin"
+    assert counts["plan"]["guard"]["tripped"] is True
+    page.goto(f"{live.base_url}/dags/{SYNC_DAG}/runs/{run_id}")
+    expect(run_header(page, run_id)).to_contain_text("Success")
+    page.screenshot(path=screenshots / "42-approved-run.png")
