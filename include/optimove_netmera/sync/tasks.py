@@ -143,7 +143,7 @@ def run_load(run: dict[str, Any], batch_ids: list[int]) -> dict[str, int]:
     run_id = run["sync_run_id"]
     client = NetmeraHook(s.connections.netmera).get_conn()
     with runs.phase(engine, run_id, "load"), _recording(engine, run_id, "netmera", client):
-        counts = load.load_batches(engine, run_id, batch_ids, client)
+        counts = load.load_batches(engine, run_id, batch_ids, client, s.sync.load_concurrency)
     log.info("loaded: %s", counts)
     return counts
 
