@@ -51,6 +51,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from optimove_netmera.settings import Settings
+from optimove_netmera.store.engine import JSON_OPTIONS
 from optimove_netmera.store.models import (
     BatchKind,
     BatchStatus,
@@ -72,6 +73,21 @@ Probe = Callable[[list[str]], set[str] | None]  # the unknown extIds; None: the 
 EXISTENCE_UNKNOWN = "existence unknown: Netmera's checkExistence answer carried no notExist list"
 EXT_ID_UNKNOWN = "extId unknown to Netmera"
 CARRIED = "carried over: existence not checked yet"  # only while the plan runs
+# The diff's change rows: JSON already encoded with the JSON columns' own encoder, inserted through untyped columns,
+# so a million-row insert skips SQLAlchemy's per-value processing (a third of the diff's time otherwise).
+_CHANGE_COLUMNS = (
+    "sync_run_id",
+    "customer_id",
+    "ext_id",
+    "new_hash",
+    "set_attrs",
+    "unset_attrs",
+    "present_attrs",
+    "set_batch_no",
+    "unset_batch_no",
+    "status",
+)
+_CHANGE_ROWS = sa.table(SyncChange.__tablename__, *(sa.column(c) for c in _CHANGE_COLUMNS))
 
 
 class _Clock:
@@ -311,7 +327,8 @@ def _diff_chunk(
     changed_hashes = [format_fingerprint(h) for h in hashes[idx].tolist()]
     attr_counts = acc.attr_counts
     pending = ChangeStatus.PENDING.value
-    changes: list[dict[str, Any]] = []
+    encode = JSON_OPTIONS["json_serializer"]  # what the JSON columns would store
+    changes: list[tuple[Any, ...]] = []
     width = range(len(names))
     for i, cid in enumerate(customer_ids):
         set_attrs = {names[j]: cols[j][i] for j in width if cols[j][i] is not None}
@@ -322,19 +339,18 @@ def _diff_chunk(
         for optimove_name in reported:
             attr_counts[optimove_name] = attr_counts.get(optimove_name, 0) + 1
         changes.append(
-            {
-                "sync_run_id": run_id,
-                "customer_id": cid,
-                "ext_id": ext_ids[i],
-                "new_hash": changed_hashes[i],
-                "set_attrs": set_attrs,
-                "unset_attrs": unset,
-                "present_attrs": sorted(present),
-                "set_batch_no": 0 if set_attrs else None,  # numbered once every chunk is in (step 5)
-                "unset_batch_no": 0 if unset else None,
-                "status": pending,
-                "reason": None,
-            }
+            (
+                run_id,
+                cid,
+                ext_ids[i],
+                changed_hashes[i],
+                encode(set_attrs),
+                encode(unset),
+                encode(sorted(present)),
+                0 if set_attrs else None,  # numbered once every chunk is in (step 5)
+                0 if unset else None,
+                pending,
+            )
         )
     if replaces_carried is not None:
         covered = customer_list if replaces_carried else customer_ids
@@ -346,9 +362,20 @@ def _diff_chunk(
                     SyncChange.customer_id.in_(covered[start : start + KEYS_PER_QUERY]),
                 )
             )
-    if changes:
-        conn.execute(sa.insert(SyncChange), changes)
+    _insert_changes(conn, changes)
     return len(changes)
+
+
+def _insert_changes(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert change rows (tuples in ``_CHANGE_COLUMNS`` order, JSON already encoded) in one executemany: SQLite
+    gets them straight from the driver, PostgreSQL through SQLAlchemy's multi-row VALUES."""
+    if not rows:
+        return
+    if conn.dialect.name == "sqlite":
+        marks = ", ".join("?" * len(_CHANGE_COLUMNS))
+        conn.exec_driver_sql(f"INSERT INTO sync_changes ({', '.join(_CHANGE_COLUMNS)}) VALUES ({marks})", rows)
+    else:
+        conn.execute(sa.insert(_CHANGE_ROWS), [dict(zip(_CHANGE_COLUMNS, r, strict=True)) for r in rows])
 
 
 def _count(conn: Connection, run_id: int, *where: Any) -> int:
