@@ -86,7 +86,10 @@ _CHANGE_COLUMNS = (
     "set_batch_no",
     "unset_batch_no",
     "status",
+    "reason",
 )
+_CUSTOMER_ID, _EXT_ID, _SET_NO, _UNSET_NO, _STATUS, _REASON, _FRESH = 1, 2, 7, 8, 9, 10, 11  # _FRESH: not stored
+UNNUMBERED = -1  # a part to send whose batch number is not given yet
 _CHANGE_ROWS = sa.table(SyncChange.__tablename__, *(sa.column(c) for c in _CHANGE_COLUMNS))
 
 
@@ -198,11 +201,12 @@ def _previous_run(conn: Connection, run_id: int) -> int | None:
     ).scalar()
 
 
-def _carry_over(engine: Engine, run_id: int, probing: bool, page: int = 10_000) -> int:
-    """Copy the latest successful run's not-found changes into this run, marked ``CARRIED``; returns how many.
+def _carry_over(engine: Engine, run_id: int, page: int = 10_000) -> int:
+    """Copy the latest successful run's not-found changes into this run, marked ``CARRIED`` (pending, batch
+    numbers to come); returns how many. Paged by customer id.
 
-    Paged by customer id. The diff replaces the carried row of every customer it plans (and, for a full refresh,
-    of every customer in the export: its current row there is the truth), see :func:`_diff_chunk`.
+    The diff replaces the carried row of every customer it plans (and, for a full refresh, of every customer in
+    the export: its current row there is the truth), see :func:`build_plan`.
     """
     columns = ("customer_id", "ext_id", "new_hash", "set_attrs", "unset_attrs", "present_attrs")
     with engine.connect() as conn:
@@ -230,9 +234,9 @@ def _carry_over(engine: Engine, run_id: int, probing: bool, page: int = 10_000) 
                     {
                         **r._mapping,
                         "sync_run_id": run_id,
-                        "set_batch_no": 0 if r.set_attrs else None,
-                        "unset_batch_no": 0 if r.unset_attrs else None,
-                        "status": (ChangeStatus.NOT_FOUND if probing else ChangeStatus.PENDING).value,
+                        "set_batch_no": UNNUMBERED if r.set_attrs else None,
+                        "unset_batch_no": UNNUMBERED if r.unset_attrs else None,
+                        "status": ChangeStatus.PENDING.value,
                         "reason": CARRIED,
                     }
                     for r in rows
@@ -258,12 +262,12 @@ def _diff_chunk(
     plan: Plan,
     acc: _Diff,
     resync: str | list[str] | None,
-    replaces_carried: bool | None,
-) -> int:
-    """Diff one chunk against the snapshot rows of its customers and write its change rows; returns how many.
+) -> tuple[list[str], list[list[Any]]]:
+    """Diff one chunk against the snapshot rows of its customers.
 
-    ``replaces_carried``: None when nothing was carried over; True when every customer of the chunk replaces its
-    carried row (a full refresh), False when only the changed ones do.
+    Returns the chunk's customer ids and its change rows (lists in ``_CHANGE_COLUMNS`` order, extId order, JSON
+    encoded, pending, batch numbers ``UNNUMBERED``), plus whether each customer is fresh (new or resynced: to be
+    checked with the probe) as the last item.
     """
     mapping = settings.attributes
     plan.fetched += len(raw)
@@ -276,20 +280,15 @@ def _diff_chunk(
     customer_list = ids.tolist()
     stored: dict[str, str] = {}
     if plan.known:
-        stored = dict(
-            _keyed(
-                conn,
-                (CustomerSnapshot.customer_id, CustomerSnapshot.attr_hash),
-                CustomerSnapshot.customer_id,
-                customer_list,
-            )
-        )
+        columns = (CustomerSnapshot.customer_id, CustomerSnapshot.attr_hash)
+        stored = dict(_keyed(conn, columns, CustomerSnapshot.customer_id, customer_list))
     is_new = np.fromiter((c not in stored for c in customer_list), bool, len(customer_list))
     seen = np.flatnonzero(~is_new)
     same = np.zeros(len(hashes), dtype=bool)
     if seen.size:
         values, valid = parse_fingerprints([stored[customer_list[i]] for i in seen.tolist()])
         same[seen] = valid & (values == hashes[seen])
+    del stored
     changed_mask = ~same
     acc.data_changed += int(changed_mask.sum())
     if resync == "all":
@@ -313,14 +312,8 @@ def _diff_chunk(
     forced_flags = forced[idx].tolist()
     all_names = [a.netmera for a in mapping]
     before_ids = [c for c, new, f in zip(customer_ids, new_flags, forced_flags, strict=True) if not (new or f)]
-    present_before = dict(
-        _keyed(
-            conn,
-            (CustomerSnapshot.customer_id, CustomerSnapshot.present_attrs),
-            CustomerSnapshot.customer_id,
-            before_ids,
-        )
-    )
+    columns = (CustomerSnapshot.customer_id, CustomerSnapshot.present_attrs)
+    present_before = dict(_keyed(conn, columns, CustomerSnapshot.customer_id, before_ids))
     cols = _native_columns(t.values.iloc[idx])
     del t
     by_optimove = {a.netmera: a.optimove for a in mapping}
@@ -328,7 +321,7 @@ def _diff_chunk(
     attr_counts = acc.attr_counts
     pending = ChangeStatus.PENDING.value
     encode = JSON_OPTIONS["json_serializer"]  # what the JSON columns would store
-    changes: list[tuple[Any, ...]] = []
+    changes: list[list[Any]] = []
     width = range(len(names))
     for i, cid in enumerate(customer_ids):
         set_attrs = {names[j]: cols[j][i] for j in width if cols[j][i] is not None}
@@ -339,7 +332,7 @@ def _diff_chunk(
         for optimove_name in reported:
             attr_counts[optimove_name] = attr_counts.get(optimove_name, 0) + 1
         changes.append(
-            (
+            [
                 run_id,
                 cid,
                 ext_ids[i],
@@ -347,35 +340,29 @@ def _diff_chunk(
                 encode(set_attrs),
                 encode(unset),
                 encode(sorted(present)),
-                0 if set_attrs else None,  # numbered once every chunk is in (step 5)
-                0 if unset else None,
+                UNNUMBERED if set_attrs else None,
+                UNNUMBERED if unset else None,
                 pending,
-            )
+                None,
+                new_flags[i] or forced_flags[i],
+            ]
         )
-    if replaces_carried is not None:
-        covered = customer_list if replaces_carried else customer_ids
-        for start in range(0, len(covered), KEYS_PER_QUERY):
-            conn.execute(
-                sa.delete(SyncChange).where(
-                    SyncChange.sync_run_id == run_id,
-                    SyncChange.reason == CARRIED,
-                    SyncChange.customer_id.in_(covered[start : start + KEYS_PER_QUERY]),
-                )
-            )
-    _insert_changes(conn, changes)
-    return len(changes)
+    changes.sort(key=lambda r: r[2])
+    return customer_list, changes
 
 
-def _insert_changes(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert change rows (tuples in ``_CHANGE_COLUMNS`` order, JSON already encoded) in one executemany: SQLite
-    gets them straight from the driver, PostgreSQL through SQLAlchemy's multi-row VALUES."""
+def _insert_changes(conn: Connection, rows: list[list[Any]]) -> None:
+    """Insert change rows (``_CHANGE_COLUMNS`` order, JSON already encoded; an extra last item is ignored) in one
+    executemany: SQLite gets them straight from the driver, PostgreSQL through SQLAlchemy's multi-row VALUES."""
     if not rows:
         return
+    n = len(_CHANGE_COLUMNS)
     if conn.dialect.name == "sqlite":
-        marks = ", ".join("?" * len(_CHANGE_COLUMNS))
-        conn.exec_driver_sql(f"INSERT INTO sync_changes ({', '.join(_CHANGE_COLUMNS)}) VALUES ({marks})", rows)
+        marks = ", ".join("?" * n)
+        sql = f"INSERT INTO sync_changes ({', '.join(_CHANGE_COLUMNS)}) VALUES ({marks})"
+        conn.exec_driver_sql(sql, [tuple(r[:n]) for r in rows])
     else:
-        conn.execute(sa.insert(_CHANGE_ROWS), [dict(zip(_CHANGE_COLUMNS, r, strict=True)) for r in rows])
+        conn.execute(sa.insert(_CHANGE_ROWS), [dict(zip(_CHANGE_COLUMNS, r[:n], strict=True)) for r in rows])
 
 
 def _count(conn: Connection, run_id: int, *where: Any) -> int:
@@ -389,37 +376,61 @@ def _delete_changes(engine: Engine, run_id: int) -> None:
         conn.execute(sa.delete(SyncChange).where(SyncChange.sync_run_id == run_id))
 
 
-def _probe_all(engine: Engine, run_id: int, probe: Probe, resync: str | list[str] | None, plan: Plan) -> None:
-    """Check every customer new to the snapshot, resynced or carried over, PROBE_CHUNK extIds a call, page by page.
+class _Numbering:
+    """Batch numbers handed out in order: every batch of a kind is full but its last."""
 
-    Fresh customers were written pending (carried ones not found); each probe answer sets the unknown (or
-    unanswered) ones not found with their reason, and the carried ones Netmera knows pending again.
-    """
+    def __init__(self, size: int) -> None:
+        self.size, self.set, self.unset = size, 0, 0
+
+    def number(self, rows: list[list[Any]]) -> None:
+        """Number the pending rows' parts (``UNNUMBERED`` ones), in the rows' order."""
+        for r in rows:
+            if r[_STATUS] != ChangeStatus.PENDING.value:
+                continue
+            if r[_SET_NO] == UNNUMBERED:
+                r[_SET_NO] = self.set // self.size
+                self.set += 1
+            if r[_UNSET_NO] == UNNUMBERED:
+                r[_UNSET_NO] = self.unset // self.size
+                self.unset += 1
+
+
+def _check(rows: list[list[Any]], probe: Probe, plan: Plan) -> list[tuple[str, str]]:
+    """Probe ``rows`` (at most PROBE_CHUNK) and set the unknown (or unanswered) ones not found, in place.
+
+    Returns the (customer id, reason) of those not found."""
+    answer = probe([r[_EXT_ID] for r in rows])
+    reason = EXISTENCE_UNKNOWN if answer is None else EXT_ID_UNKNOWN
+    gone = []
+    for r in rows:
+        if answer is None or r[_EXT_ID] in answer:
+            r[_SET_NO] = r[_UNSET_NO] = None
+            r[_STATUS], r[_REASON] = ChangeStatus.NOT_FOUND.value, reason
+            gone.append((r[_CUSTOMER_ID], reason))
+    if answer is None:
+        plan.existence_unknown += len(gone)
+    return gone
+
+
+def _probe_written(
+    engine: Engine, run_id: int, probe: Probe, resync: str | list[str] | None, plan: Plan, carried_only: bool
+) -> None:
+    """Check the written customers new to the snapshot, resynced or carried over (``carried_only``: the carried
+    ones), PROBE_CHUNK extIds a call, page by page; the unknown ones are set not found."""
     forced = set(resync) if isinstance(resync, list) else set()
-    queue: list[tuple[str, str, bool]] = []  # (customer id, extId, carried)
+    queue: list[list[Any]] = []
     last: str | None = None
 
-    def flush(chunk: list[tuple[str, str, bool]]) -> None:
-        answer = probe([e for _, e, _ in chunk])
-        missing = {e for _, e, _ in chunk} if answer is None else answer
-        reason = EXISTENCE_UNKNOWN if answer is None else EXT_ID_UNKNOWN
-        gone = [c for c, e, _ in chunk if e in missing]
-        found_carried = [c for c, e, carried in chunk if carried and e not in missing]
+    def flush(chunk: list[list[Any]]) -> None:
+        gone = _check(chunk, probe, plan)
         with engine.begin() as conn:
-            if gone:
+            for reason in {r for _, r in gone}:
+                ids = [c for c, r in gone if r == reason]
                 conn.execute(
                     sa.update(SyncChange)
-                    .where(SyncChange.sync_run_id == run_id, SyncChange.customer_id.in_(gone))
+                    .where(SyncChange.sync_run_id == run_id, SyncChange.customer_id.in_(ids))
                     .values(status=ChangeStatus.NOT_FOUND.value, reason=reason, set_batch_no=None, unset_batch_no=None)
                 )
-            if found_carried:
-                conn.execute(
-                    sa.update(SyncChange)
-                    .where(SyncChange.sync_run_id == run_id, SyncChange.customer_id.in_(found_carried))
-                    .values(status=ChangeStatus.PENDING.value, reason=None)
-                )
-        if answer is None:
-            plan.existence_unknown += len(gone)
 
     snapshot = CustomerSnapshot.__table__
     while True:
@@ -430,6 +441,8 @@ def _probe_all(engine: Engine, run_id: int, probe: Probe, resync: str | list[str
             .order_by(SyncChange.customer_id)
             .limit(KEYS_PER_QUERY)
         )
+        if carried_only:
+            q = q.where(SyncChange.reason == CARRIED)
         if last is not None:
             q = q.where(SyncChange.customer_id > last)
         with engine.connect() as conn:
@@ -438,9 +451,10 @@ def _probe_all(engine: Engine, run_id: int, probe: Probe, resync: str | list[str
             break
         last = page[-1][0]
         for cid, ext_id, reason, new in page:
-            carried = reason == CARRIED
-            if new or carried or resync == "all" or cid in forced:
-                queue.append((cid, ext_id, carried))
+            if new or reason == CARRIED or resync == "all" or cid in forced:
+                row: list[Any] = [None] * len(_CHANGE_COLUMNS)
+                row[_CUSTOMER_ID], row[_EXT_ID] = cid, ext_id
+                queue.append(row)
         while len(queue) >= PROBE_CHUNK:
             flush(queue[:PROBE_CHUNK])
             del queue[:PROBE_CHUNK]
@@ -448,10 +462,9 @@ def _probe_all(engine: Engine, run_id: int, probe: Probe, resync: str | list[str
         flush(queue)
 
 
-def _number_batches(conn: Connection, run_id: int, size: int) -> tuple[int, int]:
-    """Number the pending set and unset parts in extId order, ``size`` a batch (one ``UPDATE`` each, ranked by the
-    database); returns the (set, unset) entries."""
-    entries = []
+def _number_rest(conn: Connection, run_id: int, numbering: _Numbering) -> None:
+    """Number the pending parts still ``UNNUMBERED`` in extId order after those numbered already (one ``UPDATE``
+    per kind, ranked by the database)."""
     for name in ("set_batch_no", "unset_batch_no"):
         src = SyncChange.__table__.alias("ranked_src")
         ranked = (
@@ -462,17 +475,21 @@ def _number_batches(conn: Connection, run_id: int, size: int) -> tuple[int, int]
             .where(
                 src.c.sync_run_id == run_id,
                 src.c.status == ChangeStatus.PENDING.value,
-                src.c[name].is_not(None),
+                src.c[name] == UNNUMBERED,
             )
             .subquery("ranked")
         )
+        start = numbering.set if name == "set_batch_no" else numbering.unset
         result = conn.execute(
             sa.update(SyncChange)
             .where(SyncChange.sync_run_id == run_id, SyncChange.customer_id == ranked.c.cid)
-            .values({name: ranked.c.n // size})
+            .values({name: (ranked.c.n + start) // numbering.size})
         )
-        entries.append(result.rowcount or 0)
-    return entries[0], entries[1]
+        added = result.rowcount or 0
+        if name == "set_batch_no":
+            numbering.set += added
+        else:
+            numbering.unset += added
 
 
 def existing_plan(engine: Engine, run_id: int, settings: Settings) -> Plan | None:
@@ -540,10 +557,13 @@ def build_plan(
     plan = Plan(sync_run_id=run_id, seconds=plan_seconds)
     plan.known = _known_customers(engine)
     _delete_changes(engine, run_id)  # what a plan that failed midway wrote
-    probing = probe is not None and not dry_run
+    probe = None if dry_run else probe
+    # With nobody known the guard cannot trip, so the probe may run as the chunks come (and the batches be numbered
+    # as they are written); otherwise the rows are written unchecked and checked once the guard passed.
+    inline = probe is None or not plan.known
+    numbering = _Numbering(settings.sync.batch_size)
     try:
-        carried = _carry_over(engine, run_id, probing)
-        replaces = None if not carried else export_path is not None
+        carried = _carry_over(engine, run_id)
         rows = export_chunk_rows(settings)
         chunks: Iterable[tuple[pd.DataFrame, dict[str, list[str]]]]
         if export_path is not None:
@@ -551,12 +571,38 @@ def build_plan(
         else:
             chunks = _staged_chunks(engine, run_id, rows)
         acc = _Diff()
+        queue: list[list[Any]] = []  # inline: rows waiting for a full probe call (fewer than PROBE_CHUNK)
         for raw, changed_names in chunks:
             clock.lap("read")
             with engine.begin() as conn:
-                _diff_chunk(conn, run_id, raw, changed_names, settings, plan, acc, resync, replaces)
-            del raw, changed_names
-            clock.lap("diff")
+                customers, changes = _diff_chunk(conn, run_id, raw, changed_names, settings, plan, acc, resync)
+                del raw, changed_names
+                clock.lap("diff")
+                if carried:  # the chunk's rows replace what was carried for those customers
+                    covered = customers if export_path is not None else [r[_CUSTOMER_ID] for r in changes]
+                    carried -= _delete_carried(conn, run_id, covered)
+                if inline and probe is not None:
+                    queue.extend(changes)
+                    changes = []
+                    while len(queue) >= PROBE_CHUNK:
+                        ready = queue[:PROBE_CHUNK]
+                        del queue[:PROBE_CHUNK]
+                        _check([r for r in ready if r[_FRESH]], probe, plan)
+                        changes.extend(ready)
+                    clock.lap("probe")
+                if inline:
+                    numbering.number(changes)
+                _insert_changes(conn, changes)
+            del changes, customers
+            clock.lap("store")
+        if queue:
+            assert probe is not None
+            _check([r for r in queue if r[_FRESH]], probe, plan)
+            numbering.number(queue)
+            with engine.begin() as conn:
+                _insert_changes(conn, queue)
+            del queue
+            clock.lap("probe")
         if plan.known and acc.data_changed / plan.known > max_change_ratio:
             raise GuardTripped(
                 f"{acc.data_changed} of {plan.known} known customers ({acc.data_changed / plan.known:.1%}) would "
@@ -564,29 +610,23 @@ def build_plan(
                 "(a new attribute mapping, a bulk update in Optimove), trigger the run again with a higher "
                 "max_change_ratio."
             )
-        with engine.connect() as conn:
-            plan.carried_over = _count(conn, run_id, SyncChange.reason == CARRIED)
+        plan.carried_over = carried
         netmera_of = {a.optimove: a.netmera for a in settings.attributes}
         plan.attributes_changed = {netmera_of[k]: v for k, v in sorted(acc.attr_counts.items()) if k in netmera_of}
-        if probing:
-            assert probe is not None
-            _probe_all(engine, run_id, probe, resync, plan)
-        else:
-            with engine.begin() as conn:
-                conn.execute(
-                    sa.update(SyncChange)
-                    .where(SyncChange.sync_run_id == run_id, SyncChange.reason == CARRIED)
-                    .values(status=ChangeStatus.PENDING.value, reason=None)
-                )
-        clock.lap("probe")
+        if probe is not None:
+            _probe_written(engine, run_id, probe, resync, plan, carried_only=inline)
+            clock.lap("probe")
         with engine.begin() as conn:
-            plan.not_found = _count(conn, run_id, SyncChange.status == ChangeStatus.NOT_FOUND.value)
-            size = settings.sync.batch_size
-            plan.set_entries, plan.unset_entries = _number_batches(conn, run_id, size)
-            plan.set_batches, plan.unset_batches = (
-                math.ceil(plan.set_entries / size),
-                math.ceil(plan.unset_entries / size),
+            conn.execute(
+                sa.update(SyncChange)
+                .where(SyncChange.sync_run_id == run_id, SyncChange.reason == CARRIED)
+                .values(reason=None)
             )
+            _number_rest(conn, run_id, numbering)
+            plan.not_found = _count(conn, run_id, SyncChange.status == ChangeStatus.NOT_FOUND.value)
+            size = numbering.size
+            plan.set_entries, plan.unset_entries = numbering.set, numbering.unset
+            plan.set_batches, plan.unset_batches = math.ceil(numbering.set / size), math.ceil(numbering.unset / size)
             if not dry_run:
                 _store(conn, run_id, plan, settings)
         clock.lap("store")
@@ -598,25 +638,37 @@ def build_plan(
     return plan
 
 
-def _store(conn: Connection, run_id: int, plan: Plan, settings: Settings) -> None:
-    """The batch rows (one per numbered set/unset batch, with its size) and the run's plan counts."""
-    for kind, column in ((BatchKind.SET, SyncChange.set_batch_no), (BatchKind.UNSET, SyncChange.unset_batch_no)):
-        sizes = (
-            sa.select(
-                sa.literal(run_id, sa.BigInteger()),
-                sa.literal(kind.value),
-                column,
-                sa.func.count(),
-                sa.literal(BatchStatus.PENDING.value),
-            )
-            .where(
+def _delete_carried(conn: Connection, run_id: int, customer_ids: list[str]) -> int:
+    """Delete the carried rows of ``customer_ids``; returns how many there were."""
+    deleted = 0
+    for start in range(0, len(customer_ids), KEYS_PER_QUERY):
+        result = conn.execute(
+            sa.delete(SyncChange).where(
                 SyncChange.sync_run_id == run_id,
-                SyncChange.status == ChangeStatus.PENDING.value,
-                column.is_not(None),
+                SyncChange.reason == CARRIED,
+                SyncChange.customer_id.in_(customer_ids[start : start + KEYS_PER_QUERY]),
             )
-            .group_by(column)
         )
-        conn.execute(sa.insert(SyncBatch).from_select(["sync_run_id", "kind", "batch_no", "size", "status"], sizes))
+        deleted += result.rowcount or 0
+    return deleted
+
+
+def _store(conn: Connection, run_id: int, plan: Plan, settings: Settings) -> None:
+    """The batch rows (every batch of a kind is full but its last) and the run's plan counts."""
+    size = settings.sync.batch_size
+    batches = [
+        {
+            "sync_run_id": run_id,
+            "kind": kind.value,
+            "batch_no": no,
+            "size": min(size, entries - no * size),
+            "status": BatchStatus.PENDING.value,
+        }
+        for kind, entries in ((BatchKind.SET, plan.set_entries), (BatchKind.UNSET, plan.unset_entries))
+        for no in range(math.ceil(entries / size))
+    ]
+    if batches:
+        conn.execute(sa.insert(SyncBatch), batches)
     counts = conn.execute(sa.select(SyncRun.counts).where(SyncRun.id == run_id)).scalar_one()
     conn.execute(
         sa.update(SyncRun).where(SyncRun.id == run_id).values(counts={**counts, "planned": True, "plan": plan.counts()})
