@@ -167,7 +167,9 @@ def test_a_changed_share_is_diffed_per_chunk_and_the_guard_trips_before_any_prob
     deliver(engine, first)
 
     changed = set(range(3, n, 20))  # 5%, spread over every chunk
-    customers(s, n, version=1, changed=changed).to_parquet(path)
+    extra = 50  # and a few new customers, whom the probe must check, but only once the guard passed
+    customers(s, n + extra, version=1, changed=changed).to_parquet(path)
+    new_ids = [f"C{i:07d}" for i in range(n, n + extra)]
     probed: list[list[str]] = []
 
     def probe(ext_ids: list[str]) -> set[str]:
@@ -185,12 +187,12 @@ def test_a_changed_share_is_diffed_per_chunk_and_the_guard_trips_before_any_prob
     run_id = new_run(engine, 3)
     instrumented["tracker"].__init__()
     p = plan.build_plan(engine, run_id, s, 0.06, False, probe, str(path))
-    assert (p.known, p.changed, p.new, p.unchanged) == (n, len(changed), 0, n - len(changed))
-    assert probed == []  # nobody is new: nothing to check
+    assert (p.known, p.changed, p.new, p.unchanged) == (n, len(changed) + extra, extra, n - len(changed))
+    assert probed == [new_ids]  # only the new customers, in one call
     assert instrumented["tracker"].peak <= 2 * chunk
     with engine.connect() as conn:
         planned = set(conn.execute(sa.select(SyncChange.customer_id).where(SyncChange.sync_run_id == run_id)).scalars())
-    assert planned == {f"C{i:07d}" for i in changed}
+    assert planned == {f"C{i:07d}" for i in changed} | set(new_ids)
 
 
 def test_staged_customers_are_read_a_chunk_at_a_time(db_url: str, instrumented: dict[str, Any]) -> None:

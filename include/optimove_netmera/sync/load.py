@@ -91,9 +91,12 @@ def _advance_snapshot(conn: Connection, run_id: int, *scope: Any) -> int:
     """Record the run's pending changes whose every part (set and unset) is delivered as what Netmera now holds,
     and mark them delivered: two set-based statements, whatever their number. ``scope`` narrows the changes
     looked at (e.g. to the batches just delivered). Returns how many advanced."""
+    # Scoped, the status must not pick the (run, status) index (SQLite would walk every pending row): ``|| ''``
+    # keeps the condition and leaves the scope's keys to choose the rows.
+    status = SyncChange.status.concat("") if scope else SyncChange.status
     done = (
         SyncChange.sync_run_id == run_id,
-        SyncChange.status == ChangeStatus.PENDING.value,
+        status == ChangeStatus.PENDING.value,
         _part_delivered(run_id, BatchKind.SET, SyncChange.set_batch_no),
         _part_delivered(run_id, BatchKind.UNSET, SyncChange.unset_batch_no),
         *scope,
@@ -117,9 +120,10 @@ def _advance_snapshot(conn: Connection, run_id: int, *scope: Any) -> int:
     return result.rowcount or 0
 
 
-def _complete(conn: Connection, run_id: int, batches: Sequence[Any]) -> int:
-    """Mark delivered batches (one statement for the group) and advance the snapshot of their customers whose
-    every part is now delivered; returns how many advanced."""
+def _complete(conn: Connection, run_id: int, batches: Sequence[Any], customer_ids: list[str]) -> int:
+    """Mark delivered batches (one statement for the group) and advance the snapshot of their customers
+    (``customer_ids``: keyed, so the database looks at those rows only) whose every part is now delivered;
+    returns how many advanced."""
     if not batches:
         return 0
     conn.execute(
@@ -127,13 +131,10 @@ def _complete(conn: Connection, run_id: int, batches: Sequence[Any]) -> int:
         .where(SyncBatch.id.in_([b.id for b in batches]))
         .values(status=BatchStatus.DELIVERED.value, error=None)
     )
-    set_nos = [b.batch_no for b in batches if b.kind == BatchKind.SET.value]
-    unset_nos = [b.batch_no for b in batches if b.kind == BatchKind.UNSET.value]
-    return _advance_snapshot(
-        conn,
-        run_id,
-        sa.or_(SyncChange.set_batch_no.in_(set_nos), SyncChange.unset_batch_no.in_(unset_nos)),
-    )
+    advanced = 0
+    for start in range(0, len(customer_ids), KEYS):
+        advanced += _advance_snapshot(conn, run_id, SyncChange.customer_id.in_(customer_ids[start : start + KEYS]))
+    return advanced
 
 
 def settle(engine: Engine, run_id: int) -> int:
@@ -176,16 +177,17 @@ def _dead_letter(conn: Connection, run_id: int, batch: Any, changes: Sequence[An
     )
 
 
-def _send(engine: Engine, run_id: int, batch: Any, client: NetmeraClient) -> None:
-    """One profile write: read the batch's entries (only this batch's rows are held), send them."""
+def _send(engine: Engine, run_id: int, batch: Any, client: NetmeraClient) -> list[str]:
+    """One profile write: read the batch's entries (only this batch's rows are held), send them; returns the
+    batch's customer ids."""
     with engine.connect() as conn:
-        entries = [
-            {"extId": c.ext_id, "profile": c.profile} for c in _changes_of(conn, run_id, batch.kind, batch.batch_no)
-        ]
+        changes = _changes_of(conn, run_id, batch.kind, batch.batch_no)
+    entries = [{"extId": c.ext_id, "profile": c.profile} for c in changes]
     if batch.kind == BatchKind.SET.value:
         client.set_profile_attributes(entries)
     else:
         client.unset_profile_attributes(entries)
+    return [c.customer_id for c in changes]
 
 
 def load_batches(
@@ -208,12 +210,14 @@ def load_batches(
     counts["batches_skipped"] = len(ids) - len(claimed)
     error: BaseException | None = None
     finished: list[Any] = []
+    customers: list[str] = []
 
     def record() -> None:
         with engine.begin() as conn:
-            counts["delivered"] += _complete(conn, run_id, finished)
+            counts["delivered"] += _complete(conn, run_id, finished, customers)
         counts["batches_sent"] += len(finished)
         finished.clear()
+        customers.clear()
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="netmera-load") as pool:
         futures = {pool.submit(_send, engine, run_id, b, client): b for b in claimed}
@@ -227,6 +231,7 @@ def load_batches(
                 exc = future.exception()
                 if exc is None:
                     finished.append(batch)
+                    customers.extend(future.result())
                 elif isinstance(exc, ApiError) and is_payload_rejection(exc):
                     reason = str(exc)
                     log.error("batch %s/%s rejected permanently, dead-lettered: %s", batch.kind, batch.batch_no, reason)

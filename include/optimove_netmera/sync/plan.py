@@ -3,20 +3,26 @@
 Only customers whose fingerprint differs from the snapshot's (or who are new) go on. For each, ``set_attrs`` are
 the valid non-empty values and ``unset_attrs`` the attributes delivered before that are empty or invalid now: a value
 that cannot be coerced is treated as empty on every path (incremental, full refresh, resync), so what Netmera holds
-is a function of Optimove's current data, never of what was valid before. Set and unset
-parts are batched separately (at most ``batch_size`` extIds a batch, in extId order).
+is a function of Optimove's current data, never of what was valid before. Set and unset parts are
+batched separately, at most ``batch_size`` extIds a batch, every batch of a kind full but its last.
 
 **Memory.** The customers (the run's staging rows, or for a full refresh the export file itself) are read in
 chunks sized by ``sync.memory_budget_mb`` (:func:`~optimove_netmera.sync.extract.export_chunk_rows`); each chunk is
-coerced, fingerprinted, compared with the snapshot rows of its own customers (keyed queries) and its change rows
-are written to ``sync_changes`` in bulk before the next chunk is read. Everything after the diff (guard, existence
-checks, batch numbers, batch rows) runs in the database or over pages of ids, so no step holds more than a chunk
-of customers, whatever the tenant's size. Steps, in order:
+coerced, fingerprinted, compared with the snapshot rows of its own customers (keyed queries), and its change rows
+are written to ``sync_changes`` in one bulk insert before the next chunk is read. What follows the diff (guard,
+existence checks, batch numbers) runs in the database or over pages of ids, so no step holds more than a chunk of
+customers, whatever the tenant's size. In order:
 
-1. carry over the latest successful run's not-found changes (marked ``CARRIED``);
-2. diff chunk by chunk (a chunk's customers replace their carried rows); nothing is sent;
+1. the latest successful run's not-found changes are carried over (marked ``CARRIED``; a chunk's customers replace
+   their carried rows: the changed ones, or for a full refresh every customer in the export);
+2. the chunks are diffed and written;
 3. the guard, on the counts of step 2: tripped, the run's change rows are deleted and nothing was sent;
-4. the existence probe, page by page; 5. batch numbers (one ``UPDATE`` ranking by extId) and the batch rows.
+4. the existence probe of new, resynced and carried customers, and the batch numbers.
+
+The guard is always decided before any Netmera request: when the snapshot is empty (a first sync: the guard cannot
+trip) or there is no probe, step 4 runs as the chunks are written (rows are probed 1000 at a time and numbered in
+extId order within a chunk); otherwise the rows are written unchecked, and after the guard they are probed page by
+page and numbered in extId order by one ``UPDATE`` (carried rows are always numbered that way, after the others).
 
 Netmera silently drops writes for extIds it does not know, so customers new to the snapshot are first checked with
 the ``probe`` (``untagUsers`` + ``checkExistence`` of a tag nobody carries: no side effect, the answer lists the
@@ -399,6 +405,8 @@ def _check(rows: list[list[Any]], probe: Probe, plan: Plan) -> list[tuple[str, s
     """Probe ``rows`` (at most PROBE_CHUNK) and set the unknown (or unanswered) ones not found, in place.
 
     Returns the (customer id, reason) of those not found."""
+    if not rows:
+        return []
     answer = probe([r[_EXT_ID] for r in rows])
     reason = EXISTENCE_UNKNOWN if answer is None else EXT_ID_UNKNOWN
     gone = []
