@@ -250,7 +250,7 @@ def load_batches(
                         error = exc
                         for other in waiting:
                             other.cancel()
-            if finished:
+            if len(finished) >= concurrency or (finished and not waiting):  # a group per statement
                 record()
         unstarted = [futures[f].id for f in futures if f.cancelled()]
     if unstarted:
