@@ -526,8 +526,9 @@ def group_batches(batch_ids: list[int], per_task: int) -> list[list[int]]:
 def _fewer_gc_passes(threshold: int = 50_000) -> Iterator[None]:
     """Collect garbage less often while millions of short-lived objects are made (restored afterwards).
 
-    ``gc.freeze`` keeps the objects alive now (Airflow, imports) out of every full pass. On 1M customers this
-    takes the diff from 10.4 s to 8.7 s at the same peak memory.
+    ``gc.freeze`` keeps the objects alive now (Airflow, imports) out of every full pass. Measured on the in-memory
+    diff this streamed plan replaced (1M customers: 10.4 s to 8.7 s at the same peak memory); kept because each
+    chunk still makes a few hundred thousand short-lived objects (dicts, strings) at a time.
     """
     old, frozen_before = gc.get_threshold(), gc.get_freeze_count()
     gc.freeze()
