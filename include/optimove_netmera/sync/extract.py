@@ -260,35 +260,37 @@ def _ids(column: pa.ChunkedArray) -> pd.Series:
     return column.to_pandas().astype("str").str.strip()
 
 
+def _id_hashes(file: Path, id_col: str, rows: int) -> Iterator[np.ndarray]:
+    for table in _arrow_chunks(file, [id_col], rows):
+        yield pd.util.hash_pandas_object(_ids(table.column(0)), index=False).to_numpy()
+
+
 def _superseded(file: Path, id_col: str, rows: int) -> tuple[int, np.ndarray]:
     """(rows in the export, sorted positions of rows that a later row of the same customer replaces).
 
-    One pass over the id column keeps a 64-bit hash of each id (8 bytes a row, never the rows); only when two
-    hashes are equal does a second pass collect those candidates' ids to tell real duplicates from collisions.
+    One pass over the id column keeps a 64-bit hash of each id (8 bytes a row, sorted in place; never the rows);
+    only when two hashes are equal does a second pass collect those candidates' ids to tell real duplicates from
+    collisions.
     """
-    hashes = [
-        pd.util.hash_pandas_object(_ids(t.column(0)), index=False).to_numpy()
-        for t in _arrow_chunks(file, [id_col], rows)
-    ]
-    if not hashes:
-        return 0, np.array([], dtype=np.int64)
-    every = np.concatenate(hashes)
-    del hashes
-    ordered = np.sort(every)
+    parts = list(_id_hashes(file, id_col, rows))
+    ordered = np.concatenate(parts) if parts else np.array([], dtype=np.uint64)
+    del parts
+    total = len(ordered)
+    ordered.sort()
     candidates = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
     del ordered
     if not candidates.size:
-        return len(every), np.array([], dtype=np.int64)
+        return total, np.array([], dtype=np.int64)
     positions: dict[str, list[int]] = {}
     offset = 0
-    for t in _arrow_chunks(file, [id_col], rows):
-        hit = np.flatnonzero(np.isin(every[offset : offset + t.num_rows], candidates))
-        ids = _ids(t.column(0)).to_numpy()
+    for table, hashes in zip(_arrow_chunks(file, [id_col], rows), _id_hashes(file, id_col, rows), strict=True):
+        hit = np.flatnonzero(np.isin(hashes, candidates))
+        ids = _ids(table.column(0)).to_numpy()
         for i in hit.tolist():
             positions.setdefault(ids[i], []).append(offset + i)
-        offset += t.num_rows
+        offset += table.num_rows
     superseded = sorted(p for ps in positions.values() for p in ps[:-1])
-    return len(every), np.array(superseded, dtype=np.int64)
+    return total, np.array(superseded, dtype=np.int64)
 
 
 def iter_export(path: str | Path, names: Sequence[str], rows: int) -> Iterator[pd.DataFrame]:
