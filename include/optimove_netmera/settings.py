@@ -97,6 +97,13 @@ class SyncSettings(_Model):
     data_ready_poke_seconds: int = Field(300, ge=1)
     data_ready_timeout_hours: float = Field(12, gt=0)
     extract_concurrency: int = Field(4, ge=1, le=16, description="attributes fetched at once (one rate limit)")
+    memory_budget_mb: int = Field(
+        256,
+        ge=8,
+        description="memory a plan task's customer chunks may take (on top of Airflow's own): the customers are "
+        "read, diffed and written in chunks sized to fit it, whatever the tenant's size",
+    )
+    load_concurrency: int = Field(4, ge=1, le=16, description="profile writes in flight at once in one load task")
     retries: int = Field(3, ge=0, description="task retries (exponential backoff from retry_delay_seconds)")
     retry_delay_seconds: float = Field(60, ge=0)
     check_unknown_ext_ids: bool = Field(

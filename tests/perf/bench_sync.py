@@ -1,6 +1,7 @@
 """Benchmark of the nightly user sync at scale (not part of the test run).
 
     python tests/perf/bench_sync.py [--customers 1000000] [--changed 0.05] [--state-db URL]
+    python tests/perf/bench_sync.py --scale 100000,1000000,3000000   # first syncs only: the scale curve
 
 Against the sandbox over HTTP, each DAG run a real ``airflow dags test`` subprocess (its peak RSS is that run's):
 
@@ -9,6 +10,13 @@ Against the sandbox over HTTP, each DAG run a real ``airflow dags test`` subproc
 3. another 5% change; incremental run through ``customers/GetCustomerAttributeChangers``;
 4. nothing changes; incremental run: no profile writes;
 5. (``--initial-api``) a fresh state DB, first sync through the changers API: extraction rate vs Optimove's ceiling.
+
+``--scale`` runs only step 1 at each size (a fresh sandbox and state DB each) and prints the curve: wall time and
+peak RSS per size, so memory growth with the tenant shows (the plan streams in ``sync.memory_budget_mb``).
+
+Before the runs a bare local HTTP peer (a subprocess that reads each request and answers 200) takes the same
+1000-profile ``setProfileAttributes`` requests from a ``NetmeraClient`` at ``sync.load_concurrency``: its
+profiles/s is the floor the load's rate is reported against.
 
 Prints, per run: wall time, seconds per phase, rows per second, peak RSS, Netmera profile write calls (against
 ceil(sendable / 1000)), Optimove calls and their rate against the 5 requests/s ceiling, and the machine.
@@ -26,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +74,49 @@ def airflow_env(home: Path, box: Any, state_db: str, attributes: list[dict[str, 
     return env
 
 
+PEER = r"""
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Peer(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Peer)
+print(server.server_port, flush=True)
+server.serve_forever()
+"""
+
+
+def peer_floor(concurrency: int, requests: int = 300) -> float:
+    """Profiles/s a NetmeraClient sends to a bare local HTTP peer (1000 20-attribute profiles a request)."""
+    from optimove_netmera.netmera import NetmeraClient
+
+    proc = subprocess.Popen([sys.executable, "-c", PEER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())  # type: ignore[union-attr]
+        client = NetmeraClient(f"http://127.0.0.1:{port}", "bench", pool_size=max(8, concurrency))
+        profile = {f"attr{j}": (f"value-{j}" if j % 2 else j * 1000.5) for j in range(20)}
+        batch = [{"extId": f"C{i:07d}", "profile": dict(profile)} for i in range(1000)]
+        client.set_profile_attributes(batch)  # connect once
+        started = time.monotonic()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(lambda _: client.set_profile_attributes(batch), range(requests)))
+        return requests * 1000 / (time.monotonic() - started)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def counts(box: Any) -> dict[str, int]:
     c = box.admin.netmera.requests()["counts"]
     return {e: c.get(e, {}).get("200", 0) for e in (SET, UNSET, PROBE)}
@@ -100,8 +152,15 @@ def last_run(state_db: str) -> dict[str, Any]:
 
 
 def report(
-    name: str, wall: float, peak: int, state: str, run: dict[str, Any], net: dict[str, int], o_calls: int
-) -> None:
+    name: str,
+    wall: float,
+    peak: int,
+    state: str,
+    run: dict[str, Any],
+    net: dict[str, int],
+    o_calls: int,
+    floor: float,
+) -> dict[str, float]:
     c, phases = run["counts"], run["phase_seconds"]
     plan = c.get("plan", {})
     sendable_set = plan.get("set_entries", 0)
@@ -131,6 +190,11 @@ def report(
         print(f"   Optimove calls {o_calls} in {extract:.1f} s = {rate:.2f}/s ({rate / 5:.0%} of the 5/s ceiling)")
     else:
         print(f"   Optimove calls {o_calls}")
+    load = phases.get("load", 0.0)
+    rate = (sendable_set + sendable_unset) / load if load else 0.0
+    if load:
+        print(f"   load: {rate:,.0f} profiles/s = {rate / floor:.0%} of the bare-peer floor ({floor:,.0f}/s)")
+    return {"wall": wall, "peak": peak, "plan": dp, "load_rate": rate}
 
 
 def main() -> int:
@@ -139,14 +203,20 @@ def main() -> int:
     p.add_argument("--changed", type=float, default=0.05)
     p.add_argument("--state-db", help="state DB URL (default: a SQLite file in the temp home)")
     p.add_argument("--initial-api", action="store_true", help="also time a first sync through the changers API")
+    p.add_argument("--scale", help="comma-separated sizes: only a first sync (full refresh) at each, the curve")
     a = p.parse_args()
+    from optimove_netmera.settings import load_settings
+
+    concurrency = load_settings().sync.load_concurrency
+    floor = peer_floor(concurrency)
+    if a.scale:
+        return scale([int(n) for n in a.scale.split(",")], floor, concurrency)
     print(f"# user-sync benchmark: {a.customers:,} customers x 20 attributes, {a.changed:.0%} changed")
     print(f"# machine: {machine_line()}")
+    print(f"# bare local HTTP peer: {floor:,.0f} profiles/s (1000 a request, {concurrency} in flight)")
     home = Path(tempfile.mkdtemp(prefix="onm-bench-sync-"))
     (home / "plugins").mkdir()
     state_db = a.state_db or f"sqlite:///{home}/state.db"
-    from optimove_netmera.settings import load_settings
-
     attributes = [m.model_dump() for m in load_settings().attributes] + EXTRA_ATTRIBUTES
     started = time.monotonic()
     box = start_sandbox(customers=a.customers, log_path=home / "sandbox.log")
@@ -171,6 +241,7 @@ def main() -> int:
                 last_run(state_db),
                 {k: after_n[k] - before_n[k] for k in after_n},
                 optimove_calls(box) - before_o,
+                floor,
             )
 
         export = home / "customers.parquet"
@@ -198,6 +269,59 @@ def main() -> int:
     finally:
         box.stop()
         shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
+def scale(sizes: list[int], floor: float, concurrency: int) -> int:
+    """A first sync (full refresh from an export) at each size, each in a fresh sandbox and state DB."""
+    from optimove_netmera.settings import load_settings
+
+    s = load_settings()
+    print(f"# user-sync scale curve: first sync (full refresh) of {', '.join(f'{n:,}' for n in sizes)} customers")
+    print(f"# memory_budget_mb={s.sync.memory_budget_mb}, load_concurrency={concurrency}, batch_size 1000")
+    print(f"# machine: {machine_line()}")
+    print(f"# bare local HTTP peer: {floor:,.0f} profiles/s (1000 a request, {concurrency} in flight)")
+    attributes = [m.model_dump() for m in s.attributes] + EXTRA_ATTRIBUTES
+    rows = []
+    for n in sizes:
+        home = Path(tempfile.mkdtemp(prefix="onm-bench-sync-"))
+        (home / "plugins").mkdir()
+        state_db = f"sqlite:///{home}/state.db"
+        box = start_sandbox(customers=n, log_path=home / "sandbox.log", timeout=1800)
+        try:
+            box.admin.netmera.config(profile_attributes="*")
+            env = airflow_env(home, box, state_db, attributes)
+            airflow = str(Path(sys.executable).with_name("airflow"))
+            subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
+            export = home / "customers.parquet"
+            box.admin.optimove.export(str(export))
+            before = counts(box)
+            uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+            conf = {"full_refresh": True, "export_path": str(export)}
+            wall, peak, state = dag_test(env, "2026-11-10T03:00:00+00:00", conf, home / "dag-test.log")
+            after = counts(box)
+            out = report(
+                f"first sync of {n:,} customers",
+                wall,
+                peak,
+                state,
+                last_run(state_db),
+                {k: after[k] - before[k] for k in after},
+                0,
+                floor,
+            )
+            print(f"   machine load before the run: {uptime}")
+            rows.append((n, out))
+        finally:
+            box.stop()
+            shutil.rmtree(home, ignore_errors=True)
+    print("\n## scale curve (first sync, full refresh)")
+    print(f"{'customers':>10} {'wall s':>8} {'plan s':>8} {'peak RSS MiB':>13} {'load profiles/s':>16} {'of floor':>9}")
+    for n, o in rows:
+        print(
+            f"{n:>10,} {o['wall']:>8.1f} {o['plan']:>8.1f} {o['peak'] / 2**20:>13.0f} {o['load_rate']:>16,.0f} "
+            f"{o['load_rate'] / floor:>9.0%}"
+        )
     return 0
 
 

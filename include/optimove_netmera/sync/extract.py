@@ -2,7 +2,7 @@
 
 Incremental: ``customers/GetCustomerAttributeChangers`` per mapped attribute over the run's windows (see
 :func:`change_windows`), paged to the end, every mapped attribute requested, unioned by CustomerID. Export: a CSV or
-Parquet file read in chunks.
+Parquet file streamed in chunks (:func:`iter_export`; the plan reads it, nothing is staged).
 Either way the rows go to ``sync_staging`` (never to XCom); a retried extract starts its staging afresh.
 
 A staged row's ``attributes`` is ``{"v": {optimove attribute: raw value}, "c": [attributes reported changed]}``.
@@ -13,12 +13,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -31,6 +34,10 @@ from optimove_netmera.sync.runs import INITIAL_SINCE
 
 log = logging.getLogger(__name__)
 CUSTOMER_ID_COLUMNS = ("CustomerID", "Client_ID", "ClientID", "customer_id")
+# What one customer-attribute cell of a chunk costs while it is planned (raw string, coerced value, hash, the change
+# row's dict and its JSON), measured on 20 attributes with tracemalloc plus Arrow's pool; sizes the chunks.
+BYTES_PER_CELL = 600
+MIN_CHUNK_ROWS = 100
 
 
 def _write(
@@ -218,36 +225,109 @@ def _check_export(path: str | Path, names: Sequence[str]) -> tuple[Path, str]:
     return file, id_col
 
 
-def read_export(path: str | Path, names: Sequence[str]) -> pd.DataFrame:
-    """A CSV/Parquet customer export as strings: index = customer id, one column per attribute in ``names``.
+def _arrow_chunks(file: Path, columns: list[str], rows: int) -> Iterator[pa.Table]:
+    """The export's ``columns`` in tables of exactly ``rows`` rows (the last one shorter), read as a stream.
 
-    Read columnar (only the needed columns); values stay Arrow-backed strings, so a million customers by twenty
-    attributes takes a few hundred MB. A customer listed twice keeps its last row.
+    Parquet is read batch by batch; a CSV through Arrow's streaming reader with every column as a string (an
+    empty cell is ``""``, never NULL, as pandas' ``keep_default_na=False``).
     """
-    file, id_col = _check_export(path, names)
     if file.suffix.lower() == ".parquet":
-        frame = pq.read_table(file, columns=[id_col, *names]).to_pandas()
-        frame = frame.astype({c: "str" for c in frame.columns})
+        batches: Iterable[pa.RecordBatch] = pq.ParquetFile(file).iter_batches(batch_size=rows, columns=columns)
     else:
-        frame = pd.read_csv(file, usecols=[id_col, *names], dtype=str, keep_default_na=False, engine="pyarrow")
-    frame[id_col] = frame[id_col].str.strip()
-    frame = frame.drop_duplicates(subset=id_col, keep="last").set_index(id_col)
-    frame.index.name = "customer_id"
-    return frame
+        batches = pacsv.open_csv(
+            file,
+            read_options=pacsv.ReadOptions(block_size=8 << 20),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=columns, column_types=dict.fromkeys(columns, pa.string()), strings_can_be_null=False
+            ),
+        )
+    buffered: list[pa.RecordBatch] = []
+    held = 0
+    for batch in batches:
+        buffered.append(batch)
+        held += batch.num_rows
+        while held >= rows:
+            table = pa.Table.from_batches(buffered)
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
+            buffered, held = rest.to_batches(), rest.num_rows
+    if held:
+        yield pa.Table.from_batches(buffered)
+
+
+def _ids(column: pa.ChunkedArray) -> pd.Series:
+    """Customer ids as stripped strings."""
+    return column.to_pandas().astype("str").str.strip()
+
+
+def _id_hashes(file: Path, id_col: str, rows: int) -> Iterator[np.ndarray]:
+    for table in _arrow_chunks(file, [id_col], rows):
+        yield pd.util.hash_pandas_object(_ids(table.column(0)), index=False).to_numpy()
+
+
+def _superseded(file: Path, id_col: str, rows: int) -> tuple[int, np.ndarray]:
+    """(rows in the export, sorted positions of rows that a later row of the same customer replaces).
+
+    One pass over the id column keeps a 64-bit hash of each id (8 bytes a row, sorted in place; never the rows);
+    only when two hashes are equal does a second pass collect those candidates' ids to tell real duplicates from
+    collisions.
+    """
+    parts = list(_id_hashes(file, id_col, rows))
+    ordered = np.concatenate(parts) if parts else np.array([], dtype=np.uint64)
+    del parts
+    total = len(ordered)
+    ordered.sort()
+    candidates = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    del ordered
+    if not candidates.size:
+        return total, np.array([], dtype=np.int64)
+    positions: dict[str, list[int]] = {}
+    offset = 0
+    for table, hashes in zip(_arrow_chunks(file, [id_col], rows), _id_hashes(file, id_col, rows), strict=True):
+        hit = np.flatnonzero(np.isin(hashes, candidates))
+        ids = _ids(table.column(0)).to_numpy()
+        for i in hit.tolist():
+            positions.setdefault(ids[i], []).append(offset + i)
+        offset += table.num_rows
+    superseded = sorted(p for ps in positions.values() for p in ps[:-1])
+    return total, np.array(superseded, dtype=np.int64)
+
+
+def iter_export(path: str | Path, names: Sequence[str], rows: int) -> Iterator[pd.DataFrame]:
+    """A CSV/Parquet customer export as frames of at most ``rows`` customers (strings; index = customer id, one
+    column per attribute in ``names``), streamed: the file is never held whole. A customer listed twice keeps its
+    last row (the earlier rows are skipped, see :func:`_superseded`)."""
+    file, id_col = _check_export(path, names)
+    _, superseded = _superseded(file, id_col, rows)
+    offset = 0
+    for table in _arrow_chunks(file, [id_col, *names], rows):
+        frame = table.to_pandas()
+        frame = frame.astype({c: "str" for c in frame.columns})
+        frame[id_col] = frame[id_col].str.strip()
+        lo, hi = np.searchsorted(superseded, [offset, offset + len(frame)])
+        if hi > lo:
+            frame = frame.drop(index=frame.index[superseded[lo:hi] - offset])
+        offset += table.num_rows
+        frame = frame.set_index(id_col)
+        frame.index.name = "customer_id"
+        yield frame
+
+
+def export_chunk_rows(settings: Settings) -> int:
+    """Customers a chunk of the export (or of the staging table) holds within ``sync.memory_budget_mb``."""
+    cells = max(1, len(settings.attributes))
+    return max(MIN_CHUNK_ROWS, settings.sync.memory_budget_mb * 2**20 // (cells * BYTES_PER_CELL))
 
 
 def extract_export(engine: Engine, run_id: int, path: str | Path, settings: Settings) -> dict[str, int]:
-    """A full refresh: check the export (columns, readability) and count its customers.
+    """A full refresh: check the export (columns, readability) and count its rows and customers.
 
-    The plan reads the file itself (see :func:`read_export`), so nothing is staged for this mode.
+    The plan streams the file itself (see :func:`iter_export`), so nothing is staged for this mode.
     """
     clear_staging(engine, run_id)
     file, id_col = _check_export(path, settings.optimove_attributes)
-    if file.suffix.lower() == ".parquet":
-        ids = pq.read_table(file, columns=[id_col]).column(0).to_pandas()
-    else:
-        ids = pd.read_csv(file, usecols=[id_col], dtype=str, keep_default_na=False, engine="pyarrow")[id_col]
-    return {"rows_read": len(ids), "fetched": int(ids.str.strip().nunique())}
+    rows, superseded = _superseded(file, id_col, export_chunk_rows(settings))
+    return {"rows_read": rows, "fetched": rows - len(superseded)}
 
 
 def staged_count(engine: Engine, run_id: int) -> int:

@@ -1,7 +1,8 @@
 """Load planned batches into Netmera, resumably.
 
-Each batch (at most 1000 extIds) is one ``setProfileAttributes`` or ``unsetProfileAttributes`` request. Its row in
-``sync_batches`` goes pending -> in_flight -> delivered (or failed / dead), so a retried or cleared load task
+Each batch (at most 1000 extIds) is one ``setProfileAttributes`` or ``unsetProfileAttributes`` request; a load
+task keeps ``sync.load_concurrency`` of them in flight and records their outcomes in bulk (:func:`load_batches`).
+Its row in ``sync_batches`` goes pending -> in_flight -> delivered (or failed / dead), so a retried or cleared load task
 skips what was delivered and re-sends only what was not. Both calls are idempotent (the same values again), so
 re-sending a batch whose outcome was lost with its worker is safe.
 
@@ -12,9 +13,9 @@ unset) was delivered.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,85 +32,109 @@ from optimove_netmera.store.models import (
     DeadLetterKind,
     SyncBatch,
     SyncChange,
+    utcnow,
 )
-from optimove_netmera.store.queries import claim, upsert
+from optimove_netmera.store.queries import dialect_insert, upsert
 
 log = logging.getLogger(__name__)
+KEYS = 10_000  # ids in one IN list
 
 
-def _changes_of(conn: Connection, batch: Any) -> list[Any]:
-    column = SyncChange.set_batch_no if batch.kind == BatchKind.SET.value else SyncChange.unset_batch_no
+def _changes_of(conn: Connection, run_id: int, kind: str, batch_no: int) -> list[Any]:
+    """The batch's entries: customer id, extId and the part this batch sends (``profile``), in extId order."""
+    is_set = kind == BatchKind.SET.value
+    column = SyncChange.set_batch_no if is_set else SyncChange.unset_batch_no
+    part = SyncChange.set_attrs if is_set else SyncChange.unset_attrs
     return conn.execute(
-        sa.select(SyncChange)
-        .where(SyncChange.sync_run_id == batch.sync_run_id, column == batch.batch_no)
+        sa.select(SyncChange.customer_id, SyncChange.ext_id, part.label("profile"))
+        .where(SyncChange.sync_run_id == run_id, column == batch_no)
         .order_by(SyncChange.ext_id)
     ).all()
 
 
-def _claim(conn: Connection, batch_id: int) -> bool:
-    """pending/failed -> in_flight; also in_flight (its worker died: the write is idempotent, so re-send it)."""
-    return claim(
-        conn,
-        SyncBatch.__table__,
-        {"id": batch_id},
-        from_status=[BatchStatus.PENDING.value, BatchStatus.FAILED.value, BatchStatus.IN_FLIGHT.value],
-        to_status=BatchStatus.IN_FLIGHT.value,
-    )
-
-
-def _complete(conn: Connection, run_id: int, batch: Any, changes: Sequence[Any]) -> int:
-    """Mark a delivered batch and advance the snapshot of customers whose every part is now delivered."""
-    conn.execute(
-        sa.update(SyncBatch).where(SyncBatch.id == batch.id).values(status=BatchStatus.DELIVERED.value, error=None)
-    )
-    other_kind = BatchKind.UNSET.value if batch.kind == BatchKind.SET.value else BatchKind.SET.value
-    delivered_other = set(
-        conn.execute(
-            sa.select(SyncBatch.batch_no).where(
-                SyncBatch.sync_run_id == run_id,
-                SyncBatch.kind == other_kind,
-                SyncBatch.status == BatchStatus.DELIVERED.value,
-            )
-        ).scalars()
-    )
-    done = []
-    for c in changes:
-        other = c.unset_batch_no if batch.kind == BatchKind.SET.value else c.set_batch_no
-        if other is None or other in delivered_other:
-            done.append(c)
-    _advance_snapshot(conn, run_id, done)
-    return len(done)
-
-
-def _advance_snapshot(conn: Connection, run_id: int, done: Sequence[Any]) -> None:
-    """Record ``done`` changes as what Netmera now holds, and mark them delivered."""
-    if not done:
-        return
-    now = dt.datetime.now(dt.UTC)
-    upsert(
-        conn,
-        CustomerSnapshot.__table__,
-        [
-            {
-                "customer_id": c.customer_id,
-                "ext_id": c.ext_id,
-                "attr_hash": c.new_hash,
-                "present_attrs": c.present_attrs,
-                "delivered_at": now,
-                "sync_run_id": run_id,
-            }
-            for c in done
-        ],
-        conflict_columns=["customer_id"],
-        update_columns=["ext_id", "attr_hash", "present_attrs", "delivered_at", "sync_run_id"],
-    )
-    ids = [c.customer_id for c in done]
-    for start in range(0, len(ids), 10_000):
-        conn.execute(
-            sa.update(SyncChange)
-            .where(SyncChange.sync_run_id == run_id, SyncChange.customer_id.in_(ids[start : start + 10_000]))
-            .values(status=ChangeStatus.DELIVERED.value)
+def _claim(conn: Connection, batch_ids: Sequence[int]) -> list[Any]:
+    """pending/failed -> in_flight, also in_flight (its worker died: the write is idempotent, so re-send it), in one
+    conditional ``UPDATE`` per KEYS ids; returns the batches this caller won (delivered and dead ones are not)."""
+    won: list[Any] = []
+    for start in range(0, len(batch_ids), KEYS):
+        won.extend(
+            conn.execute(
+                sa.update(SyncBatch)
+                .where(
+                    SyncBatch.id.in_(batch_ids[start : start + KEYS]),
+                    SyncBatch.status.in_(
+                        [BatchStatus.PENDING.value, BatchStatus.FAILED.value, BatchStatus.IN_FLIGHT.value]
+                    ),
+                )
+                .values(status=BatchStatus.IN_FLIGHT.value, attempts=SyncBatch.attempts + 1)
+                .returning(SyncBatch.id, SyncBatch.kind, SyncBatch.batch_no, SyncBatch.attempts)
+            ).all()
         )
+    order = {b: i for i, b in enumerate(batch_ids)}
+    return sorted(won, key=lambda b: order[b.id])
+
+
+def _part_delivered(run_id: int, kind: BatchKind, column: Any) -> Any:
+    """The change has no ``kind`` part, or the batch holding it was delivered."""
+    return sa.or_(
+        column.is_(None),
+        sa.exists().where(
+            SyncBatch.sync_run_id == run_id,
+            SyncBatch.kind == kind.value,
+            SyncBatch.batch_no == column,
+            SyncBatch.status == BatchStatus.DELIVERED.value,
+        ),
+    )
+
+
+def _advance_snapshot(conn: Connection, run_id: int, *scope: Any) -> int:
+    """Record the run's pending changes whose every part (set and unset) is delivered as what Netmera now holds,
+    and mark them delivered: two set-based statements, whatever their number. ``scope`` narrows the changes
+    looked at (e.g. to the batches just delivered). Returns how many advanced."""
+    # Scoped, the status must not pick the (run, status) index (SQLite would walk every pending row): ``|| ''``
+    # keeps the condition and leaves the scope's keys to choose the rows.
+    status = SyncChange.status.concat("") if scope else SyncChange.status
+    done = (
+        SyncChange.sync_run_id == run_id,
+        status == ChangeStatus.PENDING.value,
+        _part_delivered(run_id, BatchKind.SET, SyncChange.set_batch_no),
+        _part_delivered(run_id, BatchKind.UNSET, SyncChange.unset_batch_no),
+        *scope,
+    )
+    columns = ["customer_id", "ext_id", "attr_hash", "present_attrs", "delivered_at", "sync_run_id"]
+    rows = sa.select(
+        SyncChange.customer_id,
+        SyncChange.ext_id,
+        SyncChange.new_hash,
+        SyncChange.present_attrs,
+        utcnow(),
+        sa.literal(run_id, sa.BigInteger()),
+    ).where(*done)
+    insert = dialect_insert(conn, CustomerSnapshot).from_select(columns, rows)
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=["customer_id"], set_={c: insert.excluded[c] for c in columns if c != "customer_id"}
+        )
+    )
+    result = conn.execute(sa.update(SyncChange).where(*done).values(status=ChangeStatus.DELIVERED.value))
+    return result.rowcount or 0
+
+
+def _complete(conn: Connection, run_id: int, batches: Sequence[Any], customer_ids: list[str]) -> int:
+    """Mark delivered batches (one statement for the group) and advance the snapshot of their customers
+    (``customer_ids``: keyed, so the database looks at those rows only) whose every part is now delivered;
+    returns how many advanced."""
+    if not batches:
+        return 0
+    conn.execute(
+        sa.update(SyncBatch)
+        .where(SyncBatch.id.in_([b.id for b in batches]))
+        .values(status=BatchStatus.DELIVERED.value, error=None)
+    )
+    advanced = 0
+    for start in range(0, len(customer_ids), KEYS):
+        advanced += _advance_snapshot(conn, run_id, SyncChange.customer_id.in_(customer_ids[start : start + KEYS]))
+    return advanced
 
 
 def settle(engine: Engine, run_id: int) -> int:
@@ -119,27 +144,7 @@ def settle(engine: Engine, run_id: int) -> int:
     other's commit; this final pass (run by the report) catches those customers.
     """
     with engine.begin() as conn:
-        delivered = {
-            (r.kind, r.batch_no)
-            for r in conn.execute(
-                sa.select(SyncBatch.kind, SyncBatch.batch_no).where(
-                    SyncBatch.sync_run_id == run_id, SyncBatch.status == BatchStatus.DELIVERED.value
-                )
-            )
-        }
-        pending = conn.execute(
-            sa.select(SyncChange).where(
-                SyncChange.sync_run_id == run_id, SyncChange.status == ChangeStatus.PENDING.value
-            )
-        ).all()
-        done = [
-            c
-            for c in pending
-            if (c.set_batch_no is None or (BatchKind.SET.value, c.set_batch_no) in delivered)
-            and (c.unset_batch_no is None or (BatchKind.UNSET.value, c.unset_batch_no) in delivered)
-        ]
-        _advance_snapshot(conn, run_id, done)
-    return len(done)
+        return _advance_snapshot(conn, run_id)
 
 
 def _dead_letter(conn: Connection, run_id: int, batch: Any, changes: Sequence[Any], reason: str) -> None:
@@ -153,9 +158,9 @@ def _dead_letter(conn: Connection, run_id: int, batch: Any, changes: Sequence[An
                 "ref": f"sync_run:{run_id}",
                 "customer_id": c.customer_id,
                 "ext_id": c.ext_id,
-                "payload": {"profile": c.set_attrs if batch.kind == BatchKind.SET.value else c.unset_attrs},
+                "payload": {"profile": c.profile},
                 "reason": reason,
-                "attempts": batch.attempts + 1,
+                "attempts": batch.attempts,
             }
             for c in changes
         ],
@@ -172,46 +177,91 @@ def _dead_letter(conn: Connection, run_id: int, batch: Any, changes: Sequence[An
     )
 
 
-def _mark_failed(engine: Engine, batch_id: int, exc: ApiError) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            sa.update(SyncBatch).where(SyncBatch.id == batch_id).values(status=BatchStatus.FAILED.value, error=str(exc))
-        )
+def _send(engine: Engine, run_id: int, batch: Any, client: NetmeraClient) -> list[str]:
+    """One profile write: read the batch's entries (only this batch's rows are held), send them; returns the
+    batch's customer ids."""
+    with engine.connect() as conn:
+        changes = _changes_of(conn, run_id, batch.kind, batch.batch_no)
+    entries = [{"extId": c.ext_id, "profile": c.profile} for c in changes]
+    if batch.kind == BatchKind.SET.value:
+        client.set_profile_attributes(entries)
+    else:
+        client.unset_profile_attributes(entries)
+    return [c.customer_id for c in changes]
 
 
-def load_batches(engine: Engine, run_id: int, batch_ids: Sequence[int], client: NetmeraClient) -> dict[str, int]:
-    """Deliver the given batches of a run.
+def load_batches(
+    engine: Engine, run_id: int, batch_ids: Sequence[int], client: NetmeraClient, concurrency: int = 1
+) -> dict[str, int]:
+    """Deliver the given batches of a run, ``concurrency`` requests in flight at once.
 
-    A batch Netmera rejects as invalid (400/413/422) is dead-lettered with the reason; any other failure (after the
-    client's retries, or a 401/403/404 that no retry fixes) marks the batch failed and raises, so the task fails
-    and its retry (or a clear) resumes from there.
+    The batches are claimed in one statement; worker threads only read their batch and send it, while this
+    thread alone writes the outcomes: each group of batches that finished meanwhile is marked delivered and
+    advances the snapshot in one transaction of three set-based statements. A batch Netmera rejects as invalid
+    (400/413/422) is dead-lettered with the reason; any other failure (after the client's retries, or a
+    401/403/404 that no retry fixes) marks the batch failed, lets the requests in flight finish and be recorded,
+    puts the batches not started back to pending and raises, so the task fails and its retry (or a clear)
+    resumes from there.
     """
     counts = {"batches_sent": 0, "batches_skipped": 0, "batches_dead": 0, "delivered": 0}
-    for batch_id in batch_ids:
+    ids = list(batch_ids)
+    with engine.begin() as conn:
+        claimed = _claim(conn, ids)
+    counts["batches_skipped"] = len(ids) - len(claimed)
+    error: BaseException | None = None
+    finished: list[Any] = []
+    customers: list[str] = []
+
+    def record() -> None:
         with engine.begin() as conn:
-            batch = conn.execute(sa.select(SyncBatch).where(SyncBatch.id == batch_id)).one()
-            if batch.status in (BatchStatus.DELIVERED.value, BatchStatus.DEAD.value) or not _claim(conn, batch_id):
-                counts["batches_skipped"] += 1
-                continue
-            changes = _changes_of(conn, batch)
-        try:
-            if batch.kind == BatchKind.SET.value:
-                client.set_profile_attributes([{"extId": c.ext_id, "profile": c.set_attrs} for c in changes])
-            else:
-                client.unset_profile_attributes([{"extId": c.ext_id, "profile": c.unset_attrs} for c in changes])
-        except ApiError as exc:
-            if not is_payload_rejection(exc):  # transient, or configuration (401/403/404): fail, never discard
-                _mark_failed(engine, batch_id, exc)
-                raise
-            reason = str(exc)
-            log.error("batch %s/%s rejected permanently, dead-lettered: %s", batch.kind, batch.batch_no, reason)
-            with engine.begin() as conn:
-                _dead_letter(conn, run_id, batch, changes, reason)
-            counts["batches_dead"] += 1
-            continue
+            counts["delivered"] += _complete(conn, run_id, finished, customers)
+        counts["batches_sent"] += len(finished)
+        finished.clear()
+        customers.clear()
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="netmera-load") as pool:
+        futures = {pool.submit(_send, engine, run_id, b, client): b for b in claimed}
+        waiting = set(futures)
+        while waiting:
+            done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+            for future in done:
+                batch = futures[future]
+                if future.cancelled():
+                    continue
+                exc = future.exception()
+                if exc is None:
+                    finished.append(batch)
+                    customers.extend(future.result())
+                elif isinstance(exc, ApiError) and is_payload_rejection(exc):
+                    reason = str(exc)
+                    log.error("batch %s/%s rejected permanently, dead-lettered: %s", batch.kind, batch.batch_no, reason)
+                    with engine.begin() as conn:
+                        changes = _changes_of(conn, run_id, batch.kind, batch.batch_no)
+                        _dead_letter(conn, run_id, batch, changes, reason)
+                    counts["batches_dead"] += 1
+                else:  # transient, or configuration (401/403/404): fail, never discard
+                    with engine.begin() as conn:
+                        conn.execute(
+                            sa.update(SyncBatch)
+                            .where(SyncBatch.id == batch.id)
+                            .values(status=BatchStatus.FAILED.value, error=str(exc))
+                        )
+                    if error is None:
+                        error = exc
+                        for other in waiting:
+                            other.cancel()
+            if len(finished) >= concurrency or (finished and not waiting):  # a group per statement
+                record()
+        unstarted = [futures[f].id for f in futures if f.cancelled()]
+    if unstarted:
         with engine.begin() as conn:
-            counts["delivered"] += _complete(conn, run_id, batch, changes)
-        counts["batches_sent"] += 1
+            conn.execute(
+                sa.update(SyncBatch)
+                .where(SyncBatch.id.in_(unstarted), SyncBatch.status == BatchStatus.IN_FLIGHT.value)
+                .values(status=BatchStatus.PENDING.value)
+            )
+    if error is not None:
+        raise error
     return counts
 
 

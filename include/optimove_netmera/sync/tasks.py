@@ -160,7 +160,7 @@ def run_load(run: dict[str, Any], batch_ids: list[int]) -> dict[str, int]:
         )
     client = NetmeraHook(s.connections.netmera).get_conn()
     with runs.phase(engine, run_id, "load"), _recording(engine, run_id, "netmera", client):
-        counts = load.load_batches(engine, run_id, batch_ids, client)
+        counts = load.load_batches(engine, run_id, batch_ids, client, s.sync.load_concurrency)
     log.info("loaded: %s", counts)
     return counts
 

@@ -1,0 +1,229 @@
+"""The plan holds a chunk of customers at a time, never the tenant, and still plans exactly (SQLite and PostgreSQL).
+
+The customer count is ~20 chunks. The chunk source (the export reader, the staging reader) is wrapped so every frame
+it hands out is tracked while alive, and ``transform`` records the largest frame it coerced: materialising the
+customers anywhere (reading the whole export, concatenating chunks, diffing all at once) breaks the bound. The
+expected plan is computed here from the generated data, not by the code under test.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from optimove_netmera.settings import Settings, load_settings
+from optimove_netmera.store import get_engine, migrate
+from optimove_netmera.store.models import CustomerSnapshot, SyncBatch, SyncChange, SyncRun, SyncStaging
+from optimove_netmera.sync import extract, load, plan
+from sqlalchemy.engine import Engine
+
+BATCH = 100
+CHUNKS = 20
+
+
+def settings() -> Settings:
+    return load_settings(overlay={"sync": {"memory_budget_mb": 8, "batch_size": BATCH}})
+
+
+def values(i: int, kind: str, version: int) -> str:
+    return {
+        "string": f"v{version}-{i}",
+        "number": str(i + version),
+        "boolean": "true" if (i + version) % 2 else "false",
+        "date": f"20{10 + version:02d}-01-{1 + i % 28:02d}",
+    }[kind]
+
+
+def customers(s: Settings, n: int, version: int = 0, changed: set[int] = frozenset()) -> pd.DataFrame:  # type: ignore[assignment]
+    """``n`` customers C0000000.. with every mapped attribute; those in ``changed`` get the values of ``version``."""
+    rows = {"CustomerID": [f"C{i:07d}" for i in range(n)]}
+    for a in s.attributes:
+        rows[a.optimove] = [values(i, a.type, version if i in changed else 0) for i in range(n)]
+    return pd.DataFrame(rows)
+
+
+class Tracker:
+    """Rows alive among the frames a chunk source handed out, and the most ever alive at once."""
+
+    def __init__(self) -> None:
+        self.alive = self.peak = self.frames = 0
+
+    def track(self, frame: pd.DataFrame) -> None:
+        self.frames += 1
+        self.alive += len(frame)
+        self.peak = max(self.peak, self.alive)
+        weakref.finalize(frame, self.release, len(frame))
+
+    def release(self, n: int) -> None:
+        self.alive -= n
+
+
+@pytest.fixture
+def instrumented(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    seen: dict[str, Any] = {"tracker": Tracker(), "transformed": 0}
+    real_export, real_staged, real_transform = plan.iter_export, plan._staged_chunks, plan.transform
+
+    def export(*args: Any, **kwargs: Any) -> Iterator[pd.DataFrame]:
+        for frame in real_export(*args, **kwargs):
+            seen["tracker"].track(frame)
+            yield frame
+
+    def staged(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        for frame, names in real_staged(*args, **kwargs):
+            seen["tracker"].track(frame)
+            yield frame, names
+
+    def transform(raw: pd.DataFrame, mapping: Any) -> Any:
+        seen["transformed"] = max(seen["transformed"], len(raw))
+        return real_transform(raw, mapping)
+
+    monkeypatch.setattr(plan, "iter_export", export)
+    monkeypatch.setattr(plan, "_staged_chunks", staged)
+    monkeypatch.setattr(plan, "transform", transform)
+    return seen
+
+
+def new_run(engine: Engine, n: int) -> int:
+    with engine.begin() as conn:
+        return conn.execute(
+            sa.insert(SyncRun).values(dag_id="d", dag_run_id=f"r{n}", status="running").returning(SyncRun.id)
+        ).scalar_one()
+
+
+def deliver(engine: Engine, run_id: int) -> None:
+    """What a successful load does: every batch delivered, the snapshot advanced, the run closed as success."""
+    with engine.begin() as conn:
+        conn.execute(sa.update(SyncBatch).where(SyncBatch.sync_run_id == run_id).values(status="delivered"))
+        conn.execute(sa.update(SyncRun).where(SyncRun.id == run_id).values(status="success"))
+    load.settle(engine, run_id)
+
+
+def test_first_sync_of_many_chunks_holds_one_chunk_and_plans_exactly(
+    db_url: str, tmp_path: Path, instrumented: dict[str, Any]
+) -> None:
+    s = settings()
+    chunk = extract.export_chunk_rows(s)
+    n = CHUNKS * chunk
+    frame = customers(s, n)
+    dup = frame.iloc[[5]].copy()  # C0000005 again at the very end (another chunk), with a later first name
+    dup["FirstName"] = "Later"
+    path = tmp_path / "customers.parquet"
+    pd.concat([frame, dup], ignore_index=True).to_parquet(path)
+    migrate(db_url)
+    engine = get_engine(db_url)
+    run_id = new_run(engine, 1)
+    assert extract.extract_export(engine, run_id, path, s) == {"rows_read": n + 1, "fetched": n}
+    probed: list[list[str]] = []
+    unknown = {f"C{i:07d}" for i in range(0, n, 7)}
+
+    def probe(ext_ids: list[str]) -> set[str]:
+        probed.append(ext_ids)
+        return unknown & set(ext_ids)
+
+    p = plan.build_plan(engine, run_id, s, 1.0, False, probe, str(path))
+
+    tracker = instrumented["tracker"]
+    assert tracker.frames >= CHUNKS
+    assert instrumented["transformed"] <= chunk
+    assert tracker.peak <= 2 * chunk, f"{tracker.peak} customer rows alive at once; a chunk is {chunk}"
+    sendable = n - len(unknown)
+    assert (p.fetched, p.new, p.changed, p.unchanged, p.not_found) == (n, n, n, 0, len(unknown))
+    assert (p.set_entries, p.set_batches, p.unset_entries) == (sendable, math.ceil(sendable / BATCH), 0)
+    assert [len(c) for c in probed] == [1000] * (n // 1000) + ([n % 1000] if n % 1000 else [])
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(SyncChange.ext_id, SyncChange.set_batch_no, SyncChange.status, SyncChange.set_attrs).where(
+                SyncChange.sync_run_id == run_id
+            )
+        ).all()
+        sizes = dict(conn.execute(sa.select(SyncBatch.batch_no, SyncBatch.size)).all())
+    assert len(rows) == n
+    by_id = {r.ext_id: r for r in rows}
+    assert by_id["C0000005"].set_attrs["name"] == "Later"  # the export's last row of a customer wins
+    assert {r.ext_id for r in rows if r.status == "not_found" and r.set_batch_no is None} == unknown
+    numbers = sorted(r.set_batch_no for r in rows if r.status == "pending")
+    assert numbers == [i // BATCH for i in range(sendable)]  # every batch full but the last
+    assert sizes == {no: min(BATCH, sendable - no * BATCH) for no in range(p.set_batches)}
+
+
+def test_a_changed_share_is_diffed_per_chunk_and_a_tripped_guard_is_recorded(
+    db_url: str, tmp_path: Path, instrumented: dict[str, Any]
+) -> None:
+    s = settings()
+    chunk = extract.export_chunk_rows(s)
+    n = CHUNKS * chunk
+    path = tmp_path / "customers.parquet"
+    customers(s, n).to_parquet(path)
+    migrate(db_url)
+    engine = get_engine(db_url)
+    first = new_run(engine, 1)
+    plan.build_plan(engine, first, s, 1.0, False, None, str(path))
+    deliver(engine, first)
+
+    changed = set(range(3, n, 20))  # 5%, spread over every chunk
+    extra = 50  # and a few new customers, whom the probe must check
+    customers(s, n + extra, version=1, changed=changed).to_parquet(path)
+    new_ids = [f"C{i:07d}" for i in range(n, n + extra)]
+    probed: list[list[str]] = []
+
+    def probe(ext_ids: list[str]) -> set[str]:
+        probed.append(ext_ids)
+        return set()
+
+    tripped = new_run(engine, 2)
+    held = plan.build_plan(engine, tripped, s, 0.04, False, probe, str(path))
+    # A tripped guard is recorded and the plan completed (the load waits for a person's decision, sync.guard).
+    assert held.guard == {
+        "changed": len(changed) + extra,
+        "known": n,
+        "ratio": round((len(changed) + extra) / n, 6),
+        "max_change_ratio": 0.04,
+        "tripped": True,
+    }
+    assert probed == [new_ids] and held.changed == len(changed) + extra
+    probed.clear()
+
+    run_id = new_run(engine, 3)
+    instrumented["tracker"].__init__()
+    p = plan.build_plan(engine, run_id, s, 0.06, False, probe, str(path))
+    assert (p.known, p.changed, p.new, p.unchanged) == (n, len(changed) + extra, extra, n - len(changed))
+    assert probed == [new_ids]  # only the new customers, in one call
+    assert instrumented["tracker"].peak <= 2 * chunk
+    with engine.connect() as conn:
+        planned = set(conn.execute(sa.select(SyncChange.customer_id).where(SyncChange.sync_run_id == run_id)).scalars())
+    assert planned == {f"C{i:07d}" for i in changed} | set(new_ids)
+
+
+def test_staged_customers_are_read_a_chunk_at_a_time(db_url: str, instrumented: dict[str, Any]) -> None:
+    s = settings()
+    chunk = extract.export_chunk_rows(s)
+    n = CHUNKS * chunk
+    migrate(db_url)
+    engine = get_engine(db_url)
+    run_id = new_run(engine, 1)
+    frame = customers(s, n).set_index("CustomerID")
+    names = list(frame.columns)
+    with engine.begin() as conn:
+        for start in range(0, n, 5000):
+            part = frame.iloc[start : start + 5000]
+            conn.execute(
+                sa.insert(SyncStaging),
+                [
+                    {"sync_run_id": run_id, "customer_id": cid, "attributes": {"v": dict(zip(names, row, strict=True))}}
+                    for cid, row in zip(part.index, part.itertuples(index=False), strict=True)
+                ],
+            )
+    del frame
+    p = plan.build_plan(engine, run_id, s, 1.0, False, None, None)
+    assert instrumented["tracker"].frames >= CHUNKS
+    assert instrumented["tracker"].peak <= 2 * chunk
+    assert instrumented["transformed"] <= chunk
+    assert (p.fetched, p.changed, p.set_entries) == (n, n, n)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(CustomerSnapshot)).scalar_one() == 0
