@@ -269,7 +269,7 @@ def single_target_bodies(campaign_id: int, n: int, stamp: str) -> list[bytes]:
                 "campaignId": campaign_id,
                 "channelId": CHANNEL,
                 "customerID": f"B{i:07d}",
-                "templateID": 101,
+                "templateID": 1,
                 "promoCode": "BENCH",
             }
         ).encode()
@@ -298,7 +298,7 @@ def mixed_bodies(base: int, n: int, share13: float, stamp: str) -> tuple[list[by
             bodies.append(bulk_bodies(base + i, 1, stamp)[0])
         else:
             body = {"eventTypeId": 11, "timeStamp": stamp, "campaignId": base, "channelId": CHANNEL}
-            body.update({"customerID": f"M{i:07d}", "templateID": 101, "promoCode": "BENCH"})
+            body.update({"customerID": f"M{i:07d}", "templateID": 1, "promoCode": "BENCH"})
             bodies.append(json.dumps(body).encode())
     return bodies, runs
 
