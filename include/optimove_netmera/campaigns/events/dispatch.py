@@ -4,9 +4,10 @@
 :func:`~.keys.campaign_run_id`, conf :func:`~.keys.campaign_conf`); 4 cancels the campaign; 3 creates a
 run of ``optimove_user_sync`` for that day unless one exists. Every action is idempotent (deterministic
 run ids, "insert unless exists"), so a dispatch may be repeated safely. If it fails the row stays
-``received`` with the error in ``note`` and :func:`dispatch_pending` (run every 30 s by the API server and
-hourly by the reconcile DAG) retries it. :func:`ingest` is store + dispatch in one call (the reconcile DAG
-and manual tools); the endpoint stores and leaves the dispatch to :mod:`.dispatcher`, off the request path.
+``received`` with the error in ``note`` and is retried: by the API server's dispatcher and its 30 s sweep,
+and hourly by the reconcile DAG (:func:`dispatch_pending`). :func:`ingest` is store + dispatch in one call
+(the reconcile DAG and manual tools); the endpoint stores and leaves the dispatch to :mod:`.dispatcher`, off
+the request path.
 Dispatch order does not matter: a cancel wins over its campaign's 13 whichever is dispatched first.
 """
 
@@ -295,9 +296,10 @@ def dispatch_pending(
 ) -> PendingReport:
     """Re-dispatch events that got their 2xx but whose dispatch failed or never ran (status ``received``).
 
-    Rows younger than ``older_than_seconds`` are left to the request that stored them. Safe to run
-    concurrently and repeatedly (every action is idempotent). The API server runs it every 30 s; the
-    reconcile DAG calls it from a task (``trigger`` then defaults to :class:`TaskDagTrigger`).
+    Rows younger than ``older_than_seconds`` are left to the dispatcher of the process that stored them. Safe
+    to run concurrently and repeatedly (every action is idempotent). The API server's sweep runs it when its
+    dispatcher is off (else it hands the ids to the dispatcher); the reconcile DAG calls it from a task
+    (``trigger`` then defaults to :class:`TaskDagTrigger`).
     """
     report = PendingReport()
     chosen = trigger or default_trigger(settings)
