@@ -88,13 +88,13 @@ def _server_env(state_url: str, home: Path) -> dict[str, str]:
     return env
 
 
-def start_server(state_url: str, home: Path, log_path: Path) -> Server:
-    """Start an API server (returns at once; see :func:`wait_healthy`)."""
+def start_server(state_url: str, home: Path, log_path: Path, env: dict[str, str] | None = None) -> Server:
+    """Start an API server (returns at once; see :func:`wait_healthy`); ``env`` adds or overrides variables."""
     port = free_port()
     log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen(
         [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=_server_env(state_url, home),
+        env={**_server_env(state_url, home), **(env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -3,6 +3,8 @@
 Per state-database backend (SQLite file, local PostgreSQL) the module starts two API servers on free
 ports, sharing the session's Airflow home and metadata database: one on a migrated state database and
 one whose state database is unreachable (503). DAG runs are checked through ``/api/v2`` with a token.
+Events 13, 4 and 3 are dispatched off the request path, so the tests wait for their effects (the
+servers' re-dispatch sweep is off: whatever appears was done by the dispatcher).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,31 @@ def state_url(
         scratch.empty_schema(url)
 
 
+NO_SWEEP = {"OPTIMOVE_NETMERA_API_SWEEP_SECONDS": "0"}
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    """``condition()`` once it is truthy (polled); fails naming ``what`` after ``timeout`` s (a generous deadline)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:.0f} s (last: {value!r})")
+        time.sleep(0.05)
+
+
+def scalar(engine: sa.Engine, stmt: Any) -> Any:
+    with engine.connect() as connection:
+        return connection.scalar(stmt)
+
+
+def wait_status(engine: sa.Engine, event_id: int, status: str = "dispatched") -> Any:
+    """The event's row once it has ``status``."""
+    return wait_for(lambda: (r := event_row(engine, event_id)).status == status and r, f"event {event_id} {status}")
+
+
 @dataclass
 class Servers:
     up: Server
@@ -102,7 +129,7 @@ def servers(
         down_url = f"sqlite:///{blocker}/state.db"
     else:
         down_url = f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/onm_unreachable"
-    up = start_server(state_url, reserialized, tmp / "api-up.log")
+    up = start_server(state_url, reserialized, tmp / "api-up.log", env=NO_SWEEP)
     down = start_server(down_url, reserialized, tmp / "api-down.log")
     try:
         wait_healthy(up)
@@ -207,17 +234,16 @@ def test_seed_curl_is_accepted_and_creates_a_queued_run_on_the_paused_dag(
     assert code == "200", result.stdout
     answer = json.loads(body)
     run_id = f"optimove_c{campaign}_ch{channel}_{when:%Y%m%dT%H%M%S}"
-    assert answer == {"status": "accepted", "event_id": answer["event_id"], "dag_run_id": run_id}
+    assert answer == {"status": "accepted", "event_id": answer["event_id"], "dag_run_id": run_id, "dispatch": "queued"}
 
-    row = event_row(engine, answer["event_id"])
+    row = wait_status(engine, answer["event_id"])
     assert row.raw_payload == json.loads(payload)
     assert (row.event_type_id, row.campaign_id, row.channel_id, row.source) == (13, campaign, channel, "webhook")
     assert row.event_time == when
     assert (row.status, row.dag_run_id) == ("dispatched", run_id)
     assert campaign_state(engine, campaign, channel) == "received"
 
-    run = dag_run(server, SEND_DAG, run_id)
-    assert run is not None
+    run = wait_for(lambda: dag_run(server, SEND_DAG, run_id), f"run {run_id}")
     assert run["state"] == "queued"
     assert run["run_type"] == "manual"
     assert run["conf"] == {
@@ -244,7 +270,8 @@ def test_pascal_case_and_minute_timestamps_are_accepted(server: Server, engine: 
     row = event_row(engine, answer["event_id"])
     assert (row.event_type_id, row.campaign_id, row.channel_id) == (13, campaign, CHANNEL)
     assert row.event_time == when
-    assert dag_run(server, SEND_DAG, run_id)["conf"]["event_time"] == f"{when:%Y-%m-%d %H:%M}:00"
+    run = wait_for(lambda: dag_run(server, SEND_DAG, run_id), f"run {run_id}")
+    assert run["conf"]["event_time"] == f"{when:%Y-%m-%d %H:%M}:00"
 
 
 def test_a_body_at_the_size_limit_is_accepted(server: Server, engine: sa.Engine) -> None:
@@ -400,6 +427,7 @@ def test_a_duplicate_event_makes_one_run(server: Server, engine: sa.Engine) -> N
             sa.select(sa.func.count()).select_from(Event).where(Event.__table__.c.campaign_id == campaign)
         )
     assert rows == 1
+    wait_status(engine, first.json()["event_id"])
     assert send_runs_for(server, campaign) == [f"optimove_c{campaign}_ch{CHANNEL}_{moment:%Y%m%dT%H%M%S}"]
 
 
@@ -407,11 +435,12 @@ def test_a_cancel_before_the_bulk_event_wins(server: Server, engine: sa.Engine) 
     campaign = new_id()
     cancel = server.post_event({"eventTypeId": 4, "timeStamp": stamp(), "campaignId": campaign, "channelId": CHANNEL})
     assert cancel.status_code == 200 and cancel.json()["status"] == "accepted", cancel.text
-    assert event_row(engine, cancel.json()["event_id"]).status == "dispatched"
+    wait_status(engine, cancel.json()["event_id"])
     assert campaign_state(engine, campaign) == "cancelled"
 
     bulk = server.post_event({"eventTypeId": 13, "timeStamp": stamp(), "campaignId": campaign, "channelId": CHANNEL})
     assert bulk.status_code == 200 and bulk.json()["status"] == "accepted", bulk.text
+    wait_status(engine, bulk.json()["event_id"])
     assert campaign_state(engine, campaign) == "cancelled"
     # the run still starts (visible in the UI) and finds the campaign cancelled
     assert send_runs_for(server, campaign) == [bulk.json()["dag_run_id"]]
@@ -421,9 +450,11 @@ def test_a_cancel_without_channel_cancels_every_channel(server: Server, engine: 
     campaign = new_id()
     bulk = server.post_event({"EventTypeID": 13, "TimeStamp": stamp(), "CampaignID": campaign, "ChannelID": CHANNEL})
     assert bulk.status_code == 200
+    wait_status(engine, bulk.json()["event_id"])
     assert campaign_state(engine, campaign) == "received"
     cancel = server.post_event({"EventTypeID": 4, "TimeStamp": stamp(), "CampaignID": campaign})
     assert cancel.status_code == 200 and cancel.json()["status"] == "accepted", cancel.text
+    wait_status(engine, cancel.json()["event_id"])
     assert campaign_state(engine, campaign) == "cancelled"
 
 
@@ -465,13 +496,14 @@ def test_daily_process_event_runs_the_user_sync_once_per_day(server: Server, eng
     first = server.post_event({"eventTypeId": 3, "timeStamp": f"{day} 04:05:06"})
     assert first.status_code == 200, first.text
     run_id = f"optimove_event3_{day:%Y%m%d}"
-    assert first.json() == {"status": "accepted", "event_id": first.json()["event_id"], "dag_run_id": run_id}
+    assert first.json() == {"status": "accepted", "event_id": first.json()["event_id"], "dispatch": "queued"}
+    assert wait_status(engine, first.json()["event_id"]).dag_run_id == run_id
     run = dag_run(server, SYNC_DAG, run_id)
     assert run is not None and run["state"] == "queued"
 
     second = server.post_event({"EventTypeID": 3, "TimeStamp": f"{day} 09:00:00"})
     assert second.status_code == 200 and second.json()["status"] == "accepted"
-    assert event_row(engine, second.json()["event_id"]).status == "dispatched"
+    assert "already has a run" in wait_status(engine, second.json()["event_id"]).note
     assert [r["dag_run_id"] for r in runs_on(server, SYNC_DAG, day)] == [run_id]
 
 
@@ -485,8 +517,8 @@ def test_daily_process_event_skips_a_day_that_already_has_a_sync_run(server: Ser
     assert existing.status_code == 200, existing.text
     event = server.post_event({"eventTypeId": 3, "timeStamp": f"{day} 05:00:00"})
     assert event.status_code == 200 and event.json()["status"] == "accepted", event.text
-    row = event_row(engine, event.json()["event_id"])
-    assert row.status == "dispatched" and "already has a run" in row.note
+    row = wait_status(engine, event.json()["event_id"])
+    assert "already has a run" in row.note
     assert [r["dag_run_id"] for r in runs_on(server, SYNC_DAG, day)] == [f"scheduled_like_{day:%Y%m%d}"]
 
 
@@ -552,6 +584,11 @@ def test_sandbox_webhooks_land_in_both_styles(server: Server, engine: sa.Engine,
         )  # fmt: skip
         assert [d["status"] for d in single["deliveries"]] == [200], single
     table = Event.__table__
+    for campaign, _ in landed:
+        dispatched = sa.select(table.c.id).where(
+            table.c.campaign_id == campaign, table.c.event_type_id == 13, table.c.status == "dispatched"
+        )
+        wait_for(lambda q=dispatched: scalar(engine, q), f"the 13 of campaign {campaign}")
     with engine.connect() as connection:
         for campaign, body in landed:
             rows = connection.execute(
@@ -570,9 +607,10 @@ def test_sandbox_webhooks_land_in_both_styles(server: Server, engine: sa.Engine,
 # --------------------------------------------------------------------------------------------------
 
 
-def test_other_routes_need_an_airflow_user(server: Server) -> None:
+def test_other_routes_need_an_airflow_user(server: Server, engine: sa.Engine) -> None:
     own = server.post_event({"eventTypeId": 4, "timeStamp": stamp(), "campaignId": new_id(), "channelId": CHANNEL})
-    assert own.status_code == 200 and own.json()["status"] == "accepted", own.text  # dispatched: cancels it
+    assert own.status_code == 200 and own.json()["status"] == "accepted", own.text
+    wait_status(engine, own.json()["event_id"])  # dispatched: cancels it
     for path in ("/rest/optimove/events", "/rest/optimove/status"):
         assert httpx.get(f"{server.base_url}{path}", timeout=30).status_code == 401
         assert httpx.get(f"{server.base_url}{path}", headers={"X-netmera-api-key": KEY}, timeout=30).status_code == 401

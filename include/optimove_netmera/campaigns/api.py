@@ -20,12 +20,17 @@ on any rejection; every error body is ``{"status": "rejected", "error": "...", "
 ====  ==========================================================================================
 
 Accepted events are stored before the answer: ``200 {"status": "accepted"|"ignored"|"held"|"duplicate",
-"event_id": n}`` (Netmera documents no response body for this endpoint, so it stays small). ``held``: its channel
-(or an event 11's template) is not configured; it is stored with the reason, logged at error level and acted on once
-the settings cover it (see :mod:`optimove_netmera.campaigns.events.held`). Then 13, 4
-and 3 are dispatched in the same request; a failed dispatch leaves the row ``received`` and a sweep in
-this process retries it every 30 s (see :func:`~optimove_netmera.campaigns.events.dispatch_pending`); one
-that can never succeed is marked ``failed`` with its reason, once.
+"event_id": n}`` (Netmera documents no response body for this endpoint and Optimove only needs the 200, so it
+stays small). ``held``: its channel (or an event 11's template) is not configured; it is stored with the reason,
+logged at error level and acted on once the settings cover it (see :mod:`optimove_netmera.campaigns.events.held`).
+13, 4 and 3 are acknowledged as soon as they are stored (``"dispatch": "queued"``, and for 13 the ``dag_run_id``
+its run gets) and dispatched off the request path by this process's
+:class:`~optimove_netmera.campaigns.events.dispatcher.EventDispatcher` (a thread, retrying transient failures for
+~15 s). A sweep every 30 s (``OPTIMOVE_NETMERA_API_SWEEP_SECONDS``; 0 turns it off) hands it any event still
+``received`` after 60 s (``OPTIMOVE_NETMERA_API_REDISPATCH_AFTER_SECONDS``): one whose dispatch kept failing, or
+one stored by a process that died before dispatching it. ``OPTIMOVE_NETMERA_API_DISPATCHER=0`` leaves every
+dispatch to the sweep (``"dispatch": "pending"``, as when the dispatcher's queue is full). One that can never
+succeed is marked ``failed`` with its reason, once.
 
 The inbound key: the env var named by ``inbound.api_key_env``, else the Airflow Variable
 ``optimove_netmera_inbound_api_key`` (read through Airflow's secrets backends, cached 30 s, as are the
@@ -99,6 +104,9 @@ INBOUND_KEY_VARIABLE = "optimove_netmera_inbound_api_key"
 CONFIG_TTL_SECONDS = 30.0
 SWEEP_INTERVAL_SECONDS = 30.0
 REDISPATCH_AFTER_SECONDS = 60.0
+SWEEP_ENV = "OPTIMOVE_NETMERA_API_SWEEP_SECONDS"
+REDISPATCH_AFTER_ENV = "OPTIMOVE_NETMERA_API_REDISPATCH_AFTER_SECONDS"
+DISPATCHER_ENV = "OPTIMOVE_NETMERA_API_DISPATCHER"
 RETRY_AFTER_SECONDS = "30"
 GC_FREEZE_ENV = "OPTIMOVE_NETMERA_API_GC_FREEZE"
 DEFAULT_DB_SLOTS = 5
@@ -116,6 +124,40 @@ class _Config:
     api_key: str | None
     key_source: str | None
     loaded_at: float
+
+
+@dataclass(frozen=True)
+class DispatchOptions:
+    """How this process dispatches stored events (from the environment; see the module docstring)."""
+
+    dispatcher: bool = True
+    sweep_seconds: float = SWEEP_INTERVAL_SECONDS
+    redispatch_after_seconds: float = REDISPATCH_AFTER_SECONDS
+
+    @classmethod
+    def from_env(cls) -> DispatchOptions:
+        """Read the env vars; raises ValueError naming the variable when one is not valid."""
+        switch = os.environ.get(DISPATCHER_ENV, "1").strip()
+        if switch not in ("0", "1"):
+            raise ValueError(f"{DISPATCHER_ENV} must be 1 (dispatch off the request path) or 0 (sweep only)")
+        return cls(
+            dispatcher=switch == "1",
+            sweep_seconds=_seconds(SWEEP_ENV, SWEEP_INTERVAL_SECONDS),
+            redispatch_after_seconds=_seconds(REDISPATCH_AFTER_ENV, REDISPATCH_AFTER_SECONDS),
+        )
+
+
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, got {raw[:40]!r}") from None
+    if not 0 <= value <= 86_400:
+        raise ValueError(f"{name} must be between 0 and 86400 seconds, got {raw[:40]!r}")
+    return value
 
 
 class StoreUnavailable(RuntimeError):
@@ -374,43 +416,49 @@ def _store(
         raise StoreUnavailable(_describe(exc)) from exc
 
 
-def _dispatch(runtime: _Runtime, config: _Config, stored: events.StoredEvent) -> events.DispatchResult:
-    """Dispatch a freshly stored event; any failure leaves it ``received`` for the sweep (never raises)."""
-    try:
-        engine = runtime.engine(config.settings)
-        return events.dispatch_event(
-            engine, stored.event_id, trigger=events.AirflowDagTrigger(), settings=config.settings
-        )
-    except Exception as exc:
-        error = f"dispatch failed: {type(exc).__name__}"
-        log.error("Optimove event %s stays received and will be retried: %s", stored.event_id, error)
-        return events.DispatchResult(stored.event_id, "received", None, error, error)
+def _dispatch_one(runtime: _Runtime, event_id: int) -> events.DispatchResult:
+    """Dispatch one stored event (the dispatcher's work; state-database errors propagate: it retries)."""
+    config = runtime.cached() or runtime.refresh()
+    engine = runtime.engine(config.settings)
+    return events.dispatch_event(engine, event_id, trigger=events.AirflowDagTrigger(), settings=config.settings)
 
 
 def _answer(
-    stored: events.StoredEvent, dispatched: events.DispatchResult | None, released: bool = False
+    stored: events.StoredEvent, event: events.OptimoveEvent, released: bool, queued: bool | None
 ) -> dict[str, Any]:
-    result = events.IngestResult(stored, dispatched, released=released)
+    """The 200 body; ``queued`` is None when nothing is dispatched, else whether the dispatcher took the event."""
+    result = events.IngestResult(stored, released=released)
     body: dict[str, Any] = {"status": result.response_status, "event_id": stored.event_id}
     if result.response_status in ("ignored", "held") and stored.note:
         body["reason"] = stored.note
-    if dispatched is not None:
-        if dispatched.error:
-            body["dispatch"] = "failed" if dispatched.status == EventStatus.FAILED.value else "pending"
-        elif dispatched.dag_run_id:
-            body["dag_run_id"] = dispatched.dag_run_id
+    if queued is not None:
+        if event.event_type_id == 13 and event.campaign_id is not None and event.channel_id is not None:
+            body["dag_run_id"] = events.campaign_run_id(event.campaign_id, event.channel_id, event.event_time)
+        body["dispatch"] = "queued" if queued else "pending"
     return body
 
 
-def _sweep(runtime: _Runtime) -> None:
+def _sweep(runtime: _Runtime, options: DispatchOptions, dispatcher: events.EventDispatcher | None) -> None:
+    """Hand every event still ``received`` after ``redispatch_after_seconds`` to the dispatcher (or dispatch it)."""
     config = runtime.cached() or runtime.refresh()
     engine = runtime.engine(config.settings)
-    events.dispatch_pending(
-        engine,
-        older_than_seconds=REDISPATCH_AFTER_SECONDS,
-        trigger=events.AirflowDagTrigger(),
-        settings=config.settings,
-    )
+    if dispatcher is None:
+        events.dispatch_pending(
+            engine,
+            older_than_seconds=options.redispatch_after_seconds,
+            trigger=events.AirflowDagTrigger(),
+            settings=config.settings,
+        )
+        return
+    handed = 0
+    for event_id in events.pending_event_ids(engine, older_than_seconds=options.redispatch_after_seconds):
+        if dispatcher.holds(event_id):
+            continue
+        if not dispatcher.submit(event_id):
+            break
+        handed += 1
+    if handed:
+        log.info("re-dispatch sweep: %d stored Optimove event(s) handed to the dispatcher", handed)
 
 
 def _warm_up(runtime: _Runtime) -> None:
@@ -435,12 +483,14 @@ def _warm_up(runtime: _Runtime) -> None:
         log.info("Optimove event endpoint: %d start-up objects frozen out of GC passes", gc.get_freeze_count())
 
 
-async def _sweep_forever(runtime: _Runtime) -> None:
+async def _sweep_forever(
+    runtime: _Runtime, options: DispatchOptions, dispatcher: events.EventDispatcher | None
+) -> None:
     failing = False
     while True:
-        await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+        await asyncio.sleep(options.sweep_seconds)
         try:
-            await run_in_threadpool(_sweep, runtime)
+            await run_in_threadpool(_sweep, runtime, options, dispatcher)
             failing = False
         except Exception as exc:
             if not failing:
@@ -504,13 +554,14 @@ class UnavailableAnswer(BaseModel):
 
 
 class EventAnswer(BaseModel):
-    """The event is stored (or was already): ``dispatch: pending`` means it will be retried in the background."""
+    """The event is stored (or was already). ``dispatch``: ``queued`` (dispatched off the request path within
+    moments) or ``pending`` (left to the re-dispatch sweep); ``dag_run_id``: the run an event 13 starts."""
 
     status: Literal["accepted", "duplicate", "ignored", "held"]
     event_id: int
     dag_run_id: str | None = None
     reason: str | None = None
-    dispatch: Literal["pending", "failed"] | None = None
+    dispatch: Literal["queued", "pending"] | None = None
 
 
 class EventSummary(BaseModel):
@@ -568,21 +619,35 @@ _USER_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app() -> FastAPI:
-    """The FastAPI app (no settings, database or network touched until the first request)."""
+def create_app(options: DispatchOptions | None = None) -> FastAPI:
+    """The FastAPI app (no settings, database or network touched until the first request).
+
+    ``options`` default to the environment (a bad value raises ValueError naming the variable). The dispatcher
+    thread starts with the app's lifespan (or with the first event) and drains its queue when the app stops.
+    """
     runtime = _Runtime()
+    options = options or DispatchOptions.from_env()
+    dispatcher = (
+        events.EventDispatcher(lambda event_id: _dispatch_one(runtime, event_id)) if options.dispatcher else None
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         warm = asyncio.create_task(run_in_threadpool(_warm_up, runtime))
-        sweeper = asyncio.create_task(_sweep_forever(runtime))
+        tasks = [warm]
+        if dispatcher is not None:
+            dispatcher.start()
+        if options.sweep_seconds > 0:
+            tasks.append(asyncio.create_task(_sweep_forever(runtime, options, dispatcher)))
         try:
             yield
         finally:
-            for task in (warm, sweeper):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            if dispatcher is not None:
+                await run_in_threadpool(dispatcher.stop)
 
     app = FastAPI(
         title="Optimove events",
@@ -593,6 +658,7 @@ def create_app() -> FastAPI:
         openapi_url=OPENAPI_PATH,
     )
     app.state.runtime = runtime
+    app.state.dispatcher = dispatcher
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -615,7 +681,8 @@ def create_app() -> FastAPI:
         },
     )
     async def receive_event(app_key: str, request: Request) -> JSONResponse:
-        """Store (and dispatch) one Optimove event; at most ``inbound.max_concurrent_requests`` at once (503 over)."""
+        """Store one Optimove event (dispatched off the request path); at most ``inbound.max_concurrent_requests``
+        at once (503 over)."""
         cached = runtime.cached()
         cap = cached.settings.inbound.max_concurrent_requests if cached else DEFAULT_MAX_CONCURRENT
         if runtime.in_progress >= cap:
@@ -689,10 +756,12 @@ def create_app() -> FastAPI:
                 {"status": "error", "error": "the event could not be stored (a server bug; see the server log)"},
                 status_code=500,
             )
-        dispatched = None
+        queued = None
         if (stored.created or released) and stored.status == EventStatus.RECEIVED.value:
-            dispatched = await run_in_threadpool(_dispatch, runtime, config, stored)
-        return JSONResponse(_answer(stored, dispatched, released), status_code=200)
+            queued = dispatcher is not None and dispatcher.submit(stored.event_id)
+            if dispatcher is not None and not queued:
+                log.warning("Optimove event %s stored; the dispatcher is full: left to the sweep", stored.event_id)
+        return JSONResponse(_answer(stored, event, released, queued), status_code=200)
 
     @app.get(
         "/events",

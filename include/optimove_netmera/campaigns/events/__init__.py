@@ -11,6 +11,7 @@ step has its own module; this package re-exports their public names, so
    with the run ids); a repeat is a duplicate, never acted on again.
 3. :mod:`.dispatch`: :func:`dispatch_event` acts on a ``received`` row (13 starts a campaign send, 4
    cancels, 3 starts the day's user sync); :func:`dispatch_pending` retries the ones whose dispatch failed.
+   The endpoint does not wait for it: :class:`EventDispatcher` (:mod:`.dispatcher`) dispatches in a thread.
 
 :mod:`.triggers` creates the DAG runs: :class:`AirflowDagTrigger` where the metadata database may be used,
 :class:`TaskDagTrigger` inside a task. Logs name event ids, types, campaigns and channels, never customer
@@ -26,6 +27,7 @@ from optimove_netmera.campaigns.events.dispatch import (
     ingest,
     pending_event_ids,
 )
+from optimove_netmera.campaigns.events.dispatcher import EventDispatcher
 from optimove_netmera.campaigns.events.held import HeldReport, held_event_ids, redispatch_held, release_held
 from optimove_netmera.campaigns.events.keys import campaign_conf, campaign_run_id, dedup_key, user_sync_run_id
 from optimove_netmera.campaigns.events.parse import (
@@ -82,6 +84,7 @@ __all__ = [
     "DagTrigger",
     "DispatchError",
     "DispatchResult",
+    "EventDispatcher",
     "EventValidationError",
     "FieldError",
     "HeldReport",

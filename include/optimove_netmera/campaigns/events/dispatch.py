@@ -4,8 +4,11 @@
 :func:`~.keys.campaign_run_id`, conf :func:`~.keys.campaign_conf`); 4 cancels the campaign; 3 creates a
 run of ``optimove_user_sync`` for that day unless one exists. Every action is idempotent (deterministic
 run ids, "insert unless exists"), so a dispatch may be repeated safely. If it fails the row stays
-``received`` with the error in ``note`` and :func:`dispatch_pending` (run every 30 s by the API server and
-hourly by the reconcile DAG) retries it. :func:`ingest` is store + dispatch in one call.
+``received`` with the error in ``note`` and is retried: by the API server's dispatcher and its 30 s sweep,
+and hourly by the reconcile DAG (:func:`dispatch_pending`). :func:`ingest` is store + dispatch in one call
+(the reconcile DAG and manual tools); the endpoint stores and leaves the dispatch to :mod:`.dispatcher`, off
+the request path.
+Dispatch order does not matter: a cancel wins over its campaign's 13 whichever is dispatched first.
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ def _act(engine: Engine, row: Any, trigger: DagTrigger) -> tuple[str | None, str
         created = trigger.trigger(CAMPAIGN_SEND_DAG_ID, run_id, conf, note=f"Optimove event {row.id} ({row.source})")
         return run_id, f"{CAMPAIGN_SEND_DAG_ID} run {'created' if created else 'already existed'}"
     if row.event_type_id == 4:
+        if row.channel_id is None:  # every channel: first record those its stored 13s announce
+            _record_announced(engine, row.campaign_id)
         cancelled = state.mark_cancelled(engine, row.campaign_id, row.channel_id, event_time, row.source)
         return None, f"campaign cancelled ({cancelled} pending recipient(s) cancelled)"
     if row.event_type_id == 3:
@@ -100,6 +105,32 @@ def _act(engine: Engine, row: Any, trigger: DagTrigger) -> tuple[str | None, str
         )
         return run_id, f"{USER_SYNC_DAG_ID} run {'created' if created else 'already existed'}"
     raise PermanentDispatchError(f"event type {row.event_type_id} is not dispatched")
+
+
+def _record_announced(engine: Engine, campaign_id: int) -> None:
+    """Record the campaign on the channel of every stored 13 not dispatched yet (as its dispatch will).
+
+    A cancel without a channel cancels the channels the campaign has rows for; a 13 stored before the
+    cancel but dispatched after it (dispatch runs off the request path, in any process) has no row yet,
+    so without this it would escape the cancel.
+    """
+    from optimove_netmera.campaigns import state
+
+    table = Event.__table__
+    with engine.connect() as connection:
+        announced = connection.execute(
+            sa.select(table.c.channel_id, table.c.event_time)
+            .where(
+                table.c.event_type_id == 13,
+                table.c.campaign_id == int(campaign_id),
+                table.c.status == EventStatus.RECEIVED.value,
+                table.c.channel_id.is_not(None),
+            )
+            .order_by(table.c.id)
+        ).all()
+    for channel_id, event_time in announced:
+        when = event_time if event_time.tzinfo is not None else event_time.replace(tzinfo=dt.UTC)
+        state.record_campaign(engine, campaign_id, channel_id, when, campaign_run_id(campaign_id, channel_id, when))
 
 
 def dispatch_event(
@@ -265,9 +296,10 @@ def dispatch_pending(
 ) -> PendingReport:
     """Re-dispatch events that got their 2xx but whose dispatch failed or never ran (status ``received``).
 
-    Rows younger than ``older_than_seconds`` are left to the request that stored them. Safe to run
-    concurrently and repeatedly (every action is idempotent). The API server runs it every 30 s; the
-    reconcile DAG calls it from a task (``trigger`` then defaults to :class:`TaskDagTrigger`).
+    Rows younger than ``older_than_seconds`` are left to the dispatcher of the process that stored them. Safe
+    to run concurrently and repeatedly (every action is idempotent). The API server's sweep runs it when its
+    dispatcher is off (else it hands the ids to the dispatcher); the reconcile DAG calls it from a task
+    (``trigger`` then defaults to :class:`TaskDagTrigger`).
     """
     report = PendingReport()
     chosen = trigger or default_trigger(settings)
