@@ -238,11 +238,16 @@ class LiveAirflow:
         return "\n".join(lines) or "(no task logs)"
 
     def wait_run_finished(self, dag_id: str, run_id: str, timeout: float) -> dict[str, Any]:
-        """The run once it is ``success`` or ``failed``."""
+        """The run once it is ``success`` or ``failed`` (an event's run is created just after the 200: it may not
+        exist yet)."""
 
         def finished() -> dict[str, Any] | None:
             self.assert_alive()
-            run = self.dag_run(dag_id, run_id)
+            answer = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+            if answer.status_code == 404:
+                return None
+            assert answer.status_code == 200, answer.text[:500]
+            run = answer.json()
             return run if run["state"] in ("success", "failed") else None
 
         return wait_for(f"{dag_id} run {run_id} to finish", finished, timeout, interval=2)
