@@ -180,7 +180,12 @@ class Responder(threading.Thread):
                     params={"task_id": self.task_id, "response_received": "false"},
                 )
                 assert answer.status_code == 200, answer.text
-                pending = answer.json()["hitl_details"]
+                # only a question its task still waits on: an earlier run's unanswered (timed-out) one stays listed
+                pending = [
+                    d
+                    for d in answer.json()["hitl_details"]
+                    if d["task_instance"]["state"] in ("awaiting_input", "deferred")
+                ]
                 if pending:
                     self.detail = pending[0]
                 else:
