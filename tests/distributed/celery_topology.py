@@ -17,19 +17,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import psutil
 from optimove_netmera.sandbox.process import SandboxProcess, free_port
+from waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 MARKER = "OPTIMOVE_NETMERA_TOPOLOGY_RUN"
-T = TypeVar("T")
 
 # What a deployment of this project needs beyond Airflow's defaults to notice a dead worker in about a minute
 # (README "Running on several machines"); the test uses shorter values of the same settings.
@@ -37,22 +36,6 @@ HEARTBEAT_TIMEOUT_S = 20
 HEARTBEAT_DETECTION_S = 3
 CHUNK = 100
 """Recipients per sendNotification request in this deployment (campaigns.chunk_size)."""
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float, interval: float = 1.0) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            value = check()
-            if value:
-                return value
-        except (httpx.HTTPError, OSError) as exc:  # a process still starting
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" ({last})" if last else ""))
-        time.sleep(interval)
 
 
 @dataclass

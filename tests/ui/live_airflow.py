@@ -15,15 +15,14 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import psutil
 from optimove_netmera.sandbox.process import SandboxProcess, free_port
+from waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
@@ -35,23 +34,6 @@ CLIENT_ATTEMPTS = 3
 """HTTP attempts per request of the clients (the connections' ``max_attempts``)."""
 TASK_TRIES = 2
 """Tries per task (``sync.retries`` + 1, one second apart): a hiccup of the machine is retried, as in production."""
-T = TypeVar("T")
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float, interval: float = 1.0) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            value = check()
-            if value:
-                return value
-        except (httpx.HTTPError, OSError) as exc:  # a process still starting
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" ({last})" if last else ""))
-        time.sleep(interval)
 
 
 @dataclass
