@@ -29,9 +29,14 @@ def screenshots() -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's chromium, headless, for the whole session (never a downloaded browser)."""
+    """Debian's chromium, headless, for one test module (never a downloaded browser).
+
+    Module-scoped, not session-scoped: Playwright's sync API keeps an asyncio loop running in the main thread while
+    it lives, so every later module's ``asyncio.run`` (and ``dag.test()`` running a trigger) would fail with
+    "cannot be called from a running event loop" in a randomised order.
+    """
     if not Path(CHROMIUM).is_file():
         pytest.fail(
             f"{CHROMIUM} is missing: the browser tests drive Debian's chromium. Install it with "
