@@ -30,6 +30,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 from celery_topology import CHUNK, HEARTBEAT_TIMEOUT_S, Topology, wait_for
+from hitl_answers import answer_until_finished
 from optimove_netmera.campaigns.recipients import ORPHAN_REASON
 from optimove_netmera.sandbox.process import free_port, start_sandbox
 from optimove_netmera.store import Campaign, Event, Recipient, dispose_engines, get_engine, migrate, scratch
@@ -254,12 +255,9 @@ def test_distributed_topology_end_to_end(topology: Topology, figures: list[str])
     asked = wait_for("the campaign to finish or ask about unknown outcomes", settled, 600, interval=2) == "asking"
     measured["campaign_s"] = time.monotonic() - started
     if asked:  # the operator accepts the unknown outcomes (Required Actions, through the REST API here)
-        topo.api_json(
-            "PATCH",
-            f"/api/v2/dags/{SEND_DAG}/dagRuns/{run_id}/taskInstances/decide_unknown/-1/hitlDetails",
-            json={"chosen_options": ["Accept the outcome"]},
-        )
-    run = topo.wait_run_finished(SEND_DAG, run_id, 600)
+        run, _ = answer_until_finished(topo, SEND_DAG, run_id, "decide_unknown", "Accept the outcome")
+    else:
+        run = topo.wait_run_finished(SEND_DAG, run_id, 600)
 
     rows = ledger(topo.state_url, cid)
     by_status = Counter(r["status"] for r in rows)
