@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system-deps ui demo test screenshots lint format bench mutation sandbox clean
+.PHONY: install system-deps ui demo test screenshots lint format bench mutation safeguards sandbox clean
 
 # The plugin page's bundle, built from ui/ (Node >= 20.19 and npm; the versions are pinned in ui/package-lock.json).
 UI_BUNDLE := include/optimove_netmera/ui/static/main.umd.cjs
@@ -54,6 +54,9 @@ bench: install ## benchmarks (not part of `make test`); figures and the machine 
 
 mutation: install ## mutation testing of the safeguard modules (mutmut; not part of `make test`); prints the score
 	BIN=$(CURDIR)/$(BIN) bash scripts/mutation.sh
+
+safeguards: install ## delete each promised safeguard once, run its test, fail if one survives (not part of `make test`)
+	$(BIN)/python scripts/safeguards.py
 
 sandbox: install ## serve the sandbox APIs on 127.0.0.1:8301 (Optimove) and :8302 (Netmera)
 	$(BIN)/python -m optimove_netmera.sandbox

@@ -1,0 +1,250 @@
+"""Delete each safeguard once and watch its test fail (``make safeguards``; not part of ``make test``).
+
+A hand-written complement to ``make mutation``: mutmut mutates every expression of a module (thousands of
+mutants, hours for the DAG-run tests of the send path), this removes exactly the safeguards the project promises
+(cancellation checks, the claim, the deferral, the 400 rule, the rate limit, the extId transform, ...), one at a
+time, in a staged copy of the package (``build/safeguards/include``; ``include/`` is never touched), and runs the
+test that defends it. A safeguard is *killed* when its test fails (pytest exit code 1) with the safeguard removed;
+it *survived* when the test still passes, which makes this command exit 1. Each edit must match the code exactly
+once, so the table cannot silently rot when the code changes.
+
+Usage: ``python scripts/safeguards.py [-k NAME_SUBSTRING] [--list]`` (SQLite variants of the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE = ROOT / "build" / "safeguards"
+PKG = "include/optimove_netmera"
+SEND_TESTS = "tests/campaigns/test_send_safeguards.py"
+CAMPAIGN_TESTS = "tests/campaigns/test_campaign_send.py"
+
+
+@dataclass(frozen=True)
+class Safeguard:
+    name: str
+    path: str  # under include/optimove_netmera
+    find: str  # must occur exactly once
+    replace: str
+    tests: tuple[str, ...]  # pytest node ids
+    select: str = "not postgres"  # pytest -k: the SQLite variant where a test has both
+
+
+SAFEGUARDS = (
+    Safeguard(
+        "deferral until Optimove's ScheduleTime",
+        "campaigns/tasks.py",
+        "            if when > dt.datetime.now(dt.UTC):\n",
+        "            if False:\n",
+        (f"{SEND_TESTS}::test_send_task_defers_until_the_scheduled_time",),
+    ),
+    Safeguard(
+        "cancellation check at the top of the send loop",
+        "campaigns/send.py",
+        "            status = cancel_status(engine, cid, ch)\n            if status.cancelled:\n",
+        "            status = cancel_status(engine, cid, ch)\n            if False:\n",
+        (f"{SEND_TESTS}::test_cancel_seen_at_the_top_of_the_loop",),
+    ),
+    Safeguard(
+        "cancellation check after an empty claim",
+        "campaigns/send.py",
+        "                if cancel_status(engine, cid, ch).cancelled:\n"
+        "                    continue  # a cancel landed between the check and the claim",
+        "                if False:\n                    continue  # a cancel landed between the check and the claim",
+        (f"{SEND_TESTS}::test_cancel_committed_between_the_check_and_the_claim",),
+    ),
+    Safeguard(
+        "the last cancellation look before the request",
+        "campaigns/send.py",
+        "            if cancel_status(engine, cid, ch).cancelled:  # the last look",
+        "            if False:  # the last look",
+        (f"{SEND_TESTS}::test_cancel_committed_between_the_claim_and_the_request",),
+    ),
+    Safeguard(
+        "the claim refuses a cancelled campaign",
+        "campaigns/recipients.py",
+        "            not_cancelled,\n            key={",
+        "            sa.true(),\n            key={",
+        (f"{SEND_TESTS}::test_cancel_committed_between_the_check_and_the_claim",),
+    ),
+    Safeguard(
+        "the claim moves only pending rows (two workers never send one chunk twice)",
+        "campaigns/recipients.py",
+        "            from_status=RecipientStatus.PENDING.value,\n"
+        "            to_status=RecipientStatus.IN_FLIGHT.value,",
+        "            from_status=[RecipientStatus.PENDING.value, RecipientStatus.IN_FLIGHT.value, "
+        "RecipientStatus.SENT.value],\n            to_status=RecipientStatus.IN_FLIGHT.value,",
+        (f"{CAMPAIGN_TESTS}::test_two_workers_sending_the_same_chunks_never_double_send",),
+    ),
+    Safeguard(
+        "a partial cancel arriving mid-send is narrowed, the rest still sent",
+        "campaigns/send.py",
+        '                if scope == "partial":\n',
+        "                if False:\n",
+        (f"{SEND_TESTS}::test_partial_cancel_arriving_mid_send_is_narrowed",),
+    ),
+    Safeguard(
+        "a Netmera 400 dead-letters the chunk and fails it without retry",
+        "campaigns/send.py",
+        "    if is_payload_rejection(exc):\n",
+        "    if False:\n",
+        (f"{SEND_TESTS}::test_netmera_400_dead_letters_and_fails_the_chunk_without_retry",),
+    ),
+    Safeguard(
+        "the Optimove hook's default rate limit (50 calls / 10 s)",
+        "hooks.py",
+        '"rate_limit": _rate_limit(extra, (50, 10.0)),',
+        '"rate_limit": _rate_limit(extra, None),',
+        (f"{SEND_TESTS}::test_optimove_hook_defaults_to_50_calls_per_10_seconds",),
+    ),
+    Safeguard(
+        "the extId transform on the campaign path",
+        "campaigns/personalise.py",
+        '"ext_id": settings.ext_id.apply(detail.customer_id),',
+        '"ext_id": detail.customer_id,',
+        (f"{SEND_TESTS}::test_campaign_recipients_get_the_configured_ext_id",),
+    ),
+    Safeguard(
+        "the extId transform on the single-target path",
+        "campaigns/realtime.py",
+        "personalise.request_object(key, settings.ext_id.apply(row.customer_id), params)",
+        "personalise.request_object(key, row.customer_id, params)",
+        ("tests/campaigns/test_realtime.py::test_single_target_events_get_the_configured_ext_id",),
+    ),
+    Safeguard(
+        "the extId transform on the sync path",
+        "sync/plan.py",
+        "    ext_ids = [settings.ext_id.apply(c) for c in customer_ids]",
+        "    ext_ids = list(customer_ids)",
+        ("tests/dags/test_user_sync_safeguards.py::test_ext_id_transform_on_the_sync_path",),
+    ),
+    Safeguard(
+        "the runtime Variable override (optimove_netmera_config)",
+        "settings.py",
+        "    raw = Variable.get(VARIABLE_NAME, default=None)\n",
+        "    raw = None\n",
+        (f"{SEND_TESTS}::test_runtime_variable_overrides_settings_deep_merged",),
+    ),
+    Safeguard(
+        "the sync's since parameter",
+        "sync/runs.py",
+        '    since = _as_date(params.get("since"), "since")\n',
+        "    since = None\n",
+        ("tests/dags/test_user_sync_safeguards.py::test_since_and_until_params_choose_the_changers_window",),
+    ),
+    Safeguard(
+        "the sync's until parameter",
+        "sync/runs.py",
+        '    until = _as_date(params.get("until"), "until") or data_date\n',
+        "    until = data_date\n",
+        ("tests/dags/test_user_sync_safeguards.py::test_since_and_until_params_choose_the_changers_window",),
+    ),
+    Safeguard(
+        "the API server's re-dispatch sweep",
+        "campaigns/api.py",
+        "            await run_in_threadpool(_sweep, runtime, options, dispatcher)\n",
+        "            pass\n",
+        (
+            "tests/campaigns/test_event_dispatcher.py::"
+            "test_an_event_stored_by_a_killed_server_is_dispatched_by_the_next_ones_sweep",
+        ),
+        select="",
+    ),
+    Safeguard(
+        "the CSV export branch of a full refresh",
+        "sync/extract.py",
+        '    if suffix in (".csv", ".txt"):\n        return list(pd.read_csv(file, nrows=0, dtype=str).columns)\n',
+        "",
+        ("tests/dags/test_user_sync_safeguards.py::test_full_refresh_from_a_csv_export_delivers_exact_values",),
+    ),
+)
+
+
+def stage() -> Path:
+    """A fresh copy of include/ under build/safeguards (the package the tests import through PYTHONPATH)."""
+    target = STAGE / "include"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(ROOT / "include", target, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+def environment(staged: Path) -> dict[str, str]:
+    """The tests' environment: the staged package first on the path, the repository's settings file."""
+    config = os.environ.get("OPTIMOVE_NETMERA_CONFIG") or str(ROOT / "config" / "optimove_netmera.yaml")
+    return os.environ | {"PYTHONPATH": str(staged), "PYTHONDONTWRITEBYTECODE": "1", "OPTIMOVE_NETMERA_CONFIG": config}
+
+
+def run(guard: Safeguard, staged: Path) -> tuple[str, float, str]:
+    original = (ROOT / PKG / guard.path).read_text()
+    if original.count(guard.find) != 1:
+        raise SystemExit(f"{guard.name}: the edit matches {original.count(guard.find)} times in {guard.path}")
+    target = staged / "optimove_netmera" / guard.path
+    target.write_text(original.replace(guard.find, guard.replace))
+    started = time.monotonic()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:randomly", "-q", "-x", "-k", guard.select, *guard.tests],
+            cwd=ROOT,
+            env=environment(staged),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    finally:
+        target.write_text(original)
+    seconds = time.monotonic() - started
+    if result.returncode == 1:
+        failed = [line for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+        return "killed", seconds, (failed[0][:200] if failed else "")
+    if result.returncode == 0:
+        return "SURVIVED", seconds, ""
+    raise SystemExit(f"{guard.name}: pytest exited {result.returncode}, not a test failure:\n{result.stdout[-3000:]}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-k", default="", help="only the safeguards whose name contains this")
+    parser.add_argument("--list", action="store_true", help="list the safeguards and their tests")
+    args = parser.parse_args()
+    chosen = [g for g in SAFEGUARDS if args.k.lower() in g.name.lower()]
+    if args.list:
+        for g in chosen:
+            print(f"{g.name}\n    {g.path}: {' '.join(g.tests)}")
+        return 0
+    staged = stage()
+    tests = {t for g in chosen for t in g.tests}
+    # the unmodified copy passes first: a failure with a safeguard removed then means the safeguard's removal
+    baseline = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:randomly", "-q", *sorted(tests)],
+        cwd=ROOT,
+        env=environment(staged),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if baseline.returncode != 0:
+        print(baseline.stdout[-4000:])
+        raise SystemExit("the tests fail with every safeguard in place: fix them first")
+    results = []
+    for guard in chosen:
+        outcome, seconds, failure = run(guard, staged)
+        results.append(outcome)
+        print(f"{outcome:<9} {seconds:6.1f} s  {guard.name}  ({guard.path})", flush=True)
+        if failure:
+            print(f"          {failure}", flush=True)  # what the test said: the safeguard's effect, not a crash
+    killed = results.count("killed")
+    print(f"safeguards killed: {killed}/{len(results)}")
+    return 0 if killed == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
