@@ -120,10 +120,13 @@ def _advance_snapshot(conn: Connection, run_id: int, *scope: Any) -> int:
     return result.rowcount or 0
 
 
-def _complete(conn: Connection, run_id: int, batches: Sequence[Any], customer_ids: list[str]) -> int:
-    """Mark delivered batches (one statement for the group) and advance the snapshot of their customers
-    (``customer_ids``: keyed, so the database looks at those rows only) whose every part is now delivered;
-    returns how many advanced."""
+def _complete(conn: Connection, run_id: int, batches: Sequence[Any]) -> int:
+    """Mark delivered batches (one statement for the group) and advance the snapshot of their customers whose
+    every part is now delivered; returns how many advanced.
+
+    The customers are chosen by the batches' numbers (``set_batch_no``/``unset_batch_no IN``: a few values, keyed
+    by the (run, batch number) indexes), not by listing their customer ids: a statement per kind whatever the
+    group's size, and no thousands of bound ids to render."""
     if not batches:
         return 0
     conn.execute(
@@ -132,8 +135,10 @@ def _complete(conn: Connection, run_id: int, batches: Sequence[Any], customer_id
         .values(status=BatchStatus.DELIVERED.value, error=None)
     )
     advanced = 0
-    for start in range(0, len(customer_ids), KEYS):
-        advanced += _advance_snapshot(conn, run_id, SyncChange.customer_id.in_(customer_ids[start : start + KEYS]))
+    for kind, column in ((BatchKind.SET, SyncChange.set_batch_no), (BatchKind.UNSET, SyncChange.unset_batch_no)):
+        numbers = sorted({b.batch_no for b in batches if b.kind == kind.value})
+        if numbers:
+            advanced += _advance_snapshot(conn, run_id, column.in_(numbers))
     return advanced
 
 
@@ -177,9 +182,8 @@ def _dead_letter(conn: Connection, run_id: int, batch: Any, changes: Sequence[An
     )
 
 
-def _send(engine: Engine, run_id: int, batch: Any, client: NetmeraClient) -> list[str]:
-    """One profile write: read the batch's entries (only this batch's rows are held), send them; returns the
-    batch's customer ids."""
+def _send(engine: Engine, run_id: int, batch: Any, client: NetmeraClient) -> None:
+    """One profile write: read the batch's entries (only this batch's rows are held) and send them."""
     with engine.connect() as conn:
         changes = _changes_of(conn, run_id, batch.kind, batch.batch_no)
     entries = [{"extId": c.ext_id, "profile": c.profile} for c in changes]
@@ -187,7 +191,6 @@ def _send(engine: Engine, run_id: int, batch: Any, client: NetmeraClient) -> lis
         client.set_profile_attributes(entries)
     else:
         client.unset_profile_attributes(entries)
-    return [c.customer_id for c in changes]
 
 
 def load_batches(
@@ -197,10 +200,10 @@ def load_batches(
 
     The batches are claimed in one statement; worker threads only read their batch and send it, while this
     thread alone writes the outcomes: each group of batches that finished meanwhile is marked delivered and
-    advances the snapshot in one transaction of three set-based statements. A batch Netmera rejects as invalid
-    (400/413/422) is dead-lettered with the reason; any other failure (after the client's retries, or a
-    401/403/404 that no retry fixes) marks the batch failed, lets the requests in flight finish and be recorded,
-    puts the batches not started back to pending and raises, so the task fails and its retry (or a clear)
+    advances the snapshot in one transaction of set-based statements (keyed by batch number). A batch Netmera
+    rejects as invalid (400/413/422) is dead-lettered with the reason; any other failure (after the client's
+    retries, or a 401/403/404 that no retry fixes) marks the batch failed, lets the requests in flight finish and be
+    recorded, puts the batches not started back to pending and raises, so the task fails and its retry (or a clear)
     resumes from there.
     """
     counts = {"batches_sent": 0, "batches_skipped": 0, "batches_dead": 0, "delivered": 0}
@@ -210,14 +213,12 @@ def load_batches(
     counts["batches_skipped"] = len(ids) - len(claimed)
     error: BaseException | None = None
     finished: list[Any] = []
-    customers: list[str] = []
 
     def record() -> None:
         with engine.begin() as conn:
-            counts["delivered"] += _complete(conn, run_id, finished, customers)
+            counts["delivered"] += _complete(conn, run_id, finished)
         counts["batches_sent"] += len(finished)
         finished.clear()
-        customers.clear()
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="netmera-load") as pool:
         futures = {pool.submit(_send, engine, run_id, b, client): b for b in claimed}
@@ -231,7 +232,6 @@ def load_batches(
                 exc = future.exception()
                 if exc is None:
                     finished.append(batch)
-                    customers.extend(future.result())
                 elif isinstance(exc, ApiError) and is_payload_rejection(exc):
                     reason = str(exc)
                     log.error("batch %s/%s rejected permanently, dead-lettered: %s", batch.kind, batch.batch_no, reason)
