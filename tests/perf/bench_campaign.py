@@ -18,7 +18,7 @@ Then the machine.
 
 ``--scale [100000,1000000]`` prints the scale curve instead: each size in a fresh subprocess (its own sandbox,
 AIRFLOW_HOME and SQLite state database; the process that runs the DAG is the one whose peak RSS is reported), a
-campaign staged ahead of its scheduled time (``--lead``, default 20 s + 80 s per million recipients). Per size:
+campaign staged ahead of its scheduled time (``--lead``, default 20 s + 130 s per million recipients). Per size:
 staging wall time, Optimove pages and their rate against Optimove's ceiling of 5 requests/s (50 per 10 s), the
 send phase's recipients/s and its ratio to the floor, scheduled time -> end of the last request, and the peak RSS
 (whole run, and during staging, planning and sending). The floor is measured in the same subprocess right after
@@ -73,8 +73,8 @@ class Box(SandboxProcess):
         return self.admin.netmera.requests()["counts"].get(SEND, {}).get("200", 0)
 
 
-def start_box(customers: int) -> Box:
-    box = process.start_sandbox(customers, log_path=HOME / "sandbox.log")
+def start_box(customers: int, timeout: float = 300.0) -> Box:
+    box = process.start_sandbox(customers, log_path=HOME / "sandbox.log", timeout=timeout)
     return Box(**{f.name: getattr(box, f.name) for f in dataclasses.fields(box)})
 
 
@@ -394,7 +394,7 @@ def send_floor(engine: Any, campaign_id: int, requests: int) -> float:
 def scale_one(n: int, lead: float, floor_requests: int) -> dict[str, Any]:
     """One size of the curve, in this (fresh) process: a staged-ahead campaign of ``n`` recipients, sent."""
     load_before = os.getloadavg()
-    box = start_box(n)
+    box = start_box(n, timeout=1800)
     try:
         configure(box, None)
         from optimove_netmera.settings import get_settings
@@ -471,7 +471,7 @@ def scale(sizes: list[int], lead: float | None, floor_requests: int) -> None:
     print(f"# machine: {machine_line()}")
     rows = []
     for n in sizes:
-        lead_n = lead if lead is not None else round(20 + 80 * n / 1_000_000)
+        lead_n = lead if lead is not None else round(20 + 130 * n / 1_000_000)
         out = Path(tempfile.mkstemp(prefix="bench-campaign-scale-", suffix=".json")[1])
         cmd = [sys.executable, __file__, "--scale-one", str(n), "--lead", str(lead_n)]
         cmd += ["--floor-requests", str(floor_requests), "--out", str(out)]
