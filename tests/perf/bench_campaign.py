@@ -483,16 +483,18 @@ def scale(sizes: list[int], lead: float | None, floor_requests: int) -> None:
         show_one(o)
     print("\n## scale curve (staged ahead; SQLite state DB; dag.test: mapped send tasks one after another)")
     head = (
-        f"{'recipients':>10} {'stage s':>8} {'pages':>6} {'pages/s':>8} {'of 5/s':>7} {'plan s':>7} "
-        f"{'send rcpt/s':>12} {'floor/s':>9} {'of floor':>9} {'sched->last s':>14} {'peak RSS MiB':>13}"
+        f"{'recipients':>10} {'stage s':>8} {'pages':>6} {'pages/s':>8} {'of 5/s':>7} {'plan s':>7} {'ahead s':>8} "
+        f"{'send rcpt/s':>12} {'floor/s':>9} {'of floor':>9} {'sched->last s':>14} {'peak RSS MiB':>13} "
+        f"{'(staging)':>10}"
     )
     print(head)
     for o in rows:
         rate = o["pages"] / o["stage_s"] if o["stage_s"] else 0.0
         print(
             f"{o['recipients']:>10,} {o['stage_s']:>8.1f} {o['pages']:>6} {rate:>8.2f} {rate / CEILING:>7.0%} "
-            f"{o['plan_task_s'] or 0:>7.1f} {o['send_rate']:>12,.0f} {o['floor']:>9,.0f} "
-            f"{o['send_rate'] / o['floor']:>9.0%} {o['scheduled_to_last_end_s']:>14.1f} {o['peak_rss'] / 2**20:>13.0f}"
+            f"{o['plan_task_s'] or 0:>7.1f} {o['staged_ahead_s'] or 0:>8.1f} {o['send_rate']:>12,.0f} "
+            f"{o['floor']:>9,.0f} {o['send_rate'] / o['floor']:>9.0%} {o['scheduled_to_last_end_s']:>14.1f} "
+            f"{o['peak_rss'] / 2**20:>13.0f} {o['peak_rss_stage'] / 2**20:>10.0f}"
         )
     print(f"# load average after the curve: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1/5/15 min)")
 
