@@ -3,7 +3,8 @@
 Every test here was checked by deleting the safeguard it names and seeing it fail: the deferral until the
 scheduled time, each cancellation check of the send loop, narrowing a partial cancel that arrives mid-send, a
 Netmera 400 (dead letter + failed), the hook's default Optimove rate limit, the extId transform on the campaign
-path and the runtime Variable override. Expected outcomes come from Optimove's own answers and literal values,
+path, the runtime Variable override, staging's duplicate drop across pages (by the ledger's key) and its page
+prefetch stopping on a failure either side. Expected outcomes come from Optimove's own answers and literal values,
 never from the code under test.
 """
 
@@ -21,7 +22,8 @@ import sqlalchemy as sa
 from optimove_netmera.campaigns import recipients, state
 from optimove_netmera.campaigns.send import SendOutcome, send_chunks
 from optimove_netmera.netmera import NetmeraClient
-from optimove_netmera.store import Campaign, DeadLetter, get_engine
+from optimove_netmera.settings import load_settings
+from optimove_netmera.store import Campaign, DeadLetter, Recipient, get_engine
 from sends_helpers import (
     CHANNEL,
     configure,
@@ -341,3 +343,109 @@ def test_runtime_variable_overrides_settings_deep_merged(
     assert dr.state == "success", task_states(dr)
     assert send_requests(box) == math.ceil(len(expected["sendable"]) / 7)
     assert {d["extId"] for d in deliveries(box)} == set(expected["sendable"])
+
+
+# --------------------------------------------------------------------------------------------------
+# staging: duplicates across pages, paging errors
+
+
+def test_duplicates_across_pages_are_staged_once(env: Any, db_url: str) -> None:
+    """Staging keeps no set of every key: a duplicate on a later page is dropped by the ledger's key (the first
+    row stays); the counts still say how many rows were distinct; a re-stage changes nothing."""
+    box = env
+    cid = box.admin.optimove.create_campaign(recipients=300, control_fraction=0.1, duplicates=30, templates=[1, 2])[
+        "campaign_id"
+    ]
+    attrs = list(load_settings().campaigns.params)
+    served = [
+        [((d.customer_id, d.template_id), d.is_control) for d in page]
+        for page in optimove_client(box).iter_campaign_recipients(cid, CHANNEL, attrs, page_size=25)
+    ]
+    first_page: dict[tuple[str, int], int] = {}
+    across = 0
+    for n, page in enumerate(served):
+        for key, _ in page:
+            if first_page.setdefault(key, n) != n:
+                across += 1
+    assert across > 0  # the check is only meaningful if some duplicates are on another page than their first
+    control = {key for page in served for key, is_control in page if is_control}
+
+    engine = get_engine(db_url)
+    state.record_campaign(engine, cid, CHANNEL, utcnow(), "test")
+    s = load_settings()
+    counts = recipients.stage_recipients(engine, optimove_client(box), cid, CHANNEL, s, page_size=25)
+    assert counts["pages"] == len(served) == math.ceil(330 / 25)
+    assert counts["fetched"] == 330 and counts["distinct"] == len(first_page) == 300
+    assert counts["duplicates_dropped"] == 30 and counts["control_group"] == len(control) == 30
+    rows = ledger(db_url, cid)
+    assert sorted((r["customer_id"], r["template_id"]) for r in rows) == sorted(first_page)
+    sent_ids = sorted(r["id"] for r in rows if r["status"] == "pending")[:40]
+    table = Recipient.__table__
+    with engine.begin() as conn:  # as if a first run sent these before the run was cleared
+        conn.execute(table.update().where(table.c.id.in_(sent_ids)).values(status="sent", request_id="r1"))
+    before = sorted((r["id"], r["status"], r["request_id"]) for r in ledger(db_url, cid))
+    again = recipients.stage_recipients(engine, optimove_client(box), cid, CHANNEL, s, page_size=25)
+    assert again == counts
+    assert sorted((r["id"], r["status"], r["request_id"]) for r in ledger(db_url, cid)) == before
+
+
+class PagingClient:
+    """Stands in for the Optimove client: serves the sandbox's pages, then fails or goes on for ever."""
+
+    def __init__(self, box: Any, fail_after: int | None) -> None:
+        self.box = box
+        self.fail_after = fail_after
+        self.closed = False
+        self.served = 0
+
+    def iter_campaign_recipients(self, campaign_id: int, channel_id: int, attributes: Any, **_: Any) -> Any:
+        real = list(optimove_client(self.box).iter_campaign_recipients(campaign_id, channel_id, attributes))
+        try:
+            while True:
+                for page in real:
+                    if self.fail_after is not None and self.served == self.fail_after:
+                        raise RuntimeError("Optimove went away")
+                    self.served += 1
+                    yield page
+        finally:
+            self.closed = True
+
+
+def prefetch_threads() -> list[Any]:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "stage-prefetch"]
+
+
+def test_a_paging_failure_is_raised_in_the_stage_task(env: Any, db_url: str) -> None:
+    box = env
+    cid = box.admin.optimove.create_campaign(recipients=60, control_fraction=0.0, templates=[1])["campaign_id"]
+    engine = get_engine(db_url)
+    state.record_campaign(engine, cid, CHANNEL, utcnow(), "test")
+    client = PagingClient(box, fail_after=2)
+    with pytest.raises(RuntimeError, match="Optimove went away"):
+        recipients.stage_recipients(engine, client, cid, CHANNEL, load_settings())  # type: ignore[arg-type]
+    assert client.closed and not prefetch_threads()
+    assert len(ledger(db_url, cid)) == 60  # the pages served before the failure were staged
+
+
+def test_a_write_failure_stops_the_paging(env: Any, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    box = env
+    cid = box.admin.optimove.create_campaign(recipients=60, control_fraction=0.0, templates=[1])["campaign_id"]
+    engine = get_engine(db_url)
+    state.record_campaign(engine, cid, CHANNEL, utcnow(), "test")
+    client = PagingClient(box, fail_after=None)  # never ends on its own
+    writes = []
+
+    def failing_upsert(*args: Any, **kwargs: Any) -> int:
+        writes.append(1)
+        if len(writes) == 3:
+            raise RuntimeError("database went away")
+        return real_upsert(*args, **kwargs)
+
+    real_upsert = recipients.upsert
+    monkeypatch.setattr(recipients, "upsert", failing_upsert)
+    with pytest.raises(RuntimeError, match="database went away"):
+        recipients.stage_recipients(engine, client, cid, CHANNEL, load_settings())  # type: ignore[arg-type]
+    assert client.closed and not prefetch_threads()
+    assert client.served <= 5  # the failed write was the 3rd page: one more queued, one more being offered

@@ -34,11 +34,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from machine import machine_line  # tests/perf/machine.py (the script's own folder is on sys.path)
+from floor import bare_peer, peer_rate  # tests/perf/floor.py (the script's own folder is on sys.path)
+from machine import machine_line  # tests/perf/machine.py
 from optimove_netmera.sandbox.process import start_sandbox
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,47 +74,15 @@ def airflow_env(home: Path, box: Any, state_db: str, attributes: list[dict[str, 
     return env
 
 
-PEER = r"""
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-class Peer(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args):
-        pass
-
-server = ThreadingHTTPServer(("127.0.0.1", 0), Peer)
-print(server.server_port, flush=True)
-server.serve_forever()
-"""
-
-
 def peer_floor(concurrency: int, requests: int = 300) -> float:
     """Profiles/s a NetmeraClient sends to a bare local HTTP peer (1000 20-attribute profiles a request)."""
     from optimove_netmera.netmera import NetmeraClient
 
-    proc = subprocess.Popen([sys.executable, "-c", PEER], stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(proc.stdout.readline())  # type: ignore[union-attr]
-        client = NetmeraClient(f"http://127.0.0.1:{port}", "bench", pool_size=max(8, concurrency))
+    with bare_peer() as url:
+        client = NetmeraClient(url, "bench", pool_size=max(8, concurrency))
         profile = {f"attr{j}": (f"value-{j}" if j % 2 else j * 1000.5) for j in range(20)}
         batch = [{"extId": f"C{i:07d}", "profile": dict(profile)} for i in range(1000)]
-        client.set_profile_attributes(batch)  # connect once
-        started = time.monotonic()
-        with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(lambda _: client.set_profile_attributes(batch), range(requests)))
-        return requests * 1000 / (time.monotonic() - started)
-    finally:
-        proc.kill()
-        proc.wait()
+        return peer_rate(lambda: client.set_profile_attributes(batch), requests, concurrency)
 
 
 def counts(box: Any) -> dict[str, int]:

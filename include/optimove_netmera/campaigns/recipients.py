@@ -20,11 +20,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import queue
+import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -94,34 +98,96 @@ def stage_recipients(
 
     ``template_names`` (if given) collects the TemplateName Optimove gives each TemplateID.
 
-    ``CustomerAttributes`` are the Optimove side of ``campaigns.params``. Rows repeating a (customer,
-    template) already seen are dropped; existing ledger rows are left as they are (a re-stage after a
-    partial send changes nothing that was sent). Pages are paced by the client's rate limiter.
+    ``CustomerAttributes`` are the Optimove side of ``campaigns.params``. A row repeating a (customer, template)
+    of the same page is dropped here; one repeating an earlier page's is dropped by the ledger's key (``ON
+    CONFLICT DO NOTHING``: the first one stays), and existing ledger rows are left as they are (a re-stage after a
+    partial send changes nothing that was sent). So memory does not grow with the campaign: across pages only a
+    64-bit hash of each key (and its control flag) is kept, for the ``distinct`` / ``duplicates_dropped`` /
+    ``control_group`` counts. The next page is fetched (in a thread) while this one is written; pages are paced
+    by the client's rate limiter.
     """
     attributes = list(settings.campaigns.params)
-    seen: set[tuple[str, int]] = set()
     counts: Counter[str] = Counter()
+    hashes: list[np.ndarray] = []
+    controls: list[np.ndarray] = []
     cid, ch = int(campaign_id), int(channel_id)
-    for page in client.iter_campaign_recipients(cid, ch, attributes, page_size=page_size):
-        rows: list[dict[str, Any]] = []
-        for detail in page:
-            counts["fetched"] += 1
-            row = personalise.ledger_row(detail, settings)
-            if template_names is not None and detail.template_name and row["template_id"] not in template_names:
-                template_names[row["template_id"]] = detail.template_name
-            key = (row["customer_id"], row["template_id"])
-            if key in seen:
-                counts["duplicates_dropped"] += 1
+    fetched = _prefetched(client.iter_campaign_recipients(cid, ch, attributes, page_size=page_size))
+    with closing(fetched) as pages:
+        for page in pages:
+            rows: list[dict[str, Any]] = []
+            page_keys: set[tuple[str, int]] = set()
+            page_hashes: list[int] = []
+            page_controls: list[bool] = []
+            for detail in page:
+                row = personalise.ledger_row(detail, settings)
+                if template_names is not None and detail.template_name and row["template_id"] not in template_names:
+                    template_names[row["template_id"]] = detail.template_name
+                key = (row["customer_id"], row["template_id"])
+                if key in page_keys:
+                    continue
+                page_keys.add(key)
+                page_hashes.append(hash(key))
+                page_controls.append(detail.is_control)
+                rows.append({"campaign_id": cid, "channel_id": ch, **row})
+            counts["fetched"] += len(page)
+            hashes.append(np.array(page_hashes, dtype=np.int64))
+            controls.append(np.array(page_controls, dtype=bool))
+            with session_scope(engine) as session:
+                upsert(session, Recipient, rows, conflict_columns=LEDGER_KEY, update_columns=[])
+            counts["pages"] += 1
+    # first occurrences (in fetch order: the rows the ledger kept) of the distinct keys
+    distinct, first = np.unique(np.concatenate(hashes or [np.empty(0, np.int64)]), return_index=True)
+    is_control = np.concatenate(controls or [np.empty(0, bool)])
+    counts["distinct"] = int(distinct.size)
+    counts["duplicates_dropped"] = counts["fetched"] - int(distinct.size)
+    counts["control_group"] = int(is_control[first].sum())
+    return {k: v for k, v in counts.items() if v or k in ("fetched", "pages", "distinct")}
+
+
+def _prefetched(pages: Iterator[list[Any]]) -> Iterator[list[Any]]:
+    """``pages``, with the next one fetched in a thread while the caller works on this one (one page ahead).
+
+    A failure while fetching is raised here, in the caller's thread. Close this generator (``closing``) when
+    stopping early: the fetching thread then stops after the page it is on.
+    """
+    ahead: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def offer(kind: str, item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put((kind, item), timeout=0.1)
+                return True
+            except queue.Full:
                 continue
-            seen.add(key)
-            if detail.is_control:
-                counts["control_group"] += 1
-            rows.append({"campaign_id": cid, "channel_id": ch, **row})
-        with session_scope(engine) as session:
-            upsert(session, Recipient, rows, conflict_columns=LEDGER_KEY, update_columns=[])
-        counts["pages"] += 1
-    counts["distinct"] = len(seen)
-    return dict(counts)
+        return False
+
+    def fetch() -> None:
+        try:
+            for page in pages:
+                if not offer("page", page):
+                    return
+            offer("done", None)
+        except BaseException as exc:  # handed to the caller's thread
+            offer("error", exc)
+        finally:
+            close = getattr(pages, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=fetch, name="stage-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = ahead.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def reapply_cancel(engine: Engine, campaign_id: int, channel_id: int) -> int:
@@ -179,8 +245,16 @@ class Batch:
         }
 
 
+ASSIGN_BATCH = 10_000
+"""Rows numbered per ``UPDATE`` executemany while chunks are assigned."""
+
+
 def _assign_chunks(session: Any, campaign_id: int, channel_id: int, chunk_size: int) -> int:
-    """Give every unchunked pending row a chunk number (per template and scheduled time); return rows assigned."""
+    """Give every unchunked pending row a chunk number (per template and scheduled time); return rows assigned.
+
+    Groups (scheduled time, template) in that order, rows by id within a group. A group's ids are read into an
+    array first (8 bytes a row, no row objects), then numbered ``ASSIGN_BATCH`` rows per statement.
+    """
     mine = _mine(campaign_id, channel_id)
     # Lock the campaign row first: concurrent planners of the same campaign queue here (PostgreSQL row lock,
     # SQLite write lock), so chunk numbers never collide.
@@ -189,34 +263,36 @@ def _assign_chunks(session: Any, campaign_id: int, channel_id: int, chunk_size: 
         .where(_C.c.campaign_id == int(campaign_id), _C.c.channel_id == int(channel_id))
         .values(updated_at=dt.datetime.now(dt.UTC))
     )
-    rows = session.execute(
-        sa.select(_R.c.id, _R.c.template_id, _R.c.scheduled_time)
-        .where(*mine, _R.c.status == RecipientStatus.PENDING.value, _R.c.chunk_no.is_(None))
-        .order_by(_R.c.scheduled_time, _R.c.template_id, _R.c.id)
+    unchunked = (*mine, _R.c.status == RecipientStatus.PENDING.value, _R.c.chunk_no.is_(None))
+    groups = session.execute(
+        sa.select(_R.c.scheduled_time, _R.c.template_id)
+        .where(*unchunked)
+        .group_by(_R.c.scheduled_time, _R.c.template_id)
+        .order_by(_R.c.scheduled_time, _R.c.template_id)
     ).all()
-    if not rows:
+    if not groups:
         return 0
     next_no = (session.scalar(sa.select(sa.func.max(_R.c.chunk_no)).where(*mine)) or 0) + 1
-    updates: list[dict[str, int]] = []
-    group: tuple[Any, Any] | None = None
-    in_chunk = 0
-    for row in rows:
-        key = (row.scheduled_time, row.template_id)
-        if group is None:
-            group = key
-        elif key != group or in_chunk >= chunk_size:
-            next_no += 1
-            in_chunk = 0
-            group = key
-        updates.append({"rid": row.id, "cno": next_no})
-        in_chunk += 1
     stmt = (
         sa.update(_R)
         .where(_R.c.id == sa.bindparam("rid"), _R.c.chunk_no.is_(None))
         .values(chunk_no=sa.bindparam("cno"))
     )
-    session.execute(stmt, updates)
-    return len(updates)
+    assigned = 0
+    for moment, template_id in groups:
+        when = _R.c.scheduled_time.is_(None) if moment is None else _R.c.scheduled_time == moment
+        in_group = sa.select(_R.c.id).where(*unchunked, _R.c.template_id == template_id, when).order_by(_R.c.id)
+        ids = np.fromiter(session.connection().execute(in_group).scalars(), dtype=np.int64)  # streamed, not buffered
+        if not ids.size:
+            continue
+        numbers = next_no + np.arange(ids.size, dtype=np.int64) // chunk_size
+        for start in range(0, ids.size, ASSIGN_BATCH):
+            part = slice(start, start + ASSIGN_BATCH)
+            batch = zip(ids[part].tolist(), numbers[part].tolist(), strict=True)
+            session.execute(stmt, [{"rid": rid, "cno": cno} for rid, cno in batch])
+        assigned += int(ids.size)
+        next_no = int(numbers[-1]) + 1
+    return assigned
 
 
 def plan_chunks(

@@ -152,7 +152,11 @@ def stage(run: dict[str, Any]) -> dict[str, Any]:
     counts["seconds"] = round(time.monotonic() - started, 3)
     counts["unmapped_templates"] = _report_unmapped(engine, client, cid, ch, s, names)
     stats = client.stats.snapshot()
-    counts |= {"optimove_calls": stats["calls"], "optimove_429s": stats["rate_limited"]}
+    counts |= {
+        "optimove_calls": stats["calls"],
+        "optimove_429s": stats["rate_limited"],
+        "optimove_throttle_seconds": stats["throttle_seconds"],  # waited for the rate limiter (paging-bound)
+    }
     set_state(engine, cid, ch, CampaignState.STAGED.value, from_states=[CampaignState.RECEIVED.value])
     status = cancel_status(engine, cid, ch)
     if status.cancelled and status.needs_narrowing:
