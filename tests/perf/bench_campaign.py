@@ -170,7 +170,8 @@ def ledger_times(engine: Any, campaign_id: int) -> dict[str, Any]:
     }
 
 
-def bench_send(box: Box, engine: Any, n: int, lead: float) -> dict[str, Any]:
+def scheduled_campaign(box: Box, n: int, lead: float) -> tuple[int, dt.datetime]:
+    """A campaign of ``n`` recipients on two templates (5% control group), scheduled ``lead`` s from now."""
     scheduled = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lead)).replace(microsecond=0)
     created = box.admin.optimove.create_campaign(
         campaign_id=900_001,
@@ -179,7 +180,11 @@ def bench_send(box: Box, engine: Any, n: int, lead: float) -> dict[str, Any]:
         templates=[1, 2],
         scheduled_time=scheduled.strftime("%Y-%m-%d %H:%M:%S"),
     )
-    cid = created["campaign_id"]
+    return created["campaign_id"], scheduled
+
+
+def bench_send(box: Box, engine: Any, n: int, lead: float) -> dict[str, Any]:
+    cid, scheduled = scheduled_campaign(box, n, lead)
     before = box.send_requests()
     event_at, conf = event_13(engine, cid)
     dag = send_dag()
@@ -404,15 +409,7 @@ def scale_one(n: int, lead: float, floor_requests: int) -> dict[str, Any]:
         migrate(url)
         engine = get_engine(url)
         dag = send_dag()
-        scheduled = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lead)).replace(microsecond=0)
-        created = box.admin.optimove.create_campaign(
-            campaign_id=900_001,
-            recipients=n,
-            control_fraction=0.05,
-            templates=[1, 2],
-            scheduled_time=scheduled.strftime("%Y-%m-%d %H:%M:%S"),
-        )
-        cid = created["campaign_id"]
+        cid, scheduled = scheduled_campaign(box, n, lead)
         _, conf = event_13(engine, cid)
         sampler = RssSampler()
         dr = dag.test(run_conf=conf)
