@@ -30,7 +30,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 from celery_topology import CHUNK, HEARTBEAT_TIMEOUT_S, Topology, wait_for
-from hitl_answers import answer_until_finished
+from hitl_answers import answer_until_finished, waiting_question
 from optimove_netmera.campaigns.recipients import ORPHAN_REASON
 from optimove_netmera.sandbox.process import free_port, start_sandbox
 from optimove_netmera.store import Campaign, Event, Recipient, dispose_engines, get_engine, migrate, scratch
@@ -245,12 +245,7 @@ def test_distributed_topology_end_to_end(topology: Topology, figures: list[str])
         """``finished``, or ``asking`` once decide_unknown waits for a person (recipients with an unknown outcome)."""
         if topo.dag_run(SEND_DAG, run_id)["state"] in ("success", "failed"):
             return "finished"
-        asking = topo.api_json(
-            "GET",
-            f"/api/v2/dags/{SEND_DAG}/dagRuns/{run_id}/hitlDetails",
-            params={"task_id": "decide_unknown", "response_received": "false"},
-        )["hitl_details"]
-        return "asking" if asking else None
+        return "asking" if waiting_question(topo, SEND_DAG, run_id, "decide_unknown") else None
 
     asked = wait_for("the campaign to finish or ask about unknown outcomes", settled, 600, interval=2) == "asking"
     measured["campaign_s"] = time.monotonic() - started
