@@ -596,6 +596,25 @@ _CALLER_ERRORS = (
 )
 
 
+# msgspec writes NaN and infinities as null; a null in the encoded body sends the slow path looking for them.
+_NON_FINITE = re.compile(rb"\bnull\b")
+
+
+def _has_non_finite(value: Any) -> bool:
+    """Whether ``value`` holds a float NaN or infinity anywhere."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
+
+
 class BaseHttpClient:
     """One pooled ``requests.Session`` plus the request loop shared by the API clients.
 
@@ -698,6 +717,7 @@ class BaseHttpClient:
         policy = self.retry
         attempt = 0
         reauthed = False
+        body = None if json_body is None else self._encode_body(json_body, endpoint)
         self.stats.add(requests=1)
         while True:
             attempt += 1
@@ -709,7 +729,7 @@ class BaseHttpClient:
                     self.stats.add(throttle_seconds=permit.waited)
             self.stats.add(calls=1)
             try:
-                response = self._send_once(method, url, params, json_body, headers, permit)
+                response = self._send_once(method, url, params, body, headers, permit)
             except _CALLER_ERRORS as exc:
                 # a malformed URL, header or body: nothing was sent and a retry cannot help
                 raise ValueError(
@@ -777,15 +797,18 @@ class BaseHttpClient:
         method: str,
         url: str,
         params: Mapping[str, Any] | None,
-        json_body: Any,
+        body: bytes | None,
         headers: Mapping[str, str],
         permit: Permit | None,
     ) -> requests.Response:
-        """One HTTP attempt; releases the rate-limit permit when the response headers (or the error) came."""
+        """One HTTP attempt (``body``: JSON, encoded already); releases the rate-limit permit when the response
+        headers (or the error) came."""
         started = time.monotonic()
+        if body is not None:
+            headers = {**headers, "Content-Type": "application/json"}
         try:
             response = self.session.request(
-                method, url, params=params, json=json_body, headers=headers, timeout=self.timeout
+                method, url, params=params, data=body, headers=headers, timeout=self.timeout
             )
         except BaseException:
             if permit is not None:
@@ -795,6 +818,18 @@ class BaseHttpClient:
             # the server counted the request at the latest when it sent the response headers
             permit.release(started + response.elapsed.total_seconds())
         return response
+
+    def _encode_body(self, value: Any, endpoint: str) -> bytes:
+        """The request body as JSON, encoded once for every attempt (msgspec: a 1000-profile body in a fraction of
+        ``json.dumps``'s time). NaN and infinities are refused, as ``requests`` refuses them: JSON has no such
+        numbers and Netmera would read them as null."""
+        try:
+            body = msgspec.json.encode(value)
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            raise ValueError(f"{self.service} {endpoint}: invalid request (the body is not JSON: {exc})") from None
+        if _NON_FINITE.search(body) and _has_non_finite(value):
+            raise ValueError(f"{self.service} {endpoint}: invalid request (the body holds NaN or an infinity)")
+        return body
 
     def _backoff(self, endpoint: str, reason: str, attempt: int, retry_after: float | None) -> None:
         delay = self.retry.delay(attempt, retry_after, self._rng)

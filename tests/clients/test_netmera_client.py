@@ -112,6 +112,20 @@ def test_set_get_unset_profile_attributes(client: NetmeraClient, admin: Any) -> 
     assert counts(admin, "POST /rest/3.0/unsetProfileAttributes") == {"200": 1}
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), object()])
+def test_a_body_that_is_not_json_is_refused_before_any_request(client: NetmeraClient, admin: Any, bad: object) -> None:
+    """JSON has no NaN or infinity (the encoder would write null, which Netmera reads as "no value") and no
+    arbitrary objects: the client refuses the body, names the call, and sends nothing; a null sends as null."""
+    users = ids(2)
+    admin.add_users(users)
+    profile = {"name": "Ann", "scores": [1.5, {"last": bad}]}
+    with pytest.raises(ValueError, match="setProfileAttributes: invalid request"):
+        client.set_profile_attributes([{"extId": users[0], "profile": profile}])
+    assert counts(admin, SET) == {}
+    assert client.set_profile_attributes([{"extId": users[1], "profile": {"name": "Bob", "note": None}}]) == 1
+    assert counts(admin, SET) == {"200": 1}
+
+
 def test_get_profile_of_unknown_user_is_none(client: NetmeraClient, admin: Any) -> None:
     admin.remove_users(["C0000042"])
     assert client.get_profile_attributes("C0000042") is None

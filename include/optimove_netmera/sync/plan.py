@@ -174,6 +174,24 @@ def _keyed(conn: Connection, columns: tuple[Any, ...], key: Any, ids: list[str],
     return out
 
 
+def _stored_hashes(conn: Connection, ids: list[str]) -> dict[str, str]:
+    """The snapshot fingerprints of ``ids`` (those known), KEYS_PER_QUERY ids a query, through the driver: one
+    query per 10,000 customers, with no per-id bind rendering or per-row result processing (the diff looks up
+    every customer of the run)."""
+    table = CustomerSnapshot.__tablename__
+    out: dict[str, str] = {}
+    for start in range(0, len(ids), KEYS_PER_QUERY):
+        part = ids[start : start + KEYS_PER_QUERY]
+        if conn.dialect.name == "sqlite":
+            sql = f"SELECT customer_id, attr_hash FROM {table} WHERE customer_id IN ({', '.join('?' * len(part))})"
+            rows = conn.exec_driver_sql(sql, tuple(part))
+        else:  # PostgreSQL: the ids as one array parameter
+            sql = f"SELECT customer_id, attr_hash FROM {table} WHERE customer_id = ANY(%s)"
+            rows = conn.exec_driver_sql(sql, (part,))
+        out.update(rows.all())
+    return out
+
+
 def _native_columns(values: pd.DataFrame) -> list[list[Any]]:
     """Each coerced column as a list of JSON-ready Python values (None for empty), built column-wise."""
     cols = []
@@ -284,8 +302,7 @@ def _diff_chunk(
     customer_list = ids.tolist()
     stored: dict[str, str] = {}
     if plan.known:
-        columns = (CustomerSnapshot.customer_id, CustomerSnapshot.attr_hash)
-        stored = dict(_keyed(conn, columns, CustomerSnapshot.customer_id, customer_list))
+        stored = _stored_hashes(conn, customer_list)
     is_new = np.fromiter((c not in stored for c in customer_list), bool, len(customer_list))
     seen = np.flatnonzero(~is_new)
     same = np.zeros(len(hashes), dtype=bool)
