@@ -57,12 +57,16 @@ def test_first_run_of_a_mapping_and_the_sample(db_url: str) -> None:
         }
         for i in range(100)
     ]
+    only_unset = {"customer_id": "C100", "ext_id": "C100", "set_attrs": {}, "unset_attrs": ["name"]}
+    rows.append({**rows[0], **only_unset})  # a write that sets nothing is not a profile write to read back
     with engine.begin() as conn:
         conn.execute(sa.insert(SyncChange), rows)
-    sample, per_attribute, written = verify.select_sample(engine, second, 10)
-    assert written == 100 and len(sample) == 10 and len({w.customer_id for w in sample}) == 10
-    assert [w.customer_id for w in per_attribute["rare"]] == ["C077"]  # the rare attribute is read back too
-    assert len(per_attribute["name"]) == verify.BACKUPS_PER_ATTRIBUTE
+    sample, written = verify.select_sample(engine, second, 10)
+    assert written == 100 and len(sample) == 10 and len({w.customer_id for w in sample} - {"C100"}) == 10
+    assert all(w.set_attrs == next(r["set_attrs"] for r in rows if r["customer_id"] == w.customer_id) for w in sample)
+    assert [w.customer_id for w in verify.written_with(engine, second, "rare")] == ["C077"]  # read back too
+    assert [w.customer_id for w in verify.written_with(engine, second, "name")] == ["C000", "C001", "C002"]
+    assert verify.written_with(engine, second, "nobody") == [] and verify.written_with(engine, second, "nam") == []
 
 
 def test_report_notices_name_the_count_and_the_next_step() -> None:

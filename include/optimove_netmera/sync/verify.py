@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from optimove_netmera.netmera import NetmeraClient
@@ -44,6 +45,7 @@ from optimove_netmera.store.models import (
 
 UNVERIFIED_HASH = "unverified"  # not a fingerprint: the next plan sees these customers as changed
 BACKUPS_PER_ATTRIBUTE = 3
+KEYS = 10_000  # rows a fetch, ids an IN list
 
 
 @dataclass(frozen=True)
@@ -109,39 +111,59 @@ def is_first_run(engine: Engine, run_id: int, fingerprint: str) -> bool:
         return not any(((c or {}).get("verify") or {}).get("mapping") == fingerprint for c in rows)
 
 
-def _written(engine: Engine, run_id: int) -> Any:
-    """Stream this run's delivered profile writes (customer order)."""
+def _delivered_writes(run_id: int) -> tuple[Any, ...]:
+    """This run's delivered changes that set at least one attribute."""
+    return (
+        SyncChange.sync_run_id == run_id,
+        SyncChange.status == ChangeStatus.DELIVERED.value,
+        sa.cast(SyncChange.set_attrs, sa.Text) != "{}",
+    )
+
+
+def select_sample(engine: Engine, run_id: int, size: int) -> tuple[list[Written], int]:
+    """A seeded reservoir sample of ``size`` of this run's profile writes, and how many writes there were.
+
+    The reservoir runs over the customer ids alone (streamed in customer order); only the sampled rows' values are
+    read, so a million-write run costs one pass over an index-sized stream, not a million decoded profiles."""
+    rng = random.Random(run_id)
+    chosen: list[str] = []
+    seen = 0
+    q = sa.select(SyncChange.customer_id).where(*_delivered_writes(run_id)).order_by(SyncChange.customer_id)
+    with engine.connect() as conn:
+        for part in conn.execution_options(yield_per=KEYS).execute(q).partitions():
+            for (cid,) in part:
+                seen += 1
+                if len(chosen) < size:
+                    chosen.append(cid)
+                else:
+                    j = rng.randrange(seen)
+                    if j < size:
+                        chosen[j] = cid
+        rows: dict[str, Written] = {}
+        for start in range(0, len(chosen), KEYS):
+            for cid, ext_id, attrs in conn.execute(
+                sa.select(SyncChange.customer_id, SyncChange.ext_id, SyncChange.set_attrs).where(
+                    SyncChange.sync_run_id == run_id, SyncChange.customer_id.in_(chosen[start : start + KEYS])
+                )
+            ):
+                rows[cid] = Written(cid, ext_id, dict(attrs))
+    return [rows[c] for c in chosen], seen
+
+
+def written_with(engine: Engine, run_id: int, name: str, limit: int = BACKUPS_PER_ATTRIBUTE) -> list[Written]:
+    """The first ``limit`` of this run's profile writes (customer order) that set attribute ``name``."""
+    if engine.dialect.name == "postgresql":
+        has = sa.cast(SyncChange.set_attrs, postgresql.JSONB).has_key(name)
+    else:  # SQLite: json_type is NULL only where the key is missing
+        has = sa.func.json_type(SyncChange.set_attrs, sa.literal(f'$."{name}"', sa.Text)).is_not(None)
     q = (
         sa.select(SyncChange.customer_id, SyncChange.ext_id, SyncChange.set_attrs)
-        .where(SyncChange.sync_run_id == run_id, SyncChange.status == ChangeStatus.DELIVERED.value)
+        .where(*_delivered_writes(run_id), has)
         .order_by(SyncChange.customer_id)
+        .limit(limit)
     )
     with engine.connect() as conn:
-        for part in conn.execution_options(yield_per=10_000).execute(q).partitions():
-            for cid, ext_id, attrs in part:
-                if attrs:
-                    yield Written(cid, ext_id, dict(attrs))
-
-
-def select_sample(engine: Engine, run_id: int, size: int) -> tuple[list[Written], dict[str, list[Written]], int]:
-    """A seeded reservoir sample of ``size`` writes, a few writes per attribute, and how many writes there were."""
-    rng = random.Random(run_id)
-    sample: list[Written] = []
-    per_attribute: dict[str, list[Written]] = {}
-    seen = 0
-    for w in _written(engine, run_id):
-        for name in w.set_attrs:
-            backups = per_attribute.setdefault(name, [])
-            if len(backups) < BACKUPS_PER_ATTRIBUTE:
-                backups.append(w)
-        seen += 1
-        if len(sample) < size:
-            sample.append(w)
-        else:
-            j = rng.randrange(seen)
-            if j < size:
-                sample[j] = w
-    return sample, per_attribute, seen
+        return [Written(cid, ext_id, dict(attrs)) for cid, ext_id, attrs in conn.execute(q) if name in attrs]
 
 
 def kept(got: Any, sent: Any, kind: str) -> bool:
@@ -170,7 +192,7 @@ def verify_run(engine: Engine, run_id: int, settings: Settings, client: NetmeraC
     first = is_first_run(engine, run_id, fingerprint)
     size = settings.sync.verify_first_run_cap if first else settings.sync.verify_sample
     result = Verification(mapping=fingerprint, first_run=first)
-    sample, per_attribute, result.written = select_sample(engine, run_id, size)
+    sample, result.written = select_sample(engine, run_id, size)
     done: set[str] = set()
 
     def check(w: Written) -> None:
@@ -187,13 +209,19 @@ def verify_run(engine: Engine, run_id: int, settings: Settings, client: NetmeraC
 
     for w in sample:
         check(w)
-    for name, backups in per_attribute.items():  # every attribute written in this run, at least once
+    unverified = []
+    for name in types:  # every attribute written in this run, at least once
+        if result.checked.get(name):
+            continue
+        backups = written_with(engine, run_id, name)
         for w in backups:
             if result.checked.get(name):
                 break
             if w.customer_id not in done:
                 check(w)
-    result.unverified = sorted(name for name in per_attribute if not result.checked.get(name))
+        if backups and not result.checked.get(name):
+            unverified.append(name)
+    result.unverified = sorted(unverified)
     return result
 
 
