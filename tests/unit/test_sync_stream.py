@@ -168,7 +168,10 @@ def test_a_changed_share_is_diffed_per_chunk_and_a_tripped_guard_is_recorded(
 
     changed = set(range(3, n, 20))  # 5%, spread over every chunk
     extra = 50  # and a few new customers, whom the probe must check
-    customers(s, n + extra, version=1, changed=changed).to_parquet(path)
+    second = customers(s, n + extra, version=1, changed=changed)
+    blanked = {f"C{i:07d}" for i in sorted(changed)[:7]}  # a first name emptied: unset, still a change of it
+    second.loc[second["CustomerID"].isin(blanked), "FirstName"] = ""
+    second.to_parquet(path)
     new_ids = [f"C{i:07d}" for i in range(n, n + extra)]
     probed: list[list[str]] = []
 
@@ -193,6 +196,9 @@ def test_a_changed_share_is_diffed_per_chunk_and_a_tripped_guard_is_recorded(
     instrumented["tracker"].__init__()
     p = plan.build_plan(engine, run_id, s, 0.06, False, probe, str(path))
     assert (p.known, p.changed, p.new, p.unchanged) == (n, len(changed) + extra, extra, n - len(changed))
+    # every changed or new customer changes every attribute (set, or for the blanked first names unset)
+    assert p.attributes_changed == {a.netmera: len(changed) + extra for a in s.attributes}
+    assert p.unset_entries == len(blanked)
     assert probed == [new_ids]  # only the new customers, in one call
     assert instrumented["tracker"].peak <= 2 * chunk
     with engine.connect() as conn:
@@ -215,7 +221,13 @@ def test_staged_customers_are_read_a_chunk_at_a_time(db_url: str, instrumented: 
             conn.execute(
                 sa.insert(SyncStaging),
                 [
-                    {"sync_run_id": run_id, "customer_id": cid, "attributes": {"v": dict(zip(names, row, strict=True))}}
+                    {
+                        "sync_run_id": run_id,
+                        "customer_id": cid,
+                        # every third customer carries the attribute names Optimove reported changed
+                        "attributes": {"v": dict(zip(names, row, strict=True))}
+                        | ({"c": [names[0]]} if int(cid[1:]) % 3 == 0 else {}),
+                    }
                     for cid, row in zip(part.index, part.itertuples(index=False), strict=True)
                 ],
             )
@@ -225,5 +237,9 @@ def test_staged_customers_are_read_a_chunk_at_a_time(db_url: str, instrumented: 
     assert instrumented["tracker"].peak <= 2 * chunk
     assert instrumented["transformed"] <= chunk
     assert (p.fetched, p.changed, p.set_entries) == (n, n, n)
+    reported = len(range(0, n, 3))  # those count the reported name only; the others every attribute they set
+    first = s.attributes[0]
+    assert first.optimove == names[0]
+    assert p.attributes_changed == {a.netmera: n if a is first else n - reported for a in s.attributes}
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(CustomerSnapshot)).scalar_one() == 0

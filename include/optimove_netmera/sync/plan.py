@@ -335,23 +335,40 @@ def _diff_chunk(
     before_ids = [c for c, new, f in zip(customer_ids, new_flags, forced_flags, strict=True) if not (new or f)]
     columns = (CustomerSnapshot.customer_id, CustomerSnapshot.present_attrs)
     present_before = dict(_keyed(conn, columns, CustomerSnapshot.customer_id, before_ids))
-    cols = _native_columns(t.values.iloc[idx])
+    changed_values = t.values.iloc[idx]
     del t
+    # Attribute counts: rows that carry the names Optimove reported count those; the others count what they set
+    # (summed per column here) and unset (per row below).
     by_optimove = {a.netmera: a.optimove for a in mapping}
-    changed_hashes = [format_fingerprint(h) for h in hashes[idx].tolist()]
     attr_counts = acc.attr_counts
+    reported_rows = [bool(changed_names.get(c)) for c in customer_ids] if changed_names else [False] * len(idx)
+    counted = ~np.asarray(reported_rows, dtype=bool)
+    for name, n in zip(names, changed_values.notna().to_numpy()[counted].sum(axis=0).tolist(), strict=True):
+        if n:
+            attr_counts[by_optimove[name]] = attr_counts.get(by_optimove[name], 0) + n
+    cols = _native_columns(changed_values)
+    del changed_values
+    changed_hashes = [format_fingerprint(h) for h in hashes[idx].tolist()]
     pending = ChangeStatus.PENDING.value
     encode = JSON_OPTIONS["json_serializer"]  # what the JSON columns would store
+    no_unset = encode([])
+    present_json: dict[tuple[str, ...], str] = {}  # by the attributes set: few distinct ones
     changes: list[list[Any]] = []
-    width = range(len(names))
-    for i, cid in enumerate(customer_ids):
-        set_attrs = {names[j]: cols[j][i] for j in width if cols[j][i] is not None}
+    for i, (cid, row) in enumerate(zip(customer_ids, zip(*cols, strict=True), strict=True)):
+        set_attrs = {name: value for name, value in zip(names, row, strict=True) if value is not None}
         before = all_names if forced_flags[i] else present_before.get(cid)  # a resync may unset any attribute
         present = set_attrs.keys()  # an invalid value counts as empty: never sent, unset if delivered before
         unset = sorted(set(before) - present) if before else []
-        reported = changed_names.get(cid) or [by_optimove[n] for n in (*set_attrs, *unset)]
-        for optimove_name in reported:
-            attr_counts[optimove_name] = attr_counts.get(optimove_name, 0) + 1
+        if reported_rows[i]:
+            for optimove_name in changed_names[cid]:
+                attr_counts[optimove_name] = attr_counts.get(optimove_name, 0) + 1
+        else:
+            for name in unset:
+                attr_counts[by_optimove[name]] = attr_counts.get(by_optimove[name], 0) + 1
+        key = tuple(present)
+        present_text = present_json.get(key)
+        if present_text is None:
+            present_text = present_json[key] = encode(sorted(present))
         changes.append(
             [
                 run_id,
@@ -359,8 +376,8 @@ def _diff_chunk(
                 ext_ids[i],
                 changed_hashes[i],
                 encode(set_attrs),
-                encode(unset),
-                encode(sorted(present)),
+                encode(unset) if unset else no_unset,
+                present_text,
                 UNNUMBERED if set_attrs else None,
                 UNNUMBERED if unset else None,
                 pending,
