@@ -23,6 +23,7 @@ import hashlib
 import json
 import random
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,9 +196,9 @@ def verify_run(engine: Engine, run_id: int, settings: Settings, client: NetmeraC
     sample, result.written = select_sample(engine, run_id, size)
     done: set[str] = set()
 
-    def check(w: Written) -> None:
+    def check(w: Written, read: Any = None) -> None:
         done.add(w.customer_id)
-        profile = client.get_profile_attributes(w.ext_id)
+        profile = client.get_profile_attributes(w.ext_id) if read is None else read.result()
         result.profiles_read += 1
         if profile is None:  # Netmera does not know the user (only when check_unknown_ext_ids is off)
             result.unknown_users += 1
@@ -207,8 +208,16 @@ def verify_run(engine: Engine, run_id: int, settings: Settings, client: NetmeraC
             if not kept(profile.profile.get(name), value, types.get(name, "string")):
                 result.not_kept[name] = result.not_kept.get(name, 0) + 1
 
-    for w in sample:
-        check(w)
+    # the sample's profiles are read ``sync.load_concurrency`` at a time (a first run reads up to a thousand)
+    with ThreadPoolExecutor(settings.sync.load_concurrency, thread_name_prefix="netmera-verify") as pool:
+        reads = [pool.submit(client.get_profile_attributes, w.ext_id) for w in sample]
+        try:
+            for w, read in zip(sample, reads, strict=True):
+                check(w, read)
+        except BaseException:
+            for read in reads:  # a failed read fails the task: the rest are not sent
+                read.cancel()
+            raise
     unverified = []
     for name in types:  # every attribute written in this run, at least once
         if result.checked.get(name):
