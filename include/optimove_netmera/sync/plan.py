@@ -48,6 +48,7 @@ import gc
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -437,9 +438,16 @@ def _check(rows: list[list[Any]], probe: Probe, plan: Plan) -> list[tuple[str, s
     """Probe ``rows`` (at most PROBE_CHUNK) and set the unknown (or unanswered) ones not found, in place.
 
     Returns the (customer id, reason) of those not found."""
-    if not rows:
-        return []
-    answer = probe([r[_EXT_ID] for r in rows])
+    return _mark(rows, _ask(rows, probe), plan)
+
+
+def _ask(rows: list[list[Any]], probe: Probe) -> set[str] | None:
+    """The probe's answer for ``rows`` (no call for none)."""
+    return probe([r[_EXT_ID] for r in rows]) if rows else set()
+
+
+def _mark(rows: list[list[Any]], answer: set[str] | None, plan: Plan) -> list[tuple[str, str]]:
+    """Set the rows the probe's ``answer`` lists as unknown (every row, when it did not answer) not found."""
     reason = EXISTENCE_UNKNOWN if answer is None else EXT_ID_UNKNOWN
     gone = []
     for r in rows:
@@ -450,6 +458,12 @@ def _check(rows: list[list[Any]], probe: Probe, plan: Plan) -> list[tuple[str, s
     if answer is None:
         plan.existence_unknown += len(gone)
     return gone
+
+
+def _check_blocks(blocks: list[list[list[Any]]], probe: Probe, plan: Plan, pool: ThreadPoolExecutor) -> None:
+    """:func:`_check` each block (at most PROBE_CHUNK rows), the probe calls ``pool``'s workers at a time."""
+    for rows, answer in zip(blocks, pool.map(lambda rows: _ask(rows, probe), blocks), strict=True):
+        _mark(rows, answer, plan)
 
 
 def _probe_written(
@@ -603,6 +617,8 @@ def build_plan(
     # as they are written); otherwise the rows are written unchecked and checked once the guard passed.
     inline = probe is None or not plan.known
     numbering = _Numbering(settings.sync.batch_size)
+    # the existence probe's calls for a chunk go out sync.load_concurrency at a time
+    pool = ThreadPoolExecutor(max(1, settings.sync.load_concurrency), thread_name_prefix="netmera-probe")
     try:
         carried = _carry_over(engine, run_id)
         rows = export_chunk_rows(settings)
@@ -625,11 +641,13 @@ def build_plan(
                 if inline and probe is not None:
                     queue.extend(changes)
                     changes = []
+                    blocks = []
                     while len(queue) >= PROBE_CHUNK:
-                        ready = queue[:PROBE_CHUNK]
+                        blocks.append(queue[:PROBE_CHUNK])
                         del queue[:PROBE_CHUNK]
-                        _check([r for r in ready if r[_FRESH]], probe, plan)
-                        changes.extend(ready)
+                    _check_blocks([[r for r in b if r[_FRESH]] for b in blocks], probe, plan, pool)
+                    changes.extend(r for b in blocks for r in b)
+                    del blocks
                     clock.lap("probe")
                 if inline:
                     numbering.number(changes)
@@ -668,6 +686,8 @@ def build_plan(
     except BaseException:
         _delete_changes(engine, run_id)  # a failure: nothing of this plan stays
         raise
+    finally:
+        pool.shutdown(cancel_futures=True)
     if dry_run:
         _delete_changes(engine, run_id)
     return plan
