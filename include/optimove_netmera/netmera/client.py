@@ -22,6 +22,7 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import msgspec
 import requests
 
 from optimove_netmera.http import (
@@ -74,6 +75,11 @@ def notification_key_str(value: Any) -> str:
     if not text:
         raise ValueError("notificationKey must not be empty")
     return text
+
+
+def _encoded(value: Any, opening: bytes) -> bool:
+    """Whether ``value`` is pre-encoded JSON (``msgspec.Raw``) that starts with ``opening`` (``{`` or ``[``)."""
+    return isinstance(value, msgspec.Raw) and bytes(value).lstrip()[:1] == opening
 
 
 class NetmeraClient(BaseHttpClient):
@@ -184,6 +190,9 @@ class NetmeraClient(BaseHttpClient):
     def set_profile_attributes(self, entries: Sequence[ProfileUpdate | Mapping[str, Any]]) -> int:
         """``setProfileAttributes`` for ≤ ``max_batch`` users; returns the entries sent (0: no request).
 
+        An entry's ``profile`` may be JSON encoded already (``msgspec.Raw`` of an object: sent as it is, e.g. the
+        text a sync stored), likewise the key list of :meth:`unset_profile_attributes` (``msgspec.Raw`` of an array).
+
         Netmera drops unknown keys, wrong types and nulls silently; to clear a value use
         :meth:`unset_profile_attributes`.
         """
@@ -191,7 +200,8 @@ class NetmeraClient(BaseHttpClient):
         if not body:
             return 0
         for item in body:
-            if not isinstance(item.get("profile"), Mapping):
+            profile = item.get("profile")
+            if not (isinstance(profile, Mapping) or _encoded(profile, b"{")):
                 raise ValueError("setProfileAttributes entries need a profile object")
         self._check_batch("setProfileAttributes", (e["extId"] for e in body))
         self._call("POST", "setProfileAttributes", json_body=body)
@@ -204,7 +214,7 @@ class NetmeraClient(BaseHttpClient):
             return 0
         for item in body:
             keys = item.get("profile")
-            if isinstance(keys, str) or not isinstance(keys, Sequence):
+            if (isinstance(keys, str) or not isinstance(keys, Sequence)) and not _encoded(keys, b"["):
                 raise ValueError("unsetProfileAttributes entries need a list of attribute names")
         self._check_batch("unsetProfileAttributes", (e["extId"] for e in body))
         self._call("POST", "unsetProfileAttributes", json_body=body)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -183,10 +184,18 @@ def _dead_letter(conn: Connection, run_id: int, batch: Any, changes: Sequence[An
 
 
 def _send(engine: Engine, run_id: int, batch: Any, client: NetmeraClient) -> None:
-    """One profile write: read the batch's entries (only this batch's rows are held) and send them."""
+    """One profile write: read the batch's entries (only this batch's rows are held) and send them, each part as
+    the JSON text the plan stored (never decoded and encoded again)."""
+    is_set = batch.kind == BatchKind.SET.value
+    column = SyncChange.set_batch_no if is_set else SyncChange.unset_batch_no
+    part = SyncChange.set_attrs if is_set else SyncChange.unset_attrs
     with engine.connect() as conn:
-        changes = _changes_of(conn, run_id, batch.kind, batch.batch_no)
-    entries = [{"extId": c.ext_id, "profile": c.profile} for c in changes]
+        rows = conn.execute(
+            sa.select(SyncChange.ext_id, sa.cast(part, sa.Text))
+            .where(SyncChange.sync_run_id == run_id, column == batch.batch_no)
+            .order_by(SyncChange.ext_id)
+        ).all()
+    entries = [{"extId": ext_id, "profile": msgspec.Raw(text)} for ext_id, text in rows]
     if batch.kind == BatchKind.SET.value:
         client.set_profile_attributes(entries)
     else:
