@@ -203,7 +203,8 @@ def test_a_storage_bug_answers_500_without_logging_the_event(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise sa.exc.StatementError(f"cannot bind {CUSTOMER}", "INSERT ...", {"customer_id": CUSTOMER}, None)
 
-    monkeypatch.setattr(events, "store_event", broken)
+    monkeypatch.setattr(events, "store_events", broken)  # the group commit's batch insert
+    monkeypatch.setattr(events, "store_event", broken)  # and the retry of each event on its own
     caplog.set_level(logging.DEBUG)
     response = app.post(ok11())
     assert response.status_code == 500

@@ -23,11 +23,13 @@ from optimove_netmera.campaigns.events.dispatch import (
     IngestResult,
     PendingReport,
     dispatch_event,
+    dispatch_events,
     dispatch_pending,
     ingest,
     pending_event_ids,
 )
 from optimove_netmera.campaigns.events.dispatcher import EventDispatcher
+from optimove_netmera.campaigns.events.group import GroupCommit
 from optimove_netmera.campaigns.events.held import HeldReport, held_event_ids, redispatch_held, release_held
 from optimove_netmera.campaigns.events.keys import campaign_conf, campaign_run_id, dedup_key, user_sync_run_id
 from optimove_netmera.campaigns.events.parse import (
@@ -52,7 +54,7 @@ from optimove_netmera.campaigns.events.parse import (
     read_json_int,
     redact_payload,
 )
-from optimove_netmera.campaigns.events.store import StoredEvent, count_by_status, store_event
+from optimove_netmera.campaigns.events.store import StoredEvent, count_by_status, store_event, store_events
 from optimove_netmera.campaigns.events.triggers import (
     CAMPAIGN_SEND_DAG_ID,
     USER_SYNC_DAG_ID,
@@ -87,6 +89,7 @@ __all__ = [
     "EventDispatcher",
     "EventValidationError",
     "FieldError",
+    "GroupCommit",
     "HeldReport",
     "IngestResult",
     "OptimoveEvent",
@@ -102,6 +105,7 @@ __all__ = [
     "dedup_key",
     "default_trigger",
     "dispatch_event",
+    "dispatch_events",
     "dispatch_pending",
     "held_event_ids",
     "in_task",
@@ -113,5 +117,6 @@ __all__ = [
     "redispatch_held",
     "release_held",
     "store_event",
+    "store_events",
     "user_sync_run_id",
 ]
