@@ -12,6 +12,7 @@ so a request is never answered before its transaction committed.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -26,11 +27,20 @@ DEFAULT_MAX_BATCH = 64
 DEFAULT_MAX_IN_FLIGHT = 2
 
 
-class GroupCommit(Generic[Item, Result]):
-    """Batches items submitted on one event loop into calls of ``flush(items) -> outcomes`` in a worker thread.
+class _Queue(Generic[Item, Result]):
+    """One event loop's waiting items and running flushes."""
 
-    At most ``max_in_flight`` flushes run at once (each takes one database connection). Not thread-safe: every
-    :meth:`submit` must come from the same event loop (the API server's).
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Item, asyncio.Future[Result]]] = []
+        self.in_flight = 0
+        self.tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+
+
+class GroupCommit(Generic[Item, Result]):
+    """Batches items submitted on an event loop into calls of ``flush(items) -> outcomes`` in a worker thread.
+
+    At most ``max_in_flight`` flushes run at once per event loop (each takes one database connection). Items of
+    different event loops (FastAPI's TestClient starts one per request) are never mixed in one flush.
     """
 
     def __init__(
@@ -45,28 +55,36 @@ class GroupCommit(Generic[Item, Result]):
         self._flush = flush
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
-        self._waiting: list[tuple[Item, asyncio.Future[Result]]] = []
-        self._in_flight = 0
-        self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
-        self.flushes = 0  # flushes done (tests and benchmarks read it)
+        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Queue[Item, Result]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.flushes = 0  # flushes started (tests and benchmarks read these)
         self.largest = 0  # the largest batch flushed
+
+    def waiting(self) -> int:
+        """Items waiting for a flush (not yet in one), over every event loop."""
+        return sum(len(q.waiting) for q in list(self._queues.values()))
 
     async def submit(self, item: Item) -> Result:
         """Store ``item`` with whatever else is waiting; its outcome (an exception is raised here)."""
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future))
-        if self._in_flight < self._max_in_flight:
-            self._in_flight += 1
-            task = asyncio.create_task(self._drain())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        loop = asyncio.get_running_loop()
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = _Queue()
+        future: asyncio.Future[Result] = loop.create_future()
+        queue.waiting.append((item, future))
+        if queue.in_flight < self._max_in_flight:
+            queue.in_flight += 1
+            task = asyncio.create_task(self._drain(queue))
+            queue.tasks.add(task)
+            task.add_done_callback(queue.tasks.discard)
         return await future
 
-    async def _drain(self) -> None:
+    async def _drain(self, queue: _Queue[Item, Result]) -> None:
         try:
-            while self._waiting:
-                batch = self._waiting[: self._max_batch]
-                del self._waiting[: self._max_batch]
+            while queue.waiting:
+                batch = queue.waiting[: self._max_batch]
+                del queue.waiting[: self._max_batch]
                 self.flushes += 1
                 self.largest = max(self.largest, len(batch))
                 try:
@@ -80,7 +98,7 @@ class GroupCommit(Generic[Item, Result]):
                     outcomes = [exc] * len(batch)
                 self._settle(batch, outcomes)
         finally:
-            self._in_flight -= 1
+            queue.in_flight -= 1
 
     @staticmethod
     def _settle(batch: list[tuple[Item, asyncio.Future[Result]]], outcomes: Sequence[Result | BaseException]) -> None:
