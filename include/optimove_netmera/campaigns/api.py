@@ -19,7 +19,10 @@ on any rejection; every error body is ``{"status": "rejected", "error": "...", "
       ``inbound.max_concurrent_requests`` event requests are already in progress in this process: retry later
 ====  ==========================================================================================
 
-Accepted events are stored before the answer: ``200 {"status": "accepted"|"ignored"|"held"|"duplicate",
+Accepted events are stored before the answer. Requests that arrive together share one transaction (group commit,
+:mod:`optimove_netmera.campaigns.events.group`): each is answered after that commit; when the state database fails,
+every request of the batch is answered 503 and none of it is kept; an event the database refuses fails alone (the
+others of its batch are stored one by one). Answers: ``200 {"status": "accepted"|"ignored"|"held"|"duplicate",
 "event_id": n}`` (Netmera documents no response body for this endpoint and Optimove only needs the 200, so it
 stays small). ``held``: its channel (or an event 11's template) is not configured; it is stored with the reason,
 logged at error level and acted on once the settings cover it (see :mod:`optimove_netmera.campaigns.events.held`).

@@ -8,10 +8,12 @@ step has its own module; this package re-exports their public names, so
 1. :mod:`.parse`: :func:`parse_event` turns a decoded JSON object into an :class:`OptimoveEvent`
    (pydantic); every problem is a :class:`FieldError` that names the field.
 2. :mod:`.store`: :func:`store_event` writes the ``events`` row under :func:`dedup_key` (:mod:`.keys`,
-   with the run ids); a repeat is a duplicate, never acted on again.
+   with the run ids); a repeat is a duplicate, never acted on again. The endpoint stores the events that
+   arrive together with :func:`store_events`, in one transaction (:class:`GroupCommit`, :mod:`.group`).
 3. :mod:`.dispatch`: :func:`dispatch_event` acts on a ``received`` row (13 starts a campaign send, 4
    cancels, 3 starts the day's user sync); :func:`dispatch_pending` retries the ones whose dispatch failed.
-   The endpoint does not wait for it: :class:`EventDispatcher` (:mod:`.dispatcher`) dispatches in a thread.
+   The endpoint does not wait for it: :class:`EventDispatcher` (:mod:`.dispatcher`) dispatches in a thread,
+   what queued up together in one :func:`dispatch_events` call (the 13s' runs in one Airflow transaction).
 
 :mod:`.triggers` creates the DAG runs: :class:`AirflowDagTrigger` where the metadata database may be used,
 :class:`TaskDagTrigger` inside a task. Logs name event ids, types, campaigns and channels, never customer
