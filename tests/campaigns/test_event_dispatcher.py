@@ -259,6 +259,105 @@ def test_stop_dispatches_what_is_queued_in_order(engine: sa.Engine) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Batches: the 13s the dispatcher takes at once get their runs in one Airflow transaction
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CountingTrigger:
+    """Airflow's trigger, counting runs created one by one and batches."""
+
+    single: int = 0
+    batches: list[int] = field(default_factory=list)
+    inner: Any = field(default_factory=lambda: events.AirflowDagTrigger())
+
+    def trigger(self, *args: Any, **kwargs: Any) -> bool:
+        self.single += 1
+        return bool(self.inner.trigger(*args, **kwargs))
+
+    def trigger_many(self, dag_id: str, runs: Any) -> dict[str, bool]:
+        self.batches.append(len(runs))
+        return dict(self.inner.trigger_many(dag_id, runs))
+
+    def has_run_on(self, dag_id: str, day: dt.date) -> bool:
+        return bool(self.inner.has_run_on(dag_id, day))
+
+
+def test_a_batch_of_13s_makes_one_run_each_in_one_pass_even_when_one_exists(engine: sa.Engine) -> None:
+    when = now()
+    campaigns = [new_id() for _ in range(4)]
+    ids = [stored(engine, event13(c, when=when)) for c in campaigns]
+    existing = events.campaign_run_id(campaigns[1], CHANNEL, when)
+    conf = events.campaign_conf(campaigns[1], CHANNEL, when, ids[1], "webhook")
+    assert events.AirflowDagTrigger().trigger(SEND_DAG, existing, conf)  # another server got there first
+    trigger = CountingTrigger()
+    results = events.dispatch_events(engine, ids, trigger=trigger)
+    assert [r.status for r in results] == ["dispatched"] * 4
+    assert (trigger.batches, trigger.single) == ([4], 0)  # one Airflow transaction, no fallback
+    assert results[1].dag_run_id == existing and "already existed" in (results[1].note or "")
+    assert [send_runs(c) for c in campaigns] == [[r.dag_run_id] for r in results]
+    again = events.dispatch_events(engine, ids, trigger=trigger)  # a repeat (another server, the sweep)
+    assert [r.status for r in again] == ["dispatched"] * 4
+    assert [send_runs(c) for c in campaigns] == [[r.dag_run_id] for r in results]
+    assert trigger.single == 0
+
+
+@pytest.mark.parametrize("first", ["cancel", "bulk", "together"])
+def test_a_cancel_wins_over_a_13_dispatched_in_a_batch(engine: sa.Engine, first: str) -> None:
+    """As one by one: the campaign on two channels, the 13 of the second dispatched in a batch with others."""
+    campaign = new_id()
+    earlier = stored(engine, event13(campaign, OTHER_CHANNEL))
+    assert events.dispatch_event(engine, earlier).status == "dispatched"  # the campaign has a row on 459
+    batch = [stored(engine, event13(campaign, CHANNEL)), *(stored(engine, event13(new_id())) for _ in range(2))]
+    cancel = stored(engine, {"eventTypeId": 4, "timeStamp": f"{now():%Y-%m-%d %H:%M:%S}", "campaignId": campaign})
+    trigger = CountingTrigger()
+    if first == "cancel":
+        assert events.dispatch_event(engine, cancel, trigger=trigger).status == "dispatched"
+    ids = [cancel, *batch] if first == "together" else batch
+    assert {r.status for r in events.dispatch_events(engine, ids, trigger=trigger)} == {"dispatched"}
+    if first == "bulk":
+        assert events.dispatch_event(engine, cancel, trigger=trigger).status == "dispatched"
+    assert trigger.batches == [3] and trigger.single == 0
+    assert campaign_state(engine, campaign, CHANNEL) == "cancelled"
+    assert campaign_state(engine, campaign, OTHER_CHANNEL) == "cancelled"
+    assert len(send_runs(campaign)) == 2  # the runs still start (visible) and find the campaign cancelled
+
+
+def test_the_dispatcher_takes_what_queued_up_as_one_batch_and_retries_a_failed_one(engine: sa.Engine) -> None:
+    blocker = threading.Event()
+    calls: list[list[int]] = []
+    failures = [RuntimeError("the state database went away")]
+
+    def one(event_id: int) -> events.DispatchResult:
+        calls.append([event_id])
+        assert blocker.wait(60)
+        return events.dispatch_event(engine, event_id)
+
+    def many(event_ids: list[int]) -> list[events.DispatchResult]:
+        calls.append(list(event_ids))
+        if failures:
+            raise failures.pop()
+        return events.dispatch_events(engine, event_ids, trigger=events.AirflowDagTrigger())
+
+    first, *rest = [stored(engine, event13(new_id())) for _ in range(4)]
+    dispatcher = events.EventDispatcher(one, dispatch_many=many, retry_delays=(0.05, 0.1, 0.2))
+    try:
+        assert dispatcher.submit(first)
+        wait_for(lambda: calls == [[first]], "the first event taken by the thread")
+        for event_id in rest:
+            assert dispatcher.submit(event_id)
+        blocker.set()
+        for event_id in [first, *rest]:
+            wait_status(engine, event_id)
+    finally:
+        blocker.set()
+        dispatcher.stop()
+    assert calls[:2] == [[first], rest]  # the rest queued together and was dispatched together (and failed)
+    assert sorted(i for call in calls[2:] for i in call) == sorted(rest)  # each retried, once
+    assert dispatcher.backlog() == 0 and dispatcher.dispatched == 4
+
+
+# --------------------------------------------------------------------------------------------------
 # Real API servers on one state database
 # --------------------------------------------------------------------------------------------------
 

@@ -7,9 +7,11 @@ The same endpoint over real HTTP is tested in ``test_event_endpoint.py``.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -203,13 +205,149 @@ def test_a_storage_bug_answers_500_without_logging_the_event(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise sa.exc.StatementError(f"cannot bind {CUSTOMER}", "INSERT ...", {"customer_id": CUSTOMER}, None)
 
-    monkeypatch.setattr(events, "store_event", broken)
+    monkeypatch.setattr(events, "store_events", broken)  # the group commit's batch insert
+    monkeypatch.setattr(events, "store_event", broken)  # and the retry of each event on its own
     caplog.set_level(logging.DEBUG)
     response = app.post(ok11())
     assert response.status_code == 500
     assert response.json()["status"] == "error"
     assert CUSTOMER not in caplog.text and CUSTOMER not in response.text
     assert "StatementError" in caplog.text
+
+
+# --------------------------------------------------------------------------------------------------
+# Group commit: requests arriving together share one transaction, each answered after its commit
+# --------------------------------------------------------------------------------------------------
+
+N_TOGETHER = 6
+
+
+@dataclass
+class GatedStore:
+    """``events.store_events`` held at a gate: the test decides when the batches may be written."""
+
+    real: Any
+    gate: threading.Event = field(default_factory=threading.Event)
+    entered: list[int] = field(default_factory=list)  # sizes of the batches waiting at the gate
+    committed: set[int] = field(default_factory=set)  # event ids whose batch has been committed
+
+    def __call__(self, engine: sa.Engine, items: Any, **kwargs: Any) -> Any:
+        self.entered.append(len(items))
+        assert self.gate.wait(60), "the test never opened the gate"
+        stored = self.real(engine, items, **kwargs)  # returns after its commit
+        self.committed.update(s.event_id for s in stored)
+        return stored
+
+
+def _post_together(app: App, bodies: list[dict[str, Any]], gated: GatedStore) -> list[tuple[int, Any, bool]]:
+    """POST ``bodies`` at once on one event loop; open the gate once every one is in a batch or waiting for one.
+
+    Returns (status, answer, whether its row was committed when the answer came) per body, in order.
+    """
+    group = app.client.app.state.group_commit  # type: ignore[attr-defined]
+    headers = {"X-netmera-api-key": KEY, "Content-Type": "application/json"}
+
+    async def post(client: httpx.AsyncClient, body: dict[str, Any]) -> tuple[int, Any, bool]:
+        response = await client.post(f"/event/{APP_KEY}", content=json.dumps(body), headers=headers)
+        answer = response.json()
+        return response.status_code, answer, answer.get("event_id") in gated.committed
+
+    async def run() -> list[tuple[int, Any, bool]]:
+        transport = httpx.ASGITransport(app=app.client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            tasks = [asyncio.create_task(post(client, body)) for body in bodies]
+            deadline = time.monotonic() + 60
+            while sum(gated.entered) + group.waiting() < len(bodies):
+                assert time.monotonic() < deadline, (gated.entered, group.waiting())
+                assert not any(t.done() for t in tasks), [t.result() for t in tasks if t.done()]
+                await asyncio.sleep(0.01)
+            assert not any(t.done() for t in tasks), "answered before its batch was written"
+            assert app.count() == 0
+            gated.gate.set()
+            return await asyncio.wait_for(asyncio.gather(*tasks), 120)
+
+    return asyncio.run(run())
+
+
+def test_group_commit_answers_each_request_only_after_its_batch_committed(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gated = GatedStore(events.store_events)
+    monkeypatch.setattr(events, "store_events", gated)
+    bodies = [ok11(customerID=f"G{i}") for i in range(N_TOGETHER)]
+    answers = _post_together(app, bodies, gated)
+    assert [(status, answer["status"], committed) for status, answer, committed in answers] == [
+        (200, "accepted", True)
+    ] * N_TOGETHER
+    assert app.count() == N_TOGETHER
+    assert max(gated.entered) > 1  # requests that arrived together shared a transaction
+
+
+def test_a_failed_batch_commit_answers_each_request_503_and_stores_none_of_it(
+    app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database fails at COMMIT: every request of the batch is refused (Optimove retries), nothing is kept."""
+    gated = GatedStore(events.store_events)
+    monkeypatch.setattr(events, "store_events", gated)
+
+    def refuse_commit(_connection: Any) -> None:
+        raise sa.exc.OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    sa.event.listen(app.engine, "commit", refuse_commit)
+    bodies = [ok13(campaignId=9100 + i) for i in range(N_TOGETHER)]
+    try:
+        answers = _post_together(app, bodies, gated)
+    finally:
+        sa.event.remove(app.engine, "commit", refuse_commit)
+    assert [(status, answer["status"]) for status, answer, _ in answers] == [(503, "unavailable")] * N_TOGETHER
+    assert max(gated.entered) > 1
+    assert app.count() == 0
+    assert "storing each on its own" not in caplog.text  # an outage is not retried event by event
+    assert app.trigger.calls == []  # nothing was handed to the dispatcher
+    for body in bodies:  # Optimove's retry: stored now, as new events (nothing of the failed batch was kept)
+        assert app.post(body).json()["status"] == "accepted"
+    assert app.count() == N_TOGETHER
+
+
+def test_an_event_the_database_refuses_fails_alone_not_its_batch(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_many, real_one = events.store_events, events.store_event
+
+    def refused(bad: bool) -> None:
+        if bad:
+            raise sa.exc.DataError("INSERT INTO events ...", {}, Exception("value the column cannot hold"))
+
+    def many(engine: sa.Engine, items: Any, **kwargs: Any) -> Any:
+        refused(any(event.customer_id == "BAD" for event, _ in items))
+        return real_many(engine, items, **kwargs)
+
+    def one(engine: sa.Engine, event: events.OptimoveEvent, **kwargs: Any) -> Any:
+        refused(event.customer_id == "BAD")
+        return real_one(engine, event, **kwargs)
+
+    gated = GatedStore(many)
+    monkeypatch.setattr(events, "store_events", gated)
+    monkeypatch.setattr(events, "store_event", one)
+    bodies = [ok11(customerID="BAD" if i == 2 else f"G{i}") for i in range(N_TOGETHER)]
+    answers = _post_together(app, bodies, gated)
+    statuses = [status for status, _, _ in answers]
+    assert statuses == [500 if i == 2 else 200 for i in range(N_TOGETHER)], answers
+    assert app.count() == N_TOGETHER - 1
+    assert max(gated.entered) > 1
+
+
+def test_a_flush_that_fails_answers_every_request_of_its_batch(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the flush itself (not in one event): each request gets its answer (500), none waits forever."""
+    gated = GatedStore(events.store_events)
+    monkeypatch.setattr(events, "store_events", gated)
+    real_batch = api._store_batch
+
+    def broken(runtime: Any, pending: Any) -> Any:
+        real_batch(runtime, pending)  # goes through the gate
+        raise RuntimeError("a bug after the flush")
+
+    monkeypatch.setattr(api, "_store_batch", broken)
+    answers = _post_together(app, [ok11(customerID=f"G{i}") for i in range(N_TOGETHER)], gated)
+    assert [status for status, _, _ in answers] == [500] * N_TOGETHER
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,7 +19,10 @@ on any rejection; every error body is ``{"status": "rejected", "error": "...", "
       ``inbound.max_concurrent_requests`` event requests are already in progress in this process: retry later
 ====  ==========================================================================================
 
-Accepted events are stored before the answer: ``200 {"status": "accepted"|"ignored"|"held"|"duplicate",
+Accepted events are stored before the answer. Requests that arrive together share one transaction (group commit,
+:mod:`optimove_netmera.campaigns.events.group`): each is answered after that commit; when the state database fails,
+every request of the batch is answered 503 and none of it is kept; an event the database refuses fails alone (the
+others of its batch are stored one by one). Answers: ``200 {"status": "accepted"|"ignored"|"held"|"duplicate",
 "event_id": n}`` (Netmera documents no response body for this endpoint and Optimove only needs the 200, so it
 stays small). ``held``: its channel (or an event 11's template) is not configured; it is stored with the reason,
 logged at error level and acted on once the settings cover it (see :mod:`optimove_netmera.campaigns.events.held`).
@@ -109,7 +112,6 @@ REDISPATCH_AFTER_ENV = "OPTIMOVE_NETMERA_API_REDISPATCH_AFTER_SECONDS"
 DISPATCHER_ENV = "OPTIMOVE_NETMERA_API_DISPATCHER"
 RETRY_AFTER_SECONDS = "30"
 GC_FREEZE_ENV = "OPTIMOVE_NETMERA_API_GC_FREEZE"
-DEFAULT_DB_SLOTS = 5
 JSON_MEDIA_TYPE = "application/json"
 
 
@@ -187,7 +189,6 @@ class _Runtime:
         self._config: _Config | None = None
         self._lock = threading.Lock()
         self._migrated: set[str] = set()
-        self._slots: asyncio.Semaphore | None = None
         self.in_progress = 0  # event requests being handled (one event loop per process: no lock needed)
 
     def cached(self) -> _Config | None:
@@ -229,20 +230,6 @@ class _Runtime:
     async def config(self) -> _Config:
         """The config, refreshed off the event loop when stale."""
         return self.cached() or await run_in_threadpool(self.refresh)
-
-    def db_slots(self, settings: Settings) -> asyncio.Semaphore:
-        """Requests allowed into the state database at once: its connection pool's size.
-
-        Queueing here (first come, first served, on the event loop) instead of in the pool keeps the
-        pool from opening and closing overflow connections under load, which showed as a 900 ms tail.
-        """
-        if self._slots is None:
-            try:
-                size = int(get_engine(settings.resolved_state_db_url()).pool.size())  # type: ignore[attr-defined]
-            except (AttributeError, StateDatabaseError, sa.exc.SQLAlchemyError):
-                size = DEFAULT_DB_SLOTS
-            self._slots = asyncio.Semaphore(max(1, size))
-        return self._slots
 
     def engine(self, settings: Settings) -> Engine:
         """The state engine, migrated once per process; raises StoreUnavailable."""
@@ -401,19 +388,87 @@ def _plain(value: Any, depth: int = 0) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 
+Stored = tuple[events.StoredEvent, bool]
+"""What storing one event gave: its row and whether a held row was released by this repeat."""
+
+Pending = tuple[_Config, events.OptimoveEvent, dict[str, Any]]
+"""One event waiting for the group commit: the config it was checked under, the event, its raw body."""
+
+
 def _store(
     runtime: _Runtime, config: _Config, event: events.OptimoveEvent, raw: dict[str, Any]
 ) -> tuple[events.StoredEvent, bool]:
-    """Store the event; a repeat of a held event that the settings now cover is released (``True``)."""
+    """Store one event on its own (see :func:`_store_batch`)."""
     engine = runtime.engine(config.settings)
     try:
-        stored = events.store_event(engine, event, raw=raw, settings=config.settings)
-        if stored.created or stored.status != EventStatus.HELD.value:
-            return stored, False
-        status = events.release_held(engine, stored.event_id, config.settings, by="a repeat from Optimove")
-        return (stored, False) if status is None else (dataclasses.replace(stored, status=status), True)
+        return _release(engine, config, events.store_event(engine, event, raw=raw, settings=config.settings))
     except (StateDatabaseError, sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:
         raise StoreUnavailable(_describe(exc)) from exc
+
+
+def _release(engine: Engine, config: _Config, stored: events.StoredEvent) -> Stored:
+    """A repeat of a held event that the settings now cover is released (``True``)."""
+    if stored.created or stored.status != EventStatus.HELD.value:
+        return stored, False
+    status = events.release_held(engine, stored.event_id, config.settings, by="a repeat from Optimove")
+    return (stored, False) if status is None else (dataclasses.replace(stored, status=status), True)
+
+
+def _store_batch(runtime: _Runtime, pending: list[Pending]) -> list[Stored | Exception]:
+    """The group commit's flush: the events of ``pending`` in one transaction, one outcome each, in order.
+
+    The state database unreachable (or not shared, not migrated): every event of the batch gets
+    :class:`StoreUnavailable` (503), none is stored. Any other error of the batch insert (a value the
+    database refuses, a bug) rolls the whole batch back and stores each event on its own, so only the
+    event it concerns fails.
+    """
+    outcomes: list[Stored | Exception | None] = [None] * len(pending)
+    groups: dict[int, list[int]] = {}  # by config: normally one group (the config is cached for 30 s)
+    for index, (config, _, _) in enumerate(pending):
+        groups.setdefault(id(config), []).append(index)
+    for indexes in groups.values():
+        config = pending[indexes[0]][0]
+        try:
+            engine = runtime.engine(config.settings)
+            stored = events.store_events(
+                engine, [(pending[i][1], pending[i][2]) for i in indexes], settings=config.settings
+            )
+        except StoreUnavailable as exc:
+            for i in indexes:
+                outcomes[i] = exc
+            continue
+        except (StateDatabaseError, sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:
+            unavailable = StoreUnavailable(_describe(exc))
+            unavailable.__cause__ = exc
+            for i in indexes:
+                outcomes[i] = unavailable
+            continue
+        except Exception as exc:
+            log.warning(
+                "Optimove events: a batch of %d could not be stored together (%s); storing each on its own",
+                len(indexes),
+                type(exc).__name__,
+            )
+            for i in indexes:
+                outcomes[i] = _outcome(_store, runtime, *pending[i])
+            continue
+        for i, row in zip(indexes, stored, strict=True):
+            outcomes[i] = _outcome(_release_or_unavailable, engine, pending[i][0], row)
+    return [o if o is not None else RuntimeError("no outcome") for o in outcomes]
+
+
+def _release_or_unavailable(engine: Engine, config: _Config, stored: events.StoredEvent) -> Stored:
+    try:
+        return _release(engine, config, stored)
+    except (StateDatabaseError, sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:
+        raise StoreUnavailable(_describe(exc)) from exc
+
+
+def _outcome(function: Any, *args: Any) -> Stored | Exception:
+    try:
+        return function(*args)  # type: ignore[no-any-return]
+    except Exception as exc:
+        return exc
 
 
 def _dispatch_one(runtime: _Runtime, event_id: int) -> events.DispatchResult:
@@ -421,6 +476,13 @@ def _dispatch_one(runtime: _Runtime, event_id: int) -> events.DispatchResult:
     config = runtime.cached() or runtime.refresh()
     engine = runtime.engine(config.settings)
     return events.dispatch_event(engine, event_id, trigger=events.AirflowDagTrigger(), settings=config.settings)
+
+
+def _dispatch_many(runtime: _Runtime, event_ids: list[int]) -> list[events.DispatchResult]:
+    """Dispatch what the dispatcher took at once (the 13s' runs created together; see ``dispatch_events``)."""
+    config = runtime.cached() or runtime.refresh()
+    engine = runtime.engine(config.settings)
+    return events.dispatch_events(engine, event_ids, trigger=events.AirflowDagTrigger(), settings=config.settings)
 
 
 def _answer(
@@ -628,8 +690,14 @@ def create_app(options: DispatchOptions | None = None) -> FastAPI:
     runtime = _Runtime()
     options = options or DispatchOptions.from_env()
     dispatcher = (
-        events.EventDispatcher(lambda event_id: _dispatch_one(runtime, event_id)) if options.dispatcher else None
+        events.EventDispatcher(
+            lambda event_id: _dispatch_one(runtime, event_id),
+            dispatch_many=lambda event_ids: _dispatch_many(runtime, event_ids),
+        )
+        if options.dispatcher
+        else None
     )
+    group: events.GroupCommit[Pending, Stored] = events.GroupCommit(lambda pending: _store_batch(runtime, pending))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -659,6 +727,7 @@ def create_app(options: DispatchOptions | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     app.state.dispatcher = dispatcher
+    app.state.group_commit = group
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -728,8 +797,7 @@ def create_app(options: DispatchOptions | None = None) -> FastAPI:
             log.info("Optimove event rejected with %s (field %s)", rejected.status, rejected.field)
             return rejected.response()
         try:
-            async with runtime.db_slots(config.settings):
-                stored, released = await run_in_threadpool(_store, runtime, config, event, raw)
+            stored, released = await group.submit((config, event, raw))
         except StoreUnavailable as exc:
             url = _shown_url(config.settings)
             log.error(

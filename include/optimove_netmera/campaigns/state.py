@@ -53,6 +53,7 @@ __all__ = [
     "cancel_status",
     "mark_cancelled",
     "record_campaign",
+    "record_campaigns",
     "set_state",
 ]
 
@@ -86,28 +87,36 @@ def record_campaign(
     An existing row keeps its state (a cancel that arrived first stays cancelled); a missing
     ``event_time`` or ``dag_run_id`` is filled in.
     """
+    record_campaigns(engine, [(campaign_id, channel_id, event_time, dag_run_id)])
+
+
+def record_campaigns(engine: Engine, campaigns: Iterable[tuple[int, int, dt.datetime | None, str | None]]) -> None:
+    """:func:`record_campaign` for each ``(campaign_id, channel_id, event_time, dag_run_id)``, in one transaction."""
+    table = Campaign.__table__
     with session_scope(engine) as session:
-        inserted = insert_if_absent(
-            session,
-            Campaign,
-            {
-                "campaign_id": int(campaign_id),
-                "channel_id": int(channel_id),
-                "state": CampaignState.RECEIVED.value,
-                "event_time": _aware(event_time) if event_time is not None else None,
-                "dag_run_id": dag_run_id,
-            },
-        )
-        if inserted:
-            return
-        table = Campaign.__table__
-        key = (table.c.campaign_id == int(campaign_id), table.c.channel_id == int(channel_id))
-        if event_time is not None:
-            session.execute(
-                sa.update(table).where(*key, table.c.event_time.is_(None)).values(event_time=_aware(event_time))
+        for campaign_id, channel_id, event_time, dag_run_id in campaigns:
+            inserted = insert_if_absent(
+                session,
+                Campaign,
+                {
+                    "campaign_id": int(campaign_id),
+                    "channel_id": int(channel_id),
+                    "state": CampaignState.RECEIVED.value,
+                    "event_time": _aware(event_time) if event_time is not None else None,
+                    "dag_run_id": dag_run_id,
+                },
             )
-        if dag_run_id is not None:
-            session.execute(sa.update(table).where(*key, table.c.dag_run_id.is_(None)).values(dag_run_id=dag_run_id))
+            if inserted:
+                continue
+            key = (table.c.campaign_id == int(campaign_id), table.c.channel_id == int(channel_id))
+            if event_time is not None:
+                session.execute(
+                    sa.update(table).where(*key, table.c.event_time.is_(None)).values(event_time=_aware(event_time))
+                )
+            if dag_run_id is not None:
+                session.execute(
+                    sa.update(table).where(*key, table.c.dag_run_id.is_(None)).values(dag_run_id=dag_run_id)
+                )
 
 
 def mark_cancelled(engine: Engine, campaign_id: int, channel_id: int | None, at: dt.datetime, source: str) -> int:

@@ -8,10 +8,12 @@ step has its own module; this package re-exports their public names, so
 1. :mod:`.parse`: :func:`parse_event` turns a decoded JSON object into an :class:`OptimoveEvent`
    (pydantic); every problem is a :class:`FieldError` that names the field.
 2. :mod:`.store`: :func:`store_event` writes the ``events`` row under :func:`dedup_key` (:mod:`.keys`,
-   with the run ids); a repeat is a duplicate, never acted on again.
+   with the run ids); a repeat is a duplicate, never acted on again. The endpoint stores the events that
+   arrive together with :func:`store_events`, in one transaction (:class:`GroupCommit`, :mod:`.group`).
 3. :mod:`.dispatch`: :func:`dispatch_event` acts on a ``received`` row (13 starts a campaign send, 4
    cancels, 3 starts the day's user sync); :func:`dispatch_pending` retries the ones whose dispatch failed.
-   The endpoint does not wait for it: :class:`EventDispatcher` (:mod:`.dispatcher`) dispatches in a thread.
+   The endpoint does not wait for it: :class:`EventDispatcher` (:mod:`.dispatcher`) dispatches in a thread,
+   what queued up together in one :func:`dispatch_events` call (the 13s' runs in one Airflow transaction).
 
 :mod:`.triggers` creates the DAG runs: :class:`AirflowDagTrigger` where the metadata database may be used,
 :class:`TaskDagTrigger` inside a task. Logs name event ids, types, campaigns and channels, never customer
@@ -23,11 +25,13 @@ from optimove_netmera.campaigns.events.dispatch import (
     IngestResult,
     PendingReport,
     dispatch_event,
+    dispatch_events,
     dispatch_pending,
     ingest,
     pending_event_ids,
 )
 from optimove_netmera.campaigns.events.dispatcher import EventDispatcher
+from optimove_netmera.campaigns.events.group import GroupCommit
 from optimove_netmera.campaigns.events.held import HeldReport, held_event_ids, redispatch_held, release_held
 from optimove_netmera.campaigns.events.keys import campaign_conf, campaign_run_id, dedup_key, user_sync_run_id
 from optimove_netmera.campaigns.events.parse import (
@@ -52,7 +56,7 @@ from optimove_netmera.campaigns.events.parse import (
     read_json_int,
     redact_payload,
 )
-from optimove_netmera.campaigns.events.store import StoredEvent, count_by_status, store_event
+from optimove_netmera.campaigns.events.store import StoredEvent, count_by_status, store_event, store_events
 from optimove_netmera.campaigns.events.triggers import (
     CAMPAIGN_SEND_DAG_ID,
     USER_SYNC_DAG_ID,
@@ -87,6 +91,7 @@ __all__ = [
     "EventDispatcher",
     "EventValidationError",
     "FieldError",
+    "GroupCommit",
     "HeldReport",
     "IngestResult",
     "OptimoveEvent",
@@ -102,6 +107,7 @@ __all__ = [
     "dedup_key",
     "default_trigger",
     "dispatch_event",
+    "dispatch_events",
     "dispatch_pending",
     "held_event_ids",
     "in_task",
@@ -113,5 +119,6 @@ __all__ = [
     "redispatch_held",
     "release_held",
     "store_event",
+    "store_events",
     "user_sync_run_id",
 ]

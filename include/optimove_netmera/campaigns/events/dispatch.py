@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -54,22 +54,29 @@ class DispatchResult:
     error: str | None = None
 
 
+def _columns() -> list[Any]:
+    table = Event.__table__
+    return [
+        table.c.id,
+        table.c.event_type_id,
+        table.c.campaign_id,
+        table.c.channel_id,
+        table.c.event_time,
+        table.c.source,
+        table.c.status,
+        table.c.dag_run_id,
+        table.c.note,
+    ]
+
+
 def _load(engine: Engine, event_id: int) -> Any:
     table = Event.__table__
     with engine.connect() as connection:
-        return connection.execute(
-            sa.select(
-                table.c.id,
-                table.c.event_type_id,
-                table.c.campaign_id,
-                table.c.channel_id,
-                table.c.event_time,
-                table.c.source,
-                table.c.status,
-                table.c.dag_run_id,
-                table.c.note,
-            ).where(table.c.id == int(event_id))
-        ).one_or_none()
+        return connection.execute(sa.select(*_columns()).where(table.c.id == int(event_id))).one_or_none()
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)  # SQLite hands back naive UTC
 
 
 def _act(engine: Engine, row: Any, trigger: DagTrigger) -> tuple[str | None, str]:
@@ -195,6 +202,83 @@ def _note_failure(engine: Engine, event_id: int, error: str) -> None:
             )
     except (StateDatabaseError, sa.exc.SQLAlchemyError) as exc:
         log.warning("could not record the dispatch failure of event %s: %s", event_id, type(exc).__name__)
+
+
+def dispatch_events(
+    engine: Engine, event_ids: Sequence[int], *, trigger: DagTrigger | None = None, settings: Settings | None = None
+) -> list[DispatchResult]:
+    """:func:`dispatch_event` for each of ``event_ids``, one result each, in order; the 13s together.
+
+    When the trigger can create several runs at once (``trigger_many``, :class:`AirflowDagTrigger`), the
+    ``received`` 13s among them are dispatched as one batch: their campaigns recorded in one transaction
+    (before their runs, as one by one, so a cancel still wins), their runs created in one Airflow transaction,
+    their rows moved to ``dispatched`` in one more. Whatever the batch did not finish (it failed, or a row
+    was no longer ``received``) and every other event goes through :func:`dispatch_event` on its own, which
+    retries, classifies the failure and notes it. State-database errors propagate.
+    """
+    ids = [int(i) for i in event_ids]
+    chosen = trigger or default_trigger(settings)
+    done: dict[int, DispatchResult] = {}
+    trigger_many = getattr(chosen, "trigger_many", None)
+    if trigger_many is not None and len(ids) > 1:
+        table = Event.__table__
+        with engine.connect() as connection:
+            rows = connection.execute(sa.select(*_columns()).where(table.c.id.in_(ids)).order_by(table.c.id)).all()
+        campaigns = [
+            row
+            for row in rows
+            if row.status == EventStatus.RECEIVED.value
+            and row.event_type_id == 13
+            and EARLIEST_EVENT_TIME <= _aware(row.event_time) < LATEST_EVENT_TIME
+        ]
+        if len(campaigns) > 1:
+            done = _dispatch_campaigns(engine, campaigns, trigger_many)
+    return [done.get(i) or dispatch_event(engine, i, trigger=chosen, settings=settings) for i in ids]
+
+
+def _dispatch_campaigns(engine: Engine, rows: list[Any], trigger_many: Any) -> dict[int, DispatchResult]:
+    """Dispatch ``received`` 13s as one batch; the results of those it finished (see :func:`dispatch_events`)."""
+    from optimove_netmera.campaigns import state
+
+    planned = []
+    for row in rows:
+        when = _aware(row.event_time)
+        run_id = campaign_run_id(row.campaign_id, row.channel_id, when)
+        conf = campaign_conf(row.campaign_id, row.channel_id, when, row.id, row.source)
+        planned.append((row, when, run_id, conf))
+    # recorded before their runs exist, as one by one: a cancel stored meanwhile finds (and keeps) them cancelled
+    state.record_campaigns(engine, [(r.campaign_id, r.channel_id, when, run_id) for r, when, run_id, _ in planned])
+    try:
+        created = trigger_many(
+            CAMPAIGN_SEND_DAG_ID,
+            [(run_id, conf, f"Optimove event {row.id} ({row.source})") for row, _, run_id, conf in planned],
+        )
+    except Exception as exc:  # one of them (or all) failed: each is dispatched on its own, which tells which and why
+        log.warning(
+            "%d Optimove campaign events could not be dispatched together (%s): dispatching each on its own",
+            len(planned),
+            type(exc).__name__,
+        )
+        return {}
+    results: dict[int, DispatchResult] = {}
+    with session_scope(engine) as session:
+        for row, _, run_id, _ in planned:
+            note = f"{CAMPAIGN_SEND_DAG_ID} run {'created' if created[run_id] else 'already existed'}"
+            moved = transition(
+                session,
+                Event,
+                key={"id": row.id},
+                from_status=EventStatus.RECEIVED.value,
+                to_status=EventStatus.DISPATCHED.value,
+                values={"dag_run_id": run_id, "note": note},
+            )
+            if moved:
+                results[row.id] = DispatchResult(row.id, EventStatus.DISPATCHED.value, run_id, note)
+    for row, _, run_id, _ in planned:
+        if row.id in results:
+            what = f"Optimove event {row.id} (type 13, campaign {row.campaign_id}, channel {row.channel_id})"
+            log.info("%s dispatched: %s (%s)", what, results[row.id].note, run_id)
+    return results
 
 
 @dataclass(frozen=True)

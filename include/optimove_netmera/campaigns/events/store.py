@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from optimove_netmera.campaigns.events.parse import (
     redact_payload,
 )
 from optimove_netmera.settings import Settings, get_settings
-from optimove_netmera.store import Event, EventSource, EventStatus, insert_if_absent, session_scope
+from optimove_netmera.store import Event, EventSource, EventStatus, dialect_insert, insert_if_absent, session_scope
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,24 @@ def _writer(engine: Engine) -> contextlib.AbstractContextManager[Any]:
     return _SQLITE_WRITER if engine.dialect.name == "sqlite" else contextlib.nullcontext()
 
 
+def _values(event: OptimoveEvent, key: str, source: str, raw: Mapping[str, Any] | None, settings: Settings) -> dict:
+    status, note = _initial_status(event, settings)
+    return {
+        "dedup_key": key,
+        "event_type_id": event.event_type_id,
+        "campaign_id": event.campaign_id,
+        "channel_id": event.channel_id,
+        "customer_id": event.customer_id,
+        "template_id": event.template_id,
+        "promo_code": event.promo_code,
+        "event_time": event.event_time,
+        "source": EventSource(source).value,
+        "status": status,
+        "raw_payload": redact_payload(raw) if raw is not None else None,
+        "note": note,
+    }
+
+
 def store_event(
     engine: Engine,
     event: OptimoveEvent,
@@ -93,21 +111,7 @@ def store_event(
     """
     s = settings or get_settings()
     key = dedup_key(event)
-    status, note = _initial_status(event, s)
-    values = {
-        "dedup_key": key,
-        "event_type_id": event.event_type_id,
-        "campaign_id": event.campaign_id,
-        "channel_id": event.channel_id,
-        "customer_id": event.customer_id,
-        "template_id": event.template_id,
-        "promo_code": event.promo_code,
-        "event_time": event.event_time,
-        "source": EventSource(source).value,
-        "status": status,
-        "raw_payload": redact_payload(raw) if raw is not None else None,
-        "note": note,
-    }
+    values = _values(event, key, source, raw, s)
     table = Event.__table__
     with _writer(engine), session_scope(engine) as session:
         created = insert_if_absent(session, Event, values, conflict_columns=["dedup_key"])
@@ -117,6 +121,53 @@ def store_event(
     stored = StoredEvent(int(row.id), created, str(row.status), key, row.note, row.dag_run_id)
     _log_stored(event, stored, source)
     return stored
+
+
+def store_events(
+    engine: Engine,
+    items: Sequence[tuple[OptimoveEvent, Mapping[str, Any] | None]],
+    *,
+    source: str = EventSource.WEBHOOK.value,
+    settings: Settings | None = None,
+) -> list[StoredEvent]:
+    """Write several events (``(event, raw)`` pairs) in **one** transaction: a group commit.
+
+    What :func:`store_event` does for each, in one ``INSERT ... ON CONFLICT DO NOTHING`` (the rows in dedup-key
+    order, so two writers lock in the same order) and one commit; returns their rows in ``items`` order. The
+    same dedup key twice in ``items`` is created once, the later ones are its duplicates. All or nothing: on any
+    error nothing of the batch is written and the error propagates (``StateDatabaseError`` as in
+    :func:`store_event`).
+    """
+    s = settings or get_settings()
+    keys = [dedup_key(event) for event, _ in items]
+    first: dict[str, dict[str, Any]] = {}
+    for key, (event, raw) in zip(keys, items, strict=True):
+        if key not in first:
+            first[key] = _values(event, key, source, raw, s)
+    ordered = sorted(first)
+    if not ordered:
+        return []
+    table = Event.__table__
+    with _writer(engine), session_scope(engine) as session:
+        insert = dialect_insert(session, Event).on_conflict_do_nothing(index_elements=["dedup_key"])
+        inserted = set(session.execute(insert.returning(table.c.dedup_key), [first[key] for key in ordered]).scalars())
+        rows = {
+            row.dedup_key: row
+            for row in session.execute(
+                sa.select(table.c.id, table.c.dedup_key, table.c.status, table.c.note, table.c.dag_run_id).where(
+                    table.c.dedup_key.in_(ordered)
+                )
+            )
+        }
+    results: list[StoredEvent] = []
+    for key, (event, _) in zip(keys, items, strict=True):
+        row = rows[key]
+        created = key in inserted
+        inserted.discard(key)  # a second occurrence in this batch is a duplicate of the first
+        stored = StoredEvent(int(row.id), created, str(row.status), key, row.note, row.dag_run_id)
+        _log_stored(event, stored, source)
+        results.append(stored)
+    return results
 
 
 def _log_stored(event: OptimoveEvent, stored: StoredEvent, source: str) -> None:

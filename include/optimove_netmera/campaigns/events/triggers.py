@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import sys
 import threading
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -109,6 +110,67 @@ class AirflowDagTrigger:
                 f"could not create run {run_id} of DAG {dag_id!r}: {type(exc).__name__}: {exc}"
             ) from exc
         return True
+
+    def trigger_many(self, dag_id: str, runs: Sequence[tuple[str, dict[str, Any], str | None]]) -> dict[str, bool]:
+        """Create several manual runs of ``dag_id`` (``(run_id, conf, note)``, no logical date) in one transaction.
+
+        What :meth:`trigger` does for each, with the costs shared: the DAG's row and its serialized DAG are read
+        (and deserialized) once, existing run ids are looked up in one query, the runs are created with the
+        serialized DAG's ``create_dagrun`` (what ``trigger_dag`` calls, with the same arguments) and committed
+        once. Returns run id -> created (False: it existed). All or nothing: if any run fails (Airflow refuses
+        it, the DAG is missing, a concurrent creator committed the same run id first) nothing is committed and
+        the error propagates; the caller then creates each run with :meth:`trigger`, which sorts out which
+        failed and why.
+        """
+        from airflow._shared.timezones import timezone
+        from airflow.api.common.trigger_dag import _normalize_conf
+        from airflow.exceptions import DagNotFound
+        from airflow.models import DagModel, DagRun
+        from airflow.models.dagbag import DBDagBag
+        from airflow.utils.session import create_session
+        from airflow.utils.state import DagRunState
+        from airflow.utils.types import DagRunTriggeredByType, DagRunType
+
+        result: dict[str, bool] = {}
+        if not runs:
+            return result
+        with self._serialise(), create_session() as session:
+            dag_model = DagModel.get_current(dag_id, session=session)
+            if dag_model is None:
+                raise DagNotFound(f"Dag id {dag_id} not found in DagModel")
+            allowed = dag_model.allowed_run_types
+            if allowed is not None and DagRunType.MANUAL not in allowed:
+                raise ValueError(f"Dag with dag_id: '{dag_id}' does not allow {DagRunType.MANUAL} runs")
+            dag = DBDagBag().get_latest_version_of_dag(dag_id, session=session)
+            if dag is None:
+                raise DagNotFound(f"Dag id {dag_id} not found")
+            run_ids = [run_id for run_id, _, _ in runs]
+            existing = set(
+                session.scalars(sa.select(DagRun.run_id).where(DagRun.dag_id == dag_id, DagRun.run_id.in_(run_ids)))
+            )
+            partition_date = dag.timetable.resolve_partition_date(None)
+            for run_id, conf, note in runs:
+                if run_id in existing:
+                    result.setdefault(run_id, False)
+                    continue
+                dag.create_dagrun(
+                    run_id=run_id,
+                    logical_date=None,
+                    data_interval=None,
+                    run_after=timezone.coerce_datetime(timezone.utcnow()),
+                    conf=_normalize_conf(conf),
+                    run_type=DagRunType.MANUAL,
+                    triggered_by=DagRunTriggeredByType.REST_API,
+                    triggering_user_name=self.triggering_user,
+                    note=note,
+                    state=DagRunState.QUEUED,
+                    partition_key=None,
+                    partition_date=partition_date,
+                    session=session,
+                )
+                existing.add(run_id)
+                result[run_id] = True
+        return result
 
     def has_run_on(self, dag_id: str, day: dt.date) -> bool:
         from airflow.models import DagRun
