@@ -121,6 +121,15 @@ SAFEGUARDS = (
         ("tests/campaigns/test_realtime.py::test_single_target_events_get_the_configured_ext_id",),
     ),
     Safeguard(
+        "the group commit's limit on flushes at once (database connections)",
+        "campaigns/events/group.py",
+        "        if queue.in_flight < self._max_in_flight:",
+        "        if True:",
+        (
+            "tests/campaigns/test_group_commit.py::test_at_most_max_in_flight_flushes_of_at_most_max_batch_items_and_each_its_own_outcome",
+        ),
+    ),
+    Safeguard(
         "a request body with NaN or an infinity is refused before any request",
         "http.py",
         "        if _NON_FINITE.search(body) and _has_non_finite(value):",
