@@ -178,17 +178,25 @@ def dispatch_event(
         _note_failure(engine, row.id, error)
         return DispatchResult(row.id, EventStatus.RECEIVED.value, None, error, error)
     with session_scope(engine) as session:
-        moved = transition(
+        moved = _mark_dispatched(session, row.id, dag_run_id, note)
+    log.info("%s dispatched: %s%s", what, note, f" ({dag_run_id})" if dag_run_id else "")
+    status = EventStatus.DISPATCHED.value if moved else str(_load(engine, row.id).status)
+    return DispatchResult(row.id, status, dag_run_id, note)
+
+
+def _mark_dispatched(session: Any, event_id: int, dag_run_id: str | None, note: str) -> bool:
+    """received -> dispatched with the run it made; False when another dispatcher moved the event first."""
+    return (
+        transition(
             session,
             Event,
-            key={"id": row.id},
+            key={"id": event_id},
             from_status=EventStatus.RECEIVED.value,
             to_status=EventStatus.DISPATCHED.value,
             values={"dag_run_id": dag_run_id, "note": note},
         )
-    log.info("%s dispatched: %s%s", what, note, f" ({dag_run_id})" if dag_run_id else "")
-    status = EventStatus.DISPATCHED.value if moved else str(_load(engine, row.id).status)
-    return DispatchResult(row.id, status, dag_run_id, note)
+        == 1
+    )
 
 
 def _note_failure(engine: Engine, event_id: int, error: str) -> None:
@@ -264,15 +272,7 @@ def _dispatch_campaigns(engine: Engine, rows: list[Any], trigger_many: Any) -> d
     with session_scope(engine) as session:
         for row, _, run_id, _ in planned:
             note = f"{CAMPAIGN_SEND_DAG_ID} run {'created' if created[run_id] else 'already existed'}"
-            moved = transition(
-                session,
-                Event,
-                key={"id": row.id},
-                from_status=EventStatus.RECEIVED.value,
-                to_status=EventStatus.DISPATCHED.value,
-                values={"dag_run_id": run_id, "note": note},
-            )
-            if moved:
+            if _mark_dispatched(session, row.id, run_id, note):
                 results[row.id] = DispatchResult(row.id, EventStatus.DISPATCHED.value, run_id, note)
     for row, _, run_id, _ in planned:
         if row.id in results:
