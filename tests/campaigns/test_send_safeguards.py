@@ -437,14 +437,14 @@ def test_a_write_failure_stops_the_paging(env: Any, db_url: str, monkeypatch: py
     client = PagingClient(box, fail_after=None)  # never ends on its own
     writes = []
 
-    def failing_upsert(*args: Any, **kwargs: Any) -> int:
+    def failing_insert(*args: Any, **kwargs: Any) -> None:
         writes.append(1)
         if len(writes) == 3:
             raise RuntimeError("database went away")
-        return real_upsert(*args, **kwargs)
+        real_insert(*args, **kwargs)
 
-    real_upsert = recipients.upsert
-    monkeypatch.setattr(recipients, "upsert", failing_upsert)
+    real_insert = recipients._insert_ledger_rows
+    monkeypatch.setattr(recipients, "_insert_ledger_rows", failing_insert)
     with pytest.raises(RuntimeError, match="database went away"):
         recipients.stage_recipients(engine, client, cid, CHANNEL, load_settings())  # type: ignore[arg-type]
     assert client.closed and not prefetch_threads()
