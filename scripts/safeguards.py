@@ -130,6 +130,15 @@ SAFEGUARDS = (
         ),
     ),
     Safeguard(
+        "staging keeps an existing ledger row (SQLite's direct insert: ON CONFLICT DO NOTHING)",
+        "campaigns/recipients.py",
+        "ON CONFLICT ({', '.join(LEDGER_KEY)}) DO NOTHING\"",
+        "ON CONFLICT ({', '.join(LEDGER_KEY)}) DO UPDATE SET params = excluded.params\"",
+        (
+            "tests/campaigns/test_ledger_insert.py::test_the_driver_insert_stores_what_the_orm_upsert_stores_and_keeps_the_first_row",
+        ),
+    ),
+    Safeguard(
         "a request body with NaN or an infinity is refused before any request",
         "http.py",
         "        if _NON_FINITE.search(body) and _has_non_finite(value):",
