@@ -220,7 +220,7 @@ class _Run:
     def work(self) -> None:
         """One worker: take the next chunk and send it, until none is left or the run stops."""
         try:
-            while not self.stopping.is_set():
+            while True:  # stopping is checked right before each claim (_send_chunk)
                 with self.lock:
                     chunk = next(self.chunks, None)
                 if chunk is None or not self._send_chunk(chunk):
