@@ -94,7 +94,7 @@ class SendOutcome:
     cancel_seen_at: str | None = None
     first_request_at: str | None = None
     last_request_at: str | None = None
-    request_seconds: float = 0.0
+    request_seconds: float = 0.0  # summed over the requests (with several in flight, more than the wall time)
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
