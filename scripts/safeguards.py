@@ -27,6 +27,7 @@ STAGE = ROOT / "build" / "safeguards"
 PKG = "include/optimove_netmera"
 SEND_TESTS = "tests/campaigns/test_send_safeguards.py"
 CAMPAIGN_TESTS = "tests/campaigns/test_campaign_send.py"
+IN_FLIGHT_TESTS = "tests/campaigns/test_send_in_flight.py"
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ SAFEGUARDS = (
     Safeguard(
         "the last cancellation look before the request",
         "campaigns/send.py",
-        "            if cancel_status(engine, cid, ch).cancelled:  # the last look",
+        "            if last.cancelled or last.cancelled_at != status.cancelled_at:  # the last look",
         "            if False:  # the last look",
         (f"{SEND_TESTS}::test_cancel_committed_between_the_claim_and_the_request",),
     ),
@@ -88,9 +89,55 @@ SAFEGUARDS = (
     Safeguard(
         "a partial cancel arriving mid-send is narrowed, the rest still sent",
         "campaigns/send.py",
-        '                if scope == "partial":\n',
-        "                if False:\n",
+        '            if scope == "partial":\n',
+        "            if False:\n",
         (f"{SEND_TESTS}::test_partial_cancel_arriving_mid_send_is_narrowed",),
+    ),
+    Safeguard(
+        "the last look also catches a cancel that another worker narrowed meanwhile (a newer cancelled_at)",
+        "campaigns/send.py",
+        "if last.cancelled or last.cancelled_at != status.cancelled_at:",
+        "if last.cancelled:",
+        (f"{IN_FLIGHT_TESTS}::test_cancel_narrowed_by_another_worker_around_the_last_look",),
+        "not postgres and before_the_last_look",
+    ),
+    Safeguard(
+        "rows the last look puts back re-get the cancel (narrowed by another worker meanwhile)",
+        "campaigns/send.py",
+        "                recipients.reapply_cancel(engine, cid, ch)\n",
+        "",
+        (f"{IN_FLIGHT_TESTS}::test_cancel_narrowed_by_another_worker_around_the_last_look",),
+        "not postgres and before_the_rows_go_back",
+    ),
+    Safeguard(
+        "no worker claims a chunk once another saw a whole cancel or a failure",
+        "campaigns/send.py",
+        "            if self.stopping.is_set():  # another worker",
+        "            if False:  # another worker",
+        (f"{IN_FLIGHT_TESTS}::test_failure_in_one_request_stops_claiming_and_raises_after_the_others_finish",),
+    ),
+    Safeguard(
+        "the pending rows are cancelled (once) after the requests in flight finished",
+        "campaigns/send.py",
+        "        _stop(engine, cid, ch, out, confirmed=run.cancelled)\n",
+        "        pass\n",
+        (f"{IN_FLIGHT_TESTS}::test_cancel_while_requests_are_in_flight_stops_every_worker",),
+    ),
+    Safeguard(
+        "one worker at a time narrows a cancel",
+        "campaigns/send.py",
+        "        with self.narrowing:\n",
+        "        if True:\n",
+        (f"{IN_FLIGHT_TESTS}::test_partial_cancel_seen_by_several_workers_is_narrowed_once",),
+    ),
+    Safeguard(
+        "each thread talks HTTP through its own requests.Session",
+        "http.py",
+        '        session: requests.Session | None = getattr(self._local, "session", None)\n'
+        "        if session is None:\n",
+        "        session: requests.Session | None = self.session\n        if session is None:\n",
+        ("tests/clients/test_http.py::test_each_thread_uses_its_own_session",),
+        "",
     ),
     Safeguard(
         "a Netmera 400 dead-letters the chunk and fails it without retry",

@@ -18,6 +18,7 @@ import random
 import re
 import threading
 import time
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ import msgspec
 import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 
 __all__ = [
     "ApiError",
@@ -648,17 +650,58 @@ class BaseHttpClient:
         self._redact = redactor
         self._sleep = sleep
         self._rng = random.Random()
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self._pool_size = pool_size
+        self.session = self._new_session()
         self.session.headers.update({"Accept": "application/json", "User-Agent": "optimove-netmera/0.1"})
         if headers:
             self.session.headers.update(headers)
+        # requests does not promise a Session is thread-safe (its cookie jar is iterated unlocked while another
+        # thread's response may add to it; the maintainers' advice is one Session per thread, psf/requests#2766):
+        # the thread that built the client uses ``session``, any other thread its own (see _thread_session).
+        self._local = threading.local()
+        self._local.session = self.session
+        self._sessions_lock = threading.Lock()
+        # weak: a thread that ends without close_thread_session() drops its Session (and its sockets) with it
+        self._thread_sessions: weakref.WeakSet[requests.Session] = weakref.WeakSet()
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self._pool_size, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+    def _thread_session(self) -> requests.Session:
+        """The calling thread's Session: ``session`` in the thread that built the client, else one of its own
+        (same adapter settings, a copy of ``session``'s headers at its creation), kept until
+        :meth:`close_thread_session` or :meth:`close`."""
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._new_session()
+            session.headers = CaseInsensitiveDict(self.session.headers)
+            with self._sessions_lock:
+                self._thread_sessions.add(session)
+            self._local.session = session
+        return session
 
     # --- lifecycle ---------------------------------------------------------------------------------
+    def close_thread_session(self) -> None:
+        """Close the calling thread's own Session (a worker thread about to end); no-op in the building thread."""
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None or session is self.session:
+            return
+        self._local.session = None
+        with self._sessions_lock:
+            self._thread_sessions.discard(session)
+        session.close()
+
     def close(self) -> None:
-        """Close the pooled connections."""
+        """Close the pooled connections (every thread's)."""
+        with self._sessions_lock:
+            sessions = list(self._thread_sessions)
+            self._thread_sessions.clear()
+        for session in sessions:
+            session.close()
         self.session.close()
 
     def __enter__(self: Any) -> Any:
@@ -807,7 +850,7 @@ class BaseHttpClient:
         if body is not None:
             headers = {**headers, "Content-Type": "application/json"}
         try:
-            response = self.session.request(
+            response = self._thread_session().request(
                 method, url, params=params, data=body, headers=headers, timeout=self.timeout
             )
         except BaseException:

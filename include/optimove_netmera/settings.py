@@ -31,6 +31,10 @@ STATE_DB_ENV = "OPTIMOVE_NETMERA_STATE_DB_URL"
 VARIABLE_NAME = "optimove_netmera_config"
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "optimove_netmera.yaml"
 
+MAX_REQUESTS_IN_FLIGHT = 8
+"""Upper bound of ``campaigns.requests_in_flight``: each request in flight holds its own HTTP connection and, for
+its bookkeeping, a state-DB connection; 8 stays within the PostgreSQL engine's pool (5 + 10 overflow)."""
+
 AttributeType = Literal["string", "number", "boolean", "date"]
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -170,6 +174,11 @@ class CampaignSettings(_Model):
     params: dict[str, str] = Field(default_factory=dict, description="Optimove attribute -> Netmera message param")
     required_params: list[str] = Field(default_factory=list)
     chunk_size: int = Field(1000, ge=1, le=1000)
+    requests_in_flight: int = Field(
+        4,
+        description="sendNotification requests one send task keeps in flight at once (1: one after another), "
+        f"1 to {MAX_REQUESTS_IN_FLIGHT}",
+    )
     report_metrics: bool = Field(True, description="report sent/failed/skipped back with UpdateCampaignMetrics")
     metric_ids: MetricIds = Field(default_factory=MetricIds)
     stats_days: int = Field(7, ge=0, description="days after a send its Netmera push stats are reported (0: never)")
@@ -209,6 +218,16 @@ class CampaignSettings(_Model):
                 raise ValueError(f"templates.{template_id}: the notificationKey must be a non-empty string")
             keys[template_id] = str(value).strip()
         return {**data, "templates": keys, "template_names": names}
+
+    @field_validator("requests_in_flight")
+    @classmethod
+    def _valid_in_flight(cls, value: int) -> int:
+        if not 1 <= value <= MAX_REQUESTS_IN_FLIGHT:
+            raise ValueError(
+                f"must be between 1 (one request at a time) and {MAX_REQUESTS_IN_FLIGHT} (each request in flight "
+                f"holds an HTTP and a state-DB connection), got {value}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _required_are_params(self) -> CampaignSettings:

@@ -509,3 +509,36 @@ def test_empty_and_malformed_bodies(server: tuple[str, Script]) -> None:
     assert probe.call(path="/blank") is None
     with pytest.raises(ApiError, match="not valid JSON"):
         probe.call(path="/bad")
+
+
+# --------------------------------------------------------------------------------------------------
+# one requests.Session per thread
+
+
+def test_each_thread_uses_its_own_session() -> None:
+    """requests does not promise a shared Session is thread-safe: the building thread uses ``client.session``,
+    every other thread a Session of its own with the same headers, closed by close_thread_session()."""
+    from optimove_netmera.netmera import NetmeraClient
+
+    client = NetmeraClient("http://127.0.0.1:9", SECRET)
+    assert client._thread_session() is client.session
+    seen: list[Any] = []
+    closed: list[bool] = []
+
+    def worker() -> None:
+        own = client._thread_session()
+        assert own is client._thread_session()  # kept for the thread's later requests
+        seen.append(own)
+        client.close_thread_session()
+        closed.append(client._thread_session() is not own)  # a new one after closing
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert len({id(s) for s in seen}) == 3 and all(s is not client.session for s in seen)
+    assert all(s.headers["X-netmera-api-key"] == SECRET for s in seen) and closed == [True] * 3
+    client.close_thread_session()  # the building thread's session stays
+    assert client._thread_session() is client.session
+    client.close()

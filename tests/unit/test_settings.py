@@ -57,6 +57,9 @@ def test_overlay_deep_merges(tmp_path: Path) -> None:
         ("campaigns: {metric_ids: {sent: 0, failed: 0}}\n", "MetricID(s) [0] used for more than one count"),
         ("campaigns: {metric_ids: {colour: 3}}\n", "campaigns.metric_ids.colour"),
         ("campaigns: {stats_days: -1}\n", "campaigns.stats_days"),
+        ("campaigns: {requests_in_flight: 0}\n", "campaigns.requests_in_flight: Value error, must be between 1"),
+        ("campaigns: {requests_in_flight: 9}\n", "campaigns.requests_in_flight: Value error, must be between 1"),
+        ("campaigns: {requests_in_flight: four}\n", "campaigns.requests_in_flight"),
         ("inbound: {public_url: 'ftp://example.com'}\n", "inbound.public_url"),
         ("inbound: {public_url: 'https://example.com/?x=1'}\n", "base address only"),
     ],
@@ -104,3 +107,9 @@ def test_reporting_defaults_and_listener_url(tmp_path: Path) -> None:
     assert "skipped" not in dict(off.campaigns.metric_ids.items())
     with pytest.raises(ValueError, match=r"inbound\.public_url is not set"):
         off.inbound.listener_url()
+
+
+def test_requests_in_flight_default_and_override(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, "{}\n"), env={}).campaigns.requests_in_flight == 4
+    s = load_settings(write(tmp_path, "{}\n"), env={"OPTIMOVE_NETMERA__CAMPAIGNS__REQUESTS_IN_FLIGHT": "1"})
+    assert s.campaigns.requests_in_flight == 1

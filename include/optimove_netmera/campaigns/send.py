@@ -7,14 +7,23 @@ Per chunk (at most ``campaigns.chunk_size`` recipients of one template and sched
    otherwise stop: the pending rows become ``cancelled`` and the outcome says ``cancelled``;
 2. claim the chunk: one conditional ``UPDATE`` pending -> in_flight that also requires the campaign not to
    be cancelled, so a cancel committed after step 1 still leaves nothing to send; then one last look at the
-   cancel state right before the request (a cancel committed in between puts the rows back and stops), which
-   leaves a window of well under a millisecond between that read and the request going out;
+   cancel state right before the request (a cancel committed in between, or narrowed meanwhile by another
+   worker, puts the rows back, re-applies the cancel to them and starts over), which leaves a window of well
+   under a millisecond between that read and the request going out;
 3. one ``sendNotification`` request with an array body (one object per recipient, its own params);
 4. in_flight -> ``sent``; Netmera 400 code 5016 (no target known) -> ``skipped``; the data refused (another
    400, 413, 422) -> ``failed`` plus a dead letter; a 5xx / timeout / dropped connection (the push may have gone
    out) -> ``unknown`` and the task fails (its retry carries on with the other chunks); a failure where the request
    certainly was not processed (429 after retries, connection refused, or a 401/403/404 that a configuration fix
    cures) -> back to ``pending`` and the task fails.
+
+A send task keeps up to ``campaigns.requests_in_flight`` requests in flight: that many worker threads take the
+chunks in order, each doing steps 1-4 for its own request. The first worker to see a whole cancel (or a retryable
+failure) stops the others from claiming; the requests already in flight finish their step 4, then the pending rows
+are cancelled once (a cancel) and the first failure is raised. Narrowing a cancel is done by one worker at a time.
+Each worker thread talks to Netmera through its own ``requests.Session`` (see
+:meth:`~optimove_netmera.http.BaseHttpClient._thread_session`) and to the state DB through its own pooled
+connection (SQLite: WAL and a 30 s busy timeout let the writers queue).
 
 A process that dies between claim and step 4 leaves the rows ``in_flight``; the next attempt marks them
 ``unknown`` (:data:`~optimove_netmera.campaigns.recipients.ORPHAN_REASON`) and re-sends them only with
@@ -25,9 +34,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -83,7 +94,7 @@ class SendOutcome:
     cancel_seen_at: str | None = None
     first_request_at: str | None = None
     last_request_at: str | None = None
-    request_seconds: float = 0.0
+    request_seconds: float = 0.0  # summed over the requests (with several in flight, more than the wall time)
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -112,7 +123,7 @@ def narrow_cancel(engine: Engine, client: OptimoveClient | None, campaign_id: in
 def _stop(engine: Engine, campaign_id: int, channel_id: int, out: SendOutcome, confirmed: bool) -> SendOutcome:
     out.cancelled = True
     out.cancel_scope = "all"
-    out.cancel_seen_at = dt.datetime.now(dt.UTC).isoformat()
+    out.cancel_seen_at = out.cancel_seen_at or dt.datetime.now(dt.UTC).isoformat()
     out.cancelled_recipients += cancel_pending(
         engine, campaign_id, channel_id, CANCEL_ALL_REASON if confirmed else CANCEL_REASON
     )
@@ -134,9 +145,18 @@ def send_chunks(
     *,
     optimove: Callable[[], OptimoveClient | None] = lambda: None,
     resend_unknown: bool = False,
+    requests_in_flight: int = 1,
 ) -> SendOutcome:
-    """Send ``chunks`` of the campaign's ledger; see the module docstring. Raises on a retryable failure."""
+    """Send ``chunks`` of the campaign's ledger; see the module docstring. Raises on a retryable failure.
+
+    ``requests_in_flight`` workers (``campaigns.requests_in_flight``) take the chunks in order, each running the
+    per-chunk steps for its own request. Once one of them sees a whole cancel or a retryable failure, no worker
+    claims another chunk; the requests in flight finish and record their outcome, then the pending rows are
+    cancelled (a cancel) and the first failure is raised.
+    """
     cid, ch = int(campaign_id), int(channel_id)
+    if requests_in_flight < 1:
+        raise ValueError(f"requests_in_flight must be >= 1, got {requests_in_flight}")
     out = SendOutcome()
     out.orphans_marked_unknown = recipients.mark_orphans_unknown(engine, cid, ch, chunks)
     if out.orphans_marked_unknown:
@@ -152,32 +172,116 @@ def send_chunks(
         CampaignState.SENDING.value,
         from_states=[CampaignState.RECEIVED.value, CampaignState.STAGED.value, CampaignState.WAITING.value],
     )
-    client: OptimoveClient | None = None
-    for chunk in chunks:
+    run = _Run(engine, netmera, cid, ch, out, optimove, iter(chunks))
+    workers = min(requests_in_flight, len(chunks))
+    if workers <= 1:
+        run.work()
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"send-{cid}-{ch}") as pool:
+            try:
+                for done in [pool.submit(run.work) for _ in range(workers)]:
+                    done.result()  # work() records its errors instead of raising
+            except BaseException:  # e.g. the task's timeout or SIGTERM in this thread: the requests in flight
+                run.stopping.set()  # finish their bookkeeping (the pool's exit waits), nothing more is claimed
+                raise
+    if run.cancelled is not None:
+        _stop(engine, cid, ch, out, confirmed=run.cancelled)
+    if run.errors:
+        for later in run.errors[1:]:
+            log.error("another request failed in the same send: %s", later)
+        raise run.errors[0]
+    return out
+
+
+class _Run:
+    """What the workers of one :func:`send_chunks` call share; ``lock`` guards ``out``, the chunk iterator and
+    the stop decision, ``narrowing`` makes one worker at a time ask Optimove about a cancel."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        netmera: NetmeraClient,
+        cid: int,
+        ch: int,
+        out: SendOutcome,
+        optimove: Callable[[], OptimoveClient | None],
+        chunks: Iterator[int],
+    ) -> None:
+        self.engine, self.netmera, self.cid, self.ch, self.out = engine, netmera, cid, ch, out
+        self.optimove = optimove
+        self.client: OptimoveClient | None = None
+        self.chunks = chunks
+        self.lock = threading.Lock()
+        self.narrowing = threading.Lock()
+        self.stopping = threading.Event()  # a whole cancel was seen or a request failed: claim nothing more
+        self.cancelled: bool | None = None  # a whole cancel was seen: True if Optimove confirmed it whole
+        self.errors: list[BaseException] = []
+
+    def work(self) -> None:
+        """One worker: take the next chunk and send it, until none is left or the run stops."""
+        try:
+            while True:  # stopping is checked right before each claim (_send_chunk)
+                with self.lock:
+                    chunk = next(self.chunks, None)
+                if chunk is None or not self._send_chunk(chunk):
+                    return
+                with self.lock:
+                    self.out.chunks += 1
+        except BaseException as exc:
+            with self.lock:
+                self.errors.append(exc)
+            self.stopping.set()
+        finally:
+            self.netmera.close_thread_session()
+
+    def _send_chunk(self, chunk: int) -> bool:
+        """Send one chunk (steps 1-4 of the module docstring); False when the run stopped before its request."""
+        engine, cid, ch = self.engine, self.cid, self.ch
         while True:
             status = cancel_status(engine, cid, ch)
             if status.cancelled:
-                scope = "all"
-                if status.needs_narrowing:
-                    client = client or optimove()
-                    scope = narrow_cancel(engine, client, cid, ch)
-                if scope == "partial":
-                    out.cancel_scope = "partial"
+                if self._cancel_is_partial():
                     continue
-                return _stop(engine, cid, ch, out, confirmed=scope == "all")
+                return False
+            if self.stopping.is_set():  # another worker saw a cancel or failed: claim nothing more
+                return False
             request_id = uuid.uuid4().hex
             started = dt.datetime.now(dt.UTC)
             rows = recipients.claim_chunk(engine, cid, ch, chunk, request_id, started)
             if not rows:
                 if cancel_status(engine, cid, ch).cancelled:
                     continue  # a cancel landed between the check and the claim
-                break
-            if cancel_status(engine, cid, ch).cancelled:  # the last look, right before the request
+                return True
+            last = cancel_status(engine, cid, ch)
+            if last.cancelled or last.cancelled_at != status.cancelled_at:  # the last look, right before the request
                 recipients.finish_request(engine, cid, ch, chunk, request_id, RecipientStatus.PENDING.value)
+                # a cancel that another worker narrowed meanwhile: its listed customers must not go back to pending
+                recipients.reapply_cancel(engine, cid, ch)
                 continue
-            _send_one(engine, netmera, cid, ch, chunk, request_id, rows, out)
-        out.chunks += 1
-    return out
+            _send_one(engine, self.netmera, cid, ch, chunk, request_id, rows, self.out, self.lock)
+
+    def _cancel_is_partial(self) -> bool:
+        """The campaign reads cancelled: narrow it (once, whichever worker gets here first); True when the send
+        goes on (the cancel proved partial, here or in another worker), False when it stops."""
+        with self.narrowing:
+            if self.cancelled is not None:
+                return False
+            status = cancel_status(self.engine, self.cid, self.ch)  # another worker may have narrowed meanwhile
+            if not status.cancelled:
+                return True
+            scope = "all"
+            if status.needs_narrowing:
+                self.client = self.client or self.optimove()
+                scope = narrow_cancel(self.engine, self.client, self.cid, self.ch)
+            if scope == "partial":
+                with self.lock:
+                    self.out.cancel_scope = "partial"
+                return True
+            with self.lock:
+                self.out.cancel_seen_at = dt.datetime.now(dt.UTC).isoformat()
+            self.cancelled = scope == "all"
+            self.stopping.set()
+            return False
 
 
 def _send_one(
@@ -189,28 +293,33 @@ def _send_one(
     request_id: str,
     rows: Sequence[Any],
     out: SendOutcome,
+    lock: threading.Lock,
 ) -> None:
     bodies = [personalise.request_object(r.notification_key, r.ext_id, r.params) for r in rows]
-    out.requests += 1
     started = dt.datetime.now(dt.UTC)  # the request's start, recorded as the rows' sent_at
-    out.first_request_at = out.first_request_at or started.isoformat()
-    out.last_request_at = started.isoformat()
+    with lock:
+        out.requests += 1
+        out.first_request_at = min(out.first_request_at or started.isoformat(), started.isoformat())
+        out.last_request_at = max(out.last_request_at or started.isoformat(), started.isoformat())
     clock = time.monotonic()
     try:
         netmera.send_notification(bodies)
     except ApiError as exc:
-        out.request_seconds += time.monotonic() - clock
-        _failed_request(engine, cid, ch, chunk, request_id, rows, bodies, exc, out)
+        with lock:
+            out.request_seconds += time.monotonic() - clock
+        _failed_request(engine, cid, ch, chunk, request_id, rows, bodies, exc, out, lock)
         return
     except ValueError as exc:  # refused before any request (e.g. too many extIds): nothing was sent
         recipients.finish_request(engine, cid, ch, chunk, request_id, RecipientStatus.PENDING.value)
         raise RuntimeError(f"chunk {chunk} could not be sent: {exc}") from exc
-    out.request_seconds += time.monotonic() - clock
+    elapsed = time.monotonic() - clock
     done = recipients.finish_request(
         engine, cid, ch, chunk, request_id, RecipientStatus.SENT.value, values={"sent_at": started}
     )
-    out.sent += done
-    log.info("chunk %d: %d recipient(s) sent in %.0f ms", chunk, done, 1000 * (time.monotonic() - clock))
+    with lock:
+        out.request_seconds += elapsed
+        out.sent += done
+    log.info("chunk %d: %d recipient(s) sent in %.0f ms", chunk, done, 1000 * elapsed)
 
 
 def _failed_request(
@@ -223,26 +332,31 @@ def _failed_request(
     bodies: Sequence[dict[str, Any]],
     exc: ApiError,
     out: SendOutcome,
+    lock: threading.Lock,
 ) -> None:
     if is_unknown_target(exc):
-        out.skipped += recipients.finish_request(
+        skipped = recipients.finish_request(
             engine, cid, ch, chunk, request_id, RecipientStatus.SKIPPED.value, UNKNOWN_EXT_ID_REASON
         )
+        with lock:
+            out.skipped += skipped
         log.info("chunk %d: no recipient is a known Netmera user (5016): skipped", chunk)
         return
     reason = str(exc)
     if is_payload_rejection(exc):
-        out.failed += recipients.finish_request(
-            engine, cid, ch, chunk, request_id, RecipientStatus.FAILED.value, reason
-        )
+        failed = recipients.finish_request(engine, cid, ch, chunk, request_id, RecipientStatus.FAILED.value, reason)
         recipients.dead_letter(engine, cid, ch, rows, bodies, reason)
-        out.errors.append(f"chunk {chunk}: {reason}")
+        with lock:
+            out.failed += failed
+            out.errors.append(f"chunk {chunk}: {reason}")
         log.error("chunk %d refused by Netmera, dead-lettered: %s", chunk, reason)
         return
     if exc.ambiguous:
-        out.unknown += recipients.finish_request(
+        unknown = recipients.finish_request(
             engine, cid, ch, chunk, request_id, RecipientStatus.UNKNOWN.value, f"outcome unknown: {reason}"
         )
+        with lock:
+            out.unknown += unknown
         log.error("chunk %d: outcome unknown (%s); marked unknown, not re-sent without resend_unknown", chunk, reason)
     else:
         recipients.finish_request(engine, cid, ch, chunk, request_id, RecipientStatus.PENDING.value)

@@ -342,6 +342,7 @@ class CampaignSendOperator(BaseOperator):
             list(self.batch["chunks"]),
             optimove=lambda: _optimove(s),
             resend_unknown=bool(params.get("resend_unknown")),
+            requests_in_flight=s.campaigns.requests_in_flight,
         )
         result = outcome.as_dict()
         if outcome.cancelled:
