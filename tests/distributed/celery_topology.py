@@ -35,6 +35,7 @@ MARKER = "OPTIMOVE_NETMERA_TOPOLOGY_RUN"
 HEARTBEAT_TIMEOUT_S = 20
 HEARTBEAT_DETECTION_S = 3
 CHUNK = 100
+IN_FLIGHT = 4  # sendNotification requests a send task keeps in flight (campaigns.requests_in_flight)
 """Recipients per sendNotification request in this deployment (campaigns.chunk_size)."""
 
 
@@ -112,6 +113,7 @@ class Topology:
                 "OPTIMOVE_NETMERA__SYNC__DATA_READY_POKE_SECONDS": "2",
                 "OPTIMOVE_NETMERA__SYNC__SCHEDULE": "0 0 29 2 *",  # unpausing starts no scheduled run
                 "OPTIMOVE_NETMERA__CAMPAIGNS__CHUNK_SIZE": str(CHUNK),
+                "OPTIMOVE_NETMERA__CAMPAIGNS__REQUESTS_IN_FLIGHT": str(IN_FLIGHT),
                 "PYTHONUNBUFFERED": "1",
             }
         )

@@ -107,6 +107,8 @@ class LiveAirflow:
                 "OPTIMOVE_NETMERA__SYNC__DATA_READY_POKE_SECONDS": "2",
                 "OPTIMOVE_NETMERA__SYNC__SCHEDULE": "0 0 29 2 *",  # unpausing starts no scheduled run
                 "OPTIMOVE_NETMERA__CAMPAIGNS__CHUNK_SIZE": str(CHUNK),
+                # one request at a time: the outage walk counts Netmera's 429s per task try
+                "OPTIMOVE_NETMERA__CAMPAIGNS__REQUESTS_IN_FLIGHT": "1",
                 "PYTHONUNBUFFERED": "1",
                 # standalone starts its components as `airflow ...` from PATH
                 "PATH": f"{Path(AIRFLOW).parent}{os.pathsep}{os.environ.get('PATH', '')}",
