@@ -133,6 +133,11 @@ def run_header(page: Any, run_id: str) -> Any:
     return page.locator("h2", has_text=run_id).first.locator("xpath=..")
 
 
+def send_tries(live: LiveAirflow, run_id: str) -> int:
+    """The send task's try numbers over its mapped instances, summed (a cleared instance's next try raises it)."""
+    return sum(t["try_number"] for t in live.task_instances(SEND_DAG, run_id) if t["task_id"] == "send")
+
+
 def test_failed_send_is_cleared_in_the_grid(live: LiveAirflow, page: Any, screenshots: Path) -> None:
     from playwright.sync_api import expect
 
@@ -184,8 +189,11 @@ def test_failed_send_is_cleared_in_the_grid(live: LiveAirflow, page: Any, screen
     expect(dialog.get_by_role("row").filter(has_text="trigger_resend")).to_have_count(1)
     expect(dialog.get_by_role("row").filter(has_text="send")).to_have_count(2)  # send itself, and trigger_resend
     page.screenshot(path=screenshots / "12-clear-dialog.png")
+    tries = send_tries(live, run_id)
     dialog.get_by_role("button", name="Confirm").click()
     expect(dialog).to_have_count(0)
+    # The run reads failed until the clear reaches the scheduler: wait for the send task's next try first.
+    wait_for("the cleared send task's next try", lambda: send_tries(live, run_id) > tries, 120)
 
     run = live.wait_run_finished(SEND_DAG, run_id, 300)
     assert run["state"] == "success", live.failure_logs(SEND_DAG, run_id)
