@@ -8,9 +8,12 @@ again; so does :func:`answer_until_finished`, and it says how many answers it to
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 from waiting import wait_for
+
+SETTLE_SECONDS = 10.0  # how long a question waits here before it is answered (see answer_until_finished)
 
 
 class Deployment(Protocol):
@@ -39,12 +42,14 @@ def answer_until_finished(
     answered_tries: set[int] | None = None,
     timeout: float = 600,
 ) -> tuple[dict[str, Any], int]:
-    """Answer ``choice`` to every try of ``task_id`` that asks (but those in ``answered_tries``) until the run ends.
+    """Answer ``choice`` to every try of ``task_id`` that asks (but those in ``answered_tries``) until the run ends,
+    each one ``SETTLE_SECONDS`` after its question was first seen here.
 
     Returns the finished run and the number of tries answered here.
     """
     answered = set(answered_tries or ())
     here = 0
+    seen: dict[int, float] = {}  # try number -> when its question was first seen here
 
     def step() -> dict[str, Any] | None:
         nonlocal here
@@ -54,6 +59,10 @@ def answer_until_finished(
         question = waiting_question(live, dag_id, run_id, task_id)
         if question is not None and question["task_instance"]["try_number"] not in answered:
             ti = question["task_instance"]
+            # Answer once the asking worker has reported its exit (~5 s after it parked): an answer inside that
+            # window is what Airflow loses, and a task with no retries left fails instead of asking again.
+            if time.monotonic() - seen.setdefault(ti["try_number"], time.monotonic()) < SETTLE_SECONDS:
+                return None
             live.api_json(
                 "PATCH",
                 f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{ti['map_index']}/hitlDetails",
