@@ -9,7 +9,8 @@ Per chunk (at most ``campaigns.chunk_size`` recipients of one template and sched
    be cancelled, so a cancel committed after step 1 still leaves nothing to send; then one last look at the
    cancel state right before the request (a cancel committed in between, or narrowed meanwhile by another
    worker, puts the rows back, re-applies the cancel to them and starts over), which leaves a window of well
-   under a millisecond between that read and the request going out;
+   under a millisecond between that read and the request going out (a few milliseconds with several requests in
+   flight, while a worker waits for the interpreter lock);
 3. one ``sendNotification`` request with an array body (one object per recipient, its own params);
 4. in_flight -> ``sent``; Netmera 400 code 5016 (no target known) -> ``skipped``; the data refused (another
    400, 413, 422) -> ``failed`` plus a dead letter; a 5xx / timeout / dropped connection (the push may have gone
