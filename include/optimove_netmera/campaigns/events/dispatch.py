@@ -83,9 +83,7 @@ def _act(engine: Engine, row: Any, trigger: DagTrigger) -> tuple[str | None, str
     """Perform the event's action; return (dag_run_id, note). Raises on failure."""
     from optimove_netmera.campaigns import state
 
-    event_time: dt.datetime = row.event_time
-    if event_time.tzinfo is None:  # SQLite hands back naive UTC
-        event_time = event_time.replace(tzinfo=dt.UTC)
+    event_time = _aware(row.event_time)
     if not EARLIEST_EVENT_TIME <= event_time < LATEST_EVENT_TIME:
         raise PermanentDispatchError(
             f"event time {event_time:%Y-%m-%d %H:%M:%S} is outside {EARLIEST_EVENT_TIME:%Y-%m-%d} to "
@@ -136,7 +134,7 @@ def _record_announced(engine: Engine, campaign_id: int) -> None:
             .order_by(table.c.id)
         ).all()
     for channel_id, event_time in announced:
-        when = event_time if event_time.tzinfo is not None else event_time.replace(tzinfo=dt.UTC)
+        when = _aware(event_time)
         state.record_campaign(engine, campaign_id, channel_id, when, campaign_run_id(campaign_id, channel_id, when))
 
 
