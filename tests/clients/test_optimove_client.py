@@ -6,6 +6,7 @@ an extra page, a missing retry or a needless login makes them fail.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 import time
@@ -115,6 +116,21 @@ def test_execution_detail_is_case_insensitive_and_reads_both_time_keys() -> None
         {"CustomerID": "C2", "ScheduleTime": "2026-03-01 10:30:05", "PromoCode": ""}, [], ";"
     )
     assert other.scheduled_time == dt.datetime(2026, 3, 1, 10, 30, 5) and other.promo_code is None
+
+    expected = ExecutionDetail(  # the dataclass's own constructor: every field, nothing else
+        customer_id="C1",
+        action_id=1,
+        channel_id=506,
+        template_id=3,
+        template_name="T",
+        scheduled_time=dt.datetime(2026, 3, 1, 10, 30),
+        promo_code="A,B",
+        recipient_group_id=None,
+        attributes={"FirstName": "Ann"},
+    )
+    assert detail == expected and vars(detail) == vars(expected)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        detail.customer_id = "C9"  # type: ignore[misc]
 
 
 def test_campaign_details_parsing() -> None:

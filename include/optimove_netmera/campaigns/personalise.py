@@ -16,7 +16,7 @@ Optimove's timestamps are naive; they are read as UTC (what Optimove's API uses 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from optimove_netmera.optimove.models import ExecutionDetail
@@ -29,6 +29,7 @@ __all__ = [
     "REASON_CONTROL",
     "build_params",
     "ledger_row",
+    "ledger_rows",
     "missing_required",
     "no_mapping_reason",
     "request_object",
@@ -79,30 +80,50 @@ def no_mapping_reason(template_id: int | None) -> str:
 
 def ledger_row(detail: ExecutionDetail, settings: Settings) -> dict[str, Any]:
     """The ledger columns for one recipient row: pending with its request data, or skipped with a reason."""
+    return ledger_rows([detail], settings)[0]
+
+
+_PENDING, _SKIPPED = RecipientStatus.PENDING.value, RecipientStatus.SKIPPED.value
+
+
+def ledger_rows(details: Iterable[ExecutionDetail], settings: Settings) -> list[dict[str, Any]]:
+    """:func:`ledger_row` for a page of rows, the settings read once (staging runs this on every recipient)."""
     campaigns = settings.campaigns
-    template_id = detail.template_id if detail.template_id is not None else NO_TEMPLATE_ID
-    params = build_params(detail.attributes, campaigns.params, detail.promo_code)
-    key = campaigns.templates.get(template_id) if template_id != NO_TEMPLATE_ID else None
-    status, reason = RecipientStatus.PENDING.value, None
-    if detail.is_control:
-        status, reason = RecipientStatus.SKIPPED.value, REASON_CONTROL
-    elif key is None:
-        status, reason = RecipientStatus.SKIPPED.value, no_mapping_reason(detail.template_id)
-    else:
-        missing = missing_required(params, campaigns.required_params)
-        if missing:
-            status, reason = RecipientStatus.SKIPPED.value, f"missing required param(s): {', '.join(missing)}"
-    return {
-        "customer_id": detail.customer_id,
-        "template_id": template_id,
-        "ext_id": settings.ext_id.apply(detail.customer_id),
-        "scheduled_time": to_utc(detail.scheduled_time),
-        "notification_key": key,
-        "params": params,
-        "promo_code": detail.promo_code,
-        "status": status,
-        "reason": reason,
-    }
+    mapping = campaigns.params
+    templates, required = campaigns.templates, campaigns.required_params
+    ext_id = settings.ext_id.apply
+    times: dict[dt.datetime | None, dt.datetime | None] = {}  # a page repeats a few scheduled times
+    out: list[dict[str, Any]] = []
+    for detail in details:
+        template_id = detail.template_id if detail.template_id is not None else NO_TEMPLATE_ID
+        params = build_params(detail.attributes, mapping, detail.promo_code)
+        key = templates.get(template_id) if template_id != NO_TEMPLATE_ID else None
+        status, reason = _PENDING, None
+        if detail.is_control:
+            status, reason = _SKIPPED, REASON_CONTROL
+        elif key is None:
+            status, reason = _SKIPPED, no_mapping_reason(detail.template_id)
+        else:
+            missing = missing_required(params, required)
+            if missing:
+                status, reason = _SKIPPED, f"missing required param(s): {', '.join(missing)}"
+        scheduled = detail.scheduled_time
+        if scheduled not in times:
+            times[scheduled] = to_utc(scheduled)
+        out.append(
+            {
+                "customer_id": detail.customer_id,
+                "template_id": template_id,
+                "ext_id": ext_id(detail.customer_id),
+                "scheduled_time": times[scheduled],
+                "notification_key": key,
+                "params": params,
+                "promo_code": detail.promo_code,
+                "status": status,
+                "reason": reason,
+            }
+        )
+    return out
 
 
 def request_object(notification_key: str, ext_id: str, params: Mapping[str, Any] | None) -> dict[str, Any]:

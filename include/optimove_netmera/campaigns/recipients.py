@@ -28,6 +28,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -120,8 +121,7 @@ def stage_recipients(
             page_keys: set[tuple[str, int]] = set()
             page_hashes: list[int] = []
             page_controls: list[bool] = []
-            for detail in page:
-                row = personalise.ledger_row(detail, settings)
+            for detail, row in zip(page, personalise.ledger_rows(page, settings), strict=True):
                 if template_names is not None and detail.template_name and row["template_id"] not in template_names:
                     template_names[row["template_id"]] = detail.template_name
                 key = (row["customer_id"], row["template_id"])
@@ -130,11 +130,11 @@ def stage_recipients(
                 page_keys.add(key)
                 page_hashes.append(hash(key))
                 page_controls.append(detail.is_control)
-                rows.append({"campaign_id": cid, "channel_id": ch, **row})
+                rows.append(row)
             counts["fetched"] += len(page)
             hashes.append(np.array(page_hashes, dtype=np.int64))
             controls.append(np.array(page_controls, dtype=bool))
-            _insert_ledger_rows(engine, rows)
+            _insert_ledger_rows(engine, cid, ch, rows)
             counts["pages"] += 1
     # first occurrences (in fetch order: the rows the ledger kept) of the distinct keys
     distinct, first = np.unique(np.concatenate(hashes or [np.empty(0, np.int64)]), return_index=True)
@@ -162,18 +162,23 @@ _LEDGER_COLUMNS = (
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy's SQLite DateTime stores a value (UTC here)
 
 
-def _insert_ledger_rows(engine: Engine, rows: list[dict[str, Any]]) -> None:
-    """Insert a page's ledger rows unless their key exists (``ON CONFLICT DO NOTHING``), in one transaction.
+def _insert_ledger_rows(engine: Engine, campaign_id: int, channel_id: int, rows: list[dict[str, Any]]) -> None:
+    """Insert a page's ledger rows of one campaign and channel, in one transaction; a row whose key exists is left
+    as it is (``ON CONFLICT DO NOTHING``).
 
-    On SQLite the rows go straight to the driver's executemany, their values converted here exactly as the
-    column types would (``UTCDateTime``, the JSON columns' encoder): SQLAlchemy's per-value processing was about
-    half of a 10,000-row page's insert. PostgreSQL takes the generic upsert (batched by psycopg's executemany).
+    On SQLite the values are converted here exactly as the column types would convert them (``UTCDateTime``, the
+    JSON columns' encoder), and the page goes to SQLite as one JSON array read by one ``INSERT ... SELECT ...
+    FROM json_each(?)``. That statement runs without the interpreter lock, so the page is written while the
+    next one is parsed. A driver executemany (the fallback, for text holding a NUL, which ``json_each`` would cut
+    short) takes the lock back after every row and waits behind the parsing thread for it. PostgreSQL takes the
+    generic upsert (batched by psycopg's executemany).
     """
     if not rows:
         return
     if engine.dialect.name != "sqlite":
+        keyed = [{"campaign_id": campaign_id, "channel_id": channel_id, **r} for r in rows]
         with session_scope(engine) as session:
-            upsert(session, Recipient, rows, conflict_columns=LEDGER_KEY, update_columns=[])
+            upsert(session, Recipient, keyed, conflict_columns=LEDGER_KEY, update_columns=[])
         return
     time_type, dialect = UTCDateTime(), engine.dialect
     encode = JSON_OPTIONS["json_serializer"]
@@ -188,8 +193,8 @@ def _insert_ledger_rows(engine: Engine, rows: list[dict[str, Any]]) -> None:
 
     values = [
         (
-            r["campaign_id"],
-            r["channel_id"],
+            campaign_id,
+            channel_id,
             r["customer_id"],
             r["template_id"],
             r["ext_id"],
@@ -203,12 +208,15 @@ def _insert_ledger_rows(engine: Engine, rows: list[dict[str, Any]]) -> None:
         )
         for r in rows
     ]
-    sql = (
-        f"INSERT INTO {Recipient.__tablename__} ({', '.join(_LEDGER_COLUMNS)}) "
-        f"VALUES ({', '.join('?' * len(_LEDGER_COLUMNS))}) ON CONFLICT ({', '.join(LEDGER_KEY)}) DO NOTHING"
-    )
+    conflict = f"ON CONFLICT ({', '.join(LEDGER_KEY)}) DO NOTHING"
+    insert = f"INSERT INTO {Recipient.__tablename__} ({', '.join(_LEDGER_COLUMNS)}) "
+    document = msgspec.json.encode(values)
     with engine.begin() as conn:
-        conn.exec_driver_sql(sql, values)
+        if b"\\u0000" in document:  # a NUL somewhere (or a backslash before "u0000"): row by row
+            conn.exec_driver_sql(f"{insert}VALUES ({', '.join('?' * len(_LEDGER_COLUMNS))}) {conflict}", values)
+        else:  # "WHERE true": SQLite's parser needs it between a SELECT ... FROM and ON CONFLICT
+            columns = ", ".join(f"value ->> {i}" for i in range(len(_LEDGER_COLUMNS)))
+            conn.exec_driver_sql(f"{insert}SELECT {columns} FROM json_each(?) WHERE true {conflict}", (document,))
 
 
 def _prefetched(pages: Iterator[list[Any]]) -> Iterator[list[Any]]:
