@@ -599,7 +599,7 @@ _CALLER_ERRORS = (
 
 
 # msgspec writes NaN and infinities as null; a null in the encoded body sends the slow path looking for them.
-_NON_FINITE = re.compile(rb"\bnull\b")
+_NULL = b"null"  # msgspec writes NaN and infinities as null: no "null" in the body, none in the value
 
 
 def _has_non_finite(value: Any) -> bool:
@@ -870,7 +870,7 @@ class BaseHttpClient:
             body = msgspec.json.encode(value)
         except (TypeError, ValueError, msgspec.EncodeError) as exc:
             raise ValueError(f"{self.service} {endpoint}: invalid request (the body is not JSON: {exc})") from None
-        if _NON_FINITE.search(body) and _has_non_finite(value):
+        if _NULL in body and _has_non_finite(value):  # a substring test: a regex took ~4 ms of a 1000-profile body
             raise ValueError(f"{self.service} {endpoint}: invalid request (the body holds NaN or an infinity)")
         return body
 
