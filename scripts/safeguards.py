@@ -186,10 +186,10 @@ SAFEGUARDS = (
         ),
     ),
     Safeguard(
-        "staging inserts a page with a NUL row by row (json_each would cut the text at the NUL)",
-        "campaigns/recipients.py",
-        '        if b"\\\\u0000" in document:',
-        "        if False:",
+        "a bulk insert into SQLite with a NUL goes row by row (json_each would cut the text at the NUL)",
+        "store/queries.py",
+        '    if b"\\\\u0000" in document:',
+        "    if False:",
         ("tests/campaigns/test_ledger_insert.py::test_a_nul_is_stored_whole_on_sqlite",),
     ),
     Safeguard(
@@ -198,6 +198,13 @@ SAFEGUARDS = (
         "        if _NULL in body and _has_non_finite(value):",
         "        if False:",
         ("tests/clients/test_netmera_client.py::test_a_body_that_is_not_json_is_refused_before_any_request",),
+    ),
+    Safeguard(
+        "a failing plan waits for the chunk being written before it deletes what it wrote",
+        "sync/plan.py",
+        "        writer.close()  # no write may follow the delete\n",
+        "",
+        ("tests/unit/test_sync_stream.py::test_a_plan_failing_while_a_chunk_is_written_leaves_nothing",),
     ),
     Safeguard(
         "the extId transform on the sync path",

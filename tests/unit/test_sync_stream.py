@@ -9,6 +9,7 @@ expected plan is computed here from the generated data, not by the code under te
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -243,3 +244,79 @@ def test_staged_customers_are_read_a_chunk_at_a_time(db_url: str, instrumented: 
     assert p.attributes_changed == {a.netmera: n if a is first else n - reported for a in s.attributes}
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(CustomerSnapshot)).scalar_one() == 0
+
+
+def exported_run(db_url: str, tmp_path: Path, s: Settings, chunks: int) -> tuple[Engine, int, Path]:
+    path = tmp_path / "customers.parquet"
+    customers(s, chunks * extract.export_chunk_rows(s)).to_parquet(path)
+    migrate(db_url)
+    engine = get_engine(db_url)
+    run_id = new_run(engine, 1)
+    extract.extract_export(engine, run_id, path, s)
+    return engine, run_id, path
+
+
+def change_rows(engine: Engine, run_id: int) -> int:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(sa.func.count()).select_from(SyncChange).where(SyncChange.sync_run_id == run_id)
+        ).scalar_one()
+
+
+def test_a_plan_failing_while_a_chunk_is_written_leaves_nothing(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The diff fails while the writer thread still writes the chunk before: the plan waits for that write before it
+    deletes what it wrote, so no row lands after the delete."""
+    s = settings()
+    engine, run_id, path = exported_run(db_url, tmp_path, s, chunks=3)
+    writing, deleted = threading.Event(), threading.Event()
+    failed: list[bool] = []
+    real_insert, real_delete, real_diff = plan._insert_changes, plan._delete_changes, plan._diff_chunk
+
+    def insert(conn: Any, rows: list[Any]) -> None:
+        writing.set()
+        deleted.wait(3)  # held until the plan's delete, or 3 s: a delete that does not wait for it comes first
+        real_insert(conn, rows)
+
+    def diff(*args: Any, **kwargs: Any) -> Any:
+        if writing.is_set():  # the second chunk: the first one's write is in progress
+            failed.append(True)
+            raise RuntimeError("diff failed")
+        return real_diff(*args, **kwargs)
+
+    def delete(engine_: Engine, run_id_: int) -> None:
+        real_delete(engine_, run_id_)
+        if failed:
+            deleted.set()
+
+    monkeypatch.setattr(plan, "_insert_changes", insert)
+    monkeypatch.setattr(plan, "_diff_chunk", diff)
+    monkeypatch.setattr(plan, "_delete_changes", delete)
+    with pytest.raises(RuntimeError, match="diff failed"):
+        plan.build_plan(engine, run_id, s, 1.0, False, None, str(path))
+    assert failed and deleted.is_set()
+    assert not [t for t in threading.enumerate() if t.name.startswith("plan-writer")]
+    assert change_rows(engine, run_id) == 0
+
+
+def test_a_failed_write_fails_the_plan_and_leaves_nothing(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = settings()
+    engine, run_id, path = exported_run(db_url, tmp_path, s, chunks=3)
+    writes: list[int] = []
+    real_insert = plan._insert_changes
+
+    def insert(conn: Any, rows: list[Any]) -> None:
+        writes.append(len(rows))
+        if len(writes) == 2:
+            raise RuntimeError("database went away")
+        real_insert(conn, rows)
+
+    monkeypatch.setattr(plan, "_insert_changes", insert)
+    with pytest.raises(RuntimeError, match="database went away"):
+        plan.build_plan(engine, run_id, s, 1.0, False, None, str(path))
+    assert change_rows(engine, run_id) == 0
+    with engine.connect() as conn:  # and no batches: the plan was not stored
+        assert conn.execute(sa.select(sa.func.count()).select_from(SyncBatch)).scalar_one() == 0

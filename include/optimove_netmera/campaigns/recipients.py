@@ -28,7 +28,6 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -47,6 +46,7 @@ from optimove_netmera.store import (
     RecipientStatus,
     UTCDateTime,
     session_scope,
+    sqlite_bulk_insert,
     transition,
     transition_returning,
     upsert,
@@ -167,11 +167,10 @@ def _insert_ledger_rows(engine: Engine, campaign_id: int, channel_id: int, rows:
     as it is (``ON CONFLICT DO NOTHING``).
 
     On SQLite the values are converted here exactly as the column types would convert them (``UTCDateTime``, the
-    JSON columns' encoder), and the page goes to SQLite as one JSON array read by one ``INSERT ... SELECT ...
-    FROM json_each(?)``. That statement runs without the interpreter lock, so the page is written while the
-    next one is parsed. A driver executemany (the fallback, for text holding a NUL, which ``json_each`` would cut
-    short) takes the lock back after every row and waits behind the parsing thread for it. PostgreSQL takes the
-    generic upsert (batched by psycopg's executemany).
+    JSON columns' encoder), and go in with :func:`~optimove_netmera.store.queries.sqlite_bulk_insert`: its one
+    statement runs without the interpreter lock, so the page is written while the next one is parsed (with the
+    driver's executemany each row waited for the lock behind the parsing thread). PostgreSQL takes the generic
+    upsert (batched by psycopg's executemany).
     """
     if not rows:
         return
@@ -209,14 +208,8 @@ def _insert_ledger_rows(engine: Engine, campaign_id: int, channel_id: int, rows:
         for r in rows
     ]
     conflict = f"ON CONFLICT ({', '.join(LEDGER_KEY)}) DO NOTHING"
-    insert = f"INSERT INTO {Recipient.__tablename__} ({', '.join(_LEDGER_COLUMNS)}) "
-    document = msgspec.json.encode(values)
     with engine.begin() as conn:
-        if b"\\u0000" in document:  # a NUL somewhere (or a backslash before "u0000"): row by row
-            conn.exec_driver_sql(f"{insert}VALUES ({', '.join('?' * len(_LEDGER_COLUMNS))}) {conflict}", values)
-        else:  # "WHERE true": SQLite's parser needs it between a SELECT ... FROM and ON CONFLICT
-            columns = ", ".join(f"value ->> {i}" for i in range(len(_LEDGER_COLUMNS)))
-            conn.exec_driver_sql(f"{insert}SELECT {columns} FROM json_each(?) WHERE true {conflict}", (document,))
+        sqlite_bulk_insert(conn, Recipient.__tablename__, _LEDGER_COLUMNS, values, conflict)
 
 
 def _prefetched(pages: Iterator[list[Any]]) -> Iterator[list[Any]]:

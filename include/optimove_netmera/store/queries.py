@@ -1,6 +1,7 @@
 """Generic, dialect-aware statements on the state database (SQLite and PostgreSQL).
 
 * :func:`upsert` / :func:`insert_if_absent`: ``INSERT ... ON CONFLICT`` through each dialect's insert.
+* :func:`sqlite_bulk_insert`: many rows into SQLite in one statement that runs without the interpreter lock.
 * :func:`claim`, :func:`transition`, :func:`transition_returning`: race-safe status changes. Each is a
   single conditional ``UPDATE ... WHERE <key> AND status IN (<from>)``; the database decides who wins,
   so two workers (threads, processes, retried tasks) cannot both move the same row. On PostgreSQL
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -30,6 +32,7 @@ __all__ = [
     "dialect_name",
     "insert_if_absent",
     "last_successful_sync",
+    "sqlite_bulk_insert",
     "transition",
     "transition_returning",
     "upsert",
@@ -159,6 +162,28 @@ def insert_if_absent(
         .returning(*table.primary_key.columns)  # rowcount is unreliable here (psycopg 3 reports -1)
     )
     return bind.execute(stmt, dict(values)).first() is not None
+
+
+def sqlite_bulk_insert(
+    conn: sa.Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], conflict: str = ""
+) -> None:
+    """Insert ``rows`` (values in ``columns`` order, as SQLite stores them: text, integers, None) into ``table``.
+
+    The rows go to SQLite as one JSON array read by one ``INSERT ... SELECT ... FROM json_each(?)`` (``conflict``:
+    an ``ON CONFLICT`` clause). That statement runs without the interpreter lock, so other threads go on meanwhile;
+    a driver executemany takes the lock back after every row, and waits for it behind any busy thread. A text
+    holding a NUL, which ``json_each`` would cut short, sends the rows through executemany instead.
+    """
+    if not rows:
+        return
+    head = f"INSERT INTO {table} ({', '.join(columns)}) "
+    document = msgspec.json.encode(rows)
+    if b"\\u0000" in document:  # a NUL somewhere (or a backslash before "u0000"): row by row
+        conn.exec_driver_sql(f"{head}VALUES ({', '.join('?' * len(columns))}) {conflict}", [tuple(r) for r in rows])
+        return
+    values = ", ".join(f"value ->> {i}" for i in range(len(columns)))
+    # "WHERE true": SQLite's parser needs it between a SELECT ... FROM and an ON CONFLICT clause
+    conn.exec_driver_sql(f"{head}SELECT {values} FROM json_each(?) WHERE true {conflict}", (document,))
 
 
 def _statuses(value: str | Iterable[str]) -> list[str]:

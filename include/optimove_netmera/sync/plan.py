@@ -9,9 +9,10 @@ batched separately, at most ``batch_size`` extIds a batch, every batch of a kind
 **Memory.** The customers (the run's staging rows, or for a full refresh the export file itself) are read in
 chunks sized by ``sync.memory_budget_mb`` (:func:`~optimove_netmera.sync.extract.export_chunk_rows`); each chunk is
 coerced, fingerprinted, compared with the snapshot rows of its own customers (keyed queries), and its change rows
-are written to ``sync_changes`` in one bulk insert before the next chunk is read. What follows the diff (guard,
-existence checks, batch numbers) runs in the database or over pages of ids, so no step holds more than a chunk of
-customers, whatever the tenant's size. In order:
+are written to ``sync_changes`` in one bulk insert, in a writer thread while the next chunk is read and diffed (at
+most one chunk's rows wait for their write). What follows the diff (guard, existence checks, batch numbers) runs in
+the database or over pages of ids, so no step holds more than two chunks of customers, whatever the tenant's size.
+In order:
 
 1. the latest successful run's not-found changes are carried over (marked ``CARRIED``; a chunk's customers replace
    their carried rows: the changed ones, or for a full refresh every customer in the export);
@@ -48,7 +49,8 @@ import gc
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -71,6 +73,7 @@ from optimove_netmera.store.models import (
     SyncRunStatus,
     SyncStaging,
 )
+from optimove_netmera.store.queries import sqlite_bulk_insert
 from optimove_netmera.sync.extract import export_chunk_rows, iter_export
 from optimove_netmera.sync.transform import fingerprint_values, format_fingerprint, parse_fingerprints, transform
 
@@ -391,15 +394,14 @@ def _diff_chunk(
 
 
 def _insert_changes(conn: Connection, rows: list[list[Any]]) -> None:
-    """Insert change rows (``_CHANGE_COLUMNS`` order, JSON already encoded; an extra last item is ignored) in one
-    executemany: SQLite gets them straight from the driver, PostgreSQL through SQLAlchemy's multi-row VALUES."""
+    """Insert change rows (``_CHANGE_COLUMNS`` order, JSON already encoded; an extra last item is ignored): SQLite
+    in one statement (:func:`~optimove_netmera.store.queries.sqlite_bulk_insert`), PostgreSQL through SQLAlchemy's
+    multi-row VALUES."""
     if not rows:
         return
     n = len(_CHANGE_COLUMNS)
     if conn.dialect.name == "sqlite":
-        marks = ", ".join("?" * n)
-        sql = f"INSERT INTO sync_changes ({', '.join(_CHANGE_COLUMNS)}) VALUES ({marks})"
-        conn.exec_driver_sql(sql, [tuple(r[:n]) for r in rows])
+        sqlite_bulk_insert(conn, SyncChange.__tablename__, _CHANGE_COLUMNS, [r[:n] for r in rows])
     else:
         conn.execute(sa.insert(_CHANGE_ROWS), [dict(zip(_CHANGE_COLUMNS, r[:n], strict=True)) for r in rows])
 
@@ -413,6 +415,49 @@ def _count(conn: Connection, run_id: int, *where: Any) -> int:
 def _delete_changes(engine: Engine, run_id: int) -> None:
     with engine.begin() as conn:
         conn.execute(sa.delete(SyncChange).where(SyncChange.sync_run_id == run_id))
+
+
+class _ChangeWriter:
+    """Writes each chunk's change rows, and deletes the rows carried over for its customers, in one transaction a
+    chunk, in a thread of its own while the caller diffs the next chunk.
+
+    One write at a time (:meth:`write` first waits for the one before), so besides the chunk being diffed at most
+    one chunk's rows are held. On SQLite the insert is one statement that runs without the interpreter lock: the
+    write and the next chunk's diff use both cores. A write's error is raised by the next :meth:`write` or
+    :meth:`wait`.
+    """
+
+    def __init__(self, engine: Engine, run_id: int) -> None:
+        self._engine, self._run_id = engine, run_id
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="plan-writer")
+        self._pending: Future[int] | None = None
+        self.carried_deleted = 0
+
+    def write(self, rows: list[list[Any]], replacing_carried: list[str] | None = None) -> None:
+        """Write ``rows`` (after the write before has finished); ``replacing_carried``: delete those customers'
+        carried rows in the same transaction."""
+        self.wait()
+        self._pending = self._thread.submit(self._write, rows, replacing_carried)
+
+    def _write(self, rows: list[list[Any]], replacing_carried: list[str] | None) -> int:
+        with self._engine.begin() as conn:
+            deleted = _delete_carried(conn, self._run_id, replacing_carried) if replacing_carried else 0
+            _insert_changes(conn, rows)
+        return deleted
+
+    def wait(self) -> None:
+        """Wait for the write in progress; raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self.carried_deleted += pending.result()
+
+    def close(self) -> None:
+        """Wait for the write in progress (without raising: the caller is failing already, or has waited) and stop
+        the thread."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            wait_for([pending])
+        self._thread.shutdown()
 
 
 class _Numbering:
@@ -619,6 +664,7 @@ def build_plan(
     numbering = _Numbering(settings.sync.batch_size)
     # the existence probe's calls for a chunk go out sync.load_concurrency at a time
     pool = ThreadPoolExecutor(max(1, settings.sync.load_concurrency), thread_name_prefix="netmera-probe")
+    writer = _ChangeWriter(engine, run_id)
     try:
         carried = _carry_over(engine, run_id)
         rows = export_chunk_rows(settings)
@@ -631,37 +677,39 @@ def build_plan(
         queue: list[list[Any]] = []  # inline: rows waiting for a full probe call (fewer than PROBE_CHUNK)
         for raw, changed_names in chunks:
             clock.lap("read")
-            with engine.begin() as conn:
+            with engine.connect() as conn:
                 customers, changes = _diff_chunk(conn, run_id, raw, changed_names, settings, plan, acc, resync)
-                del raw, changed_names
-                clock.lap("diff")
-                if carried:  # the chunk's rows replace what was carried for those customers
-                    covered = customers if export_path is not None else [r[_CUSTOMER_ID] for r in changes]
-                    carried -= _delete_carried(conn, run_id, covered)
-                if inline and probe is not None:
-                    queue.extend(changes)
-                    changes = []
-                    blocks = []
-                    while len(queue) >= PROBE_CHUNK:
-                        blocks.append(queue[:PROBE_CHUNK])
-                        del queue[:PROBE_CHUNK]
-                    _check_blocks([[r for r in b if r[_FRESH]] for b in blocks], probe, plan, pool)
-                    changes.extend(r for b in blocks for r in b)
-                    del blocks
-                    clock.lap("probe")
-                if inline:
-                    numbering.number(changes)
-                _insert_changes(conn, changes)
-            del changes, customers
+            del raw, changed_names
+            clock.lap("diff")
+            covered = None
+            if carried:  # the chunk's rows replace what was carried for those customers
+                covered = customers if export_path is not None else [r[_CUSTOMER_ID] for r in changes]
+            if inline and probe is not None:
+                queue.extend(changes)
+                changes = []
+                blocks = []
+                while len(queue) >= PROBE_CHUNK:
+                    blocks.append(queue[:PROBE_CHUNK])
+                    del queue[:PROBE_CHUNK]
+                _check_blocks([[r for r in b if r[_FRESH]] for b in blocks], probe, plan, pool)
+                changes.extend(r for b in blocks for r in b)
+                del blocks
+                clock.lap("probe")
+            if inline:
+                numbering.number(changes)
+            writer.write(changes, covered)  # waits for the chunk before's write ("store": the time waited)
+            del changes, customers, covered
             clock.lap("store")
         if queue:
             assert probe is not None
             _check([r for r in queue if r[_FRESH]], probe, plan)
             numbering.number(queue)
-            with engine.begin() as conn:
-                _insert_changes(conn, queue)
-            del queue
             clock.lap("probe")
+            writer.write(queue)
+            del queue
+        writer.wait()
+        clock.lap("store")
+        carried -= writer.carried_deleted
         plan.guard = guard_check(acc.data_changed, plan.known, max_change_ratio)
         plan.carried_over = carried
         netmera_of = {a.optimove: a.netmera for a in settings.attributes}
@@ -684,9 +732,11 @@ def build_plan(
                 _store(conn, run_id, plan, settings)
         clock.lap("store")
     except BaseException:
+        writer.close()  # no write may follow the delete
         _delete_changes(engine, run_id)  # a failure: nothing of this plan stays
         raise
     finally:
+        writer.close()
         pool.shutdown(cancel_futures=True)
     if dry_run:
         _delete_changes(engine, run_id)
