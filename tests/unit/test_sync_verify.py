@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 
 import sqlalchemy as sa
 from optimove_netmera.settings import AttributeMapping
@@ -64,6 +65,11 @@ def test_first_run_of_a_mapping_and_the_sample(db_url: str) -> None:
     sample, written = verify.select_sample(engine, second, 10)
     assert written == 100 and len(sample) == 10 and len({w.customer_id for w in sample} - {"C100"}) == 10
     assert all(w.set_attrs == next(r["set_attrs"] for r in rows if r["customer_id"] == w.customer_id) for w in sample)
+    writes = sorted(r["customer_id"] for r in rows if r["set_attrs"])  # customer order
+    ranks = sorted(random.Random(second).sample(range(len(writes)), 10))  # seeded by the run: the same each time
+    assert [w.customer_id for w in sample] == [writes[k] for k in ranks]
+    everyone, _ = verify.select_sample(engine, second, 500)  # more asked than written: every write, once
+    assert [w.customer_id for w in everyone] == writes
     assert [w.customer_id for w in verify.written_with(engine, second, "rare")] == ["C077"]  # read back too
     assert [w.customer_id for w in verify.written_with(engine, second, "name")] == ["C000", "C001", "C002"]
     assert verify.written_with(engine, second, "nobody") == [] and verify.written_with(engine, second, "nam") == []
