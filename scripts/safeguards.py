@@ -207,6 +207,13 @@ SAFEGUARDS = (
         ("tests/unit/test_sync_stream.py::test_a_plan_failing_while_a_chunk_is_written_leaves_nothing",),
     ),
     Safeguard(
+        "reading ahead stays one item ahead (a chunked reader's memory budget)",
+        "read_ahead.py",
+        "                wanted.acquire()\n",
+        "",
+        ("tests/unit/test_sync_stream.py::test_first_sync_of_many_chunks_holds_one_chunk_and_plans_exactly",),
+    ),
+    Safeguard(
         "the extId transform on the sync path",
         "sync/plan.py",
         "    ext_ids = [settings.ext_id.apply(c) for c in customer_ids]",

@@ -20,10 +20,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import queue
-import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +33,7 @@ from sqlalchemy.engine import Engine
 from optimove_netmera.campaigns import personalise
 from optimove_netmera.campaigns.state import CANCEL_ALL_REASON, CANCEL_REASON, PARTIAL_CANCEL_REASON, cancel_status
 from optimove_netmera.optimove import OptimoveClient
+from optimove_netmera.read_ahead import read_ahead
 from optimove_netmera.settings import Settings
 from optimove_netmera.store import (
     Campaign,
@@ -114,8 +113,8 @@ def stage_recipients(
     hashes: list[np.ndarray] = []
     controls: list[np.ndarray] = []
     cid, ch = int(campaign_id), int(channel_id)
-    fetched = _prefetched(client.iter_campaign_recipients(cid, ch, attributes, page_size=page_size))
-    with closing(fetched) as pages:
+    source = client.iter_campaign_recipients(cid, ch, attributes, page_size=page_size)
+    with closing(read_ahead(source, "stage-prefetch")) as pages:
         for page in pages:
             rows: list[dict[str, Any]] = []
             page_keys: set[tuple[str, int]] = set()
@@ -210,52 +209,6 @@ def _insert_ledger_rows(engine: Engine, campaign_id: int, channel_id: int, rows:
     conflict = f"ON CONFLICT ({', '.join(LEDGER_KEY)}) DO NOTHING"
     with engine.begin() as conn:
         sqlite_bulk_insert(conn, Recipient.__tablename__, _LEDGER_COLUMNS, values, conflict)
-
-
-def _prefetched(pages: Iterator[list[Any]]) -> Iterator[list[Any]]:
-    """``pages``, with the next one fetched in a thread while the caller works on this one (one page ahead).
-
-    A failure while fetching is raised here, in the caller's thread. Close this generator (``closing``) when
-    stopping early: the fetching thread then stops after the page it is on.
-    """
-    ahead: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def offer(kind: str, item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                ahead.put((kind, item), timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def fetch() -> None:
-        try:
-            for page in pages:
-                if not offer("page", page):
-                    return
-            offer("done", None)
-        except BaseException as exc:  # handed to the caller's thread
-            offer("error", exc)
-        finally:
-            close = getattr(pages, "close", None)
-            if close is not None:
-                close()
-
-    thread = threading.Thread(target=fetch, name="stage-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, item = ahead.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
 
 
 def reapply_cancel(engine: Engine, campaign_id: int, channel_id: int) -> int:
