@@ -207,11 +207,11 @@ SAFEGUARDS = (
         ("tests/unit/test_sync_stream.py::test_a_plan_failing_while_a_chunk_is_written_leaves_nothing",),
     ),
     Safeguard(
-        "reading ahead stays one item ahead (a chunked reader's memory budget)",
+        "reading ahead stays one item ahead (staging fetches one page ahead, no more)",
         "read_ahead.py",
         "                wanted.acquire()\n",
         "",
-        ("tests/unit/test_sync_stream.py::test_first_sync_of_many_chunks_holds_one_chunk_and_plans_exactly",),
+        (f"{SEND_TESTS}::test_a_write_failure_stops_the_paging",),
     ),
     Safeguard(
         "the extId transform on the sync path",

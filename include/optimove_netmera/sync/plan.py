@@ -60,7 +60,6 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from optimove_netmera.read_ahead import read_ahead
 from optimove_netmera.settings import Settings
 from optimove_netmera.store.engine import JSON_OPTIONS
 from optimove_netmera.store.models import (
@@ -666,15 +665,12 @@ def build_plan(
     # the existence probe's calls for a chunk go out sync.load_concurrency at a time
     pool = ThreadPoolExecutor(max(1, settings.sync.load_concurrency), thread_name_prefix="netmera-probe")
     writer = _ChangeWriter(engine, run_id)
-    frames: Iterator[pd.DataFrame] | None = None
     try:
         carried = _carry_over(engine, run_id)
         rows = export_chunk_rows(settings)
         chunks: Iterable[tuple[pd.DataFrame, dict[str, list[str]]]]
         if export_path is not None:
-            # the next chunk is read (pyarrow, mostly without the GIL) while this one is diffed
-            frames = read_ahead(iter_export(export_path, settings.optimove_attributes, rows), "plan-read-ahead")
-            chunks = ((frame, {}) for frame in frames)
+            chunks = ((frame, {}) for frame in iter_export(export_path, settings.optimove_attributes, rows))
         else:
             chunks = _staged_chunks(engine, run_id, rows)
         acc = _Diff()
@@ -740,8 +736,6 @@ def build_plan(
         _delete_changes(engine, run_id)  # a failure: nothing of this plan stays
         raise
     finally:
-        if frames is not None:
-            frames.close()  # type: ignore[attr-defined]  # a generator: stops the reading thread
         writer.close()
         pool.shutdown(cancel_futures=True)
     if dry_run:
