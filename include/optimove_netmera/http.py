@@ -598,8 +598,9 @@ _CALLER_ERRORS = (
 )
 
 
-# msgspec writes NaN and infinities as null; a null in the encoded body sends the slow path looking for them.
-_NULL = b"null"  # msgspec writes NaN and infinities as null: no "null" in the body, none in the value
+# msgspec writes NaN and infinities as null; a null in the encoded body sends the slow path looking for them (a
+# substring test: the regex it replaced took ~4 ms of a 1000-profile body).
+_NULL = b"null"
 
 
 def _has_non_finite(value: Any) -> bool:
@@ -870,7 +871,7 @@ class BaseHttpClient:
             body = msgspec.json.encode(value)
         except (TypeError, ValueError, msgspec.EncodeError) as exc:
             raise ValueError(f"{self.service} {endpoint}: invalid request (the body is not JSON: {exc})") from None
-        if _NULL in body and _has_non_finite(value):  # a substring test: a regex took ~4 ms of a 1000-profile body
+        if _NULL in body and _has_non_finite(value):
             raise ValueError(f"{self.service} {endpoint}: invalid request (the body holds NaN or an infinity)")
         return body
 

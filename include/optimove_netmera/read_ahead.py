@@ -1,4 +1,4 @@
-"""Read the next item of a stream in a thread while the caller works on this one (campaign pages, export chunks)."""
+"""Read the next item of a stream in a thread while the caller works on this one (a campaign's recipient pages)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ def read_ahead(items: Iterator[T], name: str) -> Iterator[T]:
     """``items``, each next one produced in a thread called ``name`` while the caller works on the one before.
 
     Exactly one ahead: the thread starts on item k+1 when the caller takes item k, so at most two items are alive
-    at once (the caller's and the next), which keeps a chunked reader within its memory budget. A failure while
-    producing an item is raised in the caller's thread when it asks for that item. Close this generator
-    (``contextlib.closing``) when stopping early: the thread stops after the item it is on and closes ``items``.
+    at once (the caller's and the next), whatever the stream's length. A failure while producing an item is raised
+    in the caller's thread when it asks for that item. Close this generator (``contextlib.closing``) when stopping
+    early: the thread stops after the item it is on and closes ``items``.
     """
     ready: queue.Queue[tuple[str, Any]] = queue.Queue()  # holds at most one: the thread produces only when wanted
     wanted = threading.Semaphore(1)
