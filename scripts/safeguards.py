@@ -193,6 +193,16 @@ SAFEGUARDS = (
         ("tests/campaigns/test_ledger_insert.py::test_a_nul_is_stored_whole_on_sqlite",),
     ),
     Safeguard(
+        "staging skips a recipient whose text holds a NUL and stores it without the NUL",
+        "campaigns/personalise.py",
+        "        if nul:  # neither PostgreSQL nor a push can carry it",
+        "        if False:  # neither PostgreSQL nor a push can carry it",
+        (
+            "tests/campaigns/test_ledger_insert.py::test_a_nul_in_optimove_text_skips_the_recipient_and_is_stored_on_both_databases",
+        ),
+        select="",
+    ),
+    Safeguard(
         "a request body with NaN or an infinity is refused before any request",
         "http.py",
         "        if _NULL in body and _has_non_finite(value):",

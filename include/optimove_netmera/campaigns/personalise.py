@@ -8,7 +8,9 @@ Pure functions (no database, no HTTP, no Airflow). The rules:
 * ``message.params`` = the ``campaigns.params`` mapping (Optimove attribute -> Netmera param) applied to the
   row's attributes, empty values left out, plus ``promoCode`` when Optimove gave one;
 * a recipient lacking one of ``campaigns.required_params`` is skipped, reason ``missing required param(s): ...``
-  (it would otherwise get a half-rendered push).
+  (it would otherwise get a half-rendered push);
+* a recipient whose CustomerID, promo code or a param holds a NUL character is skipped (:func:`nul_reason`); its
+  text is stored with U+FFFD in place of the NUL (PostgreSQL cannot store a NUL in text).
 
 Optimove's timestamps are naive; they are read as UTC (what Optimove's API uses for event and schedule times).
 """
@@ -32,6 +34,7 @@ __all__ = [
     "ledger_rows",
     "missing_required",
     "no_mapping_reason",
+    "nul_reason",
     "request_object",
     "to_utc",
 ]
@@ -78,6 +81,28 @@ def no_mapping_reason(template_id: int | None) -> str:
     return f"no notificationKey mapped for template {template_id}"
 
 
+NUL = "\x00"
+
+
+def _nul_fields(customer_id: str, params: Mapping[str, Any]) -> list[str]:
+    """The fields of a recipient row whose text holds a NUL character: ``CustomerID`` and the params' names (the
+    promo code is the ``promoCode`` param)."""
+    fields = ["CustomerID"] if NUL in customer_id else []
+    return fields + [name for name, value in params.items() if isinstance(value, str) and NUL in value]
+
+
+def nul_reason(fields: list[str]) -> str:
+    """The skip reason of a recipient whose text holds a NUL character (names the fields, never the values)."""
+    return (
+        f"text with a NUL character (U+0000) in {', '.join(fields)}: not sent (PostgreSQL cannot store it and no "
+        "push should carry it); correct the value in Optimove"
+    )
+
+
+def _no_nul(value: Any) -> Any:
+    return value.replace(NUL, "\ufffd") if isinstance(value, str) else value
+
+
 def ledger_row(detail: ExecutionDetail, settings: Settings) -> dict[str, Any]:
     """The ledger columns for one recipient row: pending with its request data, or skipped with a reason."""
     return ledger_rows([detail], settings)[0]
@@ -107,18 +132,25 @@ def ledger_rows(details: Iterable[ExecutionDetail], settings: Settings) -> list[
             missing = missing_required(params, required)
             if missing:
                 status, reason = _SKIPPED, f"missing required param(s): {', '.join(missing)}"
+        customer_id, promo_code = detail.customer_id, detail.promo_code
+        nul = _nul_fields(customer_id, params)
+        if nul:  # neither PostgreSQL nor a push can carry it: kept (as U+FFFD) for the record, never sent
+            if status == _PENDING:  # a row skipped already keeps its reason (the control group stays counted as such)
+                status, reason = _SKIPPED, nul_reason(nul)
+            customer_id, promo_code = _no_nul(customer_id), _no_nul(promo_code)
+            params = {k: _no_nul(v) for k, v in params.items()}
         scheduled = detail.scheduled_time
         if scheduled not in times:
             times[scheduled] = to_utc(scheduled)
         out.append(
             {
-                "customer_id": detail.customer_id,
+                "customer_id": customer_id,
                 "template_id": template_id,
-                "ext_id": ext_id(detail.customer_id),
+                "ext_id": ext_id(customer_id),
                 "scheduled_time": times[scheduled],
                 "notification_key": key,
                 "params": params,
-                "promo_code": detail.promo_code,
+                "promo_code": promo_code,
                 "status": status,
                 "reason": reason,
             }
