@@ -55,12 +55,17 @@ def stored(engine: Any, campaign_id: int) -> list[tuple[Any, ...]]:
         ]
 
 
-def test_the_driver_insert_stores_what_the_orm_upsert_stores_and_keeps_the_first_row(db_url: str) -> None:
+def two_campaigns(db_url: str) -> tuple[Any, Any]:
+    """A migrated state database with campaigns 1 and 2 on channel 459; (engine, settings)."""
     migrate(db_url)
     engine = get_engine(db_url)
-    s = load_settings()
     with engine.begin() as conn:
         conn.execute(sa.insert(Campaign), [{"campaign_id": c, "channel_id": 459} for c in (1, 2)])
+    return engine, load_settings()
+
+
+def test_the_driver_insert_stores_what_the_orm_upsert_stores_and_keeps_the_first_row(db_url: str) -> None:
+    engine, s = two_campaigns(db_url)
     rows = [personalise.ledger_row(d, s) for d in details()]
     _insert_ledger_rows(engine, 1, 459, rows)
     with session_scope(engine) as session:
@@ -108,11 +113,7 @@ def odd_details() -> list[ExecutionDetail]:
 
 
 def compare_with_the_orm(db_url: str, nul: bool) -> list[tuple[Any, ...]]:
-    migrate(db_url)
-    engine = get_engine(db_url)
-    s = load_settings()
-    with engine.begin() as conn:
-        conn.execute(sa.insert(Campaign), [{"campaign_id": c, "channel_id": 459} for c in (1, 2)])
+    engine, s = two_campaigns(db_url)
     rows = [personalise.ledger_row(d, s) for d in odd_details()]
     if nul:  # a NUL in one row's id, params and code (staging replaces them: the insert itself must keep them)
         row = rows[2]
