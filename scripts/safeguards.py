@@ -156,8 +156,8 @@ SAFEGUARDS = (
     Safeguard(
         "the extId transform on the campaign path",
         "campaigns/personalise.py",
-        '"ext_id": settings.ext_id.apply(detail.customer_id),',
-        '"ext_id": detail.customer_id,',
+        '"ext_id": ext_id(customer_id),',
+        '"ext_id": customer_id,',
         (f"{SEND_TESTS}::test_campaign_recipients_get_the_configured_ext_id",),
     ),
     Safeguard(
