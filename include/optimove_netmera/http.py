@@ -468,8 +468,8 @@ class CallStats:
     ``requests``: logical requests made; ``calls``: HTTP attempts sent (requests + retries + re-sends
     after re-authentication); ``retries``: attempts that were retries after a failure;
     ``rate_limited``: 429 responses seen; ``errors``: failed attempts per HTTP status (or
-    ``"transport"``); ``reauths``: token refreshes after an expiry; ``throttle_seconds``: time spent
-    waiting for the rate limiter; ``backoff_seconds``: time spent sleeping between retries.
+    ``"transport"``); ``reauths``: token refreshes after an expiry; ``throttled``: attempts that had to wait for the
+    rate limiter, ``throttle_seconds``: the time they waited; ``backoff_seconds``: time spent sleeping between retries.
     """
 
     requests: int = 0
@@ -477,6 +477,7 @@ class CallStats:
     retries: int = 0
     rate_limited: int = 0
     reauths: int = 0
+    throttled: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     throttle_seconds: float = 0.0
     backoff_seconds: float = 0.0
@@ -503,6 +504,7 @@ class CallStats:
                 "rate_limited": self.rate_limited,
                 "reauths": self.reauths,
                 "errors": dict(self.errors),
+                "throttled": self.throttled,
                 "throttle_seconds": round(self.throttle_seconds, 3),
                 "backoff_seconds": round(self.backoff_seconds, 3),
             }
@@ -510,7 +512,7 @@ class CallStats:
     def reset(self) -> None:
         """Zero every counter."""
         with self._lock:
-            self.requests = self.calls = self.retries = self.rate_limited = self.reauths = 0
+            self.requests = self.calls = self.retries = self.rate_limited = self.reauths = self.throttled = 0
             self.errors = Counter()
             self.throttle_seconds = self.backoff_seconds = 0.0
 
@@ -770,7 +772,7 @@ class BaseHttpClient:
             if pacer is not None:
                 permit = pacer.acquire()
                 if permit.waited:
-                    self.stats.add(throttle_seconds=permit.waited)
+                    self.stats.add(throttled=1, throttle_seconds=permit.waited)
             self.stats.add(calls=1)
             try:
                 response = self._send_once(method, url, params, body, headers, permit)
