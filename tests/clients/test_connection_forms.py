@@ -85,8 +85,9 @@ def test_optimove_test_button_says_what_the_key_reaches(
 
 
 def test_optimove_test_button_checks_the_channel_templates_cover_the_mapping(
-    monkeypatch: pytest.MonkeyPatch, sandbox: SandboxProcess, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, sandbox_reset: SandboxProcess, tmp_path: Path
 ) -> None:
+    sandbox = sandbox_reset  # other tests' campaigns add templates (e.g. 9) to the shared sandbox's channel 506
     _set(monkeypatch, "optimove_default", {"conn_type": "optimove", "host": sandbox.optimove_url, "extra": {
         "api_key": sandbox.optimove_api_key}})  # fmt: skip
     monkeypatch.setenv("OPTIMOVE_NETMERA__CAMPAIGNS__CHANNELS", "[506]")
