@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+
+import numpy as np
 import pandas as pd
 from optimove_netmera.settings import AttributeMapping
+from optimove_netmera.sync import transform as transform_module
 from optimove_netmera.sync.transform import (
+    RAW_VERSION,
     coerce_column,
     fingerprint_values,
     fingerprints,
     format_fingerprint,
+    format_fingerprints,
+    format_raw,
     json_value,
     parse_fingerprints,
+    raw_part,
     transform,
 )
 
@@ -73,6 +82,26 @@ def test_stored_fingerprints_parse_back() -> None:
     assert ok.tolist() == [True, True, True, False, False, False]
     assert parsed[:3].tolist() == values.tolist()
     assert parse_fingerprints([])[0].size == 0
+    raw = np.array([1, 2**64 - 1, 3], dtype=np.uint64)
+    both = format_fingerprints(values, raw)  # with the raw fingerprint after it: the same coerced values
+    assert both[1] == f"{stored[1]}:r1:ffffffffffffffff"
+    parsed, ok = parse_fingerprints([*both, f"{stored[0]}:r1:0", f"{stored[0]}:r2:0000000000000001"])
+    assert ok.tolist() == [True, True, True, False, False] and parsed[:3].tolist() == values.tolist()
+    assert [raw_part(b) for b in both] == [format_raw(r) for r in raw.tolist()]
+    assert raw_part(stored[0]) != format_raw(0)  # a fingerprint stored without a raw part matches no raw one
+
+
+def test_raw_version_is_pinned_to_the_coercion_rules() -> None:
+    """Equal raw values must coerce to equal values, or the diff would skip a customer whose coerced values changed:
+    a change to the coercion rules needs a new RAW_VERSION (every customer is coerced once again)."""
+    m = transform_module
+    code = (m.coerce_column, m._to_float, m.transform, m._column_hash, m.fingerprint_values)
+    rules = [inspect.getsource(f) for f in code]
+    rules += [sorted(m.EMPTY_STRINGS), sorted(m._TRUE), sorted(m._FALSE), m._NUMBER, m._DATE, m.HASH_VERSION]
+    digest = hashlib.sha256(repr(rules).encode()).hexdigest()[:16]
+    assert (RAW_VERSION, digest) == ("r1", "2f70d2629bbdad9b"), (
+        "the coercion rules changed: bump RAW_VERSION in sync/transform.py and record the new digest here"
+    )
 
 
 def test_number_and_boolean_edge_spellings() -> None:

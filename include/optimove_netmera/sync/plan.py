@@ -46,6 +46,7 @@ started again from scratch. A dry run writes its change rows only to count them,
 from __future__ import annotations
 
 import gc
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -55,6 +56,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
@@ -75,7 +77,16 @@ from optimove_netmera.store.models import (
 )
 from optimove_netmera.store.queries import sqlite_bulk_insert
 from optimove_netmera.sync.extract import export_chunk_rows, iter_export
-from optimove_netmera.sync.transform import fingerprint_values, format_fingerprint, parse_fingerprints, transform
+from optimove_netmera.sync.transform import (
+    RAW_VERSION,
+    fingerprint_values,
+    format_fingerprints,
+    format_raw,
+    parse_fingerprints,
+    raw_fingerprints,
+    raw_part,
+    transform,
+)
 
 MAX_MAPPED_TASKS = 512
 PROBE_CHUNK = 1000
@@ -100,7 +111,10 @@ _CHANGE_COLUMNS = (
     "reason",
 )
 _CUSTOMER_ID, _EXT_ID, _SET_NO, _UNSET_NO, _STATUS, _REASON, _FRESH = 1, 2, 7, 8, 9, 10, 11  # _FRESH: not stored
+_SAME: tuple[str | None, list[str] | None] = ("", None)  # a known customer whose raw values are the ones delivered
 UNNUMBERED = -1  # a part to send whose batch number is not given yet
+_RAW_PART = len(format_raw(0))  # a stored fingerprint ends with its raw part, e.g. ":r1:" and 16 hex digits
+_RAW_FORMAT = f":{RAW_VERSION}:%016x"  # that part, in SQLite's printf (a signed 64-bit value prints as unsigned)
 _CHANGE_ROWS = sa.table(SyncChange.__tablename__, *(sa.column(c) for c in _CHANGE_COLUMNS))
 
 
@@ -178,22 +192,73 @@ def _keyed(conn: Connection, columns: tuple[Any, ...], key: Any, ids: list[str],
     return out
 
 
-def _stored_hashes(conn: Connection, ids: list[str]) -> dict[str, str]:
-    """The snapshot fingerprints of ``ids`` (those known), KEYS_PER_QUERY ids a query, through the driver: one
-    query per 10,000 customers, with no per-id bind rendering or per-row result processing (the diff looks up
-    every customer of the run)."""
+def _snapshot_differing(
+    conn: Connection, ids: list[str], raw_hashes: np.ndarray
+) -> dict[int, tuple[str | None, list[str] | None]]:
+    """The customers (by position in ``ids``) whose snapshot row is missing or holds another raw fingerprint than
+    ``raw_hashes``, with their stored fingerprint and delivered attribute names (None, None: not in the snapshot).
+
+    The others' raw values are the ones delivered last: unchanged, and never read into Python. The comparison runs
+    in the database, one statement a chunk (SQLite: the chunk as one JSON document; PostgreSQL: two arrays).
+    """
     table = CustomerSnapshot.__tablename__
-    out: dict[str, str] = {}
-    for start in range(0, len(ids), KEYS_PER_QUERY):
-        part = ids[start : start + KEYS_PER_QUERY]
-        if conn.dialect.name == "sqlite":
-            sql = f"SELECT customer_id, attr_hash FROM {table} WHERE customer_id IN ({', '.join('?' * len(part))})"
-            rows = conn.exec_driver_sql(sql, tuple(part))
-        else:  # PostgreSQL: the ids as one array parameter
-            sql = f"SELECT customer_id, attr_hash FROM {table} WHERE customer_id = ANY(%s)"
-            rows = conn.exec_driver_sql(sql, (part,))
-        out.update(rows.all())
+    signed = raw_hashes.view(np.int64).tolist()
+    if conn.dialect.name == "sqlite":
+        document = msgspec.json.encode(list(zip(ids, signed, strict=True)))
+        if b"\\u0000" in document:  # json_each would cut an id at a NUL: compare in Python
+            return _snapshot_differing_keyed(conn, ids, raw_hashes)
+        sql = (
+            f"SELECT j.key, s.attr_hash, s.present_attrs FROM json_each(?) AS j "
+            f"LEFT JOIN {table} AS s ON s.customer_id = j.value ->> 0 "
+            f"WHERE s.attr_hash IS NULL OR substr(s.attr_hash, -{_RAW_PART}) != printf('{_RAW_FORMAT}', j.value ->> 1)"
+        )
+        rows = conn.exec_driver_sql(sql, (document,)).all()
+    else:
+        sql = (
+            f"SELECT t.i - 1, s.attr_hash, s.present_attrs FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY "
+            f"AS t(cid, h, i) LEFT JOIN {table} AS s ON s.customer_id = t.cid WHERE s.attr_hash IS NULL "
+            f"OR right(s.attr_hash, {_RAW_PART}) <> ':{RAW_VERSION}:' || lpad(to_hex(t.h), 16, '0')"
+        )
+        rows = conn.exec_driver_sql(sql, (ids, signed)).all()
+    return {i: (h, json.loads(p) if isinstance(p, str) else p) for i, h, p in rows}
+
+
+def _snapshot_differing_keyed(
+    conn: Connection, ids: list[str], raw_hashes: np.ndarray
+) -> dict[int, tuple[str | None, list[str] | None]]:
+    """:func:`_snapshot_differing` by keyed queries, compared in Python (ids that JSON cannot carry to SQLite)."""
+    columns = (CustomerSnapshot.customer_id, CustomerSnapshot.attr_hash, CustomerSnapshot.present_attrs)
+    stored = {r[0]: (r[1], r[2]) for r in _keyed(conn, columns, CustomerSnapshot.customer_id, ids)}
+    out: dict[int, tuple[str | None, list[str] | None]] = {}
+    for i, (cid, raw) in enumerate(zip(ids, raw_hashes.tolist(), strict=True)):
+        found = stored.get(cid)
+        if found is None:
+            out[i] = (None, None)
+        elif raw_part(found[0]) != format_raw(raw):
+            out[i] = found
     return out
+
+
+def _refresh_raw(conn: Connection, pairs: list[tuple[str, str]]) -> None:
+    """Store new fingerprints (customer id, fingerprint) whose coerced part is the one delivered: their raw values
+    changed, what Netmera holds did not. Only the snapshot's fingerprint changes (what and when it was delivered do
+    not)."""
+    if not pairs:
+        return
+    table = CustomerSnapshot.__tablename__
+    if conn.dialect.name == "sqlite":
+        pairs = [p for p in pairs if "\x00" not in p[0]]  # json_each would cut it short: left for the next run
+        conn.exec_driver_sql(
+            f"UPDATE {table} SET attr_hash = j.value ->> 1 FROM json_each(?) AS j "
+            f"WHERE {table}.customer_id = j.value ->> 0",
+            (msgspec.json.encode(pairs),),
+        )
+    else:
+        conn.exec_driver_sql(
+            f"UPDATE {table} AS s SET attr_hash = t.h FROM unnest(%s::text[], %s::text[]) AS t(cid, h) "
+            "WHERE s.customer_id = t.cid",
+            ([p[0] for p in pairs], [p[1] for p in pairs]),
+        )
 
 
 def _native_columns(values: pd.DataFrame) -> list[list[Any]]:
@@ -288,57 +353,73 @@ def _diff_chunk(
     plan: Plan,
     acc: _Diff,
     resync: str | list[str] | None,
-) -> tuple[list[str], list[list[Any]]]:
+) -> tuple[list[str], list[list[Any]], list[tuple[str, str]]]:
     """Diff one chunk against the snapshot rows of its customers.
 
-    Returns the chunk's customer ids and its change rows (lists in ``_CHANGE_COLUMNS`` order, extId order, JSON
-    encoded, pending, batch numbers ``UNNUMBERED``), plus whether each customer is fresh (new or resynced: to be
-    checked with the probe) as the last item.
+    Only the customers whose raw values differ from those delivered last (new ones included) or who are resynced are
+    coerced and compared by their coerced values; the others are unchanged. Returns the chunk's customer ids, its
+    change rows (lists in ``_CHANGE_COLUMNS`` order, extId order, JSON encoded, pending, batch numbers
+    ``UNNUMBERED``, plus whether each customer is fresh (new or resynced: to be checked with the probe) as the last
+    item), and the new fingerprints of the customers whose raw values changed but whose coerced values did not.
     """
     mapping = settings.attributes
     plan.fetched += len(raw)
-    t = transform(raw, mapping)
-    ids = raw.index.astype("str")
+    customer_list = raw.index.astype("str").tolist()
+    raw_hashes = raw_fingerprints(raw, mapping)
+    if resync == "all":
+        forced_all = np.ones(len(customer_list), dtype=bool)
+    elif resync:
+        forced_all = np.asarray(pd.Index(customer_list).isin(resync), dtype=bool)
+    else:
+        forced_all = np.zeros(len(customer_list), dtype=bool)
+    stored: dict[int, tuple[str | None, list[str] | None]]
+    if plan.known:
+        stored = _snapshot_differing(conn, customer_list, raw_hashes)
+    else:
+        stored = dict.fromkeys(range(len(customer_list)), (None, None))
+    # the customers to coerce: raw values differing from the snapshot's, or resynced (raw values the same: ``_SAME``)
+    pos = np.union1d(np.fromiter(stored, dtype=np.int64, count=len(stored)), np.flatnonzero(forced_all))
+    entries = [stored.get(i, _SAME) for i in pos.tolist()]
+    del stored
+    t = transform(raw.iloc[pos] if len(pos) < len(raw) else raw, mapping)
     del raw
     for reason, n in t.dropped.items():
         plan.dropped[reason] = plan.dropped.get(reason, 0) + n
     hashes = fingerprint_values(t)
-    customer_list = ids.tolist()
-    stored: dict[str, str] = {}
-    if plan.known:
-        stored = _stored_hashes(conn, customer_list)
-    is_new = np.fromiter((c not in stored for c in customer_list), bool, len(customer_list))
-    seen = np.flatnonzero(~is_new)
-    same = np.zeros(len(hashes), dtype=bool)
+    is_new = np.fromiter((e[0] is None for e in entries), dtype=bool, count=len(entries))
+    raw_same = np.fromiter((e is _SAME for e in entries), dtype=bool, count=len(entries))
+    same = raw_same.copy()
+    seen = np.flatnonzero(~is_new & ~raw_same)
     if seen.size:
-        values, valid = parse_fingerprints([stored[customer_list[i]] for i in seen.tolist()])
+        values, valid = parse_fingerprints([entries[i][0] for i in seen.tolist()])
         same[seen] = valid & (values == hashes[seen])
-    del stored
     changed_mask = ~same
     acc.data_changed += int(changed_mask.sum())
-    if resync == "all":
-        forced = np.ones(len(hashes), dtype=bool)
-    elif resync:
-        forced = ids.isin(resync)
-    else:
-        forced = np.zeros(len(hashes), dtype=bool)
+    forced = forced_all[pos]
+    cand_raw = raw_hashes[pos]
     changed_mask |= forced
-    plan.resynced += int(forced.sum())
+    plan.resynced += int(forced_all.sum())
     plan.new += int(is_new.sum())
     n_changed = int(changed_mask.sum())
     plan.changed += n_changed
-    plan.unchanged += len(hashes) - n_changed
+    plan.unchanged += len(customer_list) - n_changed
+    refreshed = np.flatnonzero(same & ~raw_same & ~forced)  # coerced the same, raw not: a new fingerprint
+    refresh = list(
+        zip(
+            [customer_list[i] for i in pos[refreshed].tolist()],
+            format_fingerprints(hashes[refreshed], cand_raw[refreshed]),
+            strict=True,
+        )
+    )
 
     idx = np.flatnonzero(changed_mask)
     names = list(t.values.columns)
-    customer_ids = [customer_list[i] for i in idx.tolist()]
+    customer_ids = [customer_list[i] for i in pos[idx].tolist()]
     ext_ids = [settings.ext_id.apply(c) for c in customer_ids]
     new_flags = is_new[idx].tolist()
     forced_flags = forced[idx].tolist()
     all_names = [a.netmera for a in mapping]
-    before_ids = [c for c, new, f in zip(customer_ids, new_flags, forced_flags, strict=True) if not (new or f)]
-    columns = (CustomerSnapshot.customer_id, CustomerSnapshot.present_attrs)
-    present_before = dict(_keyed(conn, columns, CustomerSnapshot.customer_id, before_ids))
+    present_before = {c: entries[i][1] for c, i in zip(customer_ids, idx.tolist(), strict=True)}
     changed_values = t.values.iloc[idx]
     del t
     # Attribute counts: rows that carry the names Optimove reported count those; the others count what they set
@@ -352,7 +433,7 @@ def _diff_chunk(
             attr_counts[by_optimove[name]] = attr_counts.get(by_optimove[name], 0) + n
     cols = _native_columns(changed_values)
     del changed_values
-    changed_hashes = [format_fingerprint(h) for h in hashes[idx].tolist()]
+    changed_hashes = format_fingerprints(hashes[idx], cand_raw[idx])
     pending = ChangeStatus.PENDING.value
     encode = JSON_OPTIONS["json_serializer"]  # what the JSON columns would store
     no_unset = encode([])
@@ -390,7 +471,7 @@ def _diff_chunk(
             ]
         )
     changes.sort(key=lambda r: r[2])
-    return customer_list, changes
+    return customer_list, changes, refresh
 
 
 def _insert_changes(conn: Connection, rows: list[list[Any]]) -> None:
@@ -433,16 +514,25 @@ class _ChangeWriter:
         self._pending: Future[int] | None = None
         self.carried_deleted = 0
 
-    def write(self, rows: list[list[Any]], replacing_carried: list[str] | None = None) -> None:
+    def write(
+        self,
+        rows: list[list[Any]],
+        replacing_carried: list[str] | None = None,
+        fingerprints: list[tuple[str, str]] | None = None,
+    ) -> None:
         """Write ``rows`` (after the write before has finished); ``replacing_carried``: delete those customers'
-        carried rows in the same transaction."""
+        carried rows in the same transaction; ``fingerprints``: store those new snapshot fingerprints in it
+        (:func:`_refresh_raw`)."""
         self.wait()
-        self._pending = self._thread.submit(self._write, rows, replacing_carried)
+        self._pending = self._thread.submit(self._write, rows, replacing_carried, fingerprints)
 
-    def _write(self, rows: list[list[Any]], replacing_carried: list[str] | None) -> int:
+    def _write(
+        self, rows: list[list[Any]], replacing_carried: list[str] | None, fingerprints: list[tuple[str, str]] | None
+    ) -> int:
         with self._engine.begin() as conn:
             deleted = _delete_carried(conn, self._run_id, replacing_carried) if replacing_carried else 0
             _insert_changes(conn, rows)
+            _refresh_raw(conn, fingerprints or [])
         return deleted
 
     def wait(self) -> None:
@@ -678,7 +768,7 @@ def build_plan(
         for raw, changed_names in chunks:
             clock.lap("read")
             with engine.connect() as conn:
-                customers, changes = _diff_chunk(conn, run_id, raw, changed_names, settings, plan, acc, resync)
+                customers, changes, refresh = _diff_chunk(conn, run_id, raw, changed_names, settings, plan, acc, resync)
             del raw, changed_names
             clock.lap("diff")
             covered = None
@@ -697,8 +787,9 @@ def build_plan(
                 clock.lap("probe")
             if inline:
                 numbering.number(changes)
-            writer.write(changes, covered)  # waits for the chunk before's write ("store": the time waited)
-            del changes, customers, covered
+            # waits for the chunk before's write ("store": the time waited); a dry run changes no fingerprint
+            writer.write(changes, covered, [] if dry_run else refresh)
+            del changes, customers, covered, refresh
             clock.lap("store")
         if queue:
             assert probe is not None

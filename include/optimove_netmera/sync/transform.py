@@ -6,11 +6,15 @@ dropped and counted by reason (``invalid_number``, ``invalid_boolean``, ``invali
 unset, never written as null. Dates go to Netmera the way its profiles hold them: epoch milliseconds (UTC).
 
 Each customer gets a stable fingerprint of its mapped values (:func:`fingerprints`), compared with the snapshot
-of what was last delivered to decide who changed.
+of what was last delivered to decide who changed; and a fingerprint of its raw values (:func:`raw_fingerprints`),
+stored beside it, so that a customer whose raw values are the ones delivered last time is known unchanged without
+being coerced.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -34,6 +38,10 @@ _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 _DATE = r"^\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$"
 INVALID = "\x00invalid"
 HASH_VERSION = "h1"
+# The raw fingerprint's version: part of its seed, so bumping it makes every customer's raw values look new once.
+# Bump it whenever what a raw value coerces to changes (``coerce_column`` and the constants above): equal raw values
+# must mean equal coerced values. ``tests/unit/test_transform.py`` pins the coercion code to this version.
+RAW_VERSION = "r1"
 
 
 @dataclass
@@ -147,17 +155,77 @@ def format_fingerprint(value: int) -> str:
 def parse_fingerprints(stored: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Stored fingerprints back to uint64, with a mask of those of this hash version (others never match).
 
-    Vectorised: the valid ones' hex digits are joined and read as big-endian 64-bit words in one pass."""
+    A raw fingerprint stored after it (see :func:`format_fingerprints`) is ignored here. Vectorised: the valid ones'
+    hex digits are joined and read as big-endian 64-bit words in one pass."""
     if not len(stored):
         return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=bool)
     arr = pa.array(stored, type=pa.large_string())
-    ok = pc.fill_null(pc.match_substring_regex(arr, rf"^{HASH_VERSION}:[0-9a-fA-F]{{16}}$"), False)
+    pattern = rf"^{HASH_VERSION}:[0-9a-fA-F]{{16}}(?::{RAW_VERSION}:[0-9a-fA-F]{{16}})?$"
+    ok = pc.fill_null(pc.match_substring_regex(arr, pattern), False)
     values = np.zeros(len(stored), dtype=np.uint64)
-    digits = pc.utf8_slice_codeunits(pc.filter(arr, ok), len(HASH_VERSION) + 1)
+    start = len(HASH_VERSION) + 1
+    digits = pc.utf8_slice_codeunits(pc.filter(arr, ok), start, start + 16)
     if len(digits):
         words = np.frombuffer(bytes.fromhex("".join(digits.to_pylist())), dtype=">u8")
         values[ok.to_numpy(zero_copy_only=False)] = words
     return values, ok.to_numpy(zero_copy_only=False)
+
+
+_RAW_SEPARATOR = pa.scalar("\x1f", pa.large_string())
+_RAW_JOIN = pc.JoinOptions(null_handling="replace", null_replacement="")
+_LENGTH_MULT = np.uint64(0x9E3779B97F4A7C15)
+
+
+def raw_seed(mapping: Sequence[AttributeMapping]) -> int:
+    """The raw fingerprints' seed: the versions and the mapping (a changed mapping makes every customer look new)."""
+    signature = json.dumps([HASH_VERSION, RAW_VERSION, [[a.optimove, a.netmera, a.type] for a in mapping]])
+    return int.from_bytes(hashlib.blake2b(signature.encode(), digest_size=8).digest(), "big")
+
+
+def raw_fingerprints(raw: pd.DataFrame, mapping: Sequence[AttributeMapping]) -> np.ndarray:
+    """A 64-bit fingerprint per customer of its raw mapped values, as read (before any coercion).
+
+    Equal raw values (and an equal mapping, see :func:`raw_seed`) give equal coerced values, so a customer whose raw
+    fingerprint is the one stored with its snapshot is unchanged. Computed in Arrow: the row's values joined, each
+    value's length (-1: missing) mixed in, so neither a separator inside a value nor a missing value against an
+    empty one can make two different rows look alike.
+    """
+    n = len(raw)
+    columns, layout = [], np.zeros(n, dtype=np.uint64)
+    mult = np.uint64(1)
+    with np.errstate(over="ignore"):
+        for attr in mapping:
+            if attr.optimove in raw:
+                column = raw[attr.optimove]
+                if not isinstance(column.dtype, pd.StringDtype):
+                    column = column.astype("str")
+                arr = pa.array(column, type=pa.large_string(), from_pandas=True)
+            else:
+                arr = pa.nulls(n, pa.large_string())
+            columns.append(arr)
+            lengths = pc.fill_null(pc.binary_length(arr), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+            mult = mult * _LENGTH_MULT
+            layout += (lengths + 1).astype(np.uint64) * mult
+        joined = pc.binary_join_element_wise(*columns, _RAW_SEPARATOR, options=_RAW_JOIN)
+        text = pd.util.hash_array(joined.to_numpy(zero_copy_only=False), categorize=False)
+        return (text ^ pd.util.hash_array(layout)) * np.uint64(1000003) ^ np.uint64(raw_seed(mapping))
+
+
+def format_fingerprints(coerced: np.ndarray, raw: np.ndarray) -> list[str]:
+    """The stored form of each customer's two fingerprints, e.g. ``h1:09af...:r1:77c0...``."""
+    return [
+        f"{HASH_VERSION}:{c:016x}:{RAW_VERSION}:{r:016x}" for c, r in zip(coerced.tolist(), raw.tolist(), strict=True)
+    ]
+
+
+def raw_part(stored: str) -> str:
+    """The raw fingerprint's part of a stored fingerprint (compare with :func:`format_raw`)."""
+    return stored[-(len(RAW_VERSION) + 18) :]
+
+
+def format_raw(value: int) -> str:
+    """The part of a stored fingerprint that holds the raw fingerprint ``value``: ``:r1:`` and 16 hex digits."""
+    return f":{RAW_VERSION}:{value:016x}"
 
 
 def fingerprints(t: Transformed) -> pd.Series:
