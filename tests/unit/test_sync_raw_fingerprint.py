@@ -184,8 +184,8 @@ def test_ids_holding_a_nul_are_compared_and_stored_whole_on_sqlite(tmp_path: Pat
             [{"customer_id": c, "ext_id": c, "attr_hash": h, "present_attrs": []} for c, h in snapshot],
         )
     with engine.connect() as conn:
-        differing = plan._snapshot_differing(conn, ["C\x00X", "D"], np.array([2, 5], dtype=np.uint64))
-    assert differing == {1: (None, None)}  # "C\x00X" holds raw fingerprint 2; "D" is new
+        pos, stored, present = plan._snapshot_differing(conn, ["C\x00X", "D"], np.array([2, 5], dtype=np.uint64))
+    assert (pos.tolist(), stored, present) == ([1], [None], [None])  # "C\x00X" holds raw fingerprint 2; "D" is new
     with engine.begin() as conn:
         plan._refresh_raw(conn, [("C\x00X", "h1:0000000000000002:r1:0000000000000009")])
     assert snapshot_hashes(engine) == dict(snapshot)  # left for the next run, and "C" untouched

@@ -111,7 +111,6 @@ _CHANGE_COLUMNS = (
     "reason",
 )
 _CUSTOMER_ID, _EXT_ID, _SET_NO, _UNSET_NO, _STATUS, _REASON, _FRESH = 1, 2, 7, 8, 9, 10, 11  # _FRESH: not stored
-_SAME: tuple[str | None, list[str] | None] = ("", None)  # a known customer whose raw values are the ones delivered
 UNNUMBERED = -1  # a part to send whose batch number is not given yet
 _RAW_PART = len(format_raw(0))  # a stored fingerprint ends with its raw part, e.g. ":r1:" and 16 hex digits
 _RAW_FORMAT = f":{RAW_VERSION}:%016x"  # that part, in SQLite's printf (a signed 64-bit value prints as unsigned)
@@ -194,9 +193,9 @@ def _keyed(conn: Connection, columns: tuple[Any, ...], key: Any, ids: list[str],
 
 def _snapshot_differing(
     conn: Connection, ids: list[str], raw_hashes: np.ndarray
-) -> dict[int, tuple[str | None, list[str] | None]]:
-    """The customers (by position in ``ids``) whose snapshot row is missing or holds another raw fingerprint than
-    ``raw_hashes``, with their stored fingerprint and delivered attribute names (None, None: not in the snapshot).
+) -> tuple[np.ndarray, list[str | None], list[list[str] | None]]:
+    """The customers (positions in ``ids``) whose snapshot row is missing or holds another raw fingerprint than
+    ``raw_hashes``, with their stored fingerprint and delivered attribute names (None for those not in the snapshot).
 
     The others' raw values are the ones delivered last: unchanged, and never read into Python. The comparison runs
     in the database, one statement a chunk (SQLite: the chunk as one JSON document; PostgreSQL: two arrays).
@@ -220,23 +219,24 @@ def _snapshot_differing(
             f"OR right(s.attr_hash, {_RAW_PART}) <> ':{RAW_VERSION}:' || lpad(to_hex(t.h), 16, '0')"
         )
         rows = conn.exec_driver_sql(sql, (ids, signed)).all()
-    return {i: (h, json.loads(p) if isinstance(p, str) else p) for i, h, p in rows}
+    pos = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    return pos, [r[1] for r in rows], [json.loads(r[2]) if isinstance(r[2], str) else r[2] for r in rows]
 
 
 def _snapshot_differing_keyed(
     conn: Connection, ids: list[str], raw_hashes: np.ndarray
-) -> dict[int, tuple[str | None, list[str] | None]]:
+) -> tuple[np.ndarray, list[str | None], list[list[str] | None]]:
     """:func:`_snapshot_differing` by keyed queries, compared in Python (ids that JSON cannot carry to SQLite)."""
     columns = (CustomerSnapshot.customer_id, CustomerSnapshot.attr_hash, CustomerSnapshot.present_attrs)
     stored = {r[0]: (r[1], r[2]) for r in _keyed(conn, columns, CustomerSnapshot.customer_id, ids)}
-    out: dict[int, tuple[str | None, list[str] | None]] = {}
+    pos, hashes, present = [], [], []
     for i, (cid, raw) in enumerate(zip(ids, raw_hashes.tolist(), strict=True)):
-        found = stored.get(cid)
-        if found is None:
-            out[i] = (None, None)
-        elif raw_part(found[0]) != format_raw(raw):
-            out[i] = found
-    return out
+        found = stored.get(cid, (None, None))
+        if found[0] is None or raw_part(found[0]) != format_raw(raw):
+            pos.append(i)
+            hashes.append(found[0])
+            present.append(found[1])
+    return np.array(pos, dtype=np.int64), hashes, present
 
 
 def _refresh_raw(conn: Connection, pairs: list[tuple[str, str]]) -> None:
@@ -372,26 +372,28 @@ def _diff_chunk(
         forced_all = np.asarray(pd.Index(customer_list).isin(resync), dtype=bool)
     else:
         forced_all = np.zeros(len(customer_list), dtype=bool)
-    stored: dict[int, tuple[str | None, list[str] | None]]
+    # the customers to coerce: those whose raw values differ from the snapshot's (new ones included), then the
+    # resynced ones whose raw values are the ones delivered (``raw_same``)
     if plan.known:
-        stored = _snapshot_differing(conn, customer_list, raw_hashes)
+        pos, stored, present = _snapshot_differing(conn, customer_list, raw_hashes)
     else:
-        stored = dict.fromkeys(range(len(customer_list)), (None, None))
-    # the customers to coerce: raw values differing from the snapshot's, or resynced (raw values the same: ``_SAME``)
-    pos = np.union1d(np.fromiter(stored, dtype=np.int64, count=len(stored)), np.flatnonzero(forced_all))
-    entries = [stored.get(i, _SAME) for i in pos.tolist()]
-    del stored
+        pos, stored, present = np.arange(len(customer_list)), [None] * len(customer_list), []
+    differing = len(pos)
+    if forced_all.any():
+        pos = np.concatenate([pos, np.setdiff1d(np.flatnonzero(forced_all), pos)])
     t = transform(raw.iloc[pos] if len(pos) < len(raw) else raw, mapping)
     del raw
     for reason, n in t.dropped.items():
         plan.dropped[reason] = plan.dropped.get(reason, 0) + n
     hashes = fingerprint_values(t)
-    is_new = np.fromiter((e[0] is None for e in entries), dtype=bool, count=len(entries))
-    raw_same = np.fromiter((e is _SAME for e in entries), dtype=bool, count=len(entries))
+    is_new = np.zeros(len(pos), dtype=bool)
+    is_new[:differing] = np.fromiter((h is None for h in stored), dtype=bool, count=differing)
+    raw_same = np.zeros(len(pos), dtype=bool)
+    raw_same[differing:] = True
     same = raw_same.copy()
     seen = np.flatnonzero(~is_new & ~raw_same)
     if seen.size:
-        values, valid = parse_fingerprints([entries[i][0] for i in seen.tolist()])
+        values, valid = parse_fingerprints([stored[i] for i in seen.tolist()])
         same[seen] = valid & (values == hashes[seen])
     changed_mask = ~same
     acc.data_changed += int(changed_mask.sum())
@@ -419,7 +421,8 @@ def _diff_chunk(
     new_flags = is_new[idx].tolist()
     forced_flags = forced[idx].tolist()
     all_names = [a.netmera for a in mapping]
-    present_before = {c: entries[i][1] for c, i in zip(customer_ids, idx.tolist(), strict=True)}
+    # what was delivered to each changed customer still in the snapshot (``present`` lists the differing ones first)
+    present_before = {customer_list[pos[i]]: present[i] for i in idx.tolist() if i < len(present)} if present else {}
     changed_values = t.values.iloc[idx]
     del t
     # Attribute counts: rows that carry the names Optimove reported count those; the others count what they set
