@@ -28,6 +28,7 @@ PKG = "include/optimove_netmera"
 SEND_TESTS = "tests/campaigns/test_send_safeguards.py"
 CAMPAIGN_TESTS = "tests/campaigns/test_campaign_send.py"
 IN_FLIGHT_TESTS = "tests/campaigns/test_send_in_flight.py"
+RAW_TESTS = "tests/unit/test_sync_raw_fingerprint.py"
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,53 @@ SAFEGUARDS = (
         '    if suffix in (".csv", ".txt"):\n        return list(pd.read_csv(file, nrows=0, dtype=str).columns)\n',
         "",
         ("tests/dags/test_user_sync_safeguards.py::test_full_refresh_from_a_csv_export_delivers_exact_values",),
+    ),
+    Safeguard(
+        "the raw fingerprint's seed holds the mapping (a changed mapping coerces every customer again)",
+        "sync/transform.py",
+        "[[a.optimove, a.netmera, a.type] for a in mapping]",
+        "[]",
+        (f"{RAW_TESTS}::test_a_changed_mapping_diffs_every_customer_again",),
+    ),
+    Safeguard(
+        "the raw fingerprint mixes in each value's length (a separator inside a value, missing against empty)",
+        "sync/transform.py",
+        "            layout += (lengths + 1).astype(np.uint64) * mult\n",
+        "            pass\n",
+        (f"{RAW_TESTS}::test_raw_fingerprints_tell_apart_what_joined_text_would_not",),
+    ),
+    Safeguard(
+        "a customer whose raw values changed but not its coerced ones gets its new fingerprint stored",
+        "sync/plan.py",
+        "            _refresh_raw(conn, fingerprints or [])\n",
+        "            pass\n",
+        (
+            f"{RAW_TESTS}::test_only_raw_changes_are_coerced_and_a_cosmetic_one_stores_its_new_fingerprint",
+            f"{RAW_TESTS}::test_a_snapshot_without_raw_fingerprints_is_diffed_by_coerced_values",
+        ),
+    ),
+    Safeguard(
+        "a dry run stores no new fingerprint",
+        "sync/plan.py",
+        "[] if dry_run else refresh",
+        "refresh",
+        (f"{RAW_TESTS}::test_only_raw_changes_are_coerced_and_a_cosmetic_one_stores_its_new_fingerprint",),
+    ),
+    Safeguard(
+        "the snapshot comparison of ids with a NUL runs in Python (json_each would cut them short)",
+        "sync/plan.py",
+        '        if b"\\\\u0000" in document:  # json_each would cut an id at a NUL: compare in Python\n',
+        "        if False:\n",
+        (f"{RAW_TESTS}::test_ids_holding_a_nul_are_compared_and_stored_whole_on_sqlite",),
+        select="",
+    ),
+    Safeguard(
+        "no stored fingerprint for an id with a NUL on SQLite (it would land on another customer's row)",
+        "sync/plan.py",
+        '        pairs = [p for p in pairs if "\\x00" not in p[0]]',
+        "        pass",
+        (f"{RAW_TESTS}::test_ids_holding_a_nul_are_compared_and_stored_whole_on_sqlite",),
+        select="",
     ),
 )
 
