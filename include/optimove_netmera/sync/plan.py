@@ -1,6 +1,12 @@
 """Diff the run's customers against the snapshot and plan the Netmera batches, streamed in bounded memory.
 
-Only customers whose fingerprint differs from the snapshot's (or who are new) go on. For each, ``set_attrs`` are
+Only customers whose fingerprint differs from the snapshot's (or who are new) go on. A snapshot row stores two
+fingerprints: of the coerced values delivered, and of the raw values they came from
+(:func:`~optimove_netmera.sync.transform.raw_fingerprints`). The raw ones are compared in the database, one
+statement a chunk; only the customers whose raw values differ (or who are new or resynced) are coerced and compared
+by their coerced values. One whose raw values changed but not its coerced ones (``"5"`` to ``" 5.0"``) is unchanged,
+and its snapshot row gets the new fingerprint (not on a dry run), so the next run skips it too. Invalid values are
+therefore counted (``dropped``) among the customers coerced: the new, changed and resynced ones. For each, ``set_attrs`` are
 the valid non-empty values and ``unset_attrs`` the attributes delivered before that are empty or invalid now: a value
 that cannot be coerced is treated as empty on every path (incremental, full refresh, resync), so what Netmera holds
 is a function of Optimove's current data, never of what was valid before. Set and unset parts are
