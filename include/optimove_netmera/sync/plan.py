@@ -6,15 +6,17 @@ fingerprints: of the coerced values delivered, and of the raw values they came f
 statement a chunk; only the customers whose raw values differ (or who are new or resynced) are coerced and compared
 by their coerced values. One whose raw values changed but not its coerced ones (``"5"`` to ``" 5.0"``) is unchanged,
 and its snapshot row gets the new fingerprint (not on a dry run), so the next run skips it too. Invalid values are
-therefore counted (``dropped``) among the customers coerced: the new, changed and resynced ones. For each, ``set_attrs`` are
-the valid non-empty values and ``unset_attrs`` the attributes delivered before that are empty or invalid now: a value
-that cannot be coerced is treated as empty on every path (incremental, full refresh, resync), so what Netmera holds
-is a function of Optimove's current data, never of what was valid before. Set and unset parts are
-batched separately, at most ``batch_size`` extIds a batch, every batch of a kind full but its last.
+therefore counted (``dropped``) among the customers coerced: the new, changed and resynced ones.
+
+For each changed customer, ``set_attrs`` are the valid non-empty values and ``unset_attrs`` the attributes delivered
+before that are empty or invalid now: a value that cannot be coerced is treated as empty on every path (incremental,
+full refresh, resync), so what Netmera holds is a function of Optimove's current data, never of what was valid
+before. Set and unset parts are batched separately, at most ``batch_size`` extIds a batch, every batch of a kind full
+but its last.
 
 **Memory.** The customers (the run's staging rows, or for a full refresh the export file itself) are read in
 chunks sized by ``sync.memory_budget_mb`` (:func:`~optimove_netmera.sync.extract.export_chunk_rows`); each chunk is
-coerced, fingerprinted, compared with the snapshot rows of its own customers (keyed queries), and its change rows
+compared with the snapshot rows of its own customers (one statement a chunk), and its change rows
 are written to ``sync_changes`` in one bulk insert, in a writer thread while the next chunk is read and diffed (at
 most one chunk's rows wait for their write). What follows the diff (guard, existence checks, batch numbers) runs in
 the database or over pages of ids, so no step holds more than two chunks of customers, whatever the tenant's size.
