@@ -18,10 +18,11 @@ import pytest
 import sqlalchemy as sa
 from optimove_netmera.settings import Settings, load_settings
 from optimove_netmera.store import get_engine, migrate
-from optimove_netmera.store.models import CustomerSnapshot, SyncBatch, SyncRun
-from optimove_netmera.sync import load, plan
+from optimove_netmera.store.models import CustomerSnapshot, SyncChange, SyncRun
+from optimove_netmera.sync import plan
 from optimove_netmera.sync.transform import raw_fingerprints
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sync_plan_helpers import deliver
 
 N = 300
 
@@ -61,14 +62,6 @@ def run(engine: Engine, name: str) -> int:
         return conn.execute(
             sa.insert(SyncRun).values(dag_id="d", dag_run_id=name, status="running").returning(SyncRun.id)
         ).scalar_one()
-
-
-def deliver(engine: Engine, run_id: int) -> None:
-    """What a successful load does: every batch delivered, the snapshot advanced, the run closed as success."""
-    with engine.begin() as conn:
-        conn.execute(sa.update(SyncBatch).where(SyncBatch.sync_run_id == run_id).values(status="delivered"))
-        conn.execute(sa.update(SyncRun).where(SyncRun.id == run_id).values(status="success"))
-    load.settle(engine, run_id)
 
 
 def first_sync(db_url: str, tmp_path: Path, s: Settings) -> tuple[Engine, Path, pd.DataFrame]:
@@ -189,3 +182,38 @@ def test_ids_holding_a_nul_are_compared_and_stored_whole_on_sqlite(tmp_path: Pat
     with engine.begin() as conn:
         plan._refresh_raw(conn, [("C\x00X", "h1:0000000000000002:r1:0000000000000009")])
     assert snapshot_hashes(engine) == dict(snapshot)  # left for the next run, and "C" untouched
+
+
+class _Backwards:
+    """A result whose rows come back in reverse order."""
+
+    def __init__(self, result: Any) -> None:
+        self.rows = result.all()
+
+    def all(self) -> list[Any]:
+        return self.rows[::-1]
+
+
+def test_each_customer_gets_its_own_values_whatever_order_the_database_answers_in(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL answers the snapshot comparison in its join's order. Every customer changed, answered backwards:
+    each must still be planned with its own values (one customer's values once went to another)."""
+    s = settings()
+    engine, path, frame = first_sync(db_url, tmp_path, s)
+    frame["FirstName"] = [f"new-{i}" for i in range(N)]  # every customer changed
+    frame.to_parquet(path)
+    real = Connection.exec_driver_sql
+
+    def exec_driver_sql(self: Connection, statement: str, *args: Any, **kwargs: Any) -> Any:
+        result = real(self, statement, *args, **kwargs)
+        return _Backwards(result) if "AS s ON s.customer_id" in statement else result
+
+    monkeypatch.setattr(Connection, "exec_driver_sql", exec_driver_sql)
+    second = run(engine, "second")
+    assert plan.build_plan(engine, second, s, 1.0, False, None, str(path)).changed == N
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(SyncChange.customer_id, SyncChange.set_attrs).where(SyncChange.sync_run_id == second)
+        ).all()
+    assert {cid: attrs["name"] for cid, attrs in rows} == {f"C{i:05d}": f"new-{i}" for i in range(N)}

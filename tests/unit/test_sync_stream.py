@@ -21,8 +21,9 @@ import sqlalchemy as sa
 from optimove_netmera.settings import Settings, load_settings
 from optimove_netmera.store import get_engine, migrate
 from optimove_netmera.store.models import CustomerSnapshot, SyncBatch, SyncChange, SyncRun, SyncStaging
-from optimove_netmera.sync import extract, load, plan
+from optimove_netmera.sync import extract, plan
 from sqlalchemy.engine import Engine
+from sync_plan_helpers import deliver
 
 BATCH = 100
 CHUNKS = 20
@@ -95,14 +96,6 @@ def new_run(engine: Engine, n: int) -> int:
         return conn.execute(
             sa.insert(SyncRun).values(dag_id="d", dag_run_id=f"r{n}", status="running").returning(SyncRun.id)
         ).scalar_one()
-
-
-def deliver(engine: Engine, run_id: int) -> None:
-    """What a successful load does: every batch delivered, the snapshot advanced, the run closed as success."""
-    with engine.begin() as conn:
-        conn.execute(sa.update(SyncBatch).where(SyncBatch.sync_run_id == run_id).values(status="delivered"))
-        conn.execute(sa.update(SyncRun).where(SyncRun.id == run_id).values(status="success"))
-    load.settle(engine, run_id)
 
 
 def test_first_sync_of_many_chunks_holds_one_chunk_and_plans_exactly(

@@ -300,48 +300,38 @@ def _previous_run(conn: Connection, run_id: int) -> int | None:
     ).scalar()
 
 
-def _carry_over(engine: Engine, run_id: int, page: int = 10_000) -> int:
+def _carry_over(engine: Engine, run_id: int) -> int:
     """Copy the latest successful run's not-found changes into this run, marked ``CARRIED`` (pending, batch
-    numbers to come); returns how many. Paged by customer id.
+    numbers to come); returns how many. One ``INSERT ... SELECT``: the rows never pass through Python.
 
     The diff replaces the carried row of every customer it plans (and, for a full refresh, of every customer in
     the export: its current row there is the truth), see :func:`build_plan`.
     """
-    columns = ("customer_id", "ext_id", "new_hash", "set_attrs", "unset_attrs", "present_attrs")
-    with engine.connect() as conn:
+    c = SyncChange.__table__.c
+
+    def to_send(column: Any, empty: str) -> Any:  # UNNUMBERED for a part with something in it, else NULL
+        text = sa.cast(column, sa.Text)
+        return sa.case((sa.or_(column.is_(None), text.in_([empty, "null"])), sa.null()), else_=sa.literal(UNNUMBERED))
+
+    with engine.begin() as conn:
         prev = _previous_run(conn, run_id)
-    if prev is None:
-        return 0
-    total, last = 0, None
-    while True:
-        q = (
-            sa.select(*(SyncChange.__table__.c[c] for c in columns))
-            .where(SyncChange.sync_run_id == prev, SyncChange.status == ChangeStatus.NOT_FOUND.value)
-            .order_by(SyncChange.customer_id)
-            .limit(page)
-        )
-        if last is not None:
-            q = q.where(SyncChange.customer_id > last)
-        with engine.begin() as conn:
-            rows = conn.execute(q).all()
-            if not rows:
-                return total
-            last = rows[-1].customer_id
-            conn.execute(
-                sa.insert(SyncChange),
-                [
-                    {
-                        **r._mapping,
-                        "sync_run_id": run_id,
-                        "set_batch_no": UNNUMBERED if r.set_attrs else None,
-                        "unset_batch_no": UNNUMBERED if r.unset_attrs else None,
-                        "status": ChangeStatus.PENDING.value,
-                        "reason": CARRIED,
-                    }
-                    for r in rows
-                ],
-            )
-        total += len(rows)
+        if prev is None:
+            return 0
+        copied = sa.select(
+            sa.literal(run_id),
+            c.customer_id,
+            c.ext_id,
+            c.new_hash,
+            c.set_attrs,
+            c.unset_attrs,
+            c.present_attrs,
+            to_send(c.set_attrs, "{}"),
+            to_send(c.unset_attrs, "[]"),
+            sa.literal(ChangeStatus.PENDING.value),
+            sa.literal(CARRIED),
+        ).where(c.sync_run_id == prev, c.status == ChangeStatus.NOT_FOUND.value)
+        conn.execute(sa.insert(SyncChange).from_select(list(_CHANGE_COLUMNS), copied))
+        return _count(conn, run_id, SyncChange.reason == CARRIED)
 
 
 @dataclass
@@ -389,7 +379,9 @@ def _diff_chunk(
     differing = len(pos)
     if forced_all.any():
         pos = np.concatenate([pos, np.setdiff1d(np.flatnonzero(forced_all), pos)])
-    t = transform(raw.iloc[pos] if len(pos) < len(raw) else raw, mapping)
+    # the database answers in its own order (a hash join's, on PostgreSQL): the chunk as it is only when in order
+    everyone = len(pos) == len(raw) and bool((pos == np.arange(len(raw))).all())
+    t = transform(raw if everyone else raw.iloc[pos], mapping)
     del raw
     for reason, n in t.dropped.items():
         plan.dropped[reason] = plan.dropped.get(reason, 0) + n
@@ -613,16 +605,26 @@ def _check_blocks(blocks: list[list[list[Any]]], probe: Probe, plan: Plan, pool:
 
 
 def _probe_written(
-    engine: Engine, run_id: int, probe: Probe, resync: str | list[str] | None, plan: Plan, carried_only: bool
+    engine: Engine,
+    run_id: int,
+    probe: Probe,
+    resync: str | list[str] | None,
+    plan: Plan,
+    carried_only: bool,
+    pool: ThreadPoolExecutor,
+    in_flight: int,
 ) -> None:
     """Check the written customers new to the snapshot, resynced or carried over (``carried_only``: the carried
-    ones), PROBE_CHUNK extIds a call, page by page; the unknown ones are set not found."""
+    ones), PROBE_CHUNK extIds a call, ``in_flight`` calls at once (``pool``), page by page; the unknown ones are set
+    not found."""
     forced = set(resync) if isinstance(resync, list) else set()
     queue: list[list[Any]] = []
     last: str | None = None
+    flush_rows = PROBE_CHUNK * max(1, in_flight)
 
-    def flush(chunk: list[list[Any]]) -> None:
-        gone = _check(chunk, probe, plan)
+    def flush(rows: list[list[Any]]) -> None:
+        _check_blocks([rows[i : i + PROBE_CHUNK] for i in range(0, len(rows), PROBE_CHUNK)], probe, plan, pool)
+        gone = [(r[_CUSTOMER_ID], r[_REASON]) for r in rows if r[_STATUS] == ChangeStatus.NOT_FOUND.value]
         with engine.begin() as conn:
             for reason in {r for _, r in gone}:
                 ids = [c for c, r in gone if r == reason]
@@ -655,9 +657,9 @@ def _probe_written(
                 row: list[Any] = [None] * len(_CHANGE_COLUMNS)
                 row[_CUSTOMER_ID], row[_EXT_ID] = cid, ext_id
                 queue.append(row)
-        while len(queue) >= PROBE_CHUNK:
-            flush(queue[:PROBE_CHUNK])
-            del queue[:PROBE_CHUNK]
+        while len(queue) >= flush_rows:
+            flush(queue[:flush_rows])
+            del queue[:flush_rows]
     if queue:
         flush(queue)
 
@@ -817,7 +819,8 @@ def build_plan(
         netmera_of = {a.optimove: a.netmera for a in settings.attributes}
         plan.attributes_changed = {netmera_of[k]: v for k, v in sorted(acc.attr_counts.items()) if k in netmera_of}
         if probe is not None:
-            _probe_written(engine, run_id, probe, resync, plan, carried_only=inline)
+            in_flight = max(1, settings.sync.load_concurrency)
+            _probe_written(engine, run_id, probe, resync, plan, inline, pool, in_flight)
             clock.lap("probe")
         with engine.begin() as conn:
             conn.execute(

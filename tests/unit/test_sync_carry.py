@@ -1,0 +1,60 @@
+"""The plan carries the last successful run's not-found changes over, each part to send as it was (SQLite and
+PostgreSQL). The expected rows are written out here by hand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from optimove_netmera.store import get_engine, migrate
+from optimove_netmera.store.models import SyncChange, SyncRun
+from optimove_netmera.sync import plan
+
+
+def test_not_found_changes_are_carried_with_the_parts_they_had_to_send(db_url: str) -> None:
+    migrate(db_url)
+    engine = get_engine(db_url)
+    with engine.begin() as conn:
+        ids = [
+            conn.execute(
+                sa.insert(SyncRun).values(dag_id="d", dag_run_id=name, status=status).returning(SyncRun.id)
+            ).scalar_one()
+            for name, status in (("older", "success"), ("last", "success"), ("failed", "failed"), ("this", "running"))
+        ]
+        older, last, failed, this = ids
+
+        def change(run: int, cid: str, set_attrs: Any, unset: Any, status: str = "not_found") -> dict[str, Any]:
+            return {
+                "sync_run_id": run,
+                "customer_id": cid,
+                "ext_id": f"x{cid}",
+                "new_hash": f"h-{cid}",
+                "set_attrs": set_attrs,
+                "unset_attrs": unset,
+                "present_attrs": sorted(set_attrs),
+                "status": status,
+                "reason": "extId unknown to Netmera",
+            }
+
+        conn.execute(
+            sa.insert(SyncChange),
+            [
+                change(last, "set-only", {"name": "Ann", "age": 3}, []),
+                change(last, "unset-only", {}, ["age"]),
+                change(last, "both", {"name": "Bo"}, ["city"]),
+                change(last, "delivered", {"name": "Cy"}, [], status="delivered"),
+                change(older, "older", {"name": "Di"}, []),  # an older run's: not the latest successful one
+                change(failed, "failed", {"name": "Ed"}, []),  # a later run, but it failed
+            ],
+        )
+    assert plan._carry_over(engine, this) == 3
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(SyncChange).where(SyncChange.sync_run_id == this)).all()
+    columns = ("ext_id", "new_hash", "set_attrs", "unset_attrs", "present_attrs", "set_batch_no", "unset_batch_no")
+    got = {r.customer_id: (*(getattr(r, c) for c in columns), r.status, r.reason) for r in rows}
+    pending, n = ("pending", plan.CARRIED), plan.UNNUMBERED
+    assert got == {
+        "set-only": ("xset-only", "h-set-only", {"name": "Ann", "age": 3}, [], ["age", "name"], n, None, *pending),
+        "unset-only": ("xunset-only", "h-unset-only", {}, ["age"], [], None, n, *pending),
+        "both": ("xboth", "h-both", {"name": "Bo"}, ["city"], ["name"], n, n, *pending),
+    }
