@@ -9,6 +9,7 @@ count the customers it coerces.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -185,13 +186,16 @@ def test_ids_holding_a_nul_are_compared_and_stored_whole_on_sqlite(tmp_path: Pat
 
 
 class _Backwards:
-    """A result whose rows come back in reverse order."""
+    """A result whose rows come back in reverse order (SQLite's: the rows as one JSON array)."""
 
     def __init__(self, result: Any) -> None:
-        self.rows = result.all()
+        self.result = result
 
     def all(self) -> list[Any]:
-        return self.rows[::-1]
+        return self.result.all()[::-1]
+
+    def scalar_one(self) -> str:
+        return json.dumps(json.loads(self.result.scalar_one())[::-1])
 
 
 def test_each_customer_gets_its_own_values_whatever_order_the_database_answers_in(

@@ -214,12 +214,14 @@ def _snapshot_differing(
         document = msgspec.json.encode(list(zip(ids, signed, strict=True)))
         if b"\\u0000" in document:  # json_each would cut an id at a NUL: compare in Python
             return _snapshot_differing_keyed(conn, ids, raw_hashes)
+        # One row holding every answer: a row at a time, the driver would take the interpreter lock back for each
+        # one (and wait for it behind the thread diffing the chunk before).
         sql = (
-            f"SELECT j.key, s.attr_hash, s.present_attrs FROM json_each(?) AS j "
+            f"SELECT json_group_array(json_array(j.key, s.attr_hash, json(s.present_attrs))) FROM json_each(?) AS j "
             f"LEFT JOIN {table} AS s ON s.customer_id = j.value ->> 0 "
             f"WHERE s.attr_hash IS NULL OR substr(s.attr_hash, -{_RAW_PART}) != printf('{_RAW_FORMAT}', j.value ->> 1)"
         )
-        rows = conn.exec_driver_sql(sql, (document,)).all()
+        rows = msgspec.json.decode(conn.exec_driver_sql(sql, (document,)).scalar_one())
     else:
         sql = (
             f"SELECT t.i - 1, s.attr_hash, s.present_attrs FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY "
@@ -342,8 +344,48 @@ class _Diff:
     attr_counts: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class _Compared:
+    """A chunk's customer ids, raw fingerprints and (customers known to the snapshot) their comparison with it."""
+
+    ids: list[str]
+    raw_hashes: np.ndarray
+    differing: Future[tuple[np.ndarray, list[str | None], list[list[str] | None]]] | None
+
+
+def _compare_ahead(
+    engine: Engine, chunks: Iterable[tuple[pd.DataFrame, dict[str, list[str]]]], settings: Settings, known: bool
+) -> Iterator[tuple[pd.DataFrame, dict[str, list[str]], _Compared]]:
+    """Each chunk with its raw fingerprints and its snapshot comparison (:func:`_snapshot_differing`), the next
+    chunk's comparison running in a thread of its own while the caller diffs this one.
+
+    The comparison is one statement that runs in the database without the interpreter lock; the caller's diff is
+    Python work. At most two chunks are held: the one being diffed and the next.
+    """
+    thread = ThreadPoolExecutor(1, thread_name_prefix="plan-compare")
+
+    def compare(ids: list[str], raw_hashes: np.ndarray) -> tuple[np.ndarray, list[str | None], list[list[str] | None]]:
+        with engine.connect() as conn:
+            return _snapshot_differing(conn, ids, raw_hashes)
+
+    try:
+        ahead: tuple[pd.DataFrame, dict[str, list[str]], _Compared] | None = None
+        for raw, names in chunks:
+            ids = raw.index.astype("str").tolist()
+            raw_hashes = raw_fingerprints(raw, settings.attributes)
+            differing = thread.submit(compare, ids, raw_hashes) if known else None
+            current, ahead = ahead, (raw, names, _Compared(ids, raw_hashes, differing))
+            del raw, names
+            if current is not None:
+                yield current
+                del current  # not held while the next chunk is read
+        if ahead is not None:
+            yield ahead
+    finally:
+        thread.shutdown(cancel_futures=True)
+
+
 def _diff_chunk(
-    conn: Connection,
     run_id: int,
     raw: pd.DataFrame,
     changed_names: dict[str, list[str]],
@@ -351,8 +393,10 @@ def _diff_chunk(
     plan: Plan,
     acc: _Diff,
     resync: str | list[str] | None,
+    compared: _Compared,
 ) -> tuple[list[str], list[list[Any]], list[tuple[str, str]]]:
-    """Diff one chunk against the snapshot rows of its customers.
+    """Diff one chunk against the snapshot rows of its customers (``compared``: its raw fingerprints and their
+    comparison with the snapshot, see :func:`_compare_ahead`).
 
     Only the customers whose raw values differ from those delivered last (new ones included) or who are resynced are
     coerced and compared by their coerced values; the others are unchanged. Returns the chunk's customer ids, its
@@ -362,8 +406,7 @@ def _diff_chunk(
     """
     mapping = settings.attributes
     plan.fetched += len(raw)
-    customer_list = raw.index.astype("str").tolist()
-    raw_hashes = raw_fingerprints(raw, mapping)
+    customer_list, raw_hashes = compared.ids, compared.raw_hashes
     if resync == "all":
         forced_all = np.ones(len(customer_list), dtype=bool)
     elif resync:
@@ -372,8 +415,8 @@ def _diff_chunk(
         forced_all = np.zeros(len(customer_list), dtype=bool)
     # the customers to coerce: those whose raw values differ from the snapshot's (new ones included), then the
     # resynced ones whose raw values are the ones delivered (``raw_same``)
-    if plan.known:
-        pos, stored, present = _snapshot_differing(conn, customer_list, raw_hashes)
+    if compared.differing is not None:
+        pos, stored, present = compared.differing.result()
     else:
         pos, stored, present = np.arange(len(customer_list)), [None] * len(customer_list), []
     differing = len(pos)
@@ -768,6 +811,7 @@ def build_plan(
     # the existence probe's calls for a chunk go out sync.load_concurrency at a time
     pool = ThreadPoolExecutor(max(1, settings.sync.load_concurrency), thread_name_prefix="netmera-probe")
     writer = _ChangeWriter(engine, run_id)
+    compared_chunks: Iterator[tuple[pd.DataFrame, dict[str, list[str]], _Compared]] | None = None
     try:
         carried = _carry_over(engine, run_id)
         rows = export_chunk_rows(settings)
@@ -778,11 +822,11 @@ def build_plan(
             chunks = _staged_chunks(engine, run_id, rows)
         acc = _Diff()
         queue: list[list[Any]] = []  # inline: rows waiting for a full probe call (fewer than PROBE_CHUNK)
-        for raw, changed_names in chunks:
+        compared_chunks = _compare_ahead(engine, chunks, settings, bool(plan.known))
+        for raw, changed_names, compared in compared_chunks:
             clock.lap("read")
-            with engine.connect() as conn:
-                customers, changes, refresh = _diff_chunk(conn, run_id, raw, changed_names, settings, plan, acc, resync)
-            del raw, changed_names
+            customers, changes, refresh = _diff_chunk(run_id, raw, changed_names, settings, plan, acc, resync, compared)
+            del raw, changed_names, compared
             clock.lap("diff")
             covered = None
             if carried:  # the chunk's rows replace what was carried for those customers
@@ -842,6 +886,8 @@ def build_plan(
         raise
     finally:
         writer.close()
+        if compared_chunks is not None:
+            compared_chunks.close()  # stops the comparison thread (a failure may leave one chunk compared ahead)
         pool.shutdown(cancel_futures=True)
     if dry_run:
         _delete_changes(engine, run_id)
