@@ -19,6 +19,7 @@ from optimove_netmera.sync.transform import (
     format_raw,
     json_value,
     parse_fingerprints,
+    raw_fingerprints,
     raw_part,
     transform,
 )
@@ -115,3 +116,15 @@ def test_number_and_boolean_edge_spellings() -> None:
     assert str(values.dtype) == "boolean"
     assert values.tolist()[:6] == [True, True, False, False, False, True]
     assert values.isna().tolist()[6:] == [True, True, True] and bad.tolist() == [False] * 6 + [True, False, False]
+
+
+def test_raw_fingerprints_are_stable_across_releases() -> None:
+    """Stored with every snapshot row: another value for the same raw values (a changed hash, join or seed) would
+    make every customer look changed once, coerced again and its fingerprint rewritten."""
+    mapping = MAPPING[:2]
+    raw = pd.DataFrame({"FirstName": ["Ann", "日本", None], "Age": ["1", "", None]}).astype("str")
+    assert [f"{v:016x}" for v in raw_fingerprints(raw, mapping).tolist()] == [
+        "badb6dbe7df60581",
+        "b973934327223c44",
+        "6005cb2527e09247",
+    ]

@@ -207,7 +207,8 @@ def raw_fingerprints(raw: pd.DataFrame, mapping: Sequence[AttributeMapping]) -> 
             mult = mult * _LENGTH_MULT
             layout += (lengths + 1).astype(np.uint64) * mult
         joined = pc.binary_join_element_wise(*columns, _RAW_SEPARATOR, options=_RAW_JOIN)
-        text = pd.util.hash_array(joined.to_numpy(zero_copy_only=False), categorize=False)
+        # as bytes objects: the same hashes as the strings (their UTF-8), without decoding them (3x faster)
+        text = pd.util.hash_array(joined.cast(pa.large_binary()).to_numpy(zero_copy_only=False), categorize=False)
         return (text ^ pd.util.hash_array(layout)) * np.uint64(1000003) ^ np.uint64(raw_seed(mapping))
 
 
