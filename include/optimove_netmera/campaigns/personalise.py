@@ -99,7 +99,8 @@ def nul_reason(fields: list[str]) -> str:
     )
 
 
-def _no_nul(value: Any) -> Any:
+def without_nul(value: Any) -> Any:
+    """A text with U+FFFD in place of each NUL (what the state DB stores of it); any other value as it is."""
     return value.replace(NUL, "\ufffd") if isinstance(value, str) else value
 
 
@@ -137,8 +138,8 @@ def ledger_rows(details: Iterable[ExecutionDetail], settings: Settings) -> list[
         if nul:  # neither PostgreSQL nor a push can carry it: kept (as U+FFFD) for the record, never sent
             if status == _PENDING:  # a row skipped already keeps its reason (the control group stays counted as such)
                 status, reason = _SKIPPED, nul_reason(nul)
-            customer_id, promo_code = _no_nul(customer_id), _no_nul(promo_code)
-            params = {k: _no_nul(v) for k, v in params.items()}
+            customer_id, promo_code = without_nul(customer_id), without_nul(promo_code)
+            params = {k: without_nul(v) for k, v in params.items()}
         scheduled = detail.scheduled_time
         if scheduled not in times:
             times[scheduled] = to_utc(scheduled)

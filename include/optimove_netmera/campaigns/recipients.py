@@ -122,7 +122,7 @@ def stage_recipients(
             page_controls: list[bool] = []
             for detail, row in zip(page, personalise.ledger_rows(page, settings), strict=True):
                 if template_names is not None and detail.template_name and row["template_id"] not in template_names:
-                    template_names[row["template_id"]] = detail.template_name.replace(personalise.NUL, "\ufffd")
+                    template_names[row["template_id"]] = personalise.without_nul(detail.template_name)
                 key = (row["customer_id"], row["template_id"])
                 if key in page_keys:
                     continue

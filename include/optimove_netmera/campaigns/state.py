@@ -37,6 +37,7 @@ from optimove_netmera.store import (
     CancelScope,
     Recipient,
     RecipientStatus,
+    as_utc,
     insert_if_absent,
     session_scope,
     transition,
@@ -69,10 +70,6 @@ PARTIAL_CANCEL_REASON = "customer cancelled (GetCanceledCampaignCustomers)"
 _TERMINAL = (CampaignState.DONE.value, CampaignState.FAILED.value)
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-
-
 def _configured_channels() -> list[int]:
     from optimove_netmera.settings import get_settings
 
@@ -102,7 +99,7 @@ def record_campaigns(engine: Engine, campaigns: Iterable[tuple[int, int, dt.date
                     "campaign_id": int(campaign_id),
                     "channel_id": int(channel_id),
                     "state": CampaignState.RECEIVED.value,
-                    "event_time": _aware(event_time) if event_time is not None else None,
+                    "event_time": as_utc(event_time) if event_time is not None else None,
                     "dag_run_id": dag_run_id,
                 },
             )
@@ -111,7 +108,7 @@ def record_campaigns(engine: Engine, campaigns: Iterable[tuple[int, int, dt.date
             key = (table.c.campaign_id == int(campaign_id), table.c.channel_id == int(channel_id))
             if event_time is not None:
                 session.execute(
-                    sa.update(table).where(*key, table.c.event_time.is_(None)).values(event_time=_aware(event_time))
+                    sa.update(table).where(*key, table.c.event_time.is_(None)).values(event_time=as_utc(event_time))
                 )
             if dag_run_id is not None:
                 session.execute(
@@ -127,7 +124,7 @@ def mark_cancelled(engine: Engine, campaign_id: int, channel_id: int | None, at:
     ``failed`` keeps its state (nothing is pending any more) but records the cancel time. Repeated
     cancels are harmless; each one re-arms the narrowing to a partial cancel.
     """
-    at = _aware(at)
+    at = as_utc(at)
     table = Campaign.__table__
     with session_scope(engine) as session:
         if channel_id is not None:
@@ -265,7 +262,7 @@ def apply_cancel_list(
     a newer cancel arrived meanwhile (``cancelled_at`` moved) or another worker narrowed it first.
     """
     listed = sorted({str(c) for c in customer_ids})
-    fetched_at = _aware(fetched_at)
+    fetched_at = as_utc(fetched_at)
     table = Campaign.__table__
     rtable = Recipient.__table__
     cid, ch = int(campaign_id), int(channel_id)

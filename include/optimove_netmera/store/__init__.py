@@ -53,6 +53,7 @@ from optimove_netmera.store.models import (
     SyncRunStatus,
     SyncStaging,
     UTCDateTime,
+    as_utc,
     utcnow,
 )
 from optimove_netmera.store.queries import (
@@ -97,6 +98,7 @@ __all__ = [
     "SyncStaging",
     "UTCDateTime",
     "alembic_config",
+    "as_utc",
     "check_database",
     "claim",
     "create_state_engine",

@@ -71,6 +71,11 @@ NAMING_CONVENTION: dict[str, str] = {
 # --------------------------------------------------------------------------------------------------
 
 
+def as_utc(moment: dt.datetime) -> dt.datetime:
+    """``moment`` as an aware datetime: a naive one is UTC (SQLite hands back naive UTC from a raw query)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+
+
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """A timezone-aware UTC datetime on every backend.
 

@@ -38,7 +38,15 @@ from optimove_netmera.campaigns.events.triggers import (
     default_trigger,
 )
 from optimove_netmera.settings import Settings, get_settings
-from optimove_netmera.store import Event, EventSource, EventStatus, StateDatabaseError, session_scope, transition
+from optimove_netmera.store import (
+    Event,
+    EventSource,
+    EventStatus,
+    StateDatabaseError,
+    as_utc,
+    session_scope,
+    transition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +83,11 @@ def _load(engine: Engine, event_id: int) -> Any:
         return connection.execute(sa.select(*_columns()).where(table.c.id == int(event_id))).one_or_none()
 
 
-def _aware(moment: dt.datetime) -> dt.datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)  # SQLite hands back naive UTC
-
-
 def _act(engine: Engine, row: Any, trigger: DagTrigger) -> tuple[str | None, str]:
     """Perform the event's action; return (dag_run_id, note). Raises on failure."""
     from optimove_netmera.campaigns import state
 
-    event_time = _aware(row.event_time)
+    event_time = as_utc(row.event_time)
     if not EARLIEST_EVENT_TIME <= event_time < LATEST_EVENT_TIME:
         raise PermanentDispatchError(
             f"event time {event_time:%Y-%m-%d %H:%M:%S} is outside {EARLIEST_EVENT_TIME:%Y-%m-%d} to "
@@ -134,7 +138,7 @@ def _record_announced(engine: Engine, campaign_id: int) -> None:
             .order_by(table.c.id)
         ).all()
     for channel_id, event_time in announced:
-        when = _aware(event_time)
+        when = as_utc(event_time)
         state.record_campaign(engine, campaign_id, channel_id, when, campaign_run_id(campaign_id, channel_id, when))
 
 
@@ -235,7 +239,7 @@ def dispatch_events(
             for row in rows
             if row.status == EventStatus.RECEIVED.value
             and row.event_type_id == 13
-            and EARLIEST_EVENT_TIME <= _aware(row.event_time) < LATEST_EVENT_TIME
+            and EARLIEST_EVENT_TIME <= as_utc(row.event_time) < LATEST_EVENT_TIME
         ]
         if len(campaigns) > 1:
             done = _dispatch_campaigns(engine, campaigns, trigger_many)
@@ -248,7 +252,7 @@ def _dispatch_campaigns(engine: Engine, rows: list[Any], trigger_many: Any) -> d
 
     planned = []
     for row in rows:
-        when = _aware(row.event_time)
+        when = as_utc(row.event_time)
         run_id = campaign_run_id(row.campaign_id, row.channel_id, when)
         conf = campaign_conf(row.campaign_id, row.channel_id, when, row.id, row.source)
         planned.append((row, when, run_id, conf))
