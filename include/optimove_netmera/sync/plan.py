@@ -86,6 +86,7 @@ from optimove_netmera.store.models import (
 from optimove_netmera.store.queries import sqlite_bulk_insert
 from optimove_netmera.sync.extract import export_chunk_rows, iter_export
 from optimove_netmera.sync.transform import (
+    RAW_PART_LENGTH,
     RAW_VERSION,
     fingerprint_values,
     format_fingerprints,
@@ -120,7 +121,6 @@ _CHANGE_COLUMNS = (
 )
 _CUSTOMER_ID, _EXT_ID, _SET_NO, _UNSET_NO, _STATUS, _REASON, _FRESH = 1, 2, 7, 8, 9, 10, 11  # _FRESH: not stored
 UNNUMBERED = -1  # a part to send whose batch number is not given yet
-_RAW_PART = len(format_raw(0))  # a stored fingerprint ends with its raw part, e.g. ":r1:" and 16 hex digits
 _RAW_FORMAT = f":{RAW_VERSION}:%016x"  # that part, in SQLite's printf (a signed 64-bit value prints as unsigned)
 _CHANGE_ROWS = sa.table(SyncChange.__tablename__, *(sa.column(c) for c in _CHANGE_COLUMNS))
 
@@ -219,14 +219,15 @@ def _snapshot_differing(
         sql = (
             f"SELECT json_group_array(json_array(j.key, s.attr_hash, json(s.present_attrs))) FROM json_each(?) AS j "
             f"LEFT JOIN {table} AS s ON s.customer_id = j.value ->> 0 "
-            f"WHERE s.attr_hash IS NULL OR substr(s.attr_hash, -{_RAW_PART}) != printf('{_RAW_FORMAT}', j.value ->> 1)"
+            f"WHERE s.attr_hash IS NULL "
+            f"OR substr(s.attr_hash, -{RAW_PART_LENGTH}) != printf('{_RAW_FORMAT}', j.value ->> 1)"
         )
         rows = msgspec.json.decode(conn.exec_driver_sql(sql, (document,)).scalar_one())
     else:
         sql = (
             f"SELECT t.i - 1, s.attr_hash, s.present_attrs FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY "
             f"AS t(cid, h, i) LEFT JOIN {table} AS s ON s.customer_id = t.cid WHERE s.attr_hash IS NULL "
-            f"OR right(s.attr_hash, {_RAW_PART}) <> ':{RAW_VERSION}:' || lpad(to_hex(t.h), 16, '0')"
+            f"OR right(s.attr_hash, {RAW_PART_LENGTH}) <> ':{RAW_VERSION}:' || lpad(to_hex(t.h), 16, '0')"
         )
         rows = conn.exec_driver_sql(sql, (ids, signed)).all()
     pos = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -641,10 +642,16 @@ def _mark(rows: list[list[Any]], answer: set[str] | None, plan: Plan) -> list[tu
     return gone
 
 
-def _check_blocks(blocks: list[list[list[Any]]], probe: Probe, plan: Plan, pool: ThreadPoolExecutor) -> None:
-    """:func:`_check` each block (at most PROBE_CHUNK rows), the probe calls ``pool``'s workers at a time."""
+def _check_blocks(
+    blocks: list[list[list[Any]]], probe: Probe, plan: Plan, pool: ThreadPoolExecutor
+) -> list[tuple[str, str]]:
+    """:func:`_check` each block (at most PROBE_CHUNK rows), the probe calls ``pool``'s workers at a time.
+
+    Returns the (customer id, reason) of those not found."""
+    gone: list[tuple[str, str]] = []
     for rows, answer in zip(blocks, pool.map(lambda rows: _ask(rows, probe), blocks), strict=True):
-        _mark(rows, answer, plan)
+        gone.extend(_mark(rows, answer, plan))
+    return gone
 
 
 def _probe_written(
@@ -663,11 +670,10 @@ def _probe_written(
     forced = set(resync) if isinstance(resync, list) else set()
     queue: list[list[Any]] = []
     last: str | None = None
-    flush_rows = PROBE_CHUNK * max(1, in_flight)
+    flush_rows = PROBE_CHUNK * in_flight
 
     def flush(rows: list[list[Any]]) -> None:
-        _check_blocks([rows[i : i + PROBE_CHUNK] for i in range(0, len(rows), PROBE_CHUNK)], probe, plan, pool)
-        gone = [(r[_CUSTOMER_ID], r[_REASON]) for r in rows if r[_STATUS] == ChangeStatus.NOT_FOUND.value]
+        gone = _check_blocks([rows[i : i + PROBE_CHUNK] for i in range(0, len(rows), PROBE_CHUNK)], probe, plan, pool)
         with engine.begin() as conn:
             for reason in {r for _, r in gone}:
                 ids = [c for c, r in gone if r == reason]
@@ -808,8 +814,9 @@ def build_plan(
     # as they are written); otherwise the rows are written unchecked and checked once the guard passed.
     inline = probe is None or not plan.known
     numbering = _Numbering(settings.sync.batch_size)
-    # the existence probe's calls for a chunk go out sync.load_concurrency at a time
-    pool = ThreadPoolExecutor(max(1, settings.sync.load_concurrency), thread_name_prefix="netmera-probe")
+    # the existence probe's calls go out sync.load_concurrency at a time
+    in_flight = max(1, settings.sync.load_concurrency)
+    pool = ThreadPoolExecutor(in_flight, thread_name_prefix="netmera-probe")
     writer = _ChangeWriter(engine, run_id)
     compared_chunks: Iterator[tuple[pd.DataFrame, dict[str, list[str]], _Compared]] | None = None
     try:
@@ -863,7 +870,6 @@ def build_plan(
         netmera_of = {a.optimove: a.netmera for a in settings.attributes}
         plan.attributes_changed = {netmera_of[k]: v for k, v in sorted(acc.attr_counts.items()) if k in netmera_of}
         if probe is not None:
-            in_flight = max(1, settings.sync.load_concurrency)
             _probe_written(engine, run_id, probe, resync, plan, inline, pool, in_flight)
             clock.lap("probe")
         with engine.begin() as conn:

@@ -221,12 +221,15 @@ def format_fingerprints(coerced: np.ndarray, raw: np.ndarray) -> list[str]:
 
 def raw_part(stored: str) -> str:
     """The raw fingerprint's part of a stored fingerprint (compare with :func:`format_raw`)."""
-    return stored[-(len(RAW_VERSION) + 18) :]
+    return stored[-RAW_PART_LENGTH:]
 
 
 def format_raw(value: int) -> str:
     """The part of a stored fingerprint that holds the raw fingerprint ``value``: ``:r1:`` and 16 hex digits."""
     return f":{RAW_VERSION}:{value:016x}"
+
+
+RAW_PART_LENGTH = len(format_raw(0))  # a stored fingerprint ends with its raw part: ":r1:" and 16 hex digits
 
 
 def fingerprints(t: Transformed) -> pd.Series:
