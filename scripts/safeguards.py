@@ -325,6 +325,21 @@ SAFEGUARDS = (
         (f"{RAW_TESTS}::test_each_customer_gets_its_own_values_whatever_order_the_database_answers_in",),
     ),
     Safeguard(
+        "the customers to coerce are gathered across chunks (a set a chunk costs nearly a full chunk's coercion)",
+        "sync/plan.py",
+        "        buffer = _CandidateBuffer(max(1, rows // 2))",
+        "        buffer = _CandidateBuffer(1)",
+        ("tests/unit/test_sync_stream.py::test_a_changed_share_is_diffed_per_chunk_and_a_tripped_guard_is_recorded",),
+    ),
+    Safeguard(
+        "carried rows of ids with a NUL are deleted by keyed queries on SQLite (json_each would cut them short)",
+        "sync/plan.py",
+        '    if b"\\\\u0000" not in document:\n        ids = "SELECT value FROM json_each(?)"',
+        '    if True:\n        ids = "SELECT value FROM json_each(?)"',
+        ("tests/unit/test_sync_carry.py::test_a_chunk_deletes_only_its_customers_carried_rows",),
+        select="",
+    ),
+    Safeguard(
         "a carried change sends only the parts it had (an empty set or unset part stays without a batch)",
         "sync/plan.py",
         'text.in_([empty, "null"])',

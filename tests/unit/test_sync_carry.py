@@ -58,3 +58,35 @@ def test_not_found_changes_are_carried_with_the_parts_they_had_to_send(db_url: s
         "unset-only": ("xunset-only", "h-unset-only", {}, ["age"], [], None, n, *pending),
         "both": ("xboth", "h-both", {"name": "Bo"}, ["city"], ["name"], n, n, *pending),
     }
+
+
+def test_a_chunk_deletes_only_its_customers_carried_rows(db_url: str) -> None:
+    """The ids go to the database as one value; on SQLite an id with a NUL (which ``json_each`` would cut short, to
+    customer "C") takes the keyed path. Rows of other runs, rows not carried and other customers' rows stay."""
+    migrate(db_url)
+    engine = get_engine(db_url)
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.begin() as conn:
+        this, other = (
+            conn.execute(
+                sa.insert(SyncRun).values(dag_id="d", dag_run_id=name, status="running").returning(SyncRun.id)
+            ).scalar_one()
+            for name in ("this", "other")
+        )
+        rows = [(this, "A", plan.CARRIED), (this, "B", None), (this, "C", plan.CARRIED), (other, "A", plan.CARRIED)]
+        if sqlite:  # PostgreSQL's text refuses a NUL
+            rows.append((this, "C\x00X", plan.CARRIED))
+        conn.execute(
+            sa.insert(SyncChange),
+            [
+                {"sync_run_id": run, "customer_id": cid, "ext_id": cid, "new_hash": "h", "set_attrs": {}, "reason": why}
+                for run, cid, why in rows
+            ],
+        )
+    listed = ["A", "B", "Z", *(["C\x00X"] if sqlite else [])]
+    with engine.begin() as conn:
+        assert plan._delete_carried(conn, this, listed) == 1 + sqlite
+        assert plan._delete_carried(conn, this, []) == 0
+    with engine.connect() as conn:
+        left = set(conn.execute(sa.select(SyncChange.sync_run_id, SyncChange.customer_id)).all())
+    assert left == {(this, "B"), (this, "C"), (other, "A")}

@@ -68,7 +68,7 @@ class Tracker:
 
 @pytest.fixture
 def instrumented(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    seen: dict[str, Any] = {"tracker": Tracker(), "transformed": 0}
+    seen: dict[str, Any] = {"tracker": Tracker(), "transformed": 0, "coerced": []}
     real_export, real_staged, real_transform = plan.iter_export, plan._staged_chunks, plan.transform
 
     def export(*args: Any, **kwargs: Any) -> Iterator[pd.DataFrame]:
@@ -83,6 +83,7 @@ def instrumented(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
     def transform(raw: pd.DataFrame, mapping: Any) -> Any:
         seen["transformed"] = max(seen["transformed"], len(raw))
+        seen["coerced"].append(len(raw))
         return real_transform(raw, mapping)
 
     monkeypatch.setattr(plan, "iter_export", export)
@@ -188,8 +189,14 @@ def test_a_changed_share_is_diffed_per_chunk_and_a_tripped_guard_is_recorded(
 
     run_id = new_run(engine, 3)
     instrumented["tracker"].__init__()
+    instrumented["coerced"].clear()
     p = plan.build_plan(engine, run_id, s, 0.06, False, probe, str(path))
     assert (p.known, p.changed, p.new, p.unchanged) == (n, len(changed) + extra, extra, n - len(changed))
+    # Only the changed and new customers are coerced, each once, gathered across chunks into sets of about half a
+    # chunk: a set a chunk would cost ~21 coercions of ~40 customers, each nearly the price of a full chunk.
+    coerced = instrumented["coerced"]
+    assert sum(coerced) == len(changed) + extra
+    assert len(coerced) <= math.ceil((len(changed) + extra) / (chunk // 2)) + 1, coerced
     # every changed or new customer changes every attribute (set, or for the blanked first names unset)
     assert p.attributes_changed == {a.netmera: len(changed) + extra for a in s.attributes}
     assert p.unset_entries == len(blanked)

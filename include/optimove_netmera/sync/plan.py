@@ -16,10 +16,13 @@ but its last.
 
 **Memory.** The customers (the run's staging rows, or for a full refresh the export file itself) are read in
 chunks sized by ``sync.memory_budget_mb`` (:func:`~optimove_netmera.sync.extract.export_chunk_rows`); each chunk is
-compared with the snapshot rows of its own customers (one statement a chunk), and its change rows
-are written to ``sync_changes`` in one bulk insert, in a writer thread while the next chunk is read and diffed (at
-most one chunk's rows wait for their write). What follows the diff (guard, existence checks, batch numbers) runs in
-the database or over pages of ids, so no step holds more than two chunks of customers, whatever the tenant's size.
+compared with the snapshot rows of its own customers (one statement a chunk, in a thread of its own while the chunk
+before is diffed). The customers to coerce (raw values changed, new or resynced) are gathered across chunks into
+sets of up to half a chunk, since coercing a set costs a fixed overhead besides its rows; each set's change rows are
+written to ``sync_changes`` in one bulk insert, in a writer thread while the next chunk is read and diffed (at most
+one set's rows wait for their write). What follows the diff (guard, existence checks, batch numbers) runs in the
+database or over pages of ids, so no step holds more than two and a half chunks of customers, whatever the tenant's
+size.
 In order:
 
 1. the latest successful run's not-found changes are carried over (marked ``CARRIED``; a chunk's customers replace
@@ -386,26 +389,83 @@ def _compare_ahead(
         thread.shutdown(cancel_futures=True)
 
 
-def _diff_chunk(
-    run_id: int,
+@dataclass
+class _Candidates:
+    """Customers to coerce and compare by their coerced values (raw values differing from the snapshot's, new, or
+    resynced), from one read chunk or several, in order; every list and array is aligned with ``ids``."""
+
+    frame: pd.DataFrame  # their raw rows (index: customer id)
+    ids: list[str]
+    raw_hashes: np.ndarray
+    stored: list[str | None]  # the snapshot's fingerprint (None: not in the snapshot, or not read: raw_same)
+    present: list[list[str] | None]  # the attributes delivered to them (likewise)
+    is_new: np.ndarray
+    raw_same: np.ndarray  # resynced, raw values the ones delivered: not compared, planned because forced
+    forced: np.ndarray
+    changed_names: dict[str, list[str]]  # the attribute names Optimove reported changed, where it did
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _merge(parts: list[_Candidates]) -> _Candidates:
+    """One set of candidates holding ``parts`` in order."""
+    if len(parts) == 1:
+        return parts[0]
+    return _Candidates(
+        frame=pd.concat([p.frame for p in parts]),
+        ids=[c for p in parts for c in p.ids],
+        raw_hashes=np.concatenate([p.raw_hashes for p in parts]),
+        stored=[h for p in parts for h in p.stored],
+        present=[a for p in parts for a in p.present],
+        is_new=np.concatenate([p.is_new for p in parts]),
+        raw_same=np.concatenate([p.raw_same for p in parts]),
+        forced=np.concatenate([p.forced for p in parts]),
+        changed_names={c: n for p in parts for c, n in p.changed_names.items()},
+    )
+
+
+class _CandidateBuffer:
+    """Gathers the candidates of consecutive chunks into sets of up to ``rows`` customers.
+
+    Coercing a set costs a fixed overhead a column besides its rows: a set of a few hundred customers (a chunk of
+    which 1% changed) costs a third of a full chunk's coercion. Fewer than ``rows`` customers are held between
+    chunks, and a set handed out is larger than ``rows`` only when one chunk's candidates are."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows, self._parts, self._held = rows, [], 0
+
+    def add(self, candidates: _Candidates) -> list[_Candidates]:
+        """Hold ``candidates``; returns the sets ready to diff, in order (none, one or two)."""
+        ready = []
+        if self._parts and self._held + len(candidates) > self.rows:
+            ready.append(self.take())
+        if len(candidates):
+            self._parts.append(candidates)
+            self._held += len(candidates)
+        if self._held >= self.rows:
+            ready.append(self.take())
+        return ready
+
+    def take(self) -> _Candidates:
+        """The candidates held, as one set; the buffer is empty afterwards."""
+        merged = _merge(self._parts)
+        self._parts, self._held = [], 0
+        return merged
+
+    def __bool__(self) -> bool:
+        return bool(self._parts)
+
+
+def _select(
     raw: pd.DataFrame,
     changed_names: dict[str, list[str]],
-    settings: Settings,
-    plan: Plan,
-    acc: _Diff,
-    resync: str | list[str] | None,
     compared: _Compared,
-) -> tuple[list[str], list[list[Any]], list[tuple[str, str]]]:
-    """Diff one chunk against the snapshot rows of its customers (``compared``: its raw fingerprints and their
-    comparison with the snapshot, see :func:`_compare_ahead`).
-
-    Only the customers whose raw values differ from those delivered last (new ones included) or who are resynced are
-    coerced and compared by their coerced values; the others are unchanged. Returns the chunk's customer ids, its
-    change rows (lists in ``_CHANGE_COLUMNS`` order, extId order, JSON encoded, pending, batch numbers
-    ``UNNUMBERED``, plus whether each customer is fresh (new or resynced: to be checked with the probe) as the last
-    item), and the new fingerprints of the customers whose raw values changed but whose coerced values did not.
-    """
-    mapping = settings.attributes
+    resync: str | list[str] | None,
+    plan: Plan,
+) -> _Candidates:
+    """A chunk's candidates (see :class:`_Candidates`); counts the chunk's customers as fetched and the others as
+    unchanged: their raw values are the ones delivered last."""
     plan.fetched += len(raw)
     customer_list, raw_hashes = compared.ids, compared.raw_hashes
     if resync == "all":
@@ -414,26 +474,55 @@ def _diff_chunk(
         forced_all = np.asarray(pd.Index(customer_list).isin(resync), dtype=bool)
     else:
         forced_all = np.zeros(len(customer_list), dtype=bool)
-    # the customers to coerce: those whose raw values differ from the snapshot's (new ones included), then the
-    # resynced ones whose raw values are the ones delivered (``raw_same``)
+    plan.resynced += int(forced_all.sum())
+    # those whose raw values differ from the snapshot's (new ones included), then the resynced ones whose raw values
+    # are the ones delivered (``raw_same``)
     if compared.differing is not None:
         pos, stored, present = compared.differing.result()
     else:
-        pos, stored, present = np.arange(len(customer_list)), [None] * len(customer_list), []
+        pos, stored, present = np.arange(len(customer_list)), [None] * len(customer_list), [None] * len(customer_list)
     differing = len(pos)
     if forced_all.any():
-        pos = np.concatenate([pos, np.setdiff1d(np.flatnonzero(forced_all), pos)])
+        extra = np.setdiff1d(np.flatnonzero(forced_all), pos)
+        pos = np.concatenate([pos, extra])
+        stored, present = [*stored, *[None] * len(extra)], [*present, *[None] * len(extra)]
+    plan.unchanged += len(customer_list) - len(pos)
     # the database answers in its own order (a hash join's, on PostgreSQL): the chunk as it is only when in order
     everyone = len(pos) == len(raw) and bool((pos == np.arange(len(raw))).all())
-    t = transform(raw if everyone else raw.iloc[pos], mapping)
-    del raw
+    is_new = np.zeros(len(pos), dtype=bool)
+    is_new[:differing] = np.fromiter((h is None for h in stored[:differing]), dtype=bool, count=differing)
+    raw_same = np.zeros(len(pos), dtype=bool)
+    raw_same[differing:] = True
+    ids = customer_list if everyone else [customer_list[i] for i in pos.tolist()]
+    return _Candidates(
+        frame=raw if everyone else raw.iloc[pos],
+        ids=ids,
+        raw_hashes=raw_hashes[pos],
+        stored=list(stored),
+        present=list(present),
+        is_new=is_new,
+        raw_same=raw_same,
+        forced=forced_all[pos],
+        changed_names={c: changed_names[c] for c in ids if c in changed_names} if changed_names else {},
+    )
+
+
+def _diff_chunk(
+    run_id: int, cands: _Candidates, settings: Settings, plan: Plan, acc: _Diff
+) -> tuple[list[list[Any]], list[tuple[str, str]]]:
+    """Coerce a set of candidates (:class:`_Candidates`, at most a chunk's worth) and compare them with the snapshot
+    by their coerced values.
+
+    Returns the change rows (lists in ``_CHANGE_COLUMNS`` order, extId order, JSON encoded, pending, batch numbers
+    ``UNNUMBERED``, plus whether each customer is fresh (new or resynced: to be checked with the probe) as the last
+    item), and the new fingerprints of the customers whose raw values changed but whose coerced values did not.
+    """
+    mapping = settings.attributes
+    ids, stored, is_new, raw_same, forced = cands.ids, cands.stored, cands.is_new, cands.raw_same, cands.forced
+    t = transform(cands.frame, mapping)
     for reason, n in t.dropped.items():
         plan.dropped[reason] = plan.dropped.get(reason, 0) + n
     hashes = fingerprint_values(t)
-    is_new = np.zeros(len(pos), dtype=bool)
-    is_new[:differing] = np.fromiter((h is None for h in stored), dtype=bool, count=differing)
-    raw_same = np.zeros(len(pos), dtype=bool)
-    raw_same[differing:] = True
     same = raw_same.copy()
     seen = np.flatnonzero(~is_new & ~raw_same)
     if seen.size:
@@ -441,38 +530,36 @@ def _diff_chunk(
         same[seen] = valid & (values == hashes[seen])
     changed_mask = ~same
     acc.data_changed += int(changed_mask.sum())
-    forced = forced_all[pos]
-    cand_raw = raw_hashes[pos]
     changed_mask |= forced
-    plan.resynced += int(forced_all.sum())
     plan.new += int(is_new.sum())
     n_changed = int(changed_mask.sum())
     plan.changed += n_changed
-    plan.unchanged += len(customer_list) - n_changed
+    plan.unchanged += len(ids) - n_changed
     refreshed = np.flatnonzero(same & ~raw_same & ~forced)  # coerced the same, raw not: a new fingerprint
     refresh = list(
         zip(
-            [customer_list[i] for i in pos[refreshed].tolist()],
-            format_fingerprints(hashes[refreshed], cand_raw[refreshed]),
+            [ids[i] for i in refreshed.tolist()],
+            format_fingerprints(hashes[refreshed], cands.raw_hashes[refreshed]),
             strict=True,
         )
     )
 
     idx = np.flatnonzero(changed_mask)
     names = list(t.values.columns)
-    customer_ids = [customer_list[i] for i in pos[idx].tolist()]
+    picked = idx.tolist()
+    customer_ids = [ids[i] for i in picked]
     ext_ids = [settings.ext_id.apply(c) for c in customer_ids]
     new_flags = is_new[idx].tolist()
     forced_flags = forced[idx].tolist()
     all_names = [a.netmera for a in mapping]
-    # what was delivered to each changed customer still in the snapshot (``present`` lists the differing ones first)
-    present_before = {customer_list[pos[i]]: present[i] for i in idx.tolist() if i < len(present)} if present else {}
+    present_before = [cands.present[i] for i in picked]  # what was delivered to each, where the snapshot said
     changed_values = t.values.iloc[idx]
     del t
     # Attribute counts: rows that carry the names Optimove reported count those; the others count what they set
     # (summed per column here) and unset (per row below).
     by_optimove = {a.netmera: a.optimove for a in mapping}
     attr_counts = acc.attr_counts
+    changed_names = cands.changed_names
     reported_rows = [bool(changed_names.get(c)) for c in customer_ids] if changed_names else [False] * len(idx)
     counted = ~np.asarray(reported_rows, dtype=bool)
     for name, n in zip(names, changed_values.notna().to_numpy()[counted].sum(axis=0).tolist(), strict=True):
@@ -480,7 +567,7 @@ def _diff_chunk(
             attr_counts[by_optimove[name]] = attr_counts.get(by_optimove[name], 0) + n
     cols = _native_columns(changed_values)
     del changed_values
-    changed_hashes = format_fingerprints(hashes[idx], cand_raw[idx])
+    changed_hashes = format_fingerprints(hashes[idx], cands.raw_hashes[idx])
     pending = ChangeStatus.PENDING.value
     encode = JSON_OPTIONS["json_serializer"]  # what the JSON columns would store
     no_unset = encode([])
@@ -488,7 +575,7 @@ def _diff_chunk(
     changes: list[list[Any]] = []
     for i, (cid, row) in enumerate(zip(customer_ids, zip(*cols, strict=True), strict=True)):
         set_attrs = {name: value for name, value in zip(names, row, strict=True) if value is not None}
-        before = all_names if forced_flags[i] else present_before.get(cid)  # a resync may unset any attribute
+        before = all_names if forced_flags[i] else present_before[i]  # a resync may unset any attribute
         present = set_attrs.keys()  # an invalid value counts as empty: never sent, unset if delivered before
         unset = sorted(set(before) - present) if before else []
         if reported_rows[i]:
@@ -518,7 +605,7 @@ def _diff_chunk(
             ]
         )
     changes.sort(key=lambda r: r[2])
-    return customer_list, changes, refresh
+    return changes, refresh
 
 
 def _insert_changes(conn: Connection, rows: list[list[Any]]) -> None:
@@ -829,32 +916,49 @@ def build_plan(
             chunks = _staged_chunks(engine, run_id, rows)
         acc = _Diff()
         queue: list[list[Any]] = []  # inline: rows waiting for a full probe call (fewer than PROBE_CHUNK)
+        buffer = _CandidateBuffer(max(1, rows // 2))  # held between chunks: less than half a chunk
+
+        def diff_and_write(ready: list[_Candidates], covered: list[str] | None) -> None:
+            """Diff the sets ``ready``, probe (inline) and number their rows, and hand them to the writer;
+            ``covered``: customers whose carried rows go (with the first write, before any row of theirs lands)."""
+            sets: list[_Candidates | None] = [*ready] or [None]  # none ready: the covered rows still go
+            for cands in sets:
+                changes, refresh = _diff_chunk(run_id, cands, settings, plan, acc) if cands is not None else ([], [])
+                del cands
+                clock.lap("diff")
+                if carried and export_path is None:  # staging: the changed customers' carried rows go
+                    covered = [r[_CUSTOMER_ID] for r in changes]
+                if inline and probe is not None:
+                    queue.extend(changes)
+                    changes = []
+                    blocks = []
+                    while len(queue) >= PROBE_CHUNK:
+                        blocks.append(queue[:PROBE_CHUNK])
+                        del queue[:PROBE_CHUNK]
+                    _check_blocks([[r for r in b if r[_FRESH]] for b in blocks], probe, plan, pool)
+                    changes.extend(r for b in blocks for r in b)
+                    del blocks
+                    clock.lap("probe")
+                if inline:
+                    numbering.number(changes)
+                if changes or covered or refresh:
+                    # waits for the write before ("store": the time waited); a dry run changes no fingerprint
+                    writer.write(changes, covered, [] if dry_run else refresh)
+                del changes, refresh
+                covered = None
+                clock.lap("store")
+
         compared_chunks = _compare_ahead(engine, chunks, settings, bool(plan.known))
         for raw, changed_names, compared in compared_chunks:
             clock.lap("read")
-            customers, changes, refresh = _diff_chunk(run_id, raw, changed_names, settings, plan, acc, resync, compared)
+            candidates = _select(raw, changed_names, compared, resync, plan)
+            # a full refresh: the chunk's customers replace what was carried for them (the export is the truth)
+            covered = compared.ids if carried and export_path is not None else None
             del raw, changed_names, compared
-            clock.lap("diff")
-            covered = None
-            if carried:  # the chunk's rows replace what was carried for those customers
-                covered = customers if export_path is not None else [r[_CUSTOMER_ID] for r in changes]
-            if inline and probe is not None:
-                queue.extend(changes)
-                changes = []
-                blocks = []
-                while len(queue) >= PROBE_CHUNK:
-                    blocks.append(queue[:PROBE_CHUNK])
-                    del queue[:PROBE_CHUNK]
-                _check_blocks([[r for r in b if r[_FRESH]] for b in blocks], probe, plan, pool)
-                changes.extend(r for b in blocks for r in b)
-                del blocks
-                clock.lap("probe")
-            if inline:
-                numbering.number(changes)
-            # waits for the chunk before's write ("store": the time waited); a dry run changes no fingerprint
-            writer.write(changes, covered, [] if dry_run else refresh)
-            del changes, customers, covered, refresh
-            clock.lap("store")
+            diff_and_write(buffer.add(candidates), covered)
+            del candidates, covered
+        if buffer:
+            diff_and_write([buffer.take()], None)
         if queue:
             assert probe is not None
             _check([r for r in queue if r[_FRESH]], probe, plan)
@@ -916,7 +1020,22 @@ def guard_check(changed: int, known: int, max_change_ratio: float) -> dict[str, 
 
 
 def _delete_carried(conn: Connection, run_id: int, customer_ids: list[str]) -> int:
-    """Delete the carried rows of ``customer_ids``; returns how many there were."""
+    """Delete the carried rows of ``customer_ids``; returns how many there were.
+
+    One statement, the ids sent as one value (SQLite: a JSON array; PostgreSQL: an array): thousands of bound ids
+    in an ``IN`` list cost more to render than to delete. Ids with a NUL, which ``json_each`` would cut short, go
+    through ``IN`` lists."""
+    table = SyncChange.__tablename__
+    if not customer_ids:
+        return 0
+    if conn.dialect.name != "sqlite":
+        sql = f"DELETE FROM {table} WHERE sync_run_id = %s AND reason = %s AND customer_id = ANY(%s::text[])"
+        return conn.exec_driver_sql(sql, (run_id, CARRIED, customer_ids)).rowcount or 0
+    document = msgspec.json.encode(customer_ids)
+    if b"\\u0000" not in document:
+        ids = "SELECT value FROM json_each(?)"
+        sql = f"DELETE FROM {table} WHERE sync_run_id = ? AND reason = ? AND customer_id IN ({ids})"
+        return conn.exec_driver_sql(sql, (run_id, CARRIED, document)).rowcount or 0
     deleted = 0
     for start in range(0, len(customer_ids), KEYS_PER_QUERY):
         result = conn.execute(
