@@ -20,22 +20,20 @@ compared with the snapshot rows of its own customers (one statement a chunk, in 
 before is diffed). The customers to coerce (raw values changed, new or resynced) are gathered across chunks into
 sets of up to half a chunk, since coercing a set costs a fixed overhead besides its rows; each set's change rows are
 written to ``sync_changes`` in one bulk insert, in a writer thread while the next chunk is read and diffed (at most
-one set's rows wait for their write). What follows the diff (guard, existence checks, batch numbers) runs in the
+one set's rows wait for their write). What follows the diff (guard, the carried rows' checks and numbers) runs in the
 database or over pages of ids, so no step holds more than two and a half chunks of customers, whatever the tenant's
 size.
 In order:
 
 1. the latest successful run's not-found changes are carried over (marked ``CARRIED``; a chunk's customers replace
    their carried rows: the changed ones, or for a full refresh every customer in the export);
-2. the chunks are diffed and written;
+2. the chunks are diffed; the new and resynced customers among the changes are checked with the existence probe
+   (1000 extIds a call) and every change row is numbered into its batches, in the order written (extId order
+   within a set), before it is written;
 3. the guard, on the counts of step 2, is recorded (:func:`guard_check`); when it tripped the plan is still completed
    and stored, and the load waits for a person's decision (:mod:`optimove_netmera.sync.guard`);
-4. the existence probe of new, resynced and carried customers, and the batch numbers.
-
-When the snapshot is empty (a first sync: the guard cannot trip) or there is no probe, step 4 runs as the chunks
-are written (rows are probed 1000 at a time and numbered in extId order within a chunk); otherwise the rows are
-written unchecked, then probed page by page and numbered in extId order by one ``UPDATE`` (carried rows are always
-numbered that way, after the others).
+4. the rows still carried over (no chunk replaced them) are probed page by page and numbered after the others, in
+   extId order, by one ``UPDATE``.
 
 Netmera silently drops writes for extIds it does not know, so customers new to the snapshot are first checked with
 the ``probe`` (``untagUsers`` + ``checkExistence`` of a tag nobody carries: no side effect, the answer lists the
@@ -741,20 +739,11 @@ def _check_blocks(
     return gone
 
 
-def _probe_written(
-    engine: Engine,
-    run_id: int,
-    probe: Probe,
-    resync: str | list[str] | None,
-    plan: Plan,
-    carried_only: bool,
-    pool: ThreadPoolExecutor,
-    in_flight: int,
+def _probe_carried(
+    engine: Engine, run_id: int, probe: Probe, plan: Plan, pool: ThreadPoolExecutor, in_flight: int
 ) -> None:
-    """Check the written customers new to the snapshot, resynced or carried over (``carried_only``: the carried
-    ones), PROBE_CHUNK extIds a call, ``in_flight`` calls at once (``pool``), page by page; the unknown ones are set
-    not found."""
-    forced = set(resync) if isinstance(resync, list) else set()
+    """Check the rows still carried over (no chunk replaced them), PROBE_CHUNK extIds a call, ``in_flight`` calls at
+    once (``pool``), page by page; the unknown ones are set not found."""
     queue: list[list[Any]] = []
     last: str | None = None
     flush_rows = PROBE_CHUNK * in_flight
@@ -770,17 +759,13 @@ def _probe_written(
                     .values(status=ChangeStatus.NOT_FOUND.value, reason=reason, set_batch_no=None, unset_batch_no=None)
                 )
 
-    snapshot = CustomerSnapshot.__table__
     while True:
         q = (
-            sa.select(SyncChange.customer_id, SyncChange.ext_id, SyncChange.reason, snapshot.c.customer_id.is_(None))
-            .select_from(SyncChange.__table__.outerjoin(snapshot, snapshot.c.customer_id == SyncChange.customer_id))
-            .where(SyncChange.sync_run_id == run_id)
+            sa.select(SyncChange.customer_id, SyncChange.ext_id)
+            .where(SyncChange.sync_run_id == run_id, SyncChange.reason == CARRIED)
             .order_by(SyncChange.customer_id)
             .limit(KEYS_PER_QUERY)
         )
-        if carried_only:
-            q = q.where(SyncChange.reason == CARRIED)
         if last is not None:
             q = q.where(SyncChange.customer_id > last)
         with engine.connect() as conn:
@@ -788,11 +773,10 @@ def _probe_written(
         if not page:
             break
         last = page[-1][0]
-        for cid, ext_id, reason, new in page:
-            if new or reason == CARRIED or resync == "all" or cid in forced:
-                row: list[Any] = [None] * len(_CHANGE_COLUMNS)
-                row[_CUSTOMER_ID], row[_EXT_ID] = cid, ext_id
-                queue.append(row)
+        for cid, ext_id in page:
+            row: list[Any] = [None] * len(_CHANGE_COLUMNS)
+            row[_CUSTOMER_ID], row[_EXT_ID] = cid, ext_id
+            queue.append(row)
         while len(queue) >= flush_rows:
             flush(queue[:flush_rows])
             del queue[:flush_rows]
@@ -897,9 +881,6 @@ def build_plan(
     plan.known = _known_customers(engine)
     _delete_changes(engine, run_id)  # what a plan that failed midway wrote
     probe = None if dry_run else probe
-    # With nobody known the guard cannot trip, so the probe may run as the chunks come (and the batches be numbered
-    # as they are written); otherwise the rows are written unchecked and checked once the guard passed.
-    inline = probe is None or not plan.known
     numbering = _Numbering(settings.sync.batch_size)
     # the existence probe's calls go out sync.load_concurrency at a time
     in_flight = max(1, settings.sync.load_concurrency)
@@ -915,11 +896,11 @@ def build_plan(
         else:
             chunks = _staged_chunks(engine, run_id, rows)
         acc = _Diff()
-        queue: list[list[Any]] = []  # inline: rows waiting for a full probe call (fewer than PROBE_CHUNK)
+        queue: list[list[Any]] = []  # rows waiting for a full probe call (fewer than PROBE_CHUNK)
         buffer = _CandidateBuffer(max(1, rows // 2))  # held between chunks: less than half a chunk
 
         def diff_and_write(ready: list[_Candidates], covered: list[str] | None) -> None:
-            """Diff the sets ``ready``, probe (inline) and number their rows, and hand them to the writer;
+            """Diff the sets ``ready``, probe and number their rows, and hand them to the writer;
             ``covered``: customers whose carried rows go (with the first write, before any row of theirs lands)."""
             sets: list[_Candidates | None] = [*ready] or [None]  # none ready: the covered rows still go
             for cands in sets:
@@ -928,7 +909,7 @@ def build_plan(
                 clock.lap("diff")
                 if carried and export_path is None:  # staging: the changed customers' carried rows go
                     covered = [r[_CUSTOMER_ID] for r in changes]
-                if inline and probe is not None:
+                if probe is not None:
                     queue.extend(changes)
                     changes = []
                     blocks = []
@@ -939,8 +920,7 @@ def build_plan(
                     changes.extend(r for b in blocks for r in b)
                     del blocks
                     clock.lap("probe")
-                if inline:
-                    numbering.number(changes)
+                numbering.number(changes)
                 if changes or covered or refresh:
                     # waits for the write before ("store": the time waited); a dry run changes no fingerprint
                     writer.write(changes, covered, [] if dry_run else refresh)
@@ -974,7 +954,7 @@ def build_plan(
         netmera_of = {a.optimove: a.netmera for a in settings.attributes}
         plan.attributes_changed = {netmera_of[k]: v for k, v in sorted(acc.attr_counts.items()) if k in netmera_of}
         if probe is not None:
-            _probe_written(engine, run_id, probe, resync, plan, inline, pool, in_flight)
+            _probe_carried(engine, run_id, probe, plan, pool, in_flight)
             clock.lap("probe")
         with engine.begin() as conn:
             conn.execute(
