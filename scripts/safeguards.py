@@ -340,6 +340,21 @@ SAFEGUARDS = (
         select="",
     ),
     Safeguard(
+        "the existence probe asks about new and resynced customers only, in full calls",
+        "sync/plan.py",
+        "                    queue.extend(r for r in changes if r[_FRESH])\n"
+        "                    changes = [r for r in changes if not r[_FRESH]]\n",
+        "                    queue.extend(changes)\n                    changes = []\n",
+        ("tests/unit/test_sync_stream.py::test_a_changed_share_is_diffed_per_chunk_and_a_tripped_guard_is_recorded",),
+    ),
+    Safeguard(
+        "a set's rows are written only once the probe answered for them (the calls overlap the next set's diff)",
+        "sync/plan.py",
+        "                _mark(rows, answer.result(), plan)\n",
+        "                pass\n",
+        ("tests/unit/test_sync_stream.py::test_first_sync_of_many_chunks_holds_one_chunk_and_plans_exactly",),
+    ),
+    Safeguard(
         "a carried change sends only the parts it had (an empty set or unset part stays without a batch)",
         "sync/plan.py",
         'text.in_([empty, "null"])',

@@ -148,7 +148,7 @@ def test_first_sync_of_many_chunks_holds_one_chunk_and_plans_exactly(
 
 
 def test_a_changed_share_is_diffed_per_chunk_and_a_tripped_guard_is_recorded(
-    db_url: str, tmp_path: Path, instrumented: dict[str, Any]
+    db_url: str, tmp_path: Path, instrumented: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s = settings()
     chunk = extract.export_chunk_rows(s)
@@ -190,6 +190,7 @@ def test_a_changed_share_is_diffed_per_chunk_and_a_tripped_guard_is_recorded(
     run_id = new_run(engine, 3)
     instrumented["tracker"].__init__()
     instrumented["coerced"].clear()
+    monkeypatch.setattr(plan, "PROBE_CHUNK", 20)  # calls of 20 extIds: the 50 new ones take 3
     p = plan.build_plan(engine, run_id, s, 0.06, False, probe, str(path))
     assert (p.known, p.changed, p.new, p.unchanged) == (n, len(changed) + extra, extra, n - len(changed))
     # Only the changed and new customers are coerced, each once, gathered across chunks into sets of about half a
@@ -200,7 +201,8 @@ def test_a_changed_share_is_diffed_per_chunk_and_a_tripped_guard_is_recorded(
     # every changed or new customer changes every attribute (set, or for the blanked first names unset)
     assert p.attributes_changed == {a.netmera: len(changed) + extra for a in s.attributes}
     assert p.unset_entries == len(blanked)
-    assert probed == [new_ids]  # only the new customers, in one call
+    # only the new customers, in full calls: a call per 20 changes would ask about changed known customers' slots
+    assert probed == [new_ids[:20], new_ids[20:40], new_ids[40:]]
     assert instrumented["tracker"].peak <= 2 * chunk
     with engine.connect() as conn:
         planned = set(conn.execute(sa.select(SyncChange.customer_id).where(SyncChange.sync_run_id == run_id)).scalars())

@@ -28,8 +28,8 @@ In order:
 1. the latest successful run's not-found changes are carried over (marked ``CARRIED``; a chunk's customers replace
    their carried rows: the changed ones, or for a full refresh every customer in the export);
 2. the chunks are diffed; the new and resynced customers among the changes are checked with the existence probe
-   (1000 extIds a call) and every change row is numbered into its batches, in the order written (extId order
-   within a set), before it is written;
+   (1000 extIds a call, the calls going out while the next set is diffed) and every change row is numbered into its
+   batches, in the order written, before it is written;
 3. the guard, on the counts of step 2, is recorded (:func:`guard_check`); when it tripped the plan is still completed
    and stored, and the load waits for a person's decision (:mod:`optimove_netmera.sync.guard`);
 4. the rows still carried over (no chunk replaced them) are probed page by page and numbered after the others, in
@@ -58,6 +58,7 @@ import gc
 import json
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
@@ -896,12 +897,30 @@ def build_plan(
         else:
             chunks = _staged_chunks(engine, run_id, rows)
         acc = _Diff()
-        queue: list[list[Any]] = []  # rows waiting for a full probe call (fewer than PROBE_CHUNK)
+        queue: list[list[Any]] = []  # new and resynced rows waiting for a full probe call (fewer than PROBE_CHUNK)
         buffer = _CandidateBuffer(max(1, rows // 2))  # held between chunks: less than half a chunk
 
+        # diffed sets whose existence answers are on their way: (rows, probed blocks, their answers, covered rows,
+        # new fingerprints); each is written once the set after it was diffed, so the probe's calls overlap the diff
+        outbox: deque[tuple[list[list[Any]], list[list[list[Any]]], list[Future[set[str] | None]], Any, Any]] = deque()
+
+        def send() -> None:
+            """The oldest set in ``outbox``: mark the customers its answers say are unknown, number its rows and
+            hand them to the writer."""
+            changes, fresh, answers, covered, refresh = outbox.popleft()
+            for rows, answer in zip(fresh, answers, strict=True):
+                _mark(rows, answer.result(), plan)
+            clock.lap("probe")
+            numbering.number(changes)
+            if changes or covered or refresh:
+                # waits for the write before ("store": the time waited); a dry run changes no fingerprint
+                writer.write(changes, covered, [] if dry_run else refresh)
+            clock.lap("store")
+
         def diff_and_write(ready: list[_Candidates], covered: list[str] | None) -> None:
-            """Diff the sets ``ready``, probe and number their rows, and hand them to the writer;
-            ``covered``: customers whose carried rows go (with the first write, before any row of theirs lands)."""
+            """Diff the sets ``ready``, ask the probe about their new and resynced customers and queue them for
+            :func:`send`; ``covered``: customers whose carried rows go (with the first write, before any row of
+            theirs lands)."""
             sets: list[_Candidates | None] = [*ready] or [None]  # none ready: the covered rows still go
             for cands in sets:
                 changes, refresh = _diff_chunk(run_id, cands, settings, plan, acc) if cands is not None else ([], [])
@@ -909,24 +928,21 @@ def build_plan(
                 clock.lap("diff")
                 if carried and export_path is None:  # staging: the changed customers' carried rows go
                     covered = [r[_CUSTOMER_ID] for r in changes]
-                if probe is not None:
-                    queue.extend(changes)
-                    changes = []
-                    blocks = []
+                fresh: list[list[list[Any]]] = []
+                answers: list[Future[set[str] | None]] = []
+                if probe is not None:  # whole calls only: the rest waits in ``queue`` for the next set's rows
+                    queue.extend(r for r in changes if r[_FRESH])
+                    changes = [r for r in changes if not r[_FRESH]]
                     while len(queue) >= PROBE_CHUNK:
-                        blocks.append(queue[:PROBE_CHUNK])
-                        del queue[:PROBE_CHUNK]
-                    _check_blocks([[r for r in b if r[_FRESH]] for b in blocks], probe, plan, pool)
-                    changes.extend(r for b in blocks for r in b)
-                    del blocks
-                    clock.lap("probe")
-                numbering.number(changes)
-                if changes or covered or refresh:
-                    # waits for the write before ("store": the time waited); a dry run changes no fingerprint
-                    writer.write(changes, covered, [] if dry_run else refresh)
-                del changes, refresh
+                        block, queue[:PROBE_CHUNK] = queue[:PROBE_CHUNK], []
+                        changes.extend(block)
+                        fresh.append(block)
+                        answers.append(pool.submit(_ask, block, probe))
+                outbox.append((changes, fresh, answers, covered, refresh))
+                del changes, refresh, fresh, answers
                 covered = None
-                clock.lap("store")
+                while len(outbox) > (1 if probe is not None else 0):
+                    send()
 
         compared_chunks = _compare_ahead(engine, chunks, settings, bool(plan.known))
         for raw, changed_names, compared in compared_chunks:
@@ -939,9 +955,11 @@ def build_plan(
             del candidates, covered
         if buffer:
             diff_and_write([buffer.take()], None)
+        while outbox:
+            send()
         if queue:
             assert probe is not None
-            _check([r for r in queue if r[_FRESH]], probe, plan)
+            _check(queue, probe, plan)
             numbering.number(queue)
             clock.lap("probe")
             writer.write(queue)
