@@ -355,6 +355,13 @@ SAFEGUARDS = (
         ("tests/unit/test_sync_stream.py::test_first_sync_of_many_chunks_holds_one_chunk_and_plans_exactly",),
     ),
     Safeguard(
+        "a chunk's carried customers are found by their hashes and their carried rows deleted before new rows land",
+        "sync/plan.py",
+        "            carried = [c for c, h in zip(replacing_carried, hit.tolist(), strict=True) if h]\n",
+        "            carried = []\n",
+        ("tests/dags/test_user_sync.py::test_unknown_customer_receives_the_attributes_after_registering",),
+    ),
+    Safeguard(
         "a carried change sends only the parts it had (an empty set or unset part stays without a batch)",
         "sync/plan.py",
         'text.in_([empty, "null"])',

@@ -631,21 +631,46 @@ def _delete_changes(engine: Engine, run_id: int) -> None:
         conn.execute(sa.delete(SyncChange).where(SyncChange.sync_run_id == run_id))
 
 
-class _ChangeWriter:
-    """Writes each chunk's change rows, and deletes the rows carried over for its customers, in one transaction a
-    chunk, in a thread of its own while the caller diffs the next chunk.
+def _customer_hashes(ids: list[str]) -> np.ndarray:
+    """A 64-bit hash of each customer id."""
+    return pd.util.hash_array(np.asarray(ids, dtype=object), categorize=False)
 
-    One write at a time (:meth:`write` first waits for the one before), so besides the chunk being diffed at most
-    one chunk's rows are held. On SQLite the insert is one statement that runs without the interpreter lock: the
-    write and the next chunk's diff use both cores. A write's error is raised by the next :meth:`write` or
-    :meth:`wait`.
+
+class _ChangeWriter:
+    """Carries the last run's not-found changes over, then writes each set's change rows and deletes the rows
+    carried over for the customers read meanwhile, in one transaction a write, in a thread of its own while the
+    caller reads and diffs.
+
+    A write of rows first waits for the writes before it, so besides the set being diffed at most one set's rows
+    are held; a write without rows (a chunk's customers whose carried rows go, new fingerprints) is queued without
+    waiting. On SQLite an insert is one statement that runs without the interpreter lock: the write and the next
+    chunk's diff use both cores. A write's error is raised by the next :meth:`write` of rows or :meth:`wait`.
     """
 
     def __init__(self, engine: Engine, run_id: int) -> None:
         self._engine, self._run_id = engine, run_id
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="plan-writer")
-        self._pending: Future[int] | None = None
+        self._pending: list[Future[int]] = []
+        self._carried_hashes = np.zeros(0, dtype=np.uint64)
+        self.carried = 0  # rows carried over (:meth:`carry_over`)
         self.carried_deleted = 0
+
+    def carry_over(self) -> None:
+        """Carry the last run's not-found changes over (:func:`_carry_over`) as the first write, while the caller
+        reads and compares the first chunk."""
+        self._pending.append(self._thread.submit(self._carry_over))
+
+    def _carry_over(self) -> int:
+        self.carried = _carry_over(self._engine, self._run_id)
+        if self.carried:  # 8 bytes a carried customer: a chunk's customers are looked up only where one may be
+            with self._engine.connect() as conn:
+                ids = conn.execute(
+                    sa.select(SyncChange.customer_id).where(
+                        SyncChange.sync_run_id == self._run_id, SyncChange.reason == CARRIED
+                    )
+                ).scalars()
+                self._carried_hashes = np.unique(_customer_hashes(list(ids)))
+        return 0
 
     def write(
         self,
@@ -653,33 +678,43 @@ class _ChangeWriter:
         replacing_carried: list[str] | None = None,
         fingerprints: list[tuple[str, str]] | None = None,
     ) -> None:
-        """Write ``rows`` (after the write before has finished); ``replacing_carried``: delete those customers'
+        """Write ``rows`` (after the writes before have finished); ``replacing_carried``: delete those customers'
         carried rows in the same transaction; ``fingerprints``: store those new snapshot fingerprints in it
         (:func:`_refresh_raw`)."""
-        self.wait()
-        self._pending = self._thread.submit(self._write, rows, replacing_carried, fingerprints)
+        if rows:
+            self.wait()
+        self._pending.append(self._thread.submit(self._write, rows, replacing_carried, fingerprints))
 
     def _write(
         self, rows: list[list[Any]], replacing_carried: list[str] | None, fingerprints: list[tuple[str, str]] | None
     ) -> int:
+        carried = []
+        if replacing_carried and self.carried:
+            hit = np.isin(_customer_hashes(replacing_carried), self._carried_hashes)
+            carried = [c for c, h in zip(replacing_carried, hit.tolist(), strict=True) if h]
+        if not (rows or carried or fingerprints):
+            return 0
         with self._engine.begin() as conn:
-            deleted = _delete_carried(conn, self._run_id, replacing_carried) if replacing_carried else 0
+            deleted = _delete_carried(conn, self._run_id, carried)
             _insert_changes(conn, rows)
             _refresh_raw(conn, fingerprints or [])
         return deleted
 
     def wait(self) -> None:
-        """Wait for the write in progress; raise its error."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            self.carried_deleted += pending.result()
+        """Wait for the writes queued; raise the first one's error."""
+        pending, self._pending = self._pending, []
+        for i, future in enumerate(pending):
+            try:
+                self.carried_deleted += future.result()
+            except BaseException:
+                wait_for(pending[i + 1 :])
+                raise
 
     def close(self) -> None:
-        """Wait for the write in progress (without raising: the caller is failing already, or has waited) and stop
-        the thread."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            wait_for([pending])
+        """Wait for the writes queued (without raising: the caller is failing already, or has waited) and stop the
+        thread."""
+        pending, self._pending = self._pending, []
+        wait_for(pending)
         self._thread.shutdown()
 
 
@@ -889,7 +924,7 @@ def build_plan(
     writer = _ChangeWriter(engine, run_id)
     compared_chunks: Iterator[tuple[pd.DataFrame, dict[str, list[str]], _Compared]] | None = None
     try:
-        carried = _carry_over(engine, run_id)
+        writer.carry_over()
         rows = export_chunk_rows(settings)
         chunks: Iterable[tuple[pd.DataFrame, dict[str, list[str]]]]
         if export_path is not None:
@@ -926,7 +961,7 @@ def build_plan(
                 changes, refresh = _diff_chunk(run_id, cands, settings, plan, acc) if cands is not None else ([], [])
                 del cands
                 clock.lap("diff")
-                if carried and export_path is None:  # staging: the changed customers' carried rows go
+                if export_path is None:  # staging: the changed customers' carried rows go (if any was carried)
                     covered = [r[_CUSTOMER_ID] for r in changes]
                 fresh: list[list[list[Any]]] = []
                 answers: list[Future[set[str] | None]] = []
@@ -949,7 +984,7 @@ def build_plan(
             clock.lap("read")
             candidates = _select(raw, changed_names, compared, resync, plan)
             # a full refresh: the chunk's customers replace what was carried for them (the export is the truth)
-            covered = compared.ids if carried and export_path is not None else None
+            covered = compared.ids if export_path is not None else None
             del raw, changed_names, compared
             diff_and_write(buffer.add(candidates), covered)
             del candidates, covered
@@ -966,7 +1001,7 @@ def build_plan(
             del queue
         writer.wait()
         clock.lap("store")
-        carried -= writer.carried_deleted
+        carried = writer.carried - writer.carried_deleted
         plan.guard = guard_check(acc.data_changed, plan.known, max_change_ratio)
         plan.carried_over = carried
         netmera_of = {a.optimove: a.netmera for a in settings.attributes}
