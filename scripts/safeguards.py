@@ -362,6 +362,13 @@ SAFEGUARDS = (
         ("tests/dags/test_user_sync.py::test_unknown_customer_receives_the_attributes_after_registering",),
     ),
     Safeguard(
+        "the export's duplicate check strips the ids it hashes (a padded id is the same customer)",
+        "sync/extract.py",
+        "            stripped = pc.utf8_trim_whitespace(column.cast(pa.large_string()))\n",
+        "            stripped = column.cast(pa.large_string())\n",
+        ("tests/unit/test_sync_stream.py::test_first_sync_of_many_chunks_holds_one_chunk_and_plans_exactly",),
+    ),
+    Safeguard(
         "a carried change sends only the parts it had (an empty set or unset part stays without a batch)",
         "sync/plan.py",
         'text.in_([empty, "null"])',

@@ -108,6 +108,7 @@ def test_first_sync_of_many_chunks_holds_one_chunk_and_plans_exactly(
     frame = customers(s, n)
     dup = frame.iloc[[5]].copy()  # C0000005 again at the very end (another chunk), with a later first name
     dup["FirstName"] = "Later"
+    dup["CustomerID"] = " C0000005\t"  # the same customer: ids are stripped
     path = tmp_path / "customers.parquet"
     pd.concat([frame, dup], ignore_index=True).to_parquet(path)
     migrate(db_url)

@@ -264,7 +264,7 @@ def _ids(column: pa.ChunkedArray) -> pd.Series:
 def _id_hashes(file: Path, id_col: str, rows: int) -> Iterator[np.ndarray]:
     """A 64-bit hash of each row's customer id (stripped as :func:`_ids` strips it), chunk by chunk.
 
-    Text ids are stripped and hashed in Arrow, as bytes (no Python string is made: 3x faster); ids of another type
+    Text ids are stripped and hashed in Arrow, as bytes (no Python string is made); ids of another type
     are hashed as :func:`_ids` renders them."""
     for table in _arrow_chunks(file, [id_col], rows):
         column = table.column(0)
