@@ -350,7 +350,7 @@ SAFEGUARDS = (
     Safeguard(
         "a set's rows are written only once the probe answered for them (the calls overlap the next set's diff)",
         "sync/plan.py",
-        "                _mark(rows, answer.result(), plan)\n",
+        "                _mark(block, answer.result(), plan)\n",
         "                pass\n",
         ("tests/unit/test_sync_stream.py::test_first_sync_of_many_chunks_holds_one_chunk_and_plans_exactly",),
     ),

@@ -943,8 +943,8 @@ def build_plan(
             """The oldest set in ``outbox``: mark the customers its answers say are unknown, number its rows and
             hand them to the writer."""
             changes, fresh, answers, covered, refresh = outbox.popleft()
-            for rows, answer in zip(fresh, answers, strict=True):
-                _mark(rows, answer.result(), plan)
+            for block, answer in zip(fresh, answers, strict=True):
+                _mark(block, answer.result(), plan)
             clock.lap("probe")
             numbering.number(changes)
             if changes or covered or refresh:
