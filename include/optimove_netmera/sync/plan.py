@@ -20,9 +20,9 @@ compared with the snapshot rows of its own customers (one statement a chunk, in 
 before is diffed). The customers to coerce (raw values changed, new or resynced) are gathered across chunks into
 sets of up to half a chunk, since coercing a set costs a fixed overhead besides its rows; each set's change rows are
 written to ``sync_changes`` in one bulk insert, in a writer thread while the next chunk is read and diffed (at most
-one set's rows wait for their write). What follows the diff (guard, the carried rows' checks and numbers) runs in the
-database or over pages of ids, so no step holds more than two and a half chunks of customers, whatever the tenant's
-size.
+two sets' change rows wait: one for the probe's answers, one for its write). What follows the diff (guard, the
+carried rows' checks and numbers) runs in the database or over pages of ids, so no step holds more than two and a
+half chunks of customers, whatever the tenant's size.
 In order:
 
 1. the latest successful run's not-found changes are carried over (marked ``CARRIED``; a chunk's customers replace
