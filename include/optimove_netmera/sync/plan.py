@@ -678,9 +678,9 @@ class _ChangeWriter:
         replacing_carried: list[str] | None = None,
         fingerprints: list[tuple[str, str]] | None = None,
     ) -> None:
-        """Write ``rows`` (after the writes before have finished); ``replacing_carried``: delete those customers'
-        carried rows in the same transaction; ``fingerprints``: store those new snapshot fingerprints in it
-        (:func:`_refresh_raw`)."""
+        """Queue a write of ``rows`` (with rows, once the writes queued before it have finished);
+        ``replacing_carried``: delete those customers' carried rows in the same transaction; ``fingerprints``: store
+        those new snapshot fingerprints in it (:func:`_refresh_raw`)."""
         if rows:
             self.wait()
         self._pending.append(self._thread.submit(self._write, rows, replacing_carried, fingerprints))
