@@ -29,6 +29,7 @@ SEND_TESTS = "tests/campaigns/test_send_safeguards.py"
 CAMPAIGN_TESTS = "tests/campaigns/test_campaign_send.py"
 IN_FLIGHT_TESTS = "tests/campaigns/test_send_in_flight.py"
 RAW_TESTS = "tests/unit/test_sync_raw_fingerprint.py"
+SETTLE_TESTS = "tests/unit/test_sync_settle.py"
 
 
 @dataclass(frozen=True)
@@ -374,6 +375,34 @@ SAFEGUARDS = (
         'text.in_([empty, "null"])',
         "sa.false()",
         ("tests/unit/test_sync_carry.py::test_not_found_changes_are_carried_with_the_parts_they_had_to_send",),
+    ),
+    Safeguard(
+        "a pending change counts as delivered only when every part's batch is delivered",
+        "sync/load.py",
+        "        still_open = conn.execute(sa.select(sa.func.count()).select_from(union)).scalar_one()\n",
+        "        still_open = 0\n",
+        (f"{SETTLE_TESTS}::test_settle_advances_changes_whose_batches_are_all_delivered",),
+    ),
+    Safeguard(
+        "the verify step reads back only changes whose every part's batch is delivered",
+        "sync/load.py",
+        "        *(sa.or_(column.is_(None), column.in_(_batch_nos(run_id, kind, True))) for kind, column in _PARTS),\n",
+        "",
+        (f"{SETTLE_TESTS}::test_settle_advances_changes_whose_batches_are_all_delivered",),
+    ),
+    Safeguard(
+        "a customer's snapshot advances only once the batch of its other part is delivered too",
+        "sync/load.py",
+        "            advanced += _advance_snapshot(conn, run_id, _pending(True), column.in_(numbers), *other)\n",
+        "            advanced += _advance_snapshot(conn, run_id, _pending(True), column.in_(numbers))\n",
+        (f"{SETTLE_TESTS}::test_a_customer_advances_once_every_part_is_delivered",),
+    ),
+    Safeguard(
+        "the settle pass leaves a customer whose snapshot this or a later run advanced",
+        "sync/load.py",
+        "            ~sa.exists().where(*advanced),\n",
+        "",
+        (f"{SETTLE_TESTS}::test_settle_advances_changes_whose_batches_are_all_delivered",),
     ),
 )
 

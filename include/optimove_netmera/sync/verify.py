@@ -43,6 +43,7 @@ from optimove_netmera.store.models import (
     SyncRun,
     SyncRunStatus,
 )
+from optimove_netmera.sync.load import delivered_changes
 
 UNVERIFIED_HASH = "unverified"  # not a fingerprint: the next plan sees these customers as changed
 BACKUPS_PER_ATTRIBUTE = 3
@@ -114,11 +115,7 @@ def is_first_run(engine: Engine, run_id: int, fingerprint: str) -> bool:
 
 def _delivered_writes(run_id: int) -> tuple[Any, ...]:
     """This run's delivered changes that set at least one attribute."""
-    return (
-        SyncChange.sync_run_id == run_id,
-        SyncChange.status == ChangeStatus.DELIVERED.value,
-        sa.cast(SyncChange.set_attrs, sa.Text) != "{}",
-    )
+    return (*delivered_changes(run_id), sa.cast(SyncChange.set_attrs, sa.Text) != "{}")
 
 
 def select_sample(engine: Engine, run_id: int, size: int) -> tuple[list[Written], int]:
@@ -272,9 +269,13 @@ def reopen(engine: Engine, run_id: int, dropped: set[str]) -> int:
                 .where(CustomerSnapshot.sync_run_id == run_id, CustomerSnapshot.customer_id.in_(customers))
                 .values(attr_hash=UNVERIFIED_HASH)
             )
-            conn.execute(
+            conn.execute(  # rows an earlier version marked delivered; the others follow their batch
                 sa.update(SyncChange)
-                .where(SyncChange.sync_run_id == run_id, SyncChange.set_batch_no.in_(part))
+                .where(
+                    SyncChange.sync_run_id == run_id,
+                    SyncChange.set_batch_no.in_(part),
+                    SyncChange.status == ChangeStatus.DELIVERED.value,
+                )
                 .values(status=ChangeStatus.PENDING.value)
             )
     return len(nos)
@@ -282,9 +283,7 @@ def reopen(engine: Engine, run_id: int, dropped: set[str]) -> int:
 
 def _written_with_batches(engine: Engine, run_id: int) -> Any:
     q = sa.select(SyncChange.set_batch_no, SyncChange.set_attrs).where(
-        SyncChange.sync_run_id == run_id,
-        SyncChange.status == ChangeStatus.DELIVERED.value,
-        SyncChange.set_batch_no.is_not(None),
+        *delivered_changes(run_id), SyncChange.set_batch_no.is_not(None)
     )
     with engine.connect() as conn:
         for part in conn.execution_options(yield_per=10_000).execute(q).partitions():

@@ -27,6 +27,7 @@ from optimove_netmera.store.models import (
     SyncChange,
     SyncRun,
 )
+from optimove_netmera.sync.load import change_counts
 
 __all__ = [
     "SYNC_REF_PREFIX",
@@ -75,16 +76,16 @@ def sync_overview(engine: Engine, limit: int = 14) -> dict[str, Any]:
         skipped: dict[int, dict[str, int]] = defaultdict(dict)
         dead: dict[int, int] = {}
         if ids:
+            for run_id in ids:  # a pending change whose batches were all delivered counts as delivered
+                changes[run_id] = change_counts(conn, run_id)
             rows = conn.execute(
-                sa.select(SyncChange.sync_run_id, SyncChange.status, SyncChange.reason, sa.func.count())
-                .where(SyncChange.sync_run_id.in_(ids))
-                .group_by(SyncChange.sync_run_id, SyncChange.status, SyncChange.reason)
+                sa.select(SyncChange.sync_run_id, SyncChange.reason, sa.func.count())
+                .where(SyncChange.sync_run_id.in_(ids), SyncChange.status == ChangeStatus.SKIPPED.value)
+                .group_by(SyncChange.sync_run_id, SyncChange.reason)
             ).all()
-            for run_id, status, reason, n in rows:
-                changes[run_id][status] = changes[run_id].get(status, 0) + int(n)
-                if status == ChangeStatus.SKIPPED.value:
-                    key = reason or NO_REASON
-                    skipped[run_id][key] = skipped[run_id].get(key, 0) + int(n)
+            for run_id, reason, n in rows:
+                key = reason or NO_REASON
+                skipped[run_id][key] = skipped[run_id].get(key, 0) + int(n)
             refs = {f"{SYNC_REF_PREFIX}{i}": i for i in ids}
             stmt = sa.select(DeadLetter.ref, sa.func.count()).where(DeadLetter.ref.in_(list(refs)))
             for ref, n in conn.execute(stmt.group_by(DeadLetter.ref)).all():
