@@ -171,10 +171,14 @@ class SyncRunStatus(StrEnum):
 
 
 class ChangeStatus(StrEnum):
-    """Per-customer outcome of a planned change."""
+    """Per-customer outcome of a planned change.
 
-    PENDING = "pending"
-    DELIVERED = "delivered"
+    A delivered change keeps ``pending``: its batches' status records the delivery, and a pending change whose every
+    part's batch is delivered counts as delivered (``sync.load.change_counts``); the row is not rewritten.
+    """
+
+    PENDING = "pending"  # planned; delivered once every batch holding its parts is
+    DELIVERED = "delivered"  # stored by versions that rewrote each delivered row; still counted as delivered
     NOT_FOUND = "not_found"  # extId unknown to Netmera: counted, retried by a later run
     FAILED = "failed"
     DEAD = "dead"  # written to dead_letters
