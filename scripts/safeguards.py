@@ -404,6 +404,15 @@ SAFEGUARDS = (
         "",
         (f"{SETTLE_TESTS}::test_settle_advances_changes_whose_batches_are_all_delivered",),
     ),
+    Safeguard(
+        "an encoded profile batch over Netmera's cap is refused before any request",
+        "netmera/client.py",
+        "        if count > self.max_batch:\n",
+        "        if False:\n",
+        (
+            "tests/clients/test_netmera_client.py::test_an_encoded_batch_is_sent_as_it_is_and_checked_only_for_its_count",
+        ),
+    ),
 )
 
 

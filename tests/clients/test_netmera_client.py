@@ -6,6 +6,7 @@ too much, too little, or sent a request it should have refused fails here.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -110,6 +111,30 @@ def test_set_get_unset_profile_attributes(client: NetmeraClient, admin: Any) -> 
     assert client.unset_profile_attributes([ProfileUnset(users[0], ["age"])]) == 1
     assert admin.profile(users[0])["profile"] == {"name": "Ann"}
     assert counts(admin, "POST /rest/3.0/unsetProfileAttributes") == {"200": 1}
+
+
+def test_an_encoded_batch_is_sent_as_it_is_and_checked_only_for_its_count(client: NetmeraClient, admin: Any) -> None:
+    """The sync's load sends each batch as the body the state DB built: it reaches Netmera byte for byte; more
+    entries than Netmera takes, another call or a body that is not an array is refused before any request."""
+    users = ids(2)
+    admin.add_users(users)
+    body = json.dumps([{"extId": users[0], "profile": {"name": "Ann", "age": 31}}, {"extId": users[1], "profile": {}}])
+    for call, size, bad, why in (
+        ("setProfileAttributes", 1001, body, "at most 1000"),
+        ("sendNotification", 2, body, "is not one of"),
+        ("setProfileAttributes", 2, '{"extId": "C0000001"}', "must be a JSON array"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            client.write_encoded_profiles(call, bad.encode(), size)
+    assert client.write_encoded_profiles("setProfileAttributes", b"[]", 0) == 0
+    assert client.stats.calls == 0
+
+    assert client.write_encoded_profiles("setProfileAttributes", body.encode(), 2) == 2
+    assert admin.profile(users[0])["profile"] == {"name": "Ann", "age": 31}
+    unset = json.dumps([{"extId": users[0], "profile": ["age"]}]).encode()
+    assert client.write_encoded_profiles("unsetProfileAttributes", unset, 1) == 1
+    assert admin.profile(users[0])["profile"] == {"name": "Ann"}
+    assert counts(admin, SET) == {"200": 1}
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), object()])

@@ -3,7 +3,7 @@ set and unset batches finished at the same moment."""
 
 from __future__ import annotations
 
-from typing import Any
+import json
 
 import pytest
 import sqlalchemy as sa
@@ -89,13 +89,13 @@ class _Netmera:
         self.down = True
         self.sent: list[tuple[str, list[str]]] = []
 
-    def set_profile_attributes(self, entries: list[dict[str, Any]]) -> None:
-        self.sent.append(("set", [e["extId"] for e in entries]))
-
-    def unset_profile_attributes(self, entries: list[dict[str, Any]]) -> None:
-        if self.down:
+    def write_encoded_profiles(self, call: str, body: bytes, count: int) -> int:
+        if self.down and call == "unsetProfileAttributes":
             raise ApiError("unset failed", service="netmera", status=503, ambiguous=True)
-        self.sent.append(("unset", [e["extId"] for e in entries]))
+        entries = json.loads(body)
+        assert len(entries) == count
+        self.sent.append((call.removesuffix("ProfileAttributes"), [e["extId"] for e in entries]))
+        return count
 
 
 def test_a_customer_advances_once_every_part_is_delivered(db_url: str) -> None:

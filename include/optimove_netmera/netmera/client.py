@@ -48,6 +48,7 @@ __all__ = ["API_PREFIX", "MAX_EXT_IDS", "ExistenceUnknown", "NetmeraClient"]
 
 API_PREFIX = "/rest/3.0"
 MAX_EXT_IDS = 1000
+PROFILE_WRITES = ("setProfileAttributes", "unsetProfileAttributes")
 UNKNOWN_EXT_ID_CODE = 5016
 
 
@@ -219,6 +220,26 @@ class NetmeraClient(BaseHttpClient):
         self._check_batch("unsetProfileAttributes", (e["extId"] for e in body))
         self._call("POST", "unsetProfileAttributes", json_body=body)
         return len(body)
+
+    def write_encoded_profiles(self, call: str, body: bytes, count: int) -> int:
+        """``setProfileAttributes`` or ``unsetProfileAttributes`` (``call``) with the whole request body already
+        encoded: a JSON array of ``count`` entries ``{"extId", "profile"}``, e.g. built by the state database from
+        the changes a sync stored, so not one entry passes through Python. The caller vouches for the entries'
+        form; the count is checked against ``max_batch`` and the body must be an array. Returns ``count`` (0: no
+        request)."""
+        if call not in PROFILE_WRITES:
+            raise ValueError(f"write_encoded_profiles: {call!r} is not one of {', '.join(PROFILE_WRITES)}")
+        if count > self.max_batch:
+            raise ValueError(
+                f"{call}: {count} entries in one request; Netmera accepts at most {self.max_batch}. "
+                "Split the batch (optimove_netmera.http.chunked)."
+            )
+        if not count:
+            return 0
+        if not body.lstrip().startswith(b"["):
+            raise ValueError(f"{call}: the encoded body must be a JSON array of entries")
+        self._call("POST", call, json_body=msgspec.Raw(body))
+        return count
 
     def get_profile_attributes(self, ext_id: str) -> ProfileAttributes | None:
         """``getProfileAttributes?extId=``: the user's current profile.

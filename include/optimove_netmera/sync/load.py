@@ -2,6 +2,7 @@
 
 Each batch (at most 1000 extIds) is one ``setProfileAttributes`` or ``unsetProfileAttributes`` request; a load
 task keeps ``sync.load_concurrency`` of them in flight and records their outcomes in bulk (:func:`load_batches`).
+Each request body is built by the state database from the JSON the plan stored and sent as it is.
 Its row in ``sync_batches`` goes pending -> in_flight -> delivered (or failed / dead), so a retried or cleared load task
 skips what was delivered and re-sends only what was not. Both calls are idempotent (the same values again), so
 re-sending a batch whose outcome was lost with its worker is safe.
@@ -23,7 +24,6 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
-import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -249,23 +249,26 @@ def _dead_letter(conn: Connection, run_id: int, batch: Any, changes: Sequence[An
     )
 
 
+# A batch's request body, built by the state database in one row: no entry passes through Python (fetching 1000
+# rows and encoding them held the interpreter lock, which the load's threads share). Ordered by extId.
+_BODY = {
+    "sqlite": "SELECT count(*), json_group_array(json_object('extId', ext_id, 'profile', json({part}))) FROM"
+    " (SELECT ext_id, {part} FROM sync_changes WHERE sync_run_id = :run AND {column} = :no ORDER BY ext_id)",
+    "postgresql": "SELECT count(*), coalesce(json_agg(json_build_object('extId', ext_id, 'profile', {part})"
+    " ORDER BY ext_id), '[]')::text FROM sync_changes WHERE sync_run_id = :run AND {column} = :no",
+}
+
+
 def _send(engine: Engine, run_id: int, batch: Any, client: NetmeraClient) -> None:
-    """One profile write: read the batch's entries (only this batch's rows are held) and send them, each part as
-    the JSON text the plan stored (never decoded and encoded again)."""
+    """One profile write: the batch's request body, built by the state database from the JSON text the plan
+    stored (:data:`_BODY`), sent as it is."""
     is_set = batch.kind == BatchKind.SET.value
-    column = SyncChange.set_batch_no if is_set else SyncChange.unset_batch_no
-    part = SyncChange.set_attrs if is_set else SyncChange.unset_attrs
+    part, column = ("set_attrs", "set_batch_no") if is_set else ("unset_attrs", "unset_batch_no")
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(SyncChange.ext_id, sa.cast(part, sa.Text))
-            .where(SyncChange.sync_run_id == run_id, column == batch.batch_no)
-            .order_by(SyncChange.ext_id)
-        ).all()
-    entries = [{"extId": ext_id, "profile": msgspec.Raw(text)} for ext_id, text in rows]
-    if batch.kind == BatchKind.SET.value:
-        client.set_profile_attributes(entries)
-    else:
-        client.unset_profile_attributes(entries)
+        sql = _BODY[conn.dialect.name].format(part=part, column=column)
+        count, body = conn.execute(sa.text(sql), {"run": run_id, "no": batch.batch_no}).one()
+    call = "setProfileAttributes" if is_set else "unsetProfileAttributes"
+    client.write_encoded_profiles(call, body.encode(), count)
 
 
 def load_batches(
