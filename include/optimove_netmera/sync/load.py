@@ -249,26 +249,31 @@ def _dead_letter(conn: Connection, run_id: int, batch: Any, changes: Sequence[An
     )
 
 
-# A batch's request body, built by the state database in one row: no entry passes through Python (fetching 1000
-# rows and encoding them held the interpreter lock, which the load's threads share). Ordered by extId.
-_BODY = {
-    "sqlite": "SELECT count(*), json_group_array(json_object('extId', ext_id, 'profile', json({part}))) FROM"
-    " (SELECT ext_id, {part} FROM sync_changes WHERE sync_run_id = :run AND {column} = :no ORDER BY ext_id)",
-    "postgresql": "SELECT count(*), coalesce(json_agg(json_build_object('extId', ext_id, 'profile', {part})"
-    " ORDER BY ext_id), '[]')::text FROM sync_changes WHERE sync_run_id = :run AND {column} = :no",
-}
+def _body_sql(dialect: str, part: str, column: str) -> str:
+    """The query of a batch's request body, built by the state database in one row: no entry passes through
+    Python (fetching 1000 rows and encoding them held the interpreter lock, which the load's threads share). Each
+    entry is concatenated from the extId, quoted as JSON by the database, and the JSON text the plan stored for
+    the part (not parsed again), in extId order. Binds ``run`` and ``no`` (the batch number)."""
+    entry = "'{\"extId\":' || %s(ext_id) || ',\"profile\":' || %s || '}'"
+    where = f"sync_run_id = :run AND {column} = :no"
+    if dialect == "postgresql":
+        entries = f"string_agg({entry % ('to_json', part + '::text')}, ',' ORDER BY ext_id)"
+        return f"SELECT count(*), '[' || coalesce({entries}, '') || ']' FROM sync_changes WHERE {where}"
+    entries = f"group_concat({entry % ('json_quote', part)}, ',')"  # in the subquery's order (SQLite)
+    ordered = f"SELECT ext_id, {part} FROM sync_changes WHERE {where} ORDER BY ext_id"
+    return f"SELECT count(*), CAST('[' || coalesce({entries}, '') || ']' AS BLOB) FROM ({ordered})"
 
 
 def _send(engine: Engine, run_id: int, batch: Any, client: NetmeraClient) -> None:
     """One profile write: the batch's request body, built by the state database from the JSON text the plan
-    stored (:data:`_BODY`), sent as it is."""
+    stored (:func:`_body_sql`), sent as it is."""
     is_set = batch.kind == BatchKind.SET.value
     part, column = ("set_attrs", "set_batch_no") if is_set else ("unset_attrs", "unset_batch_no")
     with engine.connect() as conn:
-        sql = _BODY[conn.dialect.name].format(part=part, column=column)
+        sql = _body_sql(conn.dialect.name, part, column)
         count, body = conn.execute(sa.text(sql), {"run": run_id, "no": batch.batch_no}).one()
     call = "setProfileAttributes" if is_set else "unsetProfileAttributes"
-    client.write_encoded_profiles(call, body.encode(), count)
+    client.write_encoded_profiles(call, body if isinstance(body, bytes) else body.encode(), count)
 
 
 def load_batches(
