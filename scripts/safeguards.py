@@ -190,7 +190,7 @@ SAFEGUARDS = (
     Safeguard(
         "a bulk insert into SQLite with a NUL goes row by row (json_each would cut the text at the NUL)",
         "store/queries.py",
-        '    if b"\\\\u0000" in document:',
+        '    if b"\\\\u0000" in args[0]:',
         "    if False:",
         ("tests/campaigns/test_ledger_insert.py::test_a_nul_is_stored_whole_on_sqlite",),
     ),
@@ -412,6 +412,13 @@ SAFEGUARDS = (
         (
             "tests/clients/test_netmera_client.py::test_an_encoded_batch_is_sent_as_it_is_and_checked_only_for_its_count",
         ),
+    ),
+    Safeguard(
+        "a bulk insert's long texts are cut out of the side blob by their byte length, not their character count",
+        "store/queries.py",
+        "                size = len(text) if text.isascii() else len(text.encode())  # bytes; isascii() is O(1)\n",
+        "                size = len(text)\n",
+        ("tests/store/test_store.py::test_sqlite_bulk_insert_carries_long_texts_beside_the_array",),
     ),
 )
 

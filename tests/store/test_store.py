@@ -61,6 +61,7 @@ from optimove_netmera.store import (
     migrate,
     redact_url,
     session_scope,
+    sqlite_bulk_insert,
     transition,
     transition_returning,
     upsert,
@@ -1080,3 +1081,25 @@ def test_held_events_need_0002_and_downgrade_to_ignored(db_url: str) -> None:
         assert (
             conn.scalar(sa.select(Event.__table__.c.status).where(Event.__table__.c.dedup_key == "k-held")) == "ignored"
         )
+
+
+@pytest.mark.parametrize("nul", [False, True], ids=["plain", "a-nul-in-a-text"])
+def test_sqlite_bulk_insert_carries_long_texts_beside_the_array(tmp_path: Path, nul: bool) -> None:
+    """Texts cut out of the side blob by byte offset arrive whole, whatever their alphabet; None stays NULL and
+    an empty text stays empty; a text holding a NUL arrives whole too."""
+    engine = create_state_engine(f"sqlite:///{tmp_path / 'bulk.db'}")
+    migrate(engine.url)
+    texts = ['{"name":"Ann"}', "", '{"name":"Çağla 李 🚀","note":"x"}', '["a","b"]', None, "plain ascii " * 100]
+    if nul:
+        texts[3] = "a\x00b"
+    columns = ("dedup_key", "event_type_id", "raw_payload", "promo_code")
+    rows = [[f"k{i}", i, text, texts[-1 - i]] for i, text in enumerate(texts)]
+    with engine.begin() as conn:
+        sqlite_bulk_insert(conn, "events", columns, rows, texts=("raw_payload", "promo_code"))
+        stored = conn.exec_driver_sql(
+            "SELECT dedup_key, event_type_id, raw_payload, promo_code, typeof(raw_payload) FROM events"
+            " ORDER BY event_type_id"
+        ).all()
+    assert [tuple(r[:4]) for r in stored] == [tuple(r) for r in rows]
+    assert [r[4] for r in stored] == ["null" if t is None else "text" for t in texts]
+    engine.dispose()

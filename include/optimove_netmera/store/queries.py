@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -165,25 +165,61 @@ def insert_if_absent(
 
 
 def sqlite_bulk_insert(
-    conn: sa.Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], conflict: str = ""
+    conn: sa.Connection,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    conflict: str = "",
+    texts: Collection[str] = (),
 ) -> None:
     """Insert ``rows`` (values in ``columns`` order, as SQLite stores them: text, integers, None) into ``table``.
 
     The rows go to SQLite as one JSON array read by one ``INSERT ... SELECT ... FROM json_each(?)`` (``conflict``:
     an ``ON CONFLICT`` clause). That statement runs without the interpreter lock, so other threads go on meanwhile;
-    a driver executemany takes the lock back after every row, and waits for it behind any busy thread. A text
-    holding a NUL, which ``json_each`` would cut short, sends the rows through executemany instead.
+    a driver executemany takes the lock back after every row, and waits for it behind any busy thread. A text in
+    the array holding a NUL, which ``json_each`` would cut short, sends the rows through executemany instead.
+
+    ``texts`` names columns of long strings (or None), e.g. JSON documents: they travel beside the array, their
+    UTF-8 bytes joined in one blob and each cut out by its offset. SQLite parses a row's element again for every
+    column it reads from it, so a 1 KB text inside the array cost each of the row's columns a 1 KB parse.
     """
     if not rows:
         return
     head = f"INSERT INTO {table} ({', '.join(columns)}) "
-    document = msgspec.json.encode(rows)
-    if b"\\u0000" in document:  # a NUL somewhere (or a backslash before "u0000"): row by row
+    cut = [i for i, c in enumerate(columns) if c in texts]
+    keep = [i for i in range(len(columns)) if i not in cut]
+    args: tuple[bytes, ...]
+    if cut:
+        pieces: list[str] = []
+        small: list[list[Any]] = []
+        at = 1  # SQLite's substr counts from 1
+        for row in rows:
+            out = [row[i] for i in keep]
+            for i in cut:
+                text = row[i]
+                if text is None:
+                    out += (None, None)
+                    continue
+                size = len(text) if text.isascii() else len(text.encode())  # bytes; isascii() is O(1)
+                out += (at, size)
+                pieces.append(text)
+                at += size
+            small.append(out)
+        args = (msgspec.json.encode(small), "".join(pieces).encode())  # a NUL in a text is cut out whole
+    else:
+        args = (msgspec.json.encode(rows),)
+    if b"\\u0000" in args[0]:  # a NUL in the array (or a backslash before "u0000"): row by row
         conn.exec_driver_sql(f"{head}VALUES ({', '.join('?' * len(columns))}) {conflict}", [tuple(r) for r in rows])
         return
-    values = ", ".join(f"value ->> {i}" for i in range(len(columns)))
+    values = []
+    for i in range(len(columns)):
+        if i in cut:
+            k = len(keep) + 2 * cut.index(i)
+            values.append(f"CAST(substr(?2, value ->> {k}, value ->> {k + 1}) AS TEXT)")
+        else:
+            values.append(f"value ->> {keep.index(i)}")
     # "WHERE true": SQLite's parser needs it between a SELECT ... FROM and an ON CONFLICT clause
-    conn.exec_driver_sql(f"{head}SELECT {values} FROM json_each(?) WHERE true {conflict}", (document,))
+    conn.exec_driver_sql(f"{head}SELECT {', '.join(values)} FROM json_each(?1) WHERE true {conflict}", args)
 
 
 def _statuses(value: str | Iterable[str]) -> list[str]:
