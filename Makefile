@@ -49,6 +49,7 @@ format: install
 bench: install ## benchmarks (not part of `make test`); figures and the machine are printed
 	$(BIN)/python tests/perf/bench_clients.py
 	$(BIN)/python tests/perf/bench_sync.py
+	$(BIN)/python tests/perf/bench_load.py
 	$(BIN)/python tests/perf/bench_campaign.py
 	$(BIN)/python tests/perf/bench_events.py
 
