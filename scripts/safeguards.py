@@ -386,8 +386,9 @@ SAFEGUARDS = (
     Safeguard(
         "the verify step reads back only changes whose every part's batch is delivered",
         "sync/load.py",
-        "        *(sa.or_(column.is_(None), column.in_(_batch_nos(run_id, kind, True))) for kind, column in _PARTS),\n",
-        "",
+        "        SyncChange.status == ChangeStatus.PENDING.value,\n"
+        "        *(_part_delivered(run_id, kind, column) for kind, column in _PARTS),\n",
+        "        SyncChange.status == ChangeStatus.PENDING.value,\n",
         (f"{SETTLE_TESTS}::test_settle_advances_changes_whose_batches_are_all_delivered",),
     ),
     Safeguard(
