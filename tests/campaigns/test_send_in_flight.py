@@ -11,6 +11,7 @@ released by the test once a condition holds (generous deadlines, no timing asser
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -80,16 +81,16 @@ class HoldingNetmera(NetmeraClient):
         self.held_ext_ids: set[str] = set()
         self.workers_ended = 0
 
-    def send_notification(self, bodies: Any, **kwargs: Any) -> Any:
+    def send_encoded_notifications(self, body: bytes, count: int, **kwargs: Any) -> Any:
         with self.lock:
             self.started += 1
             n = self.started
             self.started_after_cancel += self.cancelled
             if n <= self.hold:
-                self.held_ext_ids.update(b["target"]["extId"] for b in bodies)
+                self.held_ext_ids.update(b["target"]["extId"] for b in json.loads(body))
         if n <= self.hold:
             assert self.go.wait(DEADLINE), "the test never released the held requests"
-        result = super().send_notification(bodies, **kwargs)
+        result = super().send_encoded_notifications(body, count, **kwargs)
         if n <= self.hold:
             assert self.finish.wait(DEADLINE), "the test never let the held requests finish"
         return result

@@ -75,12 +75,12 @@ class RecordingNetmera(NetmeraClient):
         self.started_after_cancel = 0
         self.cancelled = False
 
-    def send_notification(self, *args: Any, **kwargs: Any) -> Any:
+    def send_encoded_notifications(self, *args: Any, **kwargs: Any) -> Any:
         self.started += 1
         if self.cancelled:
             self.started_after_cancel += 1
         try:
-            return super().send_notification(*args, **kwargs)
+            return super().send_encoded_notifications(*args, **kwargs)
         finally:
             self.after_request(self.started)
 
@@ -281,6 +281,11 @@ def test_netmera_400_dead_letters_and_fails_the_chunk_without_retry(
         letters = conn.execute(sa.select(DeadLetter)).all()
     assert len(letters) == len(refused)
     assert "5003" in json.dumps([str(r._mapping) for r in letters])
+    # each letter holds the request object that was refused, as Optimove's data calls for it (replayable)
+    assert {r.customer_id: r.payload for r in letters} == {
+        c: {"notificationKey": "999", "target": {"extId": c}, "message": {"params": expected["sendable"][c][1]}}
+        for c in refused
+    }
     report = xcom(dr, "report")
     assert report["statuses"].get("unknown", 0) == 0 and report["statuses"].get("pending", 0) == 0
     assert report["statuses"]["failed"] == len(refused)

@@ -209,6 +209,36 @@ def test_send_notification_array_body_with_params(client: NetmeraClient, admin: 
     assert sorted((r["extId"], r["params"]["name"]) for r in rows) == [(e, f"N{i}") for i, e in enumerate(users)]
 
 
+def test_an_encoded_send_is_sent_as_it_is_and_checked_only_for_its_count(client: NetmeraClient, admin: Any) -> None:
+    """The campaign send posts each chunk's body as the state DB built it: it reaches Netmera whole (params
+    included); more objects than Netmera takes or a body that is not an array is refused before any request, and a
+    body the sandbox finds wrong (an integer key) is refused by it, not let through."""
+    users = ids(2, start=20)
+    admin.add_users(users)
+    body = json.dumps(
+        [
+            {"notificationKey": "102", "target": {"extId": users[0]}, "message": {"params": {"name": "Zoë 😀"}}},
+            {"notificationKey": "102", "target": {"extId": users[1]}},
+        ]
+    ).encode()
+    with pytest.raises(ValueError, match="at most 1000"):
+        client.send_encoded_notifications(body, 1001)
+    with pytest.raises(ValueError, match="must be a JSON array"):
+        client.send_encoded_notifications(b' {"notificationKey": "102"}', 1)
+    assert client.send_encoded_notifications(b"[]", 0) == 0
+    assert client.stats.calls == 0
+
+    assert client.send_encoded_notifications(body, 2) == 2
+    assert counts(admin, SEND) == {"200": 1}
+    rows = admin.deliveries(notification_key="102")["deliveries"]
+    assert sorted((r["extId"], r["params"].get("name")) for r in rows) == [(users[0], "Zoë 😀"), (users[1], None)]
+    with pytest.raises(ClientError):
+        client.send_encoded_notifications(
+            json.dumps([{"notificationKey": 102, "target": {"extId": users[0]}}]).encode(), 1
+        )
+    assert counts(admin, SEND) == {"200": 1, "400": 1}
+
+
 def test_create_definition_returns_string_key_usable_for_send(client: NetmeraClient, admin: Any) -> None:
     key = client.create_notification_definition(
         {"title": "T", "message": "Hello", "personalizedMessage": "Hi @{name}", "platforms": ["IOS", "ANDROID"]}

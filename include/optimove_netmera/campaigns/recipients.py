@@ -11,8 +11,9 @@ One row per (campaign, channel, customer, template). Lifecycle::
 Staging is idempotent (``INSERT ... ON CONFLICT DO NOTHING`` on the ledger key), so a retried or cleared
 stage task never resets a row that was already sent. Chunk numbers are assigned once per row, under a lock
 on the campaign row, so every run of the same campaign sees the same chunks. A chunk is claimed with one
-conditional ``UPDATE ... WHERE status='pending' AND <campaign not cancelled> RETURNING``: two workers can
-never both get a row, and a cancel committed before the claim leaves nothing to claim.
+conditional ``UPDATE ... WHERE status='pending' AND <campaign not cancelled>`` that marks the rows with the
+claim's request id: two workers can never both get a row, and a cancel committed before the claim leaves nothing
+to claim. The request body is then built by the database from the rows marked (:class:`Claim`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import datetime as dt
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +48,6 @@ from optimove_netmera.store import (
     session_scope,
     sqlite_bulk_insert,
     transition,
-    transition_returning,
     upsert,
 )
 from optimove_netmera.store.engine import JSON_OPTIONS
@@ -55,6 +55,7 @@ from optimove_netmera.store.engine import JSON_OPTIONS
 __all__ = [
     "ORPHAN_REASON",
     "Batch",
+    "Claim",
     "claim_chunk",
     "dead_letter",
     "finish_request",
@@ -414,30 +415,70 @@ def release_unknown(engine: Engine, campaign_id: int, channel_id: int, chunks: I
         )
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What one claim won: ``count`` recipients and their ``sendNotification`` body, a JSON array already encoded
+    (one object per recipient, its own params), built by the state database from the claimed rows."""
+
+    count: int
+    body: bytes
+
+    def __len__(self) -> int:
+        return self.count
+
+
+# One request object per row the claim marked with its request id (a fresh one: no other row holds it), in id
+# order, as :func:`~optimove_netmera.campaigns.personalise.request_object` builds it ("message" only when the
+# params are not empty). The database quotes or embeds the stored texts; none becomes a Python object. SQLite:
+# the subquery's ORDER BY holds for the aggregate (a subquery with ORDER BY is never flattened into an aggregate).
+_SQLITE_BODY = sa.text(
+    "SELECT count(*), CAST('[' || coalesce(group_concat(obj, ','), '') || ']' AS BLOB) FROM ("
+    """SELECT '{"notificationKey":' || json_quote(notification_key) || ',"target":{"extId":' || json_quote(ext_id)"""
+    """ || '}' || CASE WHEN p = '{}' THEN '' ELSE ',"message":{"params":' || p || '}' END || '}' AS obj"""
+    " FROM (SELECT id, notification_key, ext_id, json(params) AS p FROM recipients"
+    " WHERE campaign_id = :cid AND channel_id = :ch AND chunk_no = :chunk AND request_id = :rid ORDER BY id))"
+)
+_POSTGRES_BODY = sa.text(
+    "SELECT count(*), '[' || coalesce(string_agg(CASE WHEN params = '{}'::jsonb"
+    " THEN json_build_object('notificationKey', notification_key, 'target', json_build_object('extId', ext_id))"
+    " ELSE json_build_object('notificationKey', notification_key, 'target', json_build_object('extId', ext_id),"
+    " 'message', json_build_object('params', params)) END::text, ',' ORDER BY id), '') || ']'"
+    " FROM recipients WHERE campaign_id = :cid AND channel_id = :ch AND chunk_no = :chunk AND request_id = :rid"
+)
+
+
 def claim_chunk(
     engine: Engine, campaign_id: int, channel_id: int, chunk_no: int, request_id: str, started_at: dt.datetime
-) -> list[Any]:
-    """pending -> in_flight for one chunk, unless the campaign is cancelled; the rows this caller won.
+) -> Claim:
+    """pending -> in_flight for one chunk, unless the campaign is cancelled; what this caller won (its count and
+    request body: see :class:`Claim`).
 
-    ``sent_at`` is set to the claim time here and to the request's start once it is sent. Returns rows
-    with ``id``, ``customer_id``, ``ext_id``, ``notification_key``, ``params``, ``template_id``.
+    ``request_id`` marks the rows won, so only this caller sends them. ``sent_at`` is set to the claim time here and
+    to the request's start once it is sent. The body is read after the claim commits (a read does not hold the
+    SQLite write lock the other workers' claims wait for); nothing but this caller moves its in-flight rows.
     """
     cid, ch = int(campaign_id), int(channel_id)
     not_cancelled = ~sa.exists().where(
         _C.c.campaign_id == cid, _C.c.channel_id == ch, _C.c.state == CampaignState.CANCELLED.value
     )
-    with session_scope(engine) as session:
-        return transition_returning(
-            session,
-            Recipient,
-            not_cancelled,
-            key={"campaign_id": cid, "channel_id": ch, "chunk_no": int(chunk_no)},
-            from_status=RecipientStatus.PENDING.value,
-            to_status=RecipientStatus.IN_FLIGHT.value,
-            values={"request_id": request_id, "sent_at": started_at, "reason": None},
-            increment_attempts=True,
-            returning=["id", "customer_id", "ext_id", "notification_key", "params", "template_id"],
-        )
+    with engine.connect() as conn:
+        with conn.begin():
+            won = transition(
+                conn,
+                Recipient,
+                not_cancelled,
+                key={"campaign_id": cid, "channel_id": ch, "chunk_no": int(chunk_no)},
+                from_status=RecipientStatus.PENDING.value,
+                to_status=RecipientStatus.IN_FLIGHT.value,
+                values={"request_id": request_id, "sent_at": started_at, "reason": None},
+                increment_attempts=True,
+            )
+        if not won:
+            return Claim(0, b"[]")
+        query = _SQLITE_BODY if conn.dialect.name == "sqlite" else _POSTGRES_BODY
+        with conn.begin():
+            count, body = conn.execute(query, {"cid": cid, "ch": ch, "chunk": int(chunk_no), "rid": request_id}).one()
+    return Claim(int(count), body if isinstance(body, bytes) else str(body).encode())
 
 
 def finish_request(
@@ -451,9 +492,9 @@ def finish_request(
     values: dict[str, Any] | None = None,
 ) -> int:
     """Move the rows of one request (in_flight, or unknown if a retry already gave up on it) to ``to_status``."""
-    with session_scope(engine) as session:
+    with engine.begin() as conn:
         return transition(
-            session,
+            conn,
             Recipient,
             _R.c.request_id == request_id,
             key={"campaign_id": int(campaign_id), "channel_id": int(channel_id), "chunk_no": int(chunk_no)},
@@ -463,17 +504,15 @@ def finish_request(
         )
 
 
-def dead_letter(
-    engine: Engine,
-    campaign_id: int,
-    channel_id: int,
-    rows: Sequence[Any],
-    bodies: Sequence[dict[str, Any]],
-    reason: str,
-) -> None:
-    """Keep what Netmera refused (a 4xx other than 5016) as replayable dead letters."""
+def dead_letter(engine: Engine, campaign_id: int, channel_id: int, request_id: str, reason: str) -> int:
+    """Keep what Netmera refused (a 4xx other than 5016) as replayable dead letters: each recipient of the request
+    ``request_id`` with the request object it was sent. Returns how many."""
     ref = f"{int(campaign_id)}:{int(channel_id)}"
+    columns = (_R.c.customer_id, _R.c.ext_id, _R.c.notification_key, _R.c.params)
     with session_scope(engine) as session:
+        rows = session.execute(
+            sa.select(*columns).where(*_mine(campaign_id, channel_id), _R.c.request_id == request_id).order_by(_R.c.id)
+        ).all()
         upsert(
             session,
             DeadLetter,
@@ -483,15 +522,16 @@ def dead_letter(
                     "ref": ref,
                     "customer_id": row.customer_id,
                     "ext_id": row.ext_id,
-                    "payload": body,
+                    "payload": personalise.request_object(row.notification_key, row.ext_id, row.params),
                     "reason": reason,
                     "attempts": 1,
                 }
-                for row, body in zip(rows, bodies, strict=True)
+                for row in rows
             ],
             conflict_columns=["kind", "ref", "customer_id"],
             update_columns=["payload", "reason", "attempts"],
         )
+    return len(rows)
 
 
 # --------------------------------------------------------------------------------------------------

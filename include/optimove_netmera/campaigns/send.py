@@ -11,7 +11,8 @@ Per chunk (at most ``campaigns.chunk_size`` recipients of one template and sched
    worker, puts the rows back, re-applies the cancel to them and starts over), which leaves a window of well
    under a millisecond between that read and the request going out (a few milliseconds with several requests in
    flight, while a worker waits for the interpreter lock);
-3. one ``sendNotification`` request with an array body (one object per recipient, its own params);
+3. one ``sendNotification`` request with an array body (one object per recipient, its own params), built by the
+   state database from the rows claimed (:class:`~optimove_netmera.campaigns.recipients.Claim`);
 4. in_flight -> ``sent``; Netmera 400 code 5016 (no target known) -> ``skipped``; the data refused (another
    400, 413, 422) -> ``failed`` plus a dead letter; a 5xx / timeout / dropped connection (the push may have gone
    out) -> ``unknown`` and the task fails (its retry carries on with the other chunks); a failure where the request
@@ -45,7 +46,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from optimove_netmera.campaigns import personalise, recipients
+from optimove_netmera.campaigns import recipients
 from optimove_netmera.campaigns.state import (
     CANCEL_ALL_REASON,
     CANCEL_REASON,
@@ -248,8 +249,8 @@ class _Run:
                 return False
             request_id = uuid.uuid4().hex
             started = dt.datetime.now(dt.UTC)
-            rows = recipients.claim_chunk(engine, cid, ch, chunk, request_id, started)
-            if not rows:
+            claim = recipients.claim_chunk(engine, cid, ch, chunk, request_id, started)
+            if not claim:
                 if cancel_status(engine, cid, ch).cancelled:
                     continue  # a cancel landed between the check and the claim
                 return True
@@ -259,7 +260,8 @@ class _Run:
                 # a cancel that another worker narrowed meanwhile: its listed customers must not go back to pending
                 recipients.reapply_cancel(engine, cid, ch)
                 continue
-            _send_one(engine, self.netmera, cid, ch, chunk, request_id, rows, self.out, self.lock)
+            _send_one(engine, self.netmera, cid, ch, chunk, request_id, claim, self.out, self.lock)
+            return True  # the claim took every pending row of the chunk: none is left for another look
 
     def _cancel_is_partial(self) -> bool:
         """The campaign reads cancelled: narrow it (once, whichever worker gets here first); True when the send
@@ -292,11 +294,10 @@ def _send_one(
     ch: int,
     chunk: int,
     request_id: str,
-    rows: Sequence[Any],
+    claim: recipients.Claim,
     out: SendOutcome,
     lock: threading.Lock,
 ) -> None:
-    bodies = [personalise.request_object(r.notification_key, r.ext_id, r.params) for r in rows]
     started = dt.datetime.now(dt.UTC)  # the request's start, recorded as the rows' sent_at
     with lock:
         out.requests += 1
@@ -304,11 +305,11 @@ def _send_one(
         out.last_request_at = max(out.last_request_at or started.isoformat(), started.isoformat())
     clock = time.monotonic()
     try:
-        netmera.send_notification(bodies)
+        netmera.send_encoded_notifications(claim.body, claim.count)
     except ApiError as exc:
         with lock:
             out.request_seconds += time.monotonic() - clock
-        _failed_request(engine, cid, ch, chunk, request_id, rows, bodies, exc, out, lock)
+        _failed_request(engine, cid, ch, chunk, request_id, exc, out, lock)
         return
     except ValueError as exc:  # refused before any request (e.g. too many extIds): nothing was sent
         recipients.finish_request(engine, cid, ch, chunk, request_id, RecipientStatus.PENDING.value)
@@ -329,8 +330,6 @@ def _failed_request(
     ch: int,
     chunk: int,
     request_id: str,
-    rows: Sequence[Any],
-    bodies: Sequence[dict[str, Any]],
     exc: ApiError,
     out: SendOutcome,
     lock: threading.Lock,
@@ -346,7 +345,7 @@ def _failed_request(
     reason = str(exc)
     if is_payload_rejection(exc):
         failed = recipients.finish_request(engine, cid, ch, chunk, request_id, RecipientStatus.FAILED.value, reason)
-        recipients.dead_letter(engine, cid, ch, rows, bodies, reason)
+        recipients.dead_letter(engine, cid, ch, request_id, reason)
         with lock:
             out.failed += failed
             out.errors.append(f"chunk {chunk}: {reason}")

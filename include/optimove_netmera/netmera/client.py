@@ -358,6 +358,25 @@ class NetmeraClient(BaseHttpClient):
         self._call("POST", "sendNotification", json_body=body[0] if single else body, idempotent=retry_ambiguous)
         return len(body)
 
+    def send_encoded_notifications(self, body: bytes, count: int, *, retry_ambiguous: bool = False) -> int:
+        """``sendNotification`` with the whole array body already encoded: ``count`` request objects, e.g. built by
+        the state database from a claimed chunk of the send ledger (see
+        :func:`~optimove_netmera.campaigns.recipients.claim_chunk`), so not one object passes through Python. The
+        caller vouches for the objects' form (a string ``notificationKey``, a non-empty ``target``); ``count`` is
+        checked against ``max_batch`` (it bounds the unique extIds) and the body must be an array. Returns ``count``
+        (0: no request). Retries as :meth:`send_notification`."""
+        if count > self.max_batch:
+            raise ValueError(
+                f"sendNotification: {count} request objects in one request; Netmera accepts at most "
+                f"{self.max_batch}. Split the batch (optimove_netmera.http.chunked)."
+            )
+        if not count:
+            return 0
+        if not body.lstrip().startswith(b"["):
+            raise ValueError("sendNotification: the encoded body must be a JSON array of request objects")
+        self._call("POST", "sendNotification", json_body=msgspec.Raw(body), idempotent=retry_ambiguous)
+        return count
+
     def create_notification_definition(self, body: Mapping[str, Any]) -> str:
         """``createNotificationDefinition``; returns the new notificationKey as a string."""
         path = f"{API_PREFIX}/createNotificationDefinition"
