@@ -75,17 +75,17 @@ SAFEGUARDS = (
     Safeguard(
         "the claim refuses a cancelled campaign",
         "campaigns/recipients.py",
-        "            not_cancelled,\n            key={",
-        "            sa.true(),\n            key={",
+        "                not_cancelled,\n                key={",
+        "                sa.true(),\n                key={",
         (f"{SEND_TESTS}::test_cancel_committed_between_the_check_and_the_claim",),
     ),
     Safeguard(
         "the claim moves only pending rows (two workers never send one chunk twice)",
         "campaigns/recipients.py",
-        "            from_status=RecipientStatus.PENDING.value,\n"
-        "            to_status=RecipientStatus.IN_FLIGHT.value,",
-        "            from_status=[RecipientStatus.PENDING.value, RecipientStatus.IN_FLIGHT.value, "
-        "RecipientStatus.SENT.value],\n            to_status=RecipientStatus.IN_FLIGHT.value,",
+        "                from_status=RecipientStatus.PENDING.value,\n"
+        "                to_status=RecipientStatus.IN_FLIGHT.value,",
+        "                from_status=[RecipientStatus.PENDING.value, RecipientStatus.IN_FLIGHT.value, "
+        "RecipientStatus.SENT.value],\n                to_status=RecipientStatus.IN_FLIGHT.value,",
         (f"{CAMPAIGN_TESTS}::test_two_workers_sending_the_same_chunks_never_double_send",),
     ),
     Safeguard(
@@ -408,10 +408,28 @@ SAFEGUARDS = (
     Safeguard(
         "an encoded profile batch over Netmera's cap is refused before any request",
         "netmera/client.py",
-        "        if count > self.max_batch:\n",
-        "        if False:\n",
+        '        if count > self.max_batch:\n            raise ValueError(\n                f"{call}: {count} entries',
+        '        if False:\n            raise ValueError(\n                f"{call}: {count} entries',
         (
             "tests/clients/test_netmera_client.py::test_an_encoded_batch_is_sent_as_it_is_and_checked_only_for_its_count",
+        ),
+    ),
+    Safeguard(
+        "an encoded send over Netmera's cap is refused before any request",
+        "netmera/client.py",
+        "        if count > self.max_batch:\n            raise ValueError(\n"
+        '                f"sendNotification: {count}',
+        '        if False:\n            raise ValueError(\n                f"sendNotification: {count}',
+        ("tests/clients/test_netmera_client.py::test_an_encoded_send_is_sent_as_it_is_and_checked_only_for_its_count",),
+    ),
+    Safeguard(
+        "a claim's request body holds only the rows this claim marked (not another request's in-flight rows)",
+        "campaigns/recipients.py",
+        '    " WHERE campaign_id = :cid AND channel_id = :ch AND chunk_no = :chunk AND request_id = :rid'
+        ' ORDER BY id))"',
+        '    " WHERE campaign_id = :cid AND channel_id = :ch AND chunk_no = :chunk ORDER BY id))"',
+        (
+            "tests/campaigns/test_claim_body.py::test_a_claim_s_body_holds_exactly_the_request_objects_of_the_rows_it_won",
         ),
     ),
     Safeguard(
