@@ -51,6 +51,7 @@ bench: install ## benchmarks (not part of `make test`); figures and the machine 
 	$(BIN)/python tests/perf/bench_sync.py
 	$(BIN)/python tests/perf/bench_load.py
 	$(BIN)/python tests/perf/bench_campaign.py
+	$(BIN)/python tests/perf/bench_send.py
 	$(BIN)/python tests/perf/bench_events.py
 
 mutation: install ## mutation testing of the safeguard modules (mutmut; not part of `make test`); prints the score
