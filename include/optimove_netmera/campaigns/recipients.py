@@ -162,9 +162,22 @@ _LEDGER_COLUMNS = (
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy's SQLite DateTime stores a value (UTC here)
 
 
+_NO_TIME = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+def _chunk_order(row: dict[str, Any]) -> tuple[bool, bool, dt.datetime, int]:
+    """A page's rows as its chunks will take them: the pending ones by scheduled time and template (stable)."""
+    when = row["scheduled_time"]
+    return row["status"] != RecipientStatus.PENDING.value, when is not None, when or _NO_TIME, row["template_id"]
+
+
 def _insert_ledger_rows(engine: Engine, campaign_id: int, channel_id: int, rows: list[dict[str, Any]]) -> None:
     """Insert a page's ledger rows of one campaign and channel, in one transaction; a row whose key exists is left
     as it is (``ON CONFLICT DO NOTHING``).
+
+    The rows go in in the order the chunks take them (:func:`_chunk_order`; a page holds each key once, so the
+    order decides nothing else): a chunk's rows then lie together in the table, and its claim and outcome rewrite
+    a few pages instead of every page of the page's rows (with two templates interleaved, half as many).
 
     On SQLite the values are converted here exactly as the column types would convert them (``UTCDateTime``, the
     JSON columns' encoder), and go in with :func:`~optimove_netmera.store.queries.sqlite_bulk_insert`: its one
@@ -174,6 +187,7 @@ def _insert_ledger_rows(engine: Engine, campaign_id: int, channel_id: int, rows:
     """
     if not rows:
         return
+    rows = sorted(rows, key=_chunk_order)
     if engine.dialect.name != "sqlite":
         keyed = [{"campaign_id": campaign_id, "channel_id": channel_id, **r} for r in rows]
         with session_scope(engine) as session:
