@@ -17,9 +17,7 @@ bookkeeping. Prints profiles/s, the ratio to each floor, the process's CPU secon
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from floor import bare_peer, peer_rate  # tests/perf/floor.py (the script's own folder is on sys.path)
-from machine import machine_line
+from floor import (  # tests/perf/floor.py (the script's own folder is on sys.path)
+    against_peers,
+    peer_rate,
+    step_arguments,
+)
 from optimove_netmera.netmera import NetmeraClient
-from optimove_netmera.sandbox.process import start_sandbox
 from optimove_netmera.settings import load_settings
 from optimove_netmera.store.engine import create_state_engine, migrate
 from optimove_netmera.store.models import SyncBatch, SyncRun
@@ -85,55 +85,20 @@ def floor_of(client: NetmeraClient, concurrency: int) -> float:
     return peer_rate(lambda: client.set_profile_attributes(batch), 200, concurrency)
 
 
-def measure(
-    label: str, url: str, key: str, state_db: Callable[[], str], customers: int, concurrency: int, bare: float
-) -> None:
-    """Deliver a fresh plan of ``customers`` to the peer at ``url`` and print the figures (``bare``: the bare
-    peer's floor; for the bare peer itself, also its own)."""
-    client = NetmeraClient(url, key, pool_size=max(8, concurrency))
-    floor = bare if label == "bare" else floor_of(client, concurrency)
-    engine, run_id, ids = seed(state_db(), customers)
-    started, cpu = time.monotonic(), time.process_time()
-    counts = load_batches(engine, run_id, ids, client, concurrency=concurrency)
-    wall, cpu = time.monotonic() - started, time.process_time() - cpu
-    engine.dispose()
-    if counts["delivered"] != customers:
-        raise SystemExit(f"{label}: delivered {counts['delivered']} of {customers}: {counts}")
-    rate = customers / wall
-    print(
-        f"{label:>8} {customers:>10,} {wall:>7.2f} {rate:>12,.0f} {floor:>11,.0f} {rate / floor:>9.0%}"
-        f" {rate / bare:>12.0%} {cpu / customers * 1e6:>13.1f}",
-        flush=True,
-    )
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--customers", type=int, default=300_000)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--state-db", help="a state DB URL (default: a fresh SQLite file per measurement)")
-    a = parser.parse_args()
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # each measurement migrates a fresh state DB
+    a = step_arguments(__doc__, "customers", 300_000)
     concurrency = load_settings().sync.load_concurrency
     home = Path(tempfile.mkdtemp(prefix="onm-bench-load-"))
     made = iter(range(1_000_000))
 
-    def state_db() -> str:
-        return a.state_db or f"sqlite:///{home}/state-{next(made)}.db"
+    def prepare(label: str, client: NetmeraClient) -> Callable[[], int]:
+        """A fresh plan of ``a.customers`` in a state DB; its delivery."""
+        engine, run_id, ids = seed(a.state_db or f"sqlite:///{home}/state-{next(made)}.db", a.customers)
+        return lambda: load_batches(engine, run_id, ids, client, concurrency=concurrency)["delivered"]
 
-    print(f"# sync load alone: {a.customers:,} customers x 20 attributes, {concurrency} requests in flight")
-    print(f"# machine: {machine_line()}")
-    print(f"{'peer':>8} {'customers':>10} {'wall s':>7} {'profiles/s':>12} {'its floor':>11} {'of floor':>9}"
-          f" {'of bare peer':>12} {'CPU µs/prof':>13}")  # fmt: skip
-    box = start_sandbox(customers=1000, log_path=home / "sandbox.log")
-    try:
-        with bare_peer() as peer:
-            for _ in range(a.rounds):
-                bare = floor_of(NetmeraClient(peer, "bench", pool_size=max(8, concurrency)), concurrency)
-                measure("bare", peer, "bench", state_db, a.customers, concurrency, bare)
-                measure("sandbox", box.netmera_url, box.netmera_api_key, state_db, a.customers, concurrency, bare)
-    finally:
-        box.stop()
+    title = f"sync load alone: {a.customers:,} customers x 20 attributes, {concurrency} requests in flight"
+    floor = lambda client: floor_of(client, concurrency)  # noqa: E731
+    against_peers(title, home, a.rounds, concurrency, floor, prepare, a.customers, "profiles")
     return 0
 
 

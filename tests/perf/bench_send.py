@@ -19,9 +19,7 @@ ratio to each floor, the process's CPU per recipient, and the machine.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import logging
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,13 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from floor import bare_peer, peer_rate  # tests/perf/floor.py (the script's own folder is on sys.path)
-from machine import machine_line
+from floor import (  # tests/perf/floor.py (the script's own folder is on sys.path)
+    against_peers,
+    peer_rate,
+    step_arguments,
+)
 from optimove_netmera.campaigns import personalise
 from optimove_netmera.campaigns.recipients import _insert_ledger_rows, plan_chunks
 from optimove_netmera.campaigns.send import send_chunks
 from optimove_netmera.netmera import NetmeraClient
-from optimove_netmera.sandbox.process import start_sandbox
 from optimove_netmera.settings import load_settings
 from optimove_netmera.store import Campaign
 from optimove_netmera.store.engine import create_state_engine, migrate
@@ -88,67 +88,28 @@ def floor_of(client: NetmeraClient, concurrency: int) -> float:
     return max(peer_rate(lambda: client.send_notification(body), 200, c) for c in {1, concurrency})
 
 
-def measure(
-    label: str,
-    url: str,
-    key: str,
-    state_db: Callable[[], tuple[str, int]],
-    recipients: int,
-    concurrency: int,
-    bare: float,
-) -> None:
-    """Send a fresh campaign of ``recipients`` to the peer at ``url`` and print the figures (``bare``: the bare
-    peer's floor; for the bare peer itself, also its own)."""
-    client = NetmeraClient(url, key, pool_size=max(8, concurrency))
-    floor = bare if label == "bare" else floor_of(client, concurrency)
-    db, campaign = state_db()
-    engine, chunks = seed(db, campaign, recipients)
-    started, cpu = time.monotonic(), time.process_time()
-    out = send_chunks(engine, client, campaign, CHANNEL, chunks, requests_in_flight=concurrency)
-    wall, cpu = time.monotonic() - started, time.process_time() - cpu
-    engine.dispose()
-    if out.sent != recipients:
-        raise SystemExit(f"{label}: sent {out.sent} of {recipients}: {out.as_dict()}")
-    rate = recipients / wall
-    print(
-        f"{label:>8} {recipients:>10,} {out.requests:>8} {wall:>7.2f} {rate:>13,.0f} {floor:>11,.0f}"
-        f" {rate / floor:>9.0%} {rate / bare:>12.0%} {cpu / recipients * 1e6:>13.1f}",
-        flush=True,
-    )
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipients", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--state-db", help="a state DB URL (default: a fresh SQLite file per measurement)")
-    a = parser.parse_args()
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # each measurement migrates a fresh state DB
-    logging.getLogger("optimove_netmera").setLevel(logging.WARNING)  # a line per chunk otherwise
+    a = step_arguments(__doc__, "recipients", 100_000)
     concurrency = load_settings().campaigns.requests_in_flight
     home = Path(tempfile.mkdtemp(prefix="onm-bench-send-"))
     made = iter(range(1_000_000))
 
-    def state_db() -> tuple[str, int]:
-        """A state DB and a campaign id new to it."""
+    def prepare(label: str, client: NetmeraClient) -> Callable[[], int]:
+        """A fresh campaign of ``a.recipients``, staged and chunked (a new campaign id in a fresh or given state
+        DB); its send."""
         n = next(made)
-        return (a.state_db or f"sqlite:///{home}/state-{n}.db"), time.time_ns() // 1000 + n
+        campaign = time.time_ns() // 1000 + n
+        engine, chunks = seed(a.state_db or f"sqlite:///{home}/state-{n}.db", campaign, a.recipients)
+        return lambda: send_chunks(engine, client, campaign, CHANNEL, chunks, requests_in_flight=concurrency).sent
 
-    print(f"# campaign send alone: {a.recipients:,} recipients, 2 templates, {concurrency} requests in flight")
-    print(f"# machine: {machine_line()}")
-    print(f"{'peer':>8} {'recipients':>10} {'requests':>8} {'wall s':>7} {'recipients/s':>13} {'its floor':>11}"
-          f" {'of floor':>9} {'of bare peer':>12} {'CPU µs/rcpt':>13}")  # fmt: skip
-    box = start_sandbox(customers=1000, log_path=home / "sandbox.log")
-    try:
+    def users(sandbox: Any) -> None:
+        """Every recipient a known Netmera user."""
         for start in range(0, a.recipients, 50_000):
-            box.admin.netmera.add_users([ext_id(i) for i in range(start, min(a.recipients, start + 50_000))])
-        with bare_peer() as peer:
-            for _ in range(a.rounds):
-                bare = floor_of(NetmeraClient(peer, "bench", pool_size=max(8, concurrency)), concurrency)
-                measure("bare", peer, "bench", state_db, a.recipients, concurrency, bare)
-                measure("sandbox", box.netmera_url, box.netmera_api_key, state_db, a.recipients, concurrency, bare)
-    finally:
-        box.stop()
+            sandbox.admin.netmera.add_users([ext_id(i) for i in range(start, min(a.recipients, start + 50_000))])
+
+    title = f"campaign send alone: {a.recipients:,} recipients, 2 templates, {concurrency} requests in flight"
+    floor = lambda client: floor_of(client, concurrency)  # noqa: E731
+    against_peers(title, home, a.rounds, concurrency, floor, prepare, a.recipients, "recipients", users)
     return 0
 
 

@@ -8,12 +8,20 @@ of this one.
 
 from __future__ import annotations
 
+import argparse
+import logging
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from machine import machine_line  # tests/perf/machine.py
+from optimove_netmera.netmera import NetmeraClient
+from optimove_netmera.sandbox.process import start_sandbox
 
 PEER = r"""
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -66,3 +74,67 @@ def peer_rate(send: Callable[[], int], requests: int, concurrency: int = 1) -> f
         with ThreadPoolExecutor(concurrency) as pool:
             items = sum(pool.map(lambda _: send(), range(requests)))
     return items / (time.monotonic() - started)
+
+
+def step_arguments(doc: str, size: str, default: int) -> argparse.Namespace:
+    """The command line of a benchmark of one step alone: ``--<size>`` (default ``default``), ``--rounds``,
+    ``--state-db``. Quiets the package's and alembic's logging: each measurement migrates a fresh state DB."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(f"--{size}", type=int, default=default)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--state-db", help="a state DB URL (default: a fresh SQLite file per measurement)")
+    for name in ("alembic", "optimove_netmera"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return parser.parse_args()
+
+
+def against_peers(
+    title: str,
+    home: Path,
+    rounds: int,
+    concurrency: int,
+    floor_of: Callable[[NetmeraClient], float],
+    prepare: Callable[[str, NetmeraClient], Callable[[], int]],
+    items: int,
+    unit: str,
+    setup: Callable[[Any], None] = lambda sandbox: None,
+) -> None:
+    """A benchmark's rounds, after ``title`` and the machine: each sends a fresh workload of ``items`` to a bare peer
+    (:func:`bare_peer`), then to a sandbox's Netmera (started here, ``setup(sandbox)`` first), and prints a row for
+    each beside its floor (``floor_of(client)``: the same requests with no bookkeeping) and the bare peer's.
+
+    ``prepare(label, client)`` sets the workload up, untimed, and returns the timed part, which sends and returns
+    how many items it sent (fewer than ``items`` ends the benchmark). A row: items, wall time, items/s, its floor,
+    the ratio to it and to the bare peer's, and this process's CPU per item.
+    """
+    print(f"# {title}")
+    print(f"# machine: {machine_line()}")
+    print(f"{'peer':>8} {unit:>10} {'wall s':>7} {unit + '/s':>13} {'its floor':>11} {'of floor':>9}"
+          f" {'of bare peer':>12} {'CPU µs/item':>13}")  # fmt: skip
+    sandbox = start_sandbox(customers=1000, log_path=home / "sandbox.log")
+    try:
+        setup(sandbox)
+        with bare_peer() as peer:
+            for _ in range(rounds):
+                bare = 0.0
+                for label, url, key in (
+                    ("bare", peer, "bench"),
+                    ("sandbox", sandbox.netmera_url, sandbox.netmera_api_key),
+                ):
+                    client = NetmeraClient(url, key, pool_size=max(8, concurrency))
+                    floor = floor_of(client)
+                    bare = bare or floor
+                    work = prepare(label, client)
+                    started, cpu = time.monotonic(), time.process_time()
+                    sent = work()
+                    wall, cpu = time.monotonic() - started, time.process_time() - cpu
+                    if sent != items:
+                        raise SystemExit(f"{label}: {sent:,} of {items:,} {unit} sent")
+                    rate = items / wall
+                    print(
+                        f"{label:>8} {items:>10,} {wall:>7.2f} {rate:>13,.0f} {floor:>11,.0f} {rate / floor:>9.0%}"
+                        f" {rate / bare:>12.0%} {cpu / items * 1e6:>13.1f}",
+                        flush=True,
+                    )
+    finally:
+        sandbox.stop()
