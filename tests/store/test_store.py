@@ -6,6 +6,7 @@ Every test taking ``db_url``/``migrated_url``/``engine`` runs twice: on a SQLite
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import random
 import socket
@@ -19,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from optimove_netmera.campaigns.recipients import claim_chunk
 from optimove_netmera.store import (
     ENV_URL,
     VERSION_TABLE,
@@ -63,7 +65,6 @@ from optimove_netmera.store import (
     session_scope,
     sqlite_bulk_insert,
     transition,
-    transition_returning,
     upsert,
 )
 from sqlalchemy.engine import Engine
@@ -753,13 +754,22 @@ def test_claim_is_race_safe_across_engines(migrated_url: str) -> None:
         assert set(session.scalars(sa.select(SyncBatch.status))) == {"in_flight"}
 
 
-def test_transition_returning_splits_a_chunk_between_racers(migrated_url: str) -> None:
-    """Two workers claim the same ledger chunk at once: the rows each gets back are disjoint and complete."""
+def test_claims_split_a_chunk_between_racers(migrated_url: str) -> None:
+    """Two workers claim the same ledger chunks at once: the recipients each claim's body holds are disjoint and
+    complete, and each row was claimed once."""
     with session_scope(migrated_url) as session:
         session.add(Campaign(campaign_id=9, channel_id=506))
         session.flush()
         session.add_all(
-            Recipient(campaign_id=9, channel_id=506, customer_id=f"C{i}", template_id=1, chunk_no=i % 3)
+            Recipient(
+                campaign_id=9,
+                channel_id=506,
+                customer_id=f"C{i}",
+                ext_id=f"C{i}",
+                notification_key="101",
+                template_id=1,
+                chunk_no=i % 3,
+            )
             for i in range(300)
         )
     engines = [create_state_engine(migrated_url), create_state_engine(migrated_url)]
@@ -769,19 +779,9 @@ def test_transition_returning_splits_a_chunk_between_racers(migrated_url: str) -
     def work(index: int) -> None:
         barrier.wait()
         for chunk in (0, 1, 2):
-            with session_scope(engines[index]) as session:
-                rows = transition_returning(
-                    session,
-                    Recipient,
-                    key={"campaign_id": 9, "channel_id": 506, "chunk_no": chunk},
-                    from_status="pending",
-                    to_status="in_flight",
-                    values={"request_id": f"req-{index}-{chunk}"},
-                    increment_attempts=True,
-                    returning=["customer_id", "attempts"],
-                )
-            assert all(row.attempts == 1 for row in rows)
-            got[index].extend(row.customer_id for row in rows)
+            claim = claim_chunk(engines[index], 9, 506, chunk, f"req-{index}-{chunk}", dt.datetime.now(dt.UTC))
+            got[index].extend(obj["target"]["extId"] for obj in json.loads(claim.body))
+            assert claim.count == len(json.loads(claim.body))
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
     for thread in threads:
@@ -792,6 +792,8 @@ def test_transition_returning_splits_a_chunk_between_racers(migrated_url: str) -
         eng.dispose()
     assert not set(got[0]) & set(got[1])
     assert sorted(got[0] + got[1]) == sorted(f"C{i}" for i in range(300))
+    with session_scope(migrated_url) as session:
+        assert set(session.scalars(sa.select(Recipient.attempts))) == {1}
 
 
 def test_insert_if_absent_is_race_safe(migrated_url: str) -> None:

@@ -64,7 +64,6 @@ from optimove_netmera.store.queries import (
     last_successful_sync,
     sqlite_bulk_insert,
     transition,
-    transition_returning,
     upsert,
 )
 
@@ -117,7 +116,6 @@ __all__ = [
     "session_scope",
     "sqlite_bulk_insert",
     "transition",
-    "transition_returning",
     "upsert",
     "utcnow",
 ]

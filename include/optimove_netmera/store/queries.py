@@ -2,7 +2,7 @@
 
 * :func:`upsert` / :func:`insert_if_absent`: ``INSERT ... ON CONFLICT`` through each dialect's insert.
 * :func:`sqlite_bulk_insert`: many rows into SQLite in one statement that runs without the interpreter lock.
-* :func:`claim`, :func:`transition`, :func:`transition_returning`: race-safe status changes. Each is a
+* :func:`claim`, :func:`transition`: race-safe status changes. Each is a
   single conditional ``UPDATE ... WHERE <key> AND status IN (<from>)``; the database decides who wins,
   so two workers (threads, processes, retried tasks) cannot both move the same row. On PostgreSQL
   (READ COMMITTED) the loser blocks on the row lock, re-checks the condition and updates nothing; on
@@ -34,7 +34,6 @@ __all__ = [
     "last_successful_sync",
     "sqlite_bulk_insert",
     "transition",
-    "transition_returning",
     "upsert",
 ]
 
@@ -325,38 +324,6 @@ def transition(
     )
     result = bind.execute(stmt)
     return max(result.rowcount or 0, 0)  # type: ignore[attr-defined]
-
-
-def transition_returning(
-    bind: Bind,
-    target: TableLike,
-    *criteria: Any,
-    returning: Sequence[str],
-    key: Mapping[str, Any] | None = None,
-    from_status: str | Iterable[str],
-    to_status: str,
-    values: Mapping[str, Any] | None = None,
-    increment_attempts: bool = False,
-    status_column: str = "status",
-) -> list[sa.Row[Any]]:
-    """Like :func:`transition`, returning the ``returning`` columns of exactly the rows this caller moved.
-
-    E.g. claim a chunk of the send ledger: ``transition_returning(s, Recipient, key={..., "chunk_no": 3},
-    from_status="pending", to_status="in_flight", values={"request_id": rid},
-    increment_attempts=True, returning=["id", "ext_id", "params"])``; send only to the rows returned.
-    """
-    table = _table(target)
-    stmt = _transition_stmt(
-        table,
-        key,
-        criteria,
-        from_status=from_status,
-        to_status=to_status,
-        values=values,
-        increment_attempts=increment_attempts,
-        status_column=status_column,
-    ).returning(*(table.c[name] for name in returning))
-    return list(bind.execute(stmt).all())
 
 
 def last_successful_sync(session: Session) -> SyncRun | None:
