@@ -406,21 +406,14 @@ SAFEGUARDS = (
         (f"{SETTLE_TESTS}::test_settle_advances_changes_whose_batches_are_all_delivered",),
     ),
     Safeguard(
-        "an encoded profile batch over Netmera's cap is refused before any request",
+        "an encoded profile batch or send over Netmera's cap is refused before any request",
         "netmera/client.py",
-        '        if count > self.max_batch:\n            raise ValueError(\n                f"{call}: {count} entries',
-        '        if False:\n            raise ValueError(\n                f"{call}: {count} entries',
+        '        if count > self.max_batch:\n            raise ValueError(\n                f"{call}: {count} {items}',
+        '        if False:\n            raise ValueError(\n                f"{call}: {count} {items}',
         (
             "tests/clients/test_netmera_client.py::test_an_encoded_batch_is_sent_as_it_is_and_checked_only_for_its_count",
+            "tests/clients/test_netmera_client.py::test_an_encoded_send_is_sent_as_it_is_and_checked_only_for_its_count",
         ),
-    ),
-    Safeguard(
-        "an encoded send over Netmera's cap is refused before any request",
-        "netmera/client.py",
-        "        if count > self.max_batch:\n            raise ValueError(\n"
-        '                f"sendNotification: {count}',
-        '        if False:\n            raise ValueError(\n                f"sendNotification: {count}',
-        ("tests/clients/test_netmera_client.py::test_an_encoded_send_is_sent_as_it_is_and_checked_only_for_its_count",),
     ),
     Safeguard(
         "a claim's request body holds only the rows this claim marked (not another request's in-flight rows)",

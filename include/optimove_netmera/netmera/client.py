@@ -229,16 +229,21 @@ class NetmeraClient(BaseHttpClient):
         request)."""
         if call not in PROFILE_WRITES:
             raise ValueError(f"write_encoded_profiles: {call!r} is not one of {', '.join(PROFILE_WRITES)}")
+        return self._post_encoded(call, body, count, "entries", idempotent=True)
+
+    def _post_encoded(self, call: str, body: bytes, count: int, items: str, *, idempotent: bool) -> int:
+        """POST ``call`` with a JSON array of ``count`` ``items`` already encoded: the count is checked against
+        ``max_batch`` and the body must be an array, before any request. Returns ``count`` (0: no request)."""
         if count > self.max_batch:
             raise ValueError(
-                f"{call}: {count} entries in one request; Netmera accepts at most {self.max_batch}. "
+                f"{call}: {count} {items} in one request; Netmera accepts at most {self.max_batch}. "
                 "Split the batch (optimove_netmera.http.chunked)."
             )
         if not count:
             return 0
         if not body.lstrip().startswith(b"["):
-            raise ValueError(f"{call}: the encoded body must be a JSON array of entries")
-        self._call("POST", call, json_body=msgspec.Raw(body))
+            raise ValueError(f"{call}: the encoded body must be a JSON array of {items}")
+        self._call("POST", call, json_body=msgspec.Raw(body), idempotent=idempotent)
         return count
 
     def get_profile_attributes(self, ext_id: str) -> ProfileAttributes | None:
@@ -365,17 +370,7 @@ class NetmeraClient(BaseHttpClient):
         caller vouches for the objects' form (a string ``notificationKey``, a non-empty ``target``); ``count`` is
         checked against ``max_batch`` (it bounds the unique extIds) and the body must be an array. Returns ``count``
         (0: no request). Retries as :meth:`send_notification`."""
-        if count > self.max_batch:
-            raise ValueError(
-                f"sendNotification: {count} request objects in one request; Netmera accepts at most "
-                f"{self.max_batch}. Split the batch (optimove_netmera.http.chunked)."
-            )
-        if not count:
-            return 0
-        if not body.lstrip().startswith(b"["):
-            raise ValueError("sendNotification: the encoded body must be a JSON array of request objects")
-        self._call("POST", "sendNotification", json_body=msgspec.Raw(body), idempotent=retry_ambiguous)
-        return count
+        return self._post_encoded("sendNotification", body, count, "request objects", idempotent=retry_ambiguous)
 
     def create_notification_definition(self, body: Mapping[str, Any]) -> str:
         """``createNotificationDefinition``; returns the new notificationKey as a string."""
