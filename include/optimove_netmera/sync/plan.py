@@ -54,6 +54,7 @@ started again from scratch. A dry run writes its change rows only to count them,
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import math
@@ -69,6 +70,7 @@ from typing import Any
 import msgspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -286,9 +288,20 @@ def _native_columns(values: pd.DataFrame) -> list[list[Any]]:
             out[whole] = arr[whole].astype("int64").astype(object)
             out[np.isnan(arr)] = None
             cols.append(out.tolist())
+        elif hasattr(col.array, "__arrow_array__"):  # Arrow strings, nullable integers: Arrow's nulls are None
+            cols.append(pa.array(col.array).to_pylist())
         else:
             cols.append(col.astype(object).where(col.notna(), None).tolist())
     return cols
+
+
+@functools.lru_cache(maxsize=16)
+def _set_attrs_struct(names: tuple[str, ...]) -> type[msgspec.Struct]:
+    """A struct whose JSON is a change's ``set_attrs``: ``names`` in order, a None value left out (what encoding
+    the dict of the values that are not None gives, without building the dict)."""
+    fields = [(f"a{i}", Any, None) for i in range(len(names))]
+    rename = {f"a{i}": name for i, name in enumerate(names)}
+    return msgspec.defstruct("SetAttrs", fields, omit_defaults=True, rename=rename)
 
 
 def _known_customers(engine: Engine) -> int:
@@ -561,7 +574,8 @@ def _diff_chunk(
     changed_names = cands.changed_names
     reported_rows = [bool(changed_names.get(c)) for c in customer_ids] if changed_names else [False] * len(idx)
     counted = ~np.asarray(reported_rows, dtype=bool)
-    for name, n in zip(names, changed_values.notna().to_numpy()[counted].sum(axis=0).tolist(), strict=True):
+    is_set = changed_values.notna().to_numpy()  # the values sent: _native_columns gives None for the others
+    for name, n in zip(names, is_set[counted].sum(axis=0).tolist(), strict=True):
         if n:
             attr_counts[by_optimove[name]] = attr_counts.get(by_optimove[name], 0) + n
     cols = _native_columns(changed_values)
@@ -570,33 +584,34 @@ def _diff_chunk(
     pending = ChangeStatus.PENDING.value
     encode = JSON_OPTIONS["json_serializer"]  # what the JSON columns would store
     no_unset = encode([])
-    present_json: dict[tuple[str, ...], str] = {}  # by the attributes set: few distinct ones
+    # the attributes each row sets, by its pattern of set values (few distinct ones), and their stored form
+    patterns, pattern_of = np.unique(is_set.reshape(len(idx), len(names)), axis=0, return_inverse=True)
+    present_names = [tuple(n for n, on in zip(names, row, strict=True) if on) for row in patterns.tolist()]
+    present_texts = [encode(sorted(present)) for present in present_names]
+    set_attrs = _set_attrs_struct(tuple(names))
+    encode_struct = msgspec.json.encode
     changes: list[list[Any]] = []
-    for i, (cid, row) in enumerate(zip(customer_ids, zip(*cols, strict=True), strict=True)):
-        set_attrs = {name: value for name, value in zip(names, row, strict=True) if value is not None}
+    rows = zip(customer_ids, zip(*cols, strict=True), pattern_of.reshape(-1).tolist(), strict=True)
+    for i, (cid, row, k) in enumerate(rows):
+        present = present_names[k]  # an invalid value counts as empty: never sent, unset if delivered before
         before = all_names if forced_flags[i] else present_before[i]  # a resync may unset any attribute
-        present = set_attrs.keys()  # an invalid value counts as empty: never sent, unset if delivered before
-        unset = sorted(set(before) - present) if before else []
+        unset = sorted(set(before).difference(present)) if before else []
         if reported_rows[i]:
             for optimove_name in changed_names[cid]:
                 attr_counts[optimove_name] = attr_counts.get(optimove_name, 0) + 1
         else:
             for name in unset:
                 attr_counts[by_optimove[name]] = attr_counts.get(by_optimove[name], 0) + 1
-        key = tuple(present)
-        present_text = present_json.get(key)
-        if present_text is None:
-            present_text = present_json[key] = encode(sorted(present))
         changes.append(
             [
                 run_id,
                 cid,
                 ext_ids[i],
                 changed_hashes[i],
-                encode(set_attrs),
+                encode_struct(set_attrs(*row)).decode(),
                 encode(unset) if unset else no_unset,
-                present_text,
-                UNNUMBERED if set_attrs else None,
+                present_texts[k],
+                UNNUMBERED if present else None,
                 UNNUMBERED if unset else None,
                 pending,
                 None,
@@ -609,8 +624,8 @@ def _diff_chunk(
 
 def _insert_changes(conn: Connection, rows: list[list[Any]]) -> None:
     """Insert change rows (``_CHANGE_COLUMNS`` order, JSON already encoded; an extra last item is ignored): SQLite
-    in multi-row statements (:func:`~optimove_netmera.store.queries.sqlite_bulk_insert`), PostgreSQL through SQLAlchemy's
-    multi-row VALUES."""
+    through :func:`~optimove_netmera.store.queries.sqlite_bulk_insert`, PostgreSQL through SQLAlchemy's multi-row
+    VALUES."""
     if not rows:
         return
     n = len(_CHANGE_COLUMNS)
