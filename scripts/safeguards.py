@@ -188,6 +188,13 @@ SAFEGUARDS = (
         ),
     ),
     Safeguard(
+        "a bulk insert into SQLite with a NUL goes row by row (json_each would cut the text at the NUL)",
+        "store/queries.py",
+        '    if b"\\\\u0000" in args[0]:',
+        "    if False:",
+        ("tests/campaigns/test_ledger_insert.py::test_a_nul_is_stored_whole_on_sqlite",),
+    ),
+    Safeguard(
         "staging skips a recipient whose text holds a NUL and stores it without the NUL",
         "campaigns/personalise.py",
         "        if nul:  # neither PostgreSQL nor a push can carry it",
@@ -419,11 +426,11 @@ SAFEGUARDS = (
         ),
     ),
     Safeguard(
-        "a bulk insert into SQLite is split into statements that fit SQLite's limit on bound variables",
+        "a bulk insert's long texts are cut out of the side blob by their byte length, not their character count",
         "store/queries.py",
-        "    per = max(1, limit // width)\n",
-        "    per = len(rows)\n",
-        ("tests/store/test_store.py::test_sqlite_bulk_insert_stores_every_value_as_given",),
+        "                size = len(text) if text.isascii() else len(text.encode())  # bytes; isascii() is O(1)\n",
+        "                size = len(text)\n",
+        ("tests/store/test_store.py::test_sqlite_bulk_insert_carries_long_texts_beside_the_array",),
     ),
 )
 

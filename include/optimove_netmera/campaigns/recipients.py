@@ -180,8 +180,8 @@ def _insert_ledger_rows(engine: Engine, campaign_id: int, channel_id: int, rows:
     a few pages instead of every page of the page's rows (with two templates interleaved, half as many).
 
     On SQLite the values are converted here exactly as the column types would convert them (``UTCDateTime``, the
-    JSON columns' encoder), and go in with :func:`~optimove_netmera.store.queries.sqlite_bulk_insert`: its
-    statements run without the interpreter lock, so the page is written while the next one is parsed (with the
+    JSON columns' encoder), and go in with :func:`~optimove_netmera.store.queries.sqlite_bulk_insert`: its one
+    statement runs without the interpreter lock, so the page is written while the next one is parsed (with the
     driver's executemany each row waited for the lock behind the parsing thread). PostgreSQL takes the generic
     upsert (batched by psycopg's executemany).
     """

@@ -1,7 +1,7 @@
 """Generic, dialect-aware statements on the state database (SQLite and PostgreSQL).
 
 * :func:`upsert` / :func:`insert_if_absent`: ``INSERT ... ON CONFLICT`` through each dialect's insert.
-* :func:`sqlite_bulk_insert`: many rows into SQLite in a few statements that run without the interpreter lock.
+* :func:`sqlite_bulk_insert`: many rows into SQLite in one statement that runs without the interpreter lock.
 * :func:`claim`, :func:`transition`: race-safe status changes. Each is a
   single conditional ``UPDATE ... WHERE <key> AND status IN (<from>)``; the database decides who wins,
   so two workers (threads, processes, retried tasks) cannot both move the same row. On PostgreSQL
@@ -15,10 +15,10 @@
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -169,27 +169,56 @@ def sqlite_bulk_insert(
     columns: Sequence[str],
     rows: Sequence[Sequence[Any]],
     conflict: str = "",
+    texts: Collection[str] = (),
 ) -> None:
-    """Insert ``rows`` (values in ``columns`` order, as SQLite stores them: text, bytes, numbers, None) into
-    ``table`` (``conflict``: an ``ON CONFLICT`` clause).
+    """Insert ``rows`` (values in ``columns`` order, as SQLite stores them: text, integers, None) into ``table``.
 
-    The rows go in as multi-row ``INSERT ... VALUES (?, ...), (?, ...)`` statements, as many rows each as SQLite's
-    limit on bound variables allows (32,766 values by default). The interpreter lock is held only while a
-    statement's values are bound; SQLite runs the statement without it, so other threads go on meanwhile. (A
-    driver executemany takes the lock back after every row and waits for it behind any busy thread; an array read
-    by ``json_each`` costs SQLite a parse of each row's element for every column it reads, ~2x this.)
+    The rows go to SQLite as one JSON array read by one ``INSERT ... SELECT ... FROM json_each(?)`` (``conflict``:
+    an ``ON CONFLICT`` clause). That statement runs without the interpreter lock, so other threads go on meanwhile;
+    a driver executemany takes the lock back after every row, and waits for it behind any busy thread. A text in
+    the array holding a NUL, which ``json_each`` would cut short, sends the rows through executemany instead.
+
+    ``texts`` names columns of long strings (or None), e.g. JSON documents: they travel beside the array, their
+    UTF-8 bytes joined in one blob and each cut out by its offset. SQLite parses a row's element again for every
+    column it reads from it, so a 1 KB text inside the array cost each of the row's columns a 1 KB parse.
     """
     if not rows:
         return
-    width = len(columns)
-    limit = conn.connection.dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # type: ignore[union-attr]
-    per = max(1, limit // width)
-    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
-    row = f"({', '.join('?' * width)})"
-    for start in range(0, len(rows), per):
-        part = rows[start : start + per]
-        values = tuple(value for r in part for value in r)  # the driver refuses a count that misses the ?s
-        conn.exec_driver_sql(f"{head}{', '.join([row] * len(part))} {conflict}", values)
+    head = f"INSERT INTO {table} ({', '.join(columns)}) "
+    cut = [i for i, c in enumerate(columns) if c in texts]
+    keep = [i for i in range(len(columns)) if i not in cut]
+    args: tuple[bytes, ...]
+    if cut:
+        pieces: list[str] = []
+        small: list[list[Any]] = []
+        at = 1  # SQLite's substr counts from 1
+        for row in rows:
+            out = [row[i] for i in keep]
+            for i in cut:
+                text = row[i]
+                if text is None:
+                    out += (None, None)
+                    continue
+                size = len(text) if text.isascii() else len(text.encode())  # bytes; isascii() is O(1)
+                out += (at, size)
+                pieces.append(text)
+                at += size
+            small.append(out)
+        args = (msgspec.json.encode(small), "".join(pieces).encode())  # a NUL in a text is cut out whole
+    else:
+        args = (msgspec.json.encode(rows),)
+    if b"\\u0000" in args[0]:  # a NUL in the array (or a backslash before "u0000"): row by row
+        conn.exec_driver_sql(f"{head}VALUES ({', '.join('?' * len(columns))}) {conflict}", [tuple(r) for r in rows])
+        return
+    values = []
+    for i in range(len(columns)):
+        if i in cut:
+            k = len(keep) + 2 * cut.index(i)
+            values.append(f"CAST(substr(?2, value ->> {k}, value ->> {k + 1}) AS TEXT)")
+        else:
+            values.append(f"value ->> {keep.index(i)}")
+    # "WHERE true": SQLite's parser needs it between a SELECT ... FROM and an ON CONFLICT clause
+    conn.exec_driver_sql(f"{head}SELECT {', '.join(values)} FROM json_each(?1) WHERE true {conflict}", args)
 
 
 def _statuses(value: str | Iterable[str]) -> list[str]:

@@ -123,6 +123,7 @@ _CHANGE_COLUMNS = (
     "status",
     "reason",
 )
+_TEXTS = ("set_attrs", "present_attrs")  # ~1 KB of a row's JSON: beside the insert's array (sqlite_bulk_insert)
 _CUSTOMER_ID, _EXT_ID, _SET_NO, _UNSET_NO, _STATUS, _REASON, _FRESH = 1, 2, 7, 8, 9, 10, 11  # _FRESH: not stored
 UNNUMBERED = -1  # a part to send whose batch number is not given yet
 _RAW_FORMAT = f":{RAW_VERSION}:%016x"  # that part, in SQLite's printf (a signed 64-bit value prints as unsigned)
@@ -624,13 +625,13 @@ def _diff_chunk(
 
 def _insert_changes(conn: Connection, rows: list[list[Any]]) -> None:
     """Insert change rows (``_CHANGE_COLUMNS`` order, JSON already encoded; an extra last item is ignored): SQLite
-    through :func:`~optimove_netmera.store.queries.sqlite_bulk_insert`, PostgreSQL through SQLAlchemy's multi-row
-    VALUES."""
+    in one statement (:func:`~optimove_netmera.store.queries.sqlite_bulk_insert`), PostgreSQL through SQLAlchemy's
+    multi-row VALUES."""
     if not rows:
         return
     n = len(_CHANGE_COLUMNS)
     if conn.dialect.name == "sqlite":
-        sqlite_bulk_insert(conn, SyncChange.__tablename__, _CHANGE_COLUMNS, [r[:n] for r in rows])
+        sqlite_bulk_insert(conn, SyncChange.__tablename__, _CHANGE_COLUMNS, [r[:n] for r in rows], texts=_TEXTS)
     else:
         conn.execute(sa.insert(_CHANGE_ROWS), [dict(zip(_CHANGE_COLUMNS, r[:n], strict=True)) for r in rows])
 
