@@ -54,7 +54,6 @@ started again from scratch. A dry run writes its change rows only to count them,
 
 from __future__ import annotations
 
-import functools
 import gc
 import json
 import math
@@ -294,15 +293,6 @@ def _native_columns(values: pd.DataFrame) -> list[list[Any]]:
         else:
             cols.append(col.astype(object).where(col.notna(), None).tolist())
     return cols
-
-
-@functools.lru_cache(maxsize=16)
-def _set_attrs_struct(names: tuple[str, ...]) -> type[msgspec.Struct]:
-    """A struct whose JSON is a change's ``set_attrs``: ``names`` in order, a None value left out (what encoding
-    the dict of the values that are not None gives, without building the dict)."""
-    fields = [(f"a{i}", Any, None) for i in range(len(names))]
-    rename = {f"a{i}": name for i, name in enumerate(names)}
-    return msgspec.defstruct("SetAttrs", fields, omit_defaults=True, rename=rename)
 
 
 def _known_customers(engine: Engine) -> int:
@@ -575,8 +565,7 @@ def _diff_chunk(
     changed_names = cands.changed_names
     reported_rows = [bool(changed_names.get(c)) for c in customer_ids] if changed_names else [False] * len(idx)
     counted = ~np.asarray(reported_rows, dtype=bool)
-    is_set = changed_values.notna().to_numpy()  # the values sent: _native_columns gives None for the others
-    for name, n in zip(names, is_set[counted].sum(axis=0).tolist(), strict=True):
+    for name, n in zip(names, changed_values.notna().to_numpy()[counted].sum(axis=0).tolist(), strict=True):
         if n:
             attr_counts[by_optimove[name]] = attr_counts.get(by_optimove[name], 0) + n
     cols = _native_columns(changed_values)
@@ -585,34 +574,33 @@ def _diff_chunk(
     pending = ChangeStatus.PENDING.value
     encode = JSON_OPTIONS["json_serializer"]  # what the JSON columns would store
     no_unset = encode([])
-    # the attributes each row sets, by its pattern of set values (few distinct ones), and their stored form
-    patterns, pattern_of = np.unique(is_set.reshape(len(idx), len(names)), axis=0, return_inverse=True)
-    present_names = [tuple(n for n, on in zip(names, row, strict=True) if on) for row in patterns.tolist()]
-    present_texts = [encode(sorted(present)) for present in present_names]
-    set_attrs = _set_attrs_struct(tuple(names))
-    encode_struct = msgspec.json.encode
+    present_json: dict[tuple[str, ...], str] = {}  # by the attributes set: few distinct ones
     changes: list[list[Any]] = []
-    rows = zip(customer_ids, zip(*cols, strict=True), pattern_of.reshape(-1).tolist(), strict=True)
-    for i, (cid, row, k) in enumerate(rows):
-        present = present_names[k]  # an invalid value counts as empty: never sent, unset if delivered before
+    for i, (cid, row) in enumerate(zip(customer_ids, zip(*cols, strict=True), strict=True)):
+        set_attrs = {name: value for name, value in zip(names, row, strict=True) if value is not None}
         before = all_names if forced_flags[i] else present_before[i]  # a resync may unset any attribute
-        unset = sorted(set(before).difference(present)) if before else []
+        present = set_attrs.keys()  # an invalid value counts as empty: never sent, unset if delivered before
+        unset = sorted(set(before) - present) if before else []
         if reported_rows[i]:
             for optimove_name in changed_names[cid]:
                 attr_counts[optimove_name] = attr_counts.get(optimove_name, 0) + 1
         else:
             for name in unset:
                 attr_counts[by_optimove[name]] = attr_counts.get(by_optimove[name], 0) + 1
+        key = tuple(present)
+        present_text = present_json.get(key)
+        if present_text is None:
+            present_text = present_json[key] = encode(sorted(present))
         changes.append(
             [
                 run_id,
                 cid,
                 ext_ids[i],
                 changed_hashes[i],
-                encode_struct(set_attrs(*row)).decode(),
+                encode(set_attrs),
                 encode(unset) if unset else no_unset,
-                present_texts[k],
-                UNNUMBERED if present else None,
+                present_text,
+                UNNUMBERED if set_attrs else None,
                 UNNUMBERED if unset else None,
                 pending,
                 None,
