@@ -288,7 +288,7 @@ def _native_columns(values: pd.DataFrame) -> list[list[Any]]:
             out[whole] = arr[whole].astype("int64").astype(object)
             out[np.isnan(arr)] = None
             cols.append(out.tolist())
-        elif hasattr(col.array, "__arrow_array__"):  # Arrow strings, nullable integers: Arrow's nulls are None
+        elif hasattr(col.array, "__arrow_array__"):  # Arrow strings, nullable ints and booleans: nulls are None
             cols.append(pa.array(col.array).to_pylist())
         else:
             cols.append(col.astype(object).where(col.notna(), None).tolist())
