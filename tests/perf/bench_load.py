@@ -91,7 +91,7 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="onm-bench-load-"))
     made = iter(range(1_000_000))
 
-    def prepare(label: str, client: NetmeraClient) -> Callable[[], int]:
+    def prepare(client: NetmeraClient) -> Callable[[], int]:
         """A fresh plan of ``a.customers`` in a state DB; its delivery."""
         engine, run_id, ids = seed(a.state_db or f"sqlite:///{home}/state-{next(made)}.db", a.customers)
         return lambda: load_batches(engine, run_id, ids, client, concurrency=concurrency)["delivered"]

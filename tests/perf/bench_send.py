@@ -94,7 +94,7 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="onm-bench-send-"))
     made = iter(range(1_000_000))
 
-    def prepare(label: str, client: NetmeraClient) -> Callable[[], int]:
+    def prepare(client: NetmeraClient) -> Callable[[], int]:
         """A fresh campaign of ``a.recipients``, staged and chunked (a new campaign id in a fresh or given state
         DB); its send."""
         n = next(made)

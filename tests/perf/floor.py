@@ -94,7 +94,7 @@ def against_peers(
     rounds: int,
     concurrency: int,
     floor_of: Callable[[NetmeraClient], float],
-    prepare: Callable[[str, NetmeraClient], Callable[[], int]],
+    prepare: Callable[[NetmeraClient], Callable[[], int]],
     items: int,
     unit: str,
     setup: Callable[[Any], None] = lambda sandbox: None,
@@ -103,7 +103,7 @@ def against_peers(
     (:func:`bare_peer`), then to a sandbox's Netmera (started here, ``setup(sandbox)`` first), and prints a row for
     each beside its floor (``floor_of(client)``: the same requests with no bookkeeping) and the bare peer's.
 
-    ``prepare(label, client)`` sets the workload up, untimed, and returns the timed part, which sends and returns
+    ``prepare(client)`` sets the workload up, untimed, and returns the timed part, which sends and returns
     how many items it sent (fewer than ``items`` ends the benchmark). A row: items, wall time, items/s, its floor,
     the ratio to it and to the bare peer's, and this process's CPU per item.
     """
@@ -124,7 +124,7 @@ def against_peers(
                     client = NetmeraClient(url, key, pool_size=max(8, concurrency))
                     floor = floor_of(client)
                     bare = bare or floor
-                    work = prepare(label, client)
+                    work = prepare(client)
                     started, cpu = time.monotonic(), time.process_time()
                     sent = work()
                     wall, cpu = time.monotonic() - started, time.process_time() - cpu
