@@ -480,7 +480,7 @@ class Recipient(Base):
             ondelete="CASCADE",
         ),
         sa.UniqueConstraint("campaign_id", "channel_id", "customer_id", "template_id"),
-        sa.Index(None, "campaign_id", "channel_id", "status"),
+        # no index on status: a send moves every recipient's status twice (migration 0004 says why)
         sa.Index(None, "campaign_id", "channel_id", "chunk_no"),
         {"sqlite_autoincrement": True},
     )
