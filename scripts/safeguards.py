@@ -356,11 +356,25 @@ SAFEGUARDS = (
         ("tests/unit/test_sync_stream.py::test_first_sync_of_many_chunks_holds_one_chunk_and_plans_exactly",),
     ),
     Safeguard(
-        "a chunk's carried customers are found by their hashes and their carried rows deleted before new rows land",
+        "the carried customers the diff read or planned are found by their hashes; their changes are not carried",
         "sync/plan.py",
-        "            carried = [c for c, h in zip(replacing_carried, hit.tolist(), strict=True) if h]\n",
-        "            carried = []\n",
+        "            self._replaced.extend(c for c, h in zip(replacing_carried, hit.tolist(), strict=True) if h)\n",
+        "            pass\n",
         ("tests/dags/test_user_sync.py::test_unknown_customer_receives_the_attributes_after_registering",),
+    ),
+    Safeguard(
+        "the last run's not-found changes of the customers the diff replaced are not carried over",
+        "sync/plan.py",
+        "            where.append(c.customer_id.not_in(",
+        "            where.append(sa.true() | c.customer_id.not_in(",
+        ("tests/unit/test_sync_carry.py::test_the_customers_the_diff_replaced_are_not_carried",),
+    ),
+    Safeguard(
+        "replaced ids with a NUL are kept from being carried by keyed queries on SQLite (json_each would cut them)",
+        "sync/plan.py",
+        '        delete_after = b"\\\\u0000" in document\n',
+        "        delete_after = False\n",
+        ("tests/unit/test_sync_carry.py::test_the_customers_the_diff_replaced_are_not_carried",),
     ),
     Safeguard(
         "the export's duplicate check strips the ids it hashes (a padded id is the same customer)",

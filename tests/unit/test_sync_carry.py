@@ -47,7 +47,10 @@ def test_not_found_changes_are_carried_with_the_parts_they_had_to_send(db_url: s
                 change(failed, "failed", {"name": "Ed"}, []),  # a later run, but it failed
             ],
         )
-    assert plan._carry_over(engine, this) == 3
+    with engine.begin() as conn:
+        assert plan._previous_run(conn, this) == last
+        assert sorted(plan._carried_ids(conn, last)) == ["both", "set-only", "unset-only"]
+        assert plan._carry_over(conn, this, last, []) == 3
     with engine.connect() as conn:
         rows = conn.execute(sa.select(SyncChange).where(SyncChange.sync_run_id == this)).all()
     columns = ("ext_id", "new_hash", "set_attrs", "unset_attrs", "present_attrs", "set_batch_no", "unset_batch_no")
@@ -90,3 +93,40 @@ def test_a_chunk_deletes_only_its_customers_carried_rows(db_url: str) -> None:
     with engine.connect() as conn:
         left = set(conn.execute(sa.select(SyncChange.sync_run_id, SyncChange.customer_id)).all())
     assert left == {(this, "B"), (this, "C"), (other, "A")}
+
+
+def test_the_customers_the_diff_replaced_are_not_carried(db_url: str) -> None:
+    """The replaced ids go to the database as one value; on SQLite a list with an id with a NUL (which ``json_each``
+    would cut short, to customer "C") is carried whole, then the replaced ones are deleted by keyed queries. Ids that
+    were not carried change nothing."""
+    migrate(db_url)
+    engine = get_engine(db_url)
+    sqlite = engine.dialect.name == "sqlite"
+    nul = ["C\x00X"] if sqlite else []  # PostgreSQL's text refuses a NUL
+    with engine.begin() as conn:
+        last, plain, with_nul = (
+            conn.execute(
+                sa.insert(SyncRun).values(dag_id="d", dag_run_id=name, status=status).returning(SyncRun.id)
+            ).scalar_one()
+            for name, status in (("last", "success"), ("plain", "running"), ("with NUL", "running"))
+        )
+        conn.execute(
+            sa.insert(SyncChange),
+            [
+                {"sync_run_id": last, "customer_id": cid, "ext_id": cid, "new_hash": "h", "set_attrs": {"a": 1}}
+                | {"status": "not_found"}
+                for cid in ["A", "B", "C", *nul]
+            ],
+        )
+    with engine.begin() as conn:
+        assert plan._carry_over(conn, plain, last, ["A", "Z"]) == 2 + len(nul)
+        if sqlite:
+            assert plan._carry_over(conn, with_nul, last, ["A", "Z", *nul]) == 2
+
+    def carried(run: int) -> set[str]:
+        with engine.connect() as conn:
+            return set(conn.execute(sa.select(SyncChange.customer_id).where(SyncChange.sync_run_id == run)).scalars())
+
+    assert carried(plain) == {"B", "C", *nul}
+    if sqlite:
+        assert carried(with_nul) == {"B", "C"}

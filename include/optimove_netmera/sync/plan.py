@@ -25,15 +25,15 @@ carried rows' checks and numbers) runs in the database or over pages of ids, so 
 half chunks of customers, whatever the tenant's size.
 In order:
 
-1. the latest successful run's not-found changes are carried over (marked ``CARRIED``; a chunk's customers replace
-   their carried rows: the changed ones, or for a full refresh every customer in the export);
+1. the customers of the latest successful run's not-found changes are looked up (8 bytes each);
 2. the chunks are diffed; the new and resynced customers among the changes are checked with the existence probe
    (1000 extIds a call, the calls going out while the next set is diffed) and every change row is numbered into its
    batches, in the order written, before it is written;
 3. the guard, on the counts of step 2, is recorded (:func:`guard_check`); when it tripped the plan is still completed
    and stored, and the load waits for a person's decision (:mod:`optimove_netmera.sync.guard`);
-4. the rows still carried over (no chunk replaced them) are probed page by page and numbered after the others, in
-   extId order, by one ``UPDATE``.
+4. the last run's not-found changes are carried over (marked ``CARRIED``), except those of the customers the diff
+   replaced (the changed ones, or for a full refresh every customer in the export: its row there is the truth),
+   then probed page by page and numbered after the others, in extId order, by one ``UPDATE``.
 
 Netmera silently drops writes for extIds it does not know, so customers new to the snapshot are first checked with
 the ``probe`` (``untagUsers`` + ``checkExistence`` of a tag nobody carries: no side effect, the answer lists the
@@ -71,6 +71,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 
 from optimove_netmera.settings import Settings
@@ -309,12 +310,22 @@ def _previous_run(conn: Connection, run_id: int) -> int | None:
     ).scalar()
 
 
-def _carry_over(engine: Engine, run_id: int) -> int:
-    """Copy the latest successful run's not-found changes into this run, marked ``CARRIED`` (pending, batch
-    numbers to come); returns how many. One ``INSERT ... SELECT``: the rows never pass through Python.
+def _carried_ids(conn: Connection, previous: int) -> list[str]:
+    """The customers whose changes run ``previous`` found no Netmera user for (the ones to carry over)."""
+    c = SyncChange.__table__.c
+    where = (c.sync_run_id == previous, c.status == ChangeStatus.NOT_FOUND.value)
+    return list(conn.execute(sa.select(c.customer_id).where(*where)).scalars())
 
-    The diff replaces the carried row of every customer it plans (and, for a full refresh, of every customer in
-    the export: its current row there is the truth), see :func:`build_plan`.
+
+def _carry_over(conn: Connection, run_id: int, previous: int, replaced: list[str]) -> int:
+    """Copy run ``previous``'s not-found changes into this run, marked ``CARRIED`` (pending, batch numbers to come),
+    except those of the customers in ``replaced``; returns how many. One ``INSERT ... SELECT``: the rows never pass
+    through Python.
+
+    ``replaced``: the customers of the carried ones that this run's diff read (a full refresh: its export row is
+    the truth) or planned (its new change row replaces the carried one), see :func:`build_plan`. The ids go to the
+    database as one value (SQLite: a JSON array; PostgreSQL: an array); on SQLite, ids with a NUL (which
+    ``json_each`` would cut short) are copied and then deleted by keyed queries (:func:`_delete_carried`).
     """
     c = SyncChange.__table__.c
 
@@ -322,25 +333,32 @@ def _carry_over(engine: Engine, run_id: int) -> int:
         text = sa.cast(column, sa.Text)
         return sa.case((sa.or_(column.is_(None), text.in_([empty, "null"])), sa.null()), else_=sa.literal(UNNUMBERED))
 
-    with engine.begin() as conn:
-        prev = _previous_run(conn, run_id)
-        if prev is None:
-            return 0
-        copied = sa.select(
-            sa.literal(run_id),
-            c.customer_id,
-            c.ext_id,
-            c.new_hash,
-            c.set_attrs,
-            c.unset_attrs,
-            c.present_attrs,
-            to_send(c.set_attrs, "{}"),
-            to_send(c.unset_attrs, "[]"),
-            sa.literal(ChangeStatus.PENDING.value),
-            sa.literal(CARRIED),
-        ).where(c.sync_run_id == prev, c.status == ChangeStatus.NOT_FOUND.value)
-        conn.execute(sa.insert(SyncChange).from_select(list(_CHANGE_COLUMNS), copied))
-        return _count(conn, run_id, SyncChange.reason == CARRIED)
+    where = [c.sync_run_id == previous, c.status == ChangeStatus.NOT_FOUND.value]
+    delete_after = False
+    if replaced and conn.dialect.name == "sqlite":
+        document = msgspec.json.encode(replaced)
+        delete_after = b"\\u0000" in document
+        if not delete_after:
+            where.append(c.customer_id.not_in(sa.select(sa.func.json_each(document).table_valued("value").c.value)))
+    elif replaced:
+        where.append(c.customer_id.not_in(sa.select(sa.func.unnest(sa.literal(replaced, ARRAY(sa.Text))))))
+    copied = sa.select(
+        sa.literal(run_id),
+        c.customer_id,
+        c.ext_id,
+        c.new_hash,
+        c.set_attrs,
+        c.unset_attrs,
+        c.present_attrs,
+        to_send(c.set_attrs, "{}"),
+        to_send(c.unset_attrs, "[]"),
+        sa.literal(ChangeStatus.PENDING.value),
+        sa.literal(CARRIED),
+    ).where(*where)
+    conn.execute(sa.insert(SyncChange).from_select(list(_CHANGE_COLUMNS), copied))
+    if delete_after:
+        _delete_carried(conn, run_id, replaced)
+    return _count(conn, run_id, SyncChange.reason == CARRIED)
 
 
 @dataclass
@@ -641,40 +659,47 @@ def _customer_hashes(ids: list[str]) -> np.ndarray:
 
 
 class _ChangeWriter:
-    """Carries the last run's not-found changes over, then writes each set's change rows and deletes the rows
-    carried over for the customers read meanwhile, in one transaction a write, in a thread of its own while the
-    caller reads and diffs.
+    """Writes each set's change rows in one transaction a write, in a thread of its own while the caller reads and
+    diffs, and notes which of the customers read meanwhile had a change carried over from the last run; then
+    carries over the changes of the others (:meth:`carry_rest`).
 
     A write of rows first waits for the writes before it, so besides the set being diffed at most one set's rows
-    are held; a write without rows (a chunk's customers whose carried rows go, new fingerprints) is queued without
-    waiting. On SQLite an insert is one statement that runs without the interpreter lock: the write and the next
-    chunk's diff use both cores. A write's error is raised by the next :meth:`write` of rows or :meth:`wait`.
+    are held; a write without rows (a chunk's customers to look up among the carried ones, new fingerprints) is
+    queued without waiting. On SQLite an insert is one statement that runs without the interpreter lock: the write
+    and the next chunk's diff use both cores. A write's error is raised by the next :meth:`write` of rows or
+    :meth:`wait`. Besides a set's rows it holds 8 bytes for each customer to carry over, and the id of each one the
+    diff replaced.
     """
 
     def __init__(self, engine: Engine, run_id: int) -> None:
         self._engine, self._run_id = engine, run_id
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="plan-writer")
-        self._pending: list[Future[int]] = []
-        self._carried_hashes = np.zeros(0, dtype=np.uint64)
-        self.carried = 0  # rows carried over (:meth:`carry_over`)
-        self.carried_deleted = 0
+        self._pending: list[Future[None]] = []
+        self._previous: int | None = None  # the run whose not-found changes are carried over
+        self._carried_hashes = np.zeros(0, dtype=np.uint64)  # of their customers, sorted
+        self._replaced: list[str] = []  # the customers among them that the diff read or planned
+        self.carried = 0  # rows carried over (:meth:`carry_rest`)
 
     def carry_over(self) -> None:
-        """Carry the last run's not-found changes over (:func:`_carry_over`) as the first write, while the caller
-        reads and compares the first chunk."""
-        self._pending.append(self._thread.submit(self._carry_over))
+        """Find the last run's not-found changes as the first write, while the caller reads and compares the first
+        chunk (:meth:`carry_rest` copies them once the diff is done)."""
+        self._pending.append(self._thread.submit(self._find_carried))
 
-    def _carry_over(self) -> int:
-        self.carried = _carry_over(self._engine, self._run_id)
-        if self.carried:  # 8 bytes a carried customer: a chunk's customers are looked up only where one may be
-            with self._engine.connect() as conn:
-                ids = conn.execute(
-                    sa.select(SyncChange.customer_id).where(
-                        SyncChange.sync_run_id == self._run_id, SyncChange.reason == CARRIED
-                    )
-                ).scalars()
-                self._carried_hashes = np.unique(_customer_hashes(list(ids)))
-        return 0
+    def _find_carried(self) -> None:
+        with self._engine.connect() as conn:
+            self._previous = _previous_run(conn, self._run_id)
+            if self._previous is not None:
+                self._carried_hashes = np.unique(_customer_hashes(_carried_ids(conn, self._previous)))
+
+    def carry_rest(self) -> int:
+        """Once the last write is queued: wait for the writes, then carry the last run's not-found changes over
+        (:func:`_carry_over`), but not those of the customers the diff read or planned; returns how many."""
+        self.wait()
+        if self._previous is None:
+            return 0
+        with self._engine.begin() as conn:
+            self.carried = _carry_over(conn, self._run_id, self._previous, self._replaced)
+        return self.carried
 
     def write(
         self,
@@ -683,33 +708,30 @@ class _ChangeWriter:
         fingerprints: list[tuple[str, str]] | None = None,
     ) -> None:
         """Queue a write of ``rows`` (with rows, once the writes queued before it have finished);
-        ``replacing_carried``: delete those customers' carried rows in the same transaction; ``fingerprints``: store
-        those new snapshot fingerprints in it (:func:`_refresh_raw`)."""
+        ``replacing_carried``: customers whose changes are not to be carried over (see :meth:`carry_rest`);
+        ``fingerprints``: store those new snapshot fingerprints in the same transaction (:func:`_refresh_raw`)."""
         if rows:
             self.wait()
         self._pending.append(self._thread.submit(self._write, rows, replacing_carried, fingerprints))
 
     def _write(
         self, rows: list[list[Any]], replacing_carried: list[str] | None, fingerprints: list[tuple[str, str]] | None
-    ) -> int:
-        carried = []
-        if replacing_carried and self.carried:
-            hit = np.isin(_customer_hashes(replacing_carried), self._carried_hashes)
-            carried = [c for c, h in zip(replacing_carried, hit.tolist(), strict=True) if h]
-        if not (rows or carried or fingerprints):
-            return 0
+    ) -> None:
+        if replacing_carried and self._carried_hashes.size:  # looked up by their hashes: ids only where one may be
+            hit = _in_sorted(_customer_hashes(replacing_carried), self._carried_hashes)
+            self._replaced.extend(c for c, h in zip(replacing_carried, hit.tolist(), strict=True) if h)
+        if not (rows or fingerprints):
+            return
         with self._engine.begin() as conn:
-            deleted = _delete_carried(conn, self._run_id, carried)
             _insert_changes(conn, rows)
             _refresh_raw(conn, fingerprints or [])
-        return deleted
 
     def wait(self) -> None:
         """Wait for the writes queued; raise the first one's error."""
         pending, self._pending = self._pending, []
         for i, future in enumerate(pending):
             try:
-                self.carried_deleted += future.result()
+                future.result()
             except BaseException:
                 wait_for(pending[i + 1 :])
                 raise
@@ -720,6 +742,14 @@ class _ChangeWriter:
         pending, self._pending = self._pending, []
         wait_for(pending)
         self._thread.shutdown()
+
+
+def _in_sorted(values: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
+    """Whether each of ``values`` is in ``sorted_unique`` (sorted, no repeats): a binary search each."""
+    if not sorted_unique.size:
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_unique, values), sorted_unique.size - 1)
+    return sorted_unique[at] == values
 
 
 class _Numbering:
@@ -958,14 +988,13 @@ def build_plan(
 
         def diff_and_write(ready: list[_Candidates], covered: list[str] | None) -> None:
             """Diff the sets ``ready``, ask the probe about their new and resynced customers and queue them for
-            :func:`send`; ``covered``: customers whose carried rows go (with the first write, before any row of
-            theirs lands)."""
-            sets: list[_Candidates | None] = [*ready] or [None]  # none ready: the covered rows still go
+            :func:`send`; ``covered``: customers whose changes are not to be carried over (the writer notes them)."""
+            sets: list[_Candidates | None] = [*ready] or [None]  # none ready: the covered customers still go
             for cands in sets:
                 changes, refresh = _diff_chunk(run_id, cands, settings, plan, acc) if cands is not None else ([], [])
                 del cands
                 clock.lap("diff")
-                if export_path is None:  # staging: the changed customers' carried rows go (if any was carried)
+                if export_path is None:  # staging: the changed customers' carried changes are not carried
                     covered = [r[_CUSTOMER_ID] for r in changes]
                 fresh: list[list[list[Any]]] = []
                 answers: list[Future[set[str] | None]] = []
@@ -987,7 +1016,7 @@ def build_plan(
         for raw, changed_names, compared in compared_chunks:
             clock.lap("read")
             candidates = _select(raw, changed_names, compared, resync, plan)
-            # a full refresh: the chunk's customers replace what was carried for them (the export is the truth)
+            # a full refresh: the chunk's customers replace what would be carried for them (the export is the truth)
             covered = compared.ids if export_path is not None else None
             del raw, changed_names, compared
             diff_and_write(buffer.add(candidates), covered)
@@ -1003,9 +1032,8 @@ def build_plan(
             clock.lap("probe")
             writer.write(queue)
             del queue
-        writer.wait()
+        carried = writer.carry_rest()
         clock.lap("store")
-        carried = writer.carried - writer.carried_deleted
         plan.guard = guard_check(acc.data_changed, plan.known, max_change_ratio)
         plan.carried_over = carried
         netmera_of = {a.optimove: a.netmera for a in settings.attributes}
