@@ -75,18 +75,55 @@ SAFEGUARDS = (
     Safeguard(
         "the claim refuses a cancelled campaign",
         "campaigns/recipients.py",
-        "                not_cancelled,\n                key={",
-        "                sa.true(),\n                key={",
+        ", not_cancelled)\n",
+        ")\n",
         (f"{SEND_TESTS}::test_cancel_committed_between_the_check_and_the_claim",),
     ),
     Safeguard(
-        "the claim moves only pending rows (two workers never send one chunk twice)",
+        "the claim takes only a pending chunk (two workers never send one chunk twice)",
         "campaigns/recipients.py",
-        "                from_status=RecipientStatus.PENDING.value,\n"
-        "                to_status=RecipientStatus.IN_FLIGHT.value,",
-        "                from_status=[RecipientStatus.PENDING.value, RecipientStatus.IN_FLIGHT.value, "
-        "RecipientStatus.SENT.value],\n                to_status=RecipientStatus.IN_FLIGHT.value,",
+        "_K.c.status == RecipientStatus.PENDING.value, not_cancelled",
+        "_K.c.status.in_([RecipientStatus.PENDING.value, RecipientStatus.IN_FLIGHT.value, "
+        "RecipientStatus.SENT.value]), not_cancelled",
         (f"{CAMPAIGN_TESTS}::test_two_workers_sending_the_same_chunks_never_double_send",),
+    ),
+    Safeguard(
+        "a cancel moves only the rows of chunks never claimed (a claimed chunk's rows have its outcome)",
+        "campaigns/state.py",
+        "    return ~sa.exists().where(*mine, k.c.status != RecipientStatus.PENDING.value)\n",
+        "    return sa.true()\n",
+        ("tests/campaigns/test_send_in_flight.py::test_cancel_while_requests_are_in_flight_stops_every_worker",),
+    ),
+    Safeguard(
+        "a cancel share-locks the chunks first, so it waits for a claim in progress and then sees it (PostgreSQL)",
+        "campaigns/state.py",
+        "        .with_for_update(read=True)\n",
+        "",
+        (
+            "tests/campaigns/test_chunk_ledger.py::test_a_cancel_waits_for_a_claim_in_progress_and_leaves_its_chunk_alone",
+        ),
+        select="postgres",
+    ),
+    Safeguard(
+        "a restored row of a claimed chunk leaves it (the chunk's outcome is not its own) and is chunked again",
+        "campaigns/state.py",
+        '"chunk_no": sa.case((unclaimed(), rtable.c.chunk_no), else_=sa.null())',
+        '"chunk_no": rtable.c.chunk_no',
+        ("tests/campaigns/test_chunk_ledger.py::test_a_restored_row_of_a_settled_chunk_gets_a_chunk_of_its_own",),
+    ),
+    Safeguard(
+        "only the request that holds a chunk settles it (a worker thought dead cannot settle a chunk claimed again)",
+        "campaigns/recipients.py",
+        "_K.c.chunk_no == chunk, _K.c.request_id == request_id)\n",
+        "_K.c.chunk_no == chunk)\n",
+        ("tests/campaigns/test_chunk_ledger.py::test_only_the_request_that_holds_the_chunk_settles_it",),
+    ),
+    Safeguard(
+        "a claim that finds no row left to send gives the chunk back",
+        "campaigns/recipients.py",
+        "        if not count:\n",
+        "        if False:\n",
+        ("tests/campaigns/test_chunk_ledger.py::test_a_chunk_with_nothing_left_to_send_is_given_back",),
     ),
     Safeguard(
         "a partial cancel arriving mid-send is narrowed, the rest still sent",
@@ -430,11 +467,10 @@ SAFEGUARDS = (
         ),
     ),
     Safeguard(
-        "a claim's request body holds only the rows this claim marked (not another request's in-flight rows)",
+        "a claim's request body holds only the chunk's rows still pending on their own (not cancelled or settled)",
         "campaigns/recipients.py",
-        '    " WHERE campaign_id = :cid AND channel_id = :ch AND chunk_no = :chunk AND request_id = :rid'
-        ' ORDER BY id))"',
-        '    " WHERE campaign_id = :cid AND channel_id = :ch AND chunk_no = :chunk ORDER BY id))"',
+        "chunk_no = :chunk AND status = 'pending' ORDER BY id))\"",
+        'chunk_no = :chunk ORDER BY id))"',
         (
             "tests/campaigns/test_claim_body.py::test_a_claim_s_body_holds_exactly_the_request_objects_of_the_rows_it_won",
         ),

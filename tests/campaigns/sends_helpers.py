@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from optimove_netmera.campaigns import recipients
 from optimove_netmera.optimove import OptimoveClient
 from optimove_netmera.settings import load_settings
-from optimove_netmera.store import Recipient, get_engine, migrate
+from optimove_netmera.store import get_engine, migrate
 
 REPO = Path(__file__).resolve().parents[2]
 CHANNEL = 506
@@ -82,8 +83,8 @@ def xcom(dr: Any, task_id: str, map_index: int = -1) -> Any:
 
 
 def ledger(db_url: str, campaign_id: int, channel_id: int = CHANNEL) -> list[dict[str, Any]]:
-    """Every ledger row of a campaign."""
-    table = Recipient.__table__
+    """Every ledger row of a campaign, as its readers see it (a recipient of a settled chunk has its status)."""
+    table = recipients.ledger()
     with get_engine(db_url).connect() as conn:
         rows = conn.execute(
             sa.select(table).where(table.c.campaign_id == campaign_id, table.c.channel_id == channel_id)

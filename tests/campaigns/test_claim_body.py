@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 import sqlalchemy as sa
-from optimove_netmera.campaigns.recipients import _insert_ledger_rows, claim_chunk, plan_chunks
+from optimove_netmera.campaigns.recipients import _insert_ledger_rows, claim_chunk, ledger, plan_chunks
 from optimove_netmera.store import Campaign, Recipient, get_engine, migrate
 
 TEXTS = ['say "hi"', "back\\slash \\u0041", "tab\t new\nline \u2028", "Zoë 😀 İ", "<\u0001>", "x" * 3000, "", " "]
@@ -62,9 +62,10 @@ def test_a_claim_s_body_holds_exactly_the_request_objects_of_the_rows_it_won(db_
     claim = claim_chunk(engine, 1, 459, chunk, "this-request", dt.datetime.now(dt.UTC))
     assert claim.count == len(claim) == len(PARAMS)
     assert json.loads(claim.body) == [expected(i, p) for i, p in enumerate(PARAMS)]
+    view = ledger()
     with engine.connect() as conn:
         won = conn.execute(
-            sa.select(r.c.customer_id).where(r.c.request_id == "this-request", r.c.status == "in_flight")
+            sa.select(view.c.customer_id).where(view.c.request_id == "this-request", view.c.status == "in_flight")
         )
         assert sorted(won.scalars()) == [f"C{i:03d}" for i in range(len(PARAMS))]
 

@@ -31,9 +31,10 @@ import redis
 import sqlalchemy as sa
 from celery_topology import CHUNK, HEARTBEAT_TIMEOUT_S, IN_FLIGHT, Topology, wait_for
 from hitl_answers import answer_until_finished, waiting_question
+from optimove_netmera.campaigns import recipients
 from optimove_netmera.campaigns.recipients import ORPHAN_REASON
 from optimove_netmera.sandbox.process import free_port, start_sandbox
-from optimove_netmera.store import Campaign, Event, Recipient, dispose_engines, get_engine, migrate, scratch
+from optimove_netmera.store import Campaign, Event, dispose_engines, get_engine, migrate, scratch
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -121,7 +122,7 @@ def deliveries(topo: Topology, key: str) -> list[dict[str, Any]]:
 
 
 def ledger(state_url: str, campaign_id: int) -> list[dict[str, Any]]:
-    table = Recipient.__table__
+    table = recipients.ledger()  # a recipient of a settled chunk has its status
     with get_engine(state_url).connect() as conn:
         rows = conn.execute(sa.select(table).where(table.c.campaign_id == campaign_id)).all()
     return [dict(r._mapping) for r in rows]

@@ -42,6 +42,7 @@ from optimove_netmera.store import (
     EventStatus,
     Recipient,
     RecipientStatus,
+    SendChunk,
     StateDatabaseError,
     SyncBatch,
     SyncChange,
@@ -79,6 +80,7 @@ STATE_TABLES = {
     "events",
     "campaigns",
     "recipients",
+    "send_chunks",
     "cancelled_customers",
     "dead_letters",
     "campaign_metrics",
@@ -109,17 +111,17 @@ def _free_port() -> int:
 
 def test_migrate_up_down_up(db_url: str) -> None:
     assert current_revision(db_url) is None
-    assert migrate(db_url) == head_revision() == "0004"
+    assert migrate(db_url) == head_revision() == "0005"
     tables = _tables(db_url)
     assert tables == STATE_TABLES | {VERSION_TABLE}
     assert "alembic_version" not in tables  # a distinct version table: the DB can be shared
 
-    assert migrate(db_url) == "0004"  # idempotent
+    assert migrate(db_url) == "0005"  # idempotent
     assert downgrade(db_url, "base") is None
     assert _tables(db_url) <= {VERSION_TABLE}
-    assert migrate(db_url, "head") == "0004"
+    assert migrate(db_url, "head") == "0005"
     assert _tables(db_url) == STATE_TABLES | {VERSION_TABLE}
-    assert check_database(db_url) == "0004"
+    assert check_database(db_url) == "0005"
 
 
 def test_migrated_schema_matches_models(migrated_url: str) -> None:
@@ -165,16 +167,16 @@ def test_concurrent_migrate_is_serialised(db_url: str, tmp_path: Path) -> None:
     for thread in threads:
         thread.join(timeout=120)
     assert errors == []
-    assert results == ["0004", "0004"]
+    assert results == ["0005", "0005"]
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
-        assert out.strip() == "0004"
+        assert out.strip() == "0005"
     assert _tables(db_url) == STATE_TABLES | {VERSION_TABLE}
 
 
 def test_in_memory_sqlite_can_be_migrated_and_used() -> None:
     url = "sqlite://"
-    assert migrate(url) == "0004"
+    assert migrate(url) == "0005"
     with session_scope(url) as session:
         session.add(Campaign(campaign_id=1, channel_id=2))
     with session_scope(url) as session:
@@ -772,6 +774,7 @@ def test_claims_split_a_chunk_between_racers(migrated_url: str) -> None:
             )
             for i in range(300)
         )
+        session.add_all(SendChunk(campaign_id=9, channel_id=506, chunk_no=n) for n in range(3))
     engines = [create_state_engine(migrated_url), create_state_engine(migrated_url)]
     got: list[list[str]] = [[], []]
     barrier = threading.Barrier(2)
@@ -794,7 +797,7 @@ def test_claims_split_a_chunk_between_racers(migrated_url: str) -> None:
     assert not set(got[0]) & set(got[1])
     assert sorted(got[0] + got[1]) == sorted(f"C{i}" for i in range(300))
     with session_scope(migrated_url) as session:
-        assert set(session.scalars(sa.select(Recipient.attempts))) == {1}
+        assert set(session.scalars(sa.select(SendChunk.attempts))) == {1}  # each chunk claimed once
 
 
 def test_insert_if_absent_is_race_safe(migrated_url: str) -> None:
@@ -887,7 +890,7 @@ def test_default_url_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 def test_default_url_is_used_by_get_engine_and_migrate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(ENV_URL, raising=False)
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "new" / "airflow"))  # directory does not exist yet
-    assert migrate() == "0004"
+    assert migrate() == "0005"
     assert (tmp_path / "new" / "airflow" / "optimove_netmera_state.db").is_file()
     assert get_engine() is get_engine(default_state_db_url())
     with session_scope() as session:
@@ -997,7 +1000,7 @@ def test_not_migrated_error_says_what_to_do(db_url: str) -> None:
         check_database(db_url)
 
     migrate(db_url)
-    assert check_database(db_url) == "0004"
+    assert check_database(db_url) == "0005"
     assert _count_events(get_engine(db_url)) == 0
 
 
@@ -1030,20 +1033,21 @@ def test_cli_upgrade_current_history_downgrade(db_url: str, tmp_path: Path) -> N
     shown = redact_url(db_url)
     proc = _cli("upgrade", "--url", db_url, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert f"{shown}: at 0004 (head)" in proc.stdout
-    assert "Running upgrade  -> 0001" in proc.stderr and "Running upgrade 0003 -> 0004" in proc.stderr
-    assert current_revision(db_url) == "0004"
+    assert f"{shown}: at 0005 (head)" in proc.stdout
+    assert "Running upgrade  -> 0001" in proc.stderr and "Running upgrade 0004 -> 0005" in proc.stderr
+    assert current_revision(db_url) == "0005"
 
     proc = _cli("current", cwd=tmp_path, env={ENV_URL: db_url})  # URL from the environment
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == f"{shown}: 0004 (head)"
+    assert proc.stdout.strip() == f"{shown}: 0005 (head)"
 
     proc = _cli("history", "--url", db_url, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "<base> -> 0001: Initial state database" in proc.stdout
     assert "0001 -> 0002: Events may be ``held``" in proc.stdout
     assert "0002 -> 0003: The metrics ledger" in proc.stdout
-    assert "0003 -> 0004 (head, current): Drop the send ledger's" in proc.stdout
+    assert "0003 -> 0004: Drop the send ledger's" in proc.stdout
+    assert "0004 -> 0005 (head, current): The send ledger's chunks" in proc.stdout
 
     proc = _cli("check", "--url", db_url, cwd=tmp_path)
     assert proc.returncode == 0 and "ok" in proc.stdout
@@ -1076,7 +1080,7 @@ def test_held_events_need_0002_and_downgrade_to_ignored(db_url: str) -> None:
     with pytest.raises(sa.exc.IntegrityError), get_engine(db_url).begin() as conn:  # 0001's CHECK refuses it
         conn.execute(sa.insert(Event.__table__).values(row))
     dispose_engines()
-    assert migrate(db_url) == "0004"
+    assert migrate(db_url) == "0005"
     with get_engine(db_url).begin() as conn:
         conn.execute(sa.insert(Event.__table__).values(row))
     dispose_engines()

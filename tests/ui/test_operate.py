@@ -36,8 +36,9 @@ import yaml
 from conftest import log_in
 from hitl_answers import answer_until_finished, waiting_question
 from live_airflow import CLIENT_ATTEMPTS, REPO, TASK_TRIES, LiveAirflow, wait_for
+from optimove_netmera.campaigns import recipients
 from optimove_netmera.sandbox.process import start_sandbox
-from optimove_netmera.store import Recipient, SyncRun, dispose_engines, get_engine
+from optimove_netmera.store import SyncRun, dispose_engines, get_engine
 from optimove_netmera.sync.load import change_counts
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -125,7 +126,8 @@ def pushes(live: LiveAirflow, notification_key: str) -> Counter[str]:
 def ledger_counts(live: LiveAirflow, campaign_id: int) -> Counter[str]:
     """The campaign's send ledger rows per status."""
     with get_engine(live.state_url).connect() as conn:
-        rows = conn.execute(sa.select(Recipient.status).where(Recipient.campaign_id == campaign_id)).scalars()
+        view = recipients.ledger()
+        rows = conn.execute(sa.select(view.c.status).where(view.c.campaign_id == campaign_id)).scalars()
         return Counter(rows.all())
 
 
@@ -208,7 +210,8 @@ def test_failed_send_is_cleared_in_the_grid(live: LiveAirflow, page: Any, screen
     assert expected - set(got) == set(), "a recipient is missing"
     assert set(got) - expected == set(), "someone outside the campaign got it"
     with get_engine(live.state_url).connect() as conn:
-        ledger = Counter(conn.execute(sa.select(Recipient.status).where(Recipient.campaign_id == cid)).scalars().all())
+        view = recipients.ledger()
+        ledger = Counter(conn.execute(sa.select(view.c.status).where(view.c.campaign_id == cid)).scalars().all())
     assert set(ledger) <= {"sent", "skipped"} and ledger["sent"] >= len(expected), ledger
 
 

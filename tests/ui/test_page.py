@@ -25,6 +25,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from conftest import log_in
+from optimove_netmera.campaigns.recipients import ledger
 from optimove_netmera.sandbox.process import free_port, stop_process
 from optimove_netmera.store import (
     Campaign,
@@ -446,8 +447,9 @@ def test_page_in_chromium(server: Server, browser: Any, screenshots: Path, figur
             return int(scalar(engine, stmt.where(SyncChange.sync_run_id == run_id, SyncChange.status == status)))
 
         def recipients(status: str) -> int:
-            stmt = sa.select(sa.func.count()).select_from(Recipient).where(Recipient.campaign_id == 501)
-            return int(scalar(engine, stmt.where(Recipient.status == status)))
+            view = ledger()
+            stmt = sa.select(sa.func.count()).select_from(view).where(view.c.campaign_id == 501)
+            return int(scalar(engine, stmt.where(view.c.status == status)))
 
         letters = sa.select(sa.func.count()).select_from(DeadLetter)
         dead = int(scalar(engine, letters.where(DeadLetter.ref == "sync_run:1")))

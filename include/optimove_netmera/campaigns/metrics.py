@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from optimove_netmera.campaigns.personalise import REASON_CONTROL
+from optimove_netmera.campaigns.recipients import ledger
 from optimove_netmera.http import ApiError
 from optimove_netmera.netmera import NetmeraClient
 from optimove_netmera.optimove import MAX_METRICS_PER_CALL, CampaignMetric, OptimoveClient
@@ -41,7 +42,6 @@ from optimove_netmera.store import (
     CampaignMetricReport,
     Event,
     EventStatus,
-    Recipient,
     RecipientStatus,
     insert_if_absent,
     session_scope,
@@ -60,7 +60,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _M = CampaignMetricReport.__table__
-_R = Recipient.__table__
+_R = ledger()  # the ledger as its readers see it: a recipient of a settled chunk has the chunk's status
 _E = Event.__table__
 
 Key = tuple[int, int]  # (template_id, metric_id)

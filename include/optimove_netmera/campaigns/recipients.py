@@ -1,6 +1,7 @@
 """The send ledger (``recipients``): staging from Optimove, chunk planning, claims and transitions.
 
-One row per (campaign, channel, customer, template). Lifecycle::
+One row per (campaign, channel, customer, template), and one row per chunk (``send_chunks``: at most one
+request's recipients). Lifecycle of a recipient::
 
     pending --claim--> in_flight --> sent | failed | skipped (Netmera 5016: no target known)
        |                   |            \\-> pending   (request certainly not processed: retried later)
@@ -8,12 +9,18 @@ One row per (campaign, channel, customer, template). Lifecycle::
        \\-> cancelled | skipped (control group, no template mapping, missing required param)
     unknown --(resend_unknown)--> pending
 
+The claim and the outcome are written once per chunk, not once per recipient: a recipient whose own row is
+``pending`` has its chunk's status once the chunk left ``pending`` (:func:`ledger` reads the statuses so); a row
+with a status of its own (``cancelled``, ``skipped`` at staging) keeps it. Cancels and restores move only the rows
+of chunks never claimed (:func:`~optimove_netmera.campaigns.state.unclaimed`).
+
 Staging is idempotent (``INSERT ... ON CONFLICT DO NOTHING`` on the ledger key), so a retried or cleared
 stage task never resets a row that was already sent. Chunk numbers are assigned once per row, under a lock
 on the campaign row, so every run of the same campaign sees the same chunks. A chunk is claimed with one
-conditional ``UPDATE ... WHERE status='pending' AND <campaign not cancelled>`` that marks the rows with the
-claim's request id: two workers can never both get a row, and a cancel committed before the claim leaves nothing
-to claim. The request body is then built by the database from the rows marked (:class:`Claim`).
+conditional ``UPDATE send_chunks ... WHERE status='pending' AND <campaign not cancelled>`` that marks it with the
+claim's request id: two workers can never both get a chunk, and a cancel committed before the claim leaves nothing
+to claim. The request body is then built by the database from the chunk's rows still pending on their own
+(:class:`Claim`).
 """
 
 from __future__ import annotations
@@ -32,7 +39,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from optimove_netmera.campaigns import personalise
-from optimove_netmera.campaigns.state import CANCEL_ALL_REASON, CANCEL_REASON, PARTIAL_CANCEL_REASON, cancel_status
+from optimove_netmera.campaigns.state import (
+    CANCEL_ALL_REASON,
+    CANCEL_REASON,
+    PARTIAL_CANCEL_REASON,
+    cancel_status,
+    lock_chunks,
+    unclaimed,
+)
 from optimove_netmera.optimove import OptimoveClient
 from optimove_netmera.read_ahead import read_ahead
 from optimove_netmera.settings import Settings
@@ -44,6 +58,7 @@ from optimove_netmera.store import (
     DeadLetterKind,
     Recipient,
     RecipientStatus,
+    SendChunk,
     UTCDateTime,
     session_scope,
     sqlite_bulk_insert,
@@ -59,6 +74,7 @@ __all__ = [
     "claim_chunk",
     "dead_letter",
     "finish_request",
+    "ledger",
     "mark_orphans_unknown",
     "plan_chunks",
     "reapply_cancel",
@@ -76,6 +92,40 @@ ORPHAN_REASON = "request in flight when its worker died: outcome unknown"
 LEDGER_KEY = ("campaign_id", "channel_id", "customer_id", "template_id")
 _R = Recipient.__table__
 _C = Campaign.__table__
+_K = SendChunk.__table__
+
+
+def ledger() -> sa.Subquery:
+    """The send ledger as its readers see it: ``recipients``' columns, with ``status``, ``reason``, ``request_id``
+    and ``sent_at`` those of the recipient's chunk where its own row is ``pending`` and the chunk left ``pending``
+    (the chunk was claimed, or settled, for every recipient still pending in it)."""
+    by_chunk = sa.and_(
+        _R.c.status == RecipientStatus.PENDING.value,
+        _K.c.status.is_not(None),
+        _K.c.status != RecipientStatus.PENDING.value,
+    )
+
+    def pick(own: Any, chunk: Any, name: str) -> Any:
+        return sa.case((by_chunk, chunk), else_=own).label(name)
+
+    joined = _R.outerjoin(
+        _K,
+        sa.and_(
+            _K.c.campaign_id == _R.c.campaign_id, _K.c.channel_id == _R.c.channel_id, _K.c.chunk_no == _R.c.chunk_no
+        ),
+    )
+    own = [c for c in _R.c if c.name not in ("status", "reason", "request_id", "sent_at")]
+    return (
+        sa.select(
+            *own,
+            pick(_R.c.status, _K.c.status, "status"),
+            pick(_R.c.reason, _K.c.reason, "reason"),
+            pick(_R.c.request_id, _K.c.request_id, "request_id"),
+            pick(_R.c.sent_at, _K.c.sent_at, "sent_at"),
+        )
+        .select_from(joined)
+        .subquery("ledger")
+    )
 
 
 def _mine(campaign_id: int, channel_id: int) -> tuple[Any, Any]:
@@ -230,10 +280,12 @@ def reapply_cancel(engine: Engine, campaign_id: int, channel_id: int) -> int:
     """After staging: cancel what a stored cancel covers (whole campaign, or the listed customers)."""
     status = cancel_status(engine, campaign_id, channel_id)
     with session_scope(engine) as session:
+        lock_chunks(session, [int(campaign_id)], [int(channel_id)])
         if status.cancelled:
             return transition(
                 session,
                 Recipient,
+                unclaimed(),
                 key={"campaign_id": int(campaign_id), "channel_id": int(channel_id)},
                 from_status=RecipientStatus.PENDING.value,
                 to_status=RecipientStatus.CANCELLED.value,
@@ -244,6 +296,7 @@ def reapply_cancel(engine: Engine, campaign_id: int, channel_id: int) -> int:
             return transition(
                 session,
                 Recipient,
+                unclaimed(),
                 _R.c.customer_id.in_(listed),
                 key={"campaign_id": int(campaign_id), "channel_id": int(channel_id)},
                 from_status=RecipientStatus.PENDING.value,
@@ -309,6 +362,7 @@ def _assign_chunks(session: Any, campaign_id: int, channel_id: int, chunk_size: 
     if not groups:
         return 0
     next_no = (session.scalar(sa.select(sa.func.max(_R.c.chunk_no)).where(*mine)) or 0) + 1
+    first_no = next_no
     stmt = (
         sa.update(_R)
         .where(_R.c.id == sa.bindparam("rid"), _R.c.chunk_no.is_(None))
@@ -328,6 +382,9 @@ def _assign_chunks(session: Any, campaign_id: int, channel_id: int, chunk_size: 
             session.execute(stmt, [{"rid": rid, "cno": cno} for rid, cno in batch])
         assigned += int(ids.size)
         next_no = int(numbers[-1]) + 1
+    if next_no > first_no:  # each new chunk starts pending (its claim and outcome are written on its row)
+        key = {"campaign_id": int(campaign_id), "channel_id": int(channel_id)}
+        session.execute(sa.insert(SendChunk), [{**key, "chunk_no": n} for n in range(first_no, next_no)])
     return assigned
 
 
@@ -357,16 +414,22 @@ def plan_chunks(
     statuses = [RecipientStatus.PENDING.value, RecipientStatus.IN_FLIGHT.value]
     if include_unknown:
         statuses.append(RecipientStatus.UNKNOWN.value)
+    view = ledger()
     with engine.connect() as connection:
         work = connection.execute(
             sa.select(
-                _R.c.chunk_no,
-                sa.func.min(_R.c.scheduled_time).label("scheduled_time"),
+                view.c.chunk_no,
+                sa.func.min(view.c.scheduled_time).label("scheduled_time"),
                 sa.func.count().label("n"),
             )
-            .where(*_mine(cid, ch), _R.c.status.in_(statuses), _R.c.chunk_no.is_not(None))
-            .group_by(_R.c.chunk_no)
-            .order_by(_R.c.chunk_no)
+            .where(
+                view.c.campaign_id == cid,
+                view.c.channel_id == ch,
+                view.c.status.in_(statuses),
+                view.c.chunk_no.is_not(None),
+            )
+            .group_by(view.c.chunk_no)
+            .order_by(view.c.chunk_no)
         ).all()
         groups = connection.execute(
             sa.select(_R.c.template_id, sa.func.count(sa.distinct(_R.c.chunk_no)))
@@ -400,33 +463,71 @@ def plan_chunks(
 # --------------------------------------------------------------------------------------------------
 
 
+def _pending_in(chunks: Any) -> Any:
+    """SQL: the rows still pending on their own in the chunks ``chunks`` selects (``chunk_no`` values)."""
+    return sa.and_(_R.c.status == RecipientStatus.PENDING.value, _R.c.chunk_no.in_(chunks))
+
+
+def _count_pending(conn: Any, campaign_id: int, channel_id: int, chunks: Any) -> int:
+    """How many rows of the chunks ``chunks`` selects are pending on their own (the chunks' recipients)."""
+    where = (*_mine(campaign_id, channel_id), _pending_in(chunks))
+    return int(conn.execute(sa.select(sa.func.count()).select_from(_R).where(*where)).scalar_one())
+
+
 def mark_orphans_unknown(engine: Engine, campaign_id: int, channel_id: int, chunks: Iterable[int] | None) -> int:
-    """In-flight rows (of ``chunks``, or all) whose worker died: ``unknown``. Returns how many."""
-    criteria = [] if chunks is None else [_R.c.chunk_no.in_(list(chunks))]
+    """In-flight chunks (of ``chunks``, or all) whose worker died: ``unknown``, and so their recipients. Returns
+    how many recipients (rows claimed one by one before migration 0005 included)."""
+    cid, ch = int(campaign_id), int(channel_id)
+    listed = None if chunks is None else list(chunks)
+    row_criteria = [] if listed is None else [_R.c.chunk_no.in_(listed)]
+    chunk_criteria = [] if listed is None else [_K.c.chunk_no.in_(listed)]
+    in_flight = (_K.c.campaign_id == cid, _K.c.channel_id == ch, _K.c.status == RecipientStatus.IN_FLIGHT.value)
     with session_scope(engine) as session:
-        return transition(
+        legacy = transition(
             session,
             Recipient,
-            *criteria,
-            key={"campaign_id": int(campaign_id), "channel_id": int(channel_id)},
+            *row_criteria,
+            key={"campaign_id": cid, "channel_id": ch},
             from_status=RecipientStatus.IN_FLIGHT.value,
             to_status=RecipientStatus.UNKNOWN.value,
             values={"reason": ORPHAN_REASON},
         )
+        orphans = sa.select(_K.c.chunk_no).where(*in_flight, *chunk_criteria)
+        recipients = _count_pending(session, cid, ch, orphans)
+        session.execute(
+            sa.update(_K)
+            .where(*in_flight, *chunk_criteria)
+            .values(status=RecipientStatus.UNKNOWN.value, reason=ORPHAN_REASON)
+        )
+    return legacy + recipients
 
 
 def release_unknown(engine: Engine, campaign_id: int, channel_id: int, chunks: Iterable[int]) -> int:
-    """``resend_unknown``: unknown rows of ``chunks`` back to pending (they will be sent again)."""
+    """``resend_unknown``: the unknown chunks of ``chunks`` (and rows) back to pending (they will be sent again).
+    Returns how many recipients."""
+    cid, ch = int(campaign_id), int(channel_id)
+    listed = list(chunks)
+    unknown = (
+        _K.c.campaign_id == cid,
+        _K.c.channel_id == ch,
+        _K.c.status == RecipientStatus.UNKNOWN.value,
+        _K.c.chunk_no.in_(listed),
+    )
     with session_scope(engine) as session:
-        return transition(
+        legacy = transition(
             session,
             Recipient,
-            _R.c.chunk_no.in_(list(chunks)),
-            key={"campaign_id": int(campaign_id), "channel_id": int(channel_id)},
+            _R.c.chunk_no.in_(listed),
+            key={"campaign_id": cid, "channel_id": ch},
             from_status=RecipientStatus.UNKNOWN.value,
             to_status=RecipientStatus.PENDING.value,
             values={"reason": None},
         )
+        recipients = _count_pending(session, cid, ch, sa.select(_K.c.chunk_no).where(*unknown))
+        session.execute(
+            sa.update(_K).where(*unknown).values(status=RecipientStatus.PENDING.value, reason=None, request_id=None)
+        )
+    return legacy + recipients
 
 
 @dataclass(frozen=True)
@@ -441,7 +542,7 @@ class Claim:
         return self.count
 
 
-# One request object per row the claim marked with its request id (a fresh one: no other row holds it), in id
+# One request object per row of the chunk still pending on its own (not cancelled, not skipped at staging), in id
 # order, as :func:`~optimove_netmera.campaigns.personalise.request_object` builds it ("message" only when the
 # params are not empty). The database quotes or embeds the stored texts; none becomes a Python object. SQLite:
 # the subquery's ORDER BY holds for the aggregate (a subquery with ORDER BY is never flattened into an aggregate).
@@ -450,14 +551,14 @@ _SQLITE_BODY = sa.text(
     """SELECT '{"notificationKey":' || json_quote(notification_key) || ',"target":{"extId":' || json_quote(ext_id)"""
     """ || '}' || CASE WHEN p = '{}' THEN '' ELSE ',"message":{"params":' || p || '}' END || '}' AS obj"""
     " FROM (SELECT id, notification_key, ext_id, json(params) AS p FROM recipients"
-    " WHERE campaign_id = :cid AND channel_id = :ch AND chunk_no = :chunk AND request_id = :rid ORDER BY id))"
+    " WHERE campaign_id = :cid AND channel_id = :ch AND chunk_no = :chunk AND status = 'pending' ORDER BY id))"
 )
 _POSTGRES_BODY = sa.text(
     "SELECT count(*), '[' || coalesce(string_agg(CASE WHEN params = '{}'::jsonb"
     " THEN json_build_object('notificationKey', notification_key, 'target', json_build_object('extId', ext_id))"
     " ELSE json_build_object('notificationKey', notification_key, 'target', json_build_object('extId', ext_id),"
     " 'message', json_build_object('params', params)) END::text, ',' ORDER BY id), '') || ']'"
-    " FROM recipients WHERE campaign_id = :cid AND channel_id = :ch AND chunk_no = :chunk AND request_id = :rid"
+    " FROM recipients WHERE campaign_id = :cid AND channel_id = :ch AND chunk_no = :chunk AND status = 'pending'"
 )
 
 
@@ -467,31 +568,43 @@ def claim_chunk(
     """pending -> in_flight for one chunk, unless the campaign is cancelled; what this caller won (its count and
     request body: see :class:`Claim`).
 
-    ``request_id`` marks the rows won, so only this caller sends them. ``sent_at`` is set to the claim time here and
-    to the request's start once it is sent. The body is read after the claim commits (a read does not hold the
-    SQLite write lock the other workers' claims wait for); nothing but this caller moves its in-flight rows.
+    One row changes: the chunk's, marked with ``request_id`` so only this caller settles it (``sent_at`` is the
+    claim time here and the request's start once it is sent). The body is read after the claim commits (a read does
+    not hold the SQLite write lock the other workers' claims wait for): once the chunk is claimed no cancel or
+    restore moves its rows (:func:`~optimove_netmera.campaigns.state.unclaimed`). A chunk with no row pending any
+    more (cancelled meanwhile) goes back to pending and nothing is won.
     """
-    cid, ch = int(campaign_id), int(channel_id)
+    cid, ch, chunk = int(campaign_id), int(channel_id), int(chunk_no)
     not_cancelled = ~sa.exists().where(
         _C.c.campaign_id == cid, _C.c.channel_id == ch, _C.c.state == CampaignState.CANCELLED.value
     )
+    mine = (_K.c.campaign_id == cid, _K.c.channel_id == ch, _K.c.chunk_no == chunk)
     with engine.connect() as conn:
         with conn.begin():
-            won = transition(
-                conn,
-                Recipient,
-                not_cancelled,
-                key={"campaign_id": cid, "channel_id": ch, "chunk_no": int(chunk_no)},
-                from_status=RecipientStatus.PENDING.value,
-                to_status=RecipientStatus.IN_FLIGHT.value,
-                values={"request_id": request_id, "sent_at": started_at, "reason": None},
-                increment_attempts=True,
-            )
+            won = conn.execute(
+                sa.update(_K)
+                .where(*mine, _K.c.status == RecipientStatus.PENDING.value, not_cancelled)
+                .values(
+                    status=RecipientStatus.IN_FLIGHT.value,
+                    request_id=request_id,
+                    sent_at=started_at,
+                    reason=None,
+                    attempts=_K.c.attempts + 1,
+                )
+            ).rowcount
         if not won:
             return Claim(0, b"[]")
         query = _SQLITE_BODY if conn.dialect.name == "sqlite" else _POSTGRES_BODY
         with conn.begin():
-            count, body = conn.execute(query, {"cid": cid, "ch": ch, "chunk": int(chunk_no), "rid": request_id}).one()
+            count, body = conn.execute(query, {"cid": cid, "ch": ch, "chunk": chunk}).one()
+        if not count:
+            with conn.begin():
+                conn.execute(
+                    sa.update(_K)
+                    .where(*mine, _K.c.request_id == request_id)
+                    .values(status=RecipientStatus.PENDING.value, request_id=None)
+                )
+            return Claim(0, b"[]")
     return Claim(int(count), body if isinstance(body, bytes) else str(body).encode())
 
 
@@ -505,27 +618,39 @@ def finish_request(
     reason: str | None = None,
     values: dict[str, Any] | None = None,
 ) -> int:
-    """Move the rows of one request (in_flight, or unknown if a retry already gave up on it) to ``to_status``."""
+    """Settle the chunk of one request (in_flight, or unknown if a retry already gave up on it) as ``to_status``
+    (``pending``: give it back, it was certainly not processed); returns how many recipients it holds."""
+    cid, ch, chunk = int(campaign_id), int(channel_id), int(chunk_no)
+    mine = (_K.c.campaign_id == cid, _K.c.channel_id == ch, _K.c.chunk_no == chunk, _K.c.request_id == request_id)
+    settled = {"status": to_status, "reason": reason, **(values or {})}
+    if to_status == RecipientStatus.PENDING.value:
+        settled["request_id"] = None
     with engine.begin() as conn:
-        return transition(
-            conn,
-            Recipient,
-            _R.c.request_id == request_id,
-            key={"campaign_id": int(campaign_id), "channel_id": int(channel_id), "chunk_no": int(chunk_no)},
-            from_status=[RecipientStatus.IN_FLIGHT.value, RecipientStatus.UNKNOWN.value],
-            to_status=to_status,
-            values={"reason": reason, **(values or {})},
-        )
+        moved = conn.execute(
+            sa.update(_K)
+            .where(*mine, _K.c.status.in_([RecipientStatus.IN_FLIGHT.value, RecipientStatus.UNKNOWN.value]))
+            .values(**settled)
+        ).rowcount
+        if not moved:
+            return 0
+        return _count_pending(conn, cid, ch, [chunk])
 
 
 def dead_letter(engine: Engine, campaign_id: int, channel_id: int, request_id: str, reason: str) -> int:
     """Keep what Netmera refused (a 4xx other than 5016) as replayable dead letters: each recipient of the request
     ``request_id`` with the request object it was sent. Returns how many."""
     ref = f"{int(campaign_id)}:{int(channel_id)}"
-    columns = (_R.c.customer_id, _R.c.ext_id, _R.c.notification_key, _R.c.params)
+    view = ledger()
+    columns = (view.c.customer_id, view.c.ext_id, view.c.notification_key, view.c.params)
     with session_scope(engine) as session:
         rows = session.execute(
-            sa.select(*columns).where(*_mine(campaign_id, channel_id), _R.c.request_id == request_id).order_by(_R.c.id)
+            sa.select(*columns)
+            .where(
+                view.c.campaign_id == int(campaign_id),
+                view.c.channel_id == int(channel_id),
+                view.c.request_id == request_id,
+            )
+            .order_by(view.c.id)
         ).all()
         upsert(
             session,
@@ -549,26 +674,32 @@ def dead_letter(engine: Engine, campaign_id: int, channel_id: int, request_id: s
 
 
 # --------------------------------------------------------------------------------------------------
-# Counts
+# Counts (of the ledger as :func:`ledger` reads it)
 # --------------------------------------------------------------------------------------------------
+
+
+def _of(view: sa.Subquery, campaign_id: int, channel_id: int) -> tuple[Any, Any]:
+    return (view.c.campaign_id == int(campaign_id), view.c.channel_id == int(channel_id))
 
 
 def status_counts(engine: Engine, campaign_id: int, channel_id: int) -> dict[str, int]:
     """Ledger rows per status."""
+    view = ledger()
     with engine.connect() as connection:
         rows = connection.execute(
-            sa.select(_R.c.status, sa.func.count()).where(*_mine(campaign_id, channel_id)).group_by(_R.c.status)
+            sa.select(view.c.status, sa.func.count()).where(*_of(view, campaign_id, channel_id)).group_by(view.c.status)
         ).all()
     return {str(status): int(n) for status, n in rows}
 
 
 def template_counts(engine: Engine, campaign_id: int, channel_id: int) -> dict[str, dict[str, int]]:
     """Ledger rows per template and status (``{"101": {"sent": 480, "skipped": 20}}``)."""
+    view = ledger()
     with engine.connect() as connection:
         rows = connection.execute(
-            sa.select(_R.c.template_id, _R.c.status, sa.func.count())
-            .where(*_mine(campaign_id, channel_id))
-            .group_by(_R.c.template_id, _R.c.status)
+            sa.select(view.c.template_id, view.c.status, sa.func.count())
+            .where(*_of(view, campaign_id, channel_id))
+            .group_by(view.c.template_id, view.c.status)
         ).all()
     out: dict[str, dict[str, int]] = {}
     for template_id, status, n in rows:
@@ -578,11 +709,12 @@ def template_counts(engine: Engine, campaign_id: int, channel_id: int) -> dict[s
 
 def request_count(engine: Engine, campaign_id: int, channel_id: int) -> int:
     """Netmera requests that carried this campaign's recipients (the last request of each row)."""
+    view = ledger()
     with engine.connect() as connection:
         return int(
             connection.scalar(
-                sa.select(sa.func.count(sa.distinct(_R.c.request_id))).where(
-                    *_mine(campaign_id, channel_id), _R.c.request_id.is_not(None)
+                sa.select(sa.func.count(sa.distinct(view.c.request_id))).where(
+                    *_of(view, campaign_id, channel_id), view.c.request_id.is_not(None)
                 )
             )
             or 0
@@ -591,10 +723,11 @@ def request_count(engine: Engine, campaign_id: int, channel_id: int) -> int:
 
 def reason_counts(engine: Engine, campaign_id: int, channel_id: int) -> dict[str, int]:
     """Skipped/failed/unknown/cancelled rows per reason (reasons never contain customer data)."""
+    view = ledger()
     with engine.connect() as connection:
         rows = connection.execute(
-            sa.select(_R.c.status, _R.c.reason, sa.func.count())
-            .where(*_mine(campaign_id, channel_id), _R.c.reason.is_not(None))
-            .group_by(_R.c.status, _R.c.reason)
+            sa.select(view.c.status, view.c.reason, sa.func.count())
+            .where(*_of(view, campaign_id, channel_id), view.c.reason.is_not(None))
+            .group_by(view.c.status, view.c.reason)
         ).all()
     return {f"{status}: {reason}": int(n) for status, reason, n in rows}

@@ -5,19 +5,19 @@ Per chunk (at most ``campaigns.chunk_size`` recipients of one template and sched
 1. read the campaign's cancel state (one primary-key read). Cancelled and not yet narrowed: ask Optimove
    (``GetCanceledCampaignCustomers``) whether it is partial; partial -> go on without the listed customers,
    otherwise stop: the pending rows become ``cancelled`` and the outcome says ``cancelled``;
-2. claim the chunk: one conditional ``UPDATE`` pending -> in_flight that also requires the campaign not to
-   be cancelled, so a cancel committed after step 1 still leaves nothing to send; then one last look at the
+2. claim the chunk: one conditional ``UPDATE`` of its row (pending -> in_flight) that also requires the campaign
+   not to be cancelled, so a cancel committed after step 1 still leaves nothing to send; then one last look at the
    cancel state right before the request (a cancel committed in between, or narrowed meanwhile by another
-   worker, puts the rows back, re-applies the cancel to them and starts over), which leaves a window of well
+   worker, puts the chunk back, re-applies the cancel to its rows and starts over), which leaves a window of well
    under a millisecond between that read and the request going out (a few milliseconds with several requests in
    flight, while a worker waits for the interpreter lock);
 3. one ``sendNotification`` request with an array body (one object per recipient, its own params), built by the
-   state database from the rows claimed (:class:`~optimove_netmera.campaigns.recipients.Claim`);
-4. in_flight -> ``sent``; Netmera 400 code 5016 (no target known) -> ``skipped``; the data refused (another
-   400, 413, 422) -> ``failed`` plus a dead letter; a 5xx / timeout / dropped connection (the push may have gone
-   out) -> ``unknown`` and the task fails (its retry carries on with the other chunks); a failure where the request
-   certainly was not processed (429 after retries, connection refused, or a 401/403/404 that a configuration fix
-   cures) -> back to ``pending`` and the task fails.
+   state database from the chunk's rows still pending (:class:`~optimove_netmera.campaigns.recipients.Claim`);
+4. the chunk (and so each recipient it carried) in_flight -> ``sent``; Netmera 400 code 5016 (no target known)
+   -> ``skipped``; the data refused (another 400, 413, 422) -> ``failed`` plus a dead letter; a 5xx / timeout /
+   dropped connection (the push may have gone out) -> ``unknown`` and the task fails (its retry carries on with the
+   other chunks); a failure where the request certainly was not processed (429 after retries, connection refused,
+   or a 401/403/404 that a configuration fix cures) -> back to ``pending`` and the task fails.
 
 A send task keeps up to ``campaigns.requests_in_flight`` requests in flight: that many worker threads take the
 chunks in order, each doing steps 1-4 for its own request. The first worker to see a whole cancel (or a retryable
@@ -27,7 +27,7 @@ Each worker thread talks to Netmera through its own ``requests.Session`` (see
 :meth:`~optimove_netmera.http.BaseHttpClient._thread_session`) and to the state DB through its own pooled
 connection (SQLite: WAL and a 30 s busy timeout let the writers queue).
 
-A process that dies between claim and step 4 leaves the rows ``in_flight``; the next attempt marks them
+A process that dies between claim and step 4 leaves the chunk ``in_flight``; the next attempt marks it
 ``unknown`` (:data:`~optimove_netmera.campaigns.recipients.ORPHAN_REASON`) and re-sends them only with
 ``resend_unknown``.
 """

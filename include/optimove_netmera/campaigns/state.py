@@ -37,6 +37,7 @@ from optimove_netmera.store import (
     CancelScope,
     Recipient,
     RecipientStatus,
+    SendChunk,
     as_utc,
     insert_if_absent,
     session_scope,
@@ -56,6 +57,8 @@ __all__ = [
     "record_campaign",
     "record_campaigns",
     "set_state",
+    "settled_chunk",
+    "unclaimed",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,34 @@ PARTIAL_CANCEL_REASON = "customer cancelled (GetCanceledCampaignCustomers)"
 """``reason`` of recipients cancelled individually by a partial cancel."""
 
 _TERMINAL = (CampaignState.DONE.value, CampaignState.FAILED.value)
+
+
+def settled_chunk(*statuses: str) -> Any:
+    """Ledger rows whose chunk is in one of ``statuses`` (SQL, correlated to ``recipients``)."""
+    k, r = SendChunk.__table__, Recipient.__table__
+    mine = (k.c.campaign_id == r.c.campaign_id, k.c.channel_id == r.c.channel_id, k.c.chunk_no == r.c.chunk_no)
+    return sa.exists().where(*mine, k.c.status.in_(statuses))
+
+
+def unclaimed() -> Any:
+    """Ledger rows whose chunk was never claimed (no chunk yet, or a pending one): the only rows a cancel or a
+    restore may move. A row of a claimed chunk has the chunk's status (see
+    :class:`~optimove_netmera.store.models.SendChunk`)."""
+    k, r = SendChunk.__table__, Recipient.__table__
+    mine = (k.c.campaign_id == r.c.campaign_id, k.c.channel_id == r.c.channel_id, k.c.chunk_no == r.c.chunk_no)
+    return ~sa.exists().where(*mine, k.c.status != RecipientStatus.PENDING.value)
+
+
+def lock_chunks(session: Any, campaign_ids: Iterable[int], channel_ids: Iterable[int]) -> None:
+    """Before moving ledger rows by :func:`unclaimed`: share-lock the campaign's chunks (PostgreSQL), so a claim
+    waits until this transaction ends and one committed before is seen by its next statement (SQLite has one
+    writer at a time)."""
+    k = SendChunk.__table__
+    session.execute(
+        sa.select(k.c.chunk_no)
+        .where(k.c.campaign_id.in_(list(campaign_ids)), k.c.channel_id.in_(list(channel_ids)))
+        .with_for_update(read=True)
+    ).all()
 
 
 def _configured_channels() -> list[int]:
@@ -183,10 +214,12 @@ def mark_cancelled(engine: Engine, campaign_id: int, channel_id: int | None, at:
             .values(cancelled_at=at)
         )
         moved = 0
+        lock_chunks(session, [int(campaign_id)], channels)
         for ch in channels:
             moved += transition(
                 session,
                 Recipient,
+                unclaimed(),
                 key={"campaign_id": int(campaign_id), "channel_id": ch},
                 from_status=RecipientStatus.PENDING.value,
                 to_status=RecipientStatus.CANCELLED.value,
@@ -237,11 +270,13 @@ def cancel_status(engine: Engine, campaign_id: int, channel_id: int) -> CancelSt
 
 
 def cancel_pending(engine: Engine, campaign_id: int, channel_id: int, reason: str = CANCEL_REASON) -> int:
-    """Move this campaign's pending recipients to ``cancelled``; return how many."""
+    """Move this campaign's pending recipients (of chunks not claimed) to ``cancelled``; return how many."""
     with session_scope(engine) as session:
+        lock_chunks(session, [int(campaign_id)], [int(channel_id)])
         return transition(
             session,
             Recipient,
+            unclaimed(),
             key={"campaign_id": int(campaign_id), "channel_id": int(channel_id)},
             from_status=RecipientStatus.PENDING.value,
             to_status=RecipientStatus.CANCELLED.value,
@@ -278,7 +313,8 @@ def apply_cancel_list(
         if row.state != CampaignState.CANCELLED.value or row.cancel_fetched_at is not None:
             return row.cancel_scope or CancelScope.ALL.value
         # Optimove lists the cancelled *recipients*: compare with the customers we could send to (not skipped).
-        sendable = (*mine, rtable.c.status != RecipientStatus.SKIPPED.value)
+        skipped = RecipientStatus.SKIPPED.value
+        sendable = (*mine, rtable.c.status != skipped, ~settled_chunk(skipped))
         total = session.scalar(sa.select(sa.func.count(sa.distinct(rtable.c.customer_id))).where(*sendable)) or 0
         in_ledger = 0
         for start in range(0, len(listed), 500):
@@ -295,15 +331,11 @@ def apply_cancel_list(
         scope = CancelScope.PARTIAL.value if partial else CancelScope.ALL.value
         values: dict[str, object] = {"cancel_scope": scope, "cancel_fetched_at": fetched_at}
         if partial:
+            began = (RecipientStatus.SENT.value, RecipientStatus.IN_FLIGHT.value, RecipientStatus.FAILED.value)
             started = session.scalar(
                 sa.select(sa.func.count())
                 .select_from(rtable)
-                .where(
-                    *mine,
-                    rtable.c.status.in_(
-                        [RecipientStatus.SENT.value, RecipientStatus.IN_FLIGHT.value, RecipientStatus.FAILED.value]
-                    ),
-                )
+                .where(*mine, sa.or_(rtable.c.status.in_(began), settled_chunk(*began)))
             )
             values["state"] = CampaignState.SENDING.value if started else CampaignState.STAGED.value
         guarded = session.execute(
@@ -326,6 +358,9 @@ def apply_cancel_list(
                 [{"campaign_id": cid, "customer_id": c, "fetched_at": fetched_at} for c in listed],
                 update_columns=["fetched_at"],
             )
+            lock_chunks(session, [cid], [ch])
+            # back to pending; a row whose chunk was claimed meanwhile (sent without it) gets a chunk of its own
+            # at the next planning: the claimed chunk's outcome is not its own
             transition(
                 session,
                 Recipient,
@@ -333,12 +368,13 @@ def apply_cancel_list(
                 key={"campaign_id": cid, "channel_id": ch},
                 from_status=RecipientStatus.CANCELLED.value,
                 to_status=RecipientStatus.PENDING.value,
-                values={"reason": None},
+                values={"reason": None, "chunk_no": sa.case((unclaimed(), rtable.c.chunk_no), else_=sa.null())},
             )
             for start in range(0, len(listed), 500):
                 transition(
                     session,
                     Recipient,
+                    unclaimed(),
                     rtable.c.customer_id.in_(listed[start : start + 500]),
                     key={"campaign_id": cid, "channel_id": ch},
                     from_status=RecipientStatus.PENDING.value,

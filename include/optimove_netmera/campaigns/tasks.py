@@ -36,7 +36,7 @@ from optimove_netmera.optimove import OptimoveClient
 from optimove_netmera.runtime import fail_fast_on_config_errors, state_engine
 from optimove_netmera.runtime import task_settings as settings
 from optimove_netmera.settings import Settings
-from optimove_netmera.store import Campaign, CampaignState, Recipient, RecipientStatus, session_scope
+from optimove_netmera.store import Campaign, CampaignState, RecipientStatus, session_scope
 from optimove_netmera.store.engine import migrate
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ def _mask(value: Any) -> Any:
 
 def _dry_run_plan(engine: Engine, cid: int, ch: int, s: Settings) -> dict[str, Any]:
     """What a real run would send: requests and recipients per template, skips per reason, a masked sample."""
-    table = Recipient.__table__
+    table = recipients.ledger()
     mine = (table.c.campaign_id == cid, table.c.channel_id == ch, table.c.status == RecipientStatus.PENDING.value)
     with engine.connect() as conn:
         groups = conn.execute(
@@ -525,7 +525,7 @@ def run_campaign_stats(now: dt.datetime | None = None) -> dict[str, Any]:
         return {"campaigns": 0}
     engine = state_engine(s)
     cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=s.campaigns.stats_days)
-    table = Recipient.__table__
+    table = recipients.ledger()
     with engine.connect() as conn:
         recent = conn.execute(
             sa.select(table.c.campaign_id, table.c.channel_id)

@@ -48,6 +48,7 @@ __all__ = [
     "JSONType",
     "Recipient",
     "RecipientStatus",
+    "SendChunk",
     "SyncBatch",
     "SyncChange",
     "SyncRun",
@@ -504,6 +505,40 @@ class Recipient(Base):
     attempts: Mapped[int] = mapped_column(sa.Integer(), nullable=False, default=0, server_default=sa.text("0"))
     chunk_no: Mapped[int | None] = mapped_column(sa.Integer())
     request_id: Mapped[str | None] = mapped_column(sa.String(64))  # the request it was (last) sent in
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[dt.datetime] = _created_at()
+    updated_at: Mapped[dt.datetime] = _updated_at()
+
+
+class SendChunk(Base):
+    """One chunk of the send ledger: at most one ``sendNotification`` request's recipients, claimed and settled as one.
+
+    The claim (pending -> in_flight, with the request id) and the outcome (sent, failed, skipped or unknown) are
+    written here once per request, not once per recipient. A recipient whose own row is ``pending`` has its chunk's
+    status (and reason, request id, sent time) once the chunk left ``pending``; a row with a status of its own
+    (``cancelled``, ``skipped`` at staging) keeps it. Cancels and restores only move the rows of chunks that are
+    still pending.
+    """
+
+    __tablename__ = "send_chunks"
+    __table_args__ = (
+        _check_in("status", RecipientStatus),
+        sa.ForeignKeyConstraint(
+            ["campaign_id", "channel_id"],
+            ["campaigns.campaign_id", "campaigns.channel_id"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    campaign_id: Mapped[int] = mapped_column(sa.BigInteger(), primary_key=True, autoincrement=False)
+    channel_id: Mapped[int] = mapped_column(sa.Integer(), primary_key=True, autoincrement=False)
+    chunk_no: Mapped[int] = mapped_column(sa.Integer(), primary_key=True, autoincrement=False)
+    status: Mapped[str] = mapped_column(
+        sa.String(16), nullable=False, default=RecipientStatus.PENDING.value, server_default="pending"
+    )
+    reason: Mapped[str | None] = mapped_column(sa.Text())
+    attempts: Mapped[int] = mapped_column(sa.Integer(), nullable=False, default=0, server_default=sa.text("0"))
+    request_id: Mapped[str | None] = mapped_column(sa.String(64))  # the request it was (last) claimed for
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[dt.datetime] = _created_at()
     updated_at: Mapped[dt.datetime] = _updated_at()

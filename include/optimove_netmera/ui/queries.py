@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from optimove_netmera.campaigns.events import ACTED_ON_EVENT_TYPES
+from optimove_netmera.campaigns.recipients import ledger
 from optimove_netmera.store.models import (
     Campaign,
     ChangeStatus,
@@ -22,7 +23,6 @@ from optimove_netmera.store.models import (
     DeadLetterKind,
     Event,
     EventStatus,
-    Recipient,
     RecipientStatus,
     SyncChange,
     SyncRun,
@@ -139,12 +139,11 @@ def campaigns_overview(engine: Engine, limit: int = 50) -> dict[str, Any]:
         statuses: dict[tuple[int, int], dict[str, int]] = defaultdict(dict)
         skipped: dict[tuple[int, int], dict[str, int]] = defaultdict(dict)
         if keys:
+            view = ledger()
             stmt = (
-                sa.select(
-                    Recipient.campaign_id, Recipient.channel_id, Recipient.status, Recipient.reason, sa.func.count()
-                )
-                .where(sa.tuple_(Recipient.campaign_id, Recipient.channel_id).in_(keys))
-                .group_by(Recipient.campaign_id, Recipient.channel_id, Recipient.status, Recipient.reason)
+                sa.select(view.c.campaign_id, view.c.channel_id, view.c.status, view.c.reason, sa.func.count())
+                .where(sa.tuple_(view.c.campaign_id, view.c.channel_id).in_(keys))
+                .group_by(view.c.campaign_id, view.c.channel_id, view.c.status, view.c.reason)
             )
             for cid, ch, status, reason, n in conn.execute(stmt).all():
                 key = (cid, ch)
@@ -178,23 +177,24 @@ def campaigns_overview(engine: Engine, limit: int = 50) -> dict[str, Any]:
     return {"campaigns": out}
 
 
-def _hour_bucket(engine: Engine) -> sa.ColumnElement[str]:
+def _hour_bucket(engine: Engine, sent_at: Any) -> sa.ColumnElement[str]:
     if engine.dialect.name == "postgresql":
         return sa.func.to_char(
-            sa.func.date_trunc("hour", sa.func.timezone("UTC", Recipient.sent_at)), 'YYYY-MM-DD"T"HH24:00:00"Z"'
+            sa.func.date_trunc("hour", sa.func.timezone("UTC", sent_at)), 'YYYY-MM-DD"T"HH24:00:00"Z"'
         )
-    return sa.func.strftime("%Y-%m-%dT%H:00:00Z", Recipient.sent_at)
+    return sa.func.strftime("%Y-%m-%dT%H:00:00Z", sent_at)
 
 
 def sends_over_time(engine: Engine, days: int = 7, now: dt.datetime | None = None) -> dict[str, Any]:
     """Recipients sent per UTC hour and (campaign, channel) over the last ``days`` days, oldest hour first."""
     since = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=days)
-    bucket = _hour_bucket(engine).label("hour")
+    view = ledger()
+    bucket = _hour_bucket(engine, view.c.sent_at).label("hour")
     stmt = (
-        sa.select(bucket, Recipient.campaign_id, Recipient.channel_id, sa.func.count())
-        .where(Recipient.status == RecipientStatus.SENT.value, Recipient.sent_at >= since)
-        .group_by(bucket, Recipient.campaign_id, Recipient.channel_id)
-        .order_by(bucket, Recipient.campaign_id, Recipient.channel_id)
+        sa.select(bucket, view.c.campaign_id, view.c.channel_id, sa.func.count())
+        .where(view.c.status == RecipientStatus.SENT.value, view.c.sent_at >= since)
+        .group_by(bucket, view.c.campaign_id, view.c.channel_id)
+        .order_by(bucket, view.c.campaign_id, view.c.channel_id)
     )
     with engine.connect() as conn:
         points = [
