@@ -136,11 +136,13 @@ def event_13(engine: Any, campaign_id: int) -> tuple[float, dict[str, Any]]:
 
 
 def ledger_times(engine: Any, campaign_id: int) -> dict[str, Any]:
-    """Per status counts; first/last request start (sent_at) and end (updated_at) of the sent rows."""
+    """Per status counts; first/last request start (sent_at) of the sent recipients and end (updated_at) of their
+    chunks' outcomes."""
     import sqlalchemy as sa
-    from optimove_netmera.store import Recipient
+    from optimove_netmera.campaigns.recipients import ledger
+    from optimove_netmera.store import SendChunk
 
-    r = Recipient.__table__
+    r, k = ledger(), SendChunk.__table__
     with engine.connect() as conn:
         counts = dict(
             conn.execute(
@@ -153,7 +155,7 @@ def ledger_times(engine: Any, campaign_id: int) -> dict[str, Any]:
             )
         ).one()
         end = conn.execute(
-            sa.select(sa.func.max(r.c.updated_at)).where(r.c.campaign_id == campaign_id, r.c.status == "sent")
+            sa.select(sa.func.max(k.c.updated_at)).where(k.c.campaign_id == campaign_id, k.c.status == "sent")
         ).scalar()
         groups = conn.execute(
             sa.select(r.c.template_id, sa.func.count())
@@ -210,7 +212,7 @@ def bench_send(box: Box, engine: Any, n: int, lead: float) -> dict[str, Any]:
 def bench_cancel(box: Box, engine: Any, n: int, cancel_after: int) -> dict[str, Any]:
     import sqlalchemy as sa
     from optimove_netmera.campaigns import state
-    from optimove_netmera.store import Recipient
+    from optimove_netmera.campaigns.recipients import ledger
 
     created = box.admin.optimove.create_campaign(
         campaign_id=900_002, recipients=n, control_fraction=0.05, templates=[1, 2]
@@ -219,7 +221,7 @@ def bench_cancel(box: Box, engine: Any, n: int, cancel_after: int) -> dict[str, 
     _, conf = event_13(engine, cid)
     cancel_after = min(cancel_after, n // 5)
     stored: dict[str, float] = {}
-    r = Recipient.__table__
+    r = ledger()
 
     def canceller() -> None:
         deadline = time.monotonic() + 600
@@ -379,10 +381,10 @@ def send_floor(engine: Any, campaign_id: int, requests: int) -> float:
     request objects (rendered as the sender renders them) in one request, ``requests`` times, one at a time."""
     import sqlalchemy as sa
     from optimove_netmera.campaigns import personalise
+    from optimove_netmera.campaigns.recipients import ledger
     from optimove_netmera.netmera import NetmeraClient
-    from optimove_netmera.store import Recipient
 
-    r = Recipient.__table__
+    r = ledger()
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(r.c.notification_key, r.c.ext_id, r.c.params)

@@ -314,7 +314,8 @@ def apply_cancel_list(
             return row.cancel_scope or CancelScope.ALL.value
         # Optimove lists the cancelled *recipients*: compare with the customers we could send to (not skipped).
         skipped = RecipientStatus.SKIPPED.value
-        sendable = (*mine, rtable.c.status != skipped, ~settled_chunk(skipped))
+        skipped_with_chunk = sa.and_(rtable.c.status == RecipientStatus.PENDING.value, settled_chunk(skipped))
+        sendable = (*mine, rtable.c.status != skipped, ~skipped_with_chunk)
         total = session.scalar(sa.select(sa.func.count(sa.distinct(rtable.c.customer_id))).where(*sendable)) or 0
         in_ledger = 0
         for start in range(0, len(listed), 500):
@@ -332,10 +333,11 @@ def apply_cancel_list(
         values: dict[str, object] = {"cancel_scope": scope, "cancel_fetched_at": fetched_at}
         if partial:
             began = (RecipientStatus.SENT.value, RecipientStatus.IN_FLIGHT.value, RecipientStatus.FAILED.value)
+            pending = rtable.c.status == RecipientStatus.PENDING.value
             started = session.scalar(
                 sa.select(sa.func.count())
                 .select_from(rtable)
-                .where(*mine, sa.or_(rtable.c.status.in_(began), settled_chunk(*began)))
+                .where(*mine, sa.or_(rtable.c.status.in_(began), sa.and_(pending, settled_chunk(*began))))
             )
             values["state"] = CampaignState.SENDING.value if started else CampaignState.STAGED.value
         guarded = session.execute(
