@@ -617,9 +617,12 @@ def finish_request(
     to_status: str,
     reason: str | None = None,
     values: dict[str, Any] | None = None,
+    count: int | None = None,
 ) -> int:
     """Settle the chunk of one request (in_flight, or unknown if a retry already gave up on it) as ``to_status``
-    (``pending``: give it back, it was certainly not processed); returns how many recipients it holds."""
+    (``pending``: give it back, it was certainly not processed); returns how many recipients it holds (``count``,
+    the claim's, when given: once claimed, no cancel or restore moves a chunk's rows), 0 when this request does not
+    hold the chunk."""
     cid, ch, chunk = int(campaign_id), int(channel_id), int(chunk_no)
     mine = (_K.c.campaign_id == cid, _K.c.channel_id == ch, _K.c.chunk_no == chunk, _K.c.request_id == request_id)
     settled = {"status": to_status, "reason": reason, **(values or {})}
@@ -633,7 +636,7 @@ def finish_request(
         ).rowcount
         if not moved:
             return 0
-        return _count_pending(conn, cid, ch, [chunk])
+        return count if count is not None else _count_pending(conn, cid, ch, [chunk])
 
 
 def dead_letter(engine: Engine, campaign_id: int, channel_id: int, request_id: str, reason: str) -> int:

@@ -316,7 +316,7 @@ def _send_one(
         raise RuntimeError(f"chunk {chunk} could not be sent: {exc}") from exc
     elapsed = time.monotonic() - clock
     done = recipients.finish_request(
-        engine, cid, ch, chunk, request_id, RecipientStatus.SENT.value, values={"sent_at": started}
+        engine, cid, ch, chunk, request_id, RecipientStatus.SENT.value, values={"sent_at": started}, count=claim.count
     )
     with lock:
         out.request_seconds += elapsed
