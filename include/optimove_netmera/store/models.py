@@ -148,6 +148,13 @@ def _check_in(column: str, values: type[StrEnum]) -> sa.CheckConstraint:
     return sa.CheckConstraint(f"{column} IN ({allowed})", name=column)
 
 
+def _of_campaign() -> sa.ForeignKeyConstraint:
+    """A (campaign_id, channel_id) row of ``campaigns``: deleted with it."""
+    return sa.ForeignKeyConstraint(
+        ["campaign_id", "channel_id"], ["campaigns.campaign_id", "campaigns.channel_id"], ondelete="CASCADE"
+    )
+
+
 def _created_at() -> Mapped[dt.datetime]:
     return mapped_column(UTCDateTime(), nullable=False, server_default=utcnow())
 
@@ -475,11 +482,7 @@ class Recipient(Base):
     __tablename__ = "recipients"
     __table_args__ = (
         _check_in("status", RecipientStatus),
-        sa.ForeignKeyConstraint(
-            ["campaign_id", "channel_id"],
-            ["campaigns.campaign_id", "campaigns.channel_id"],
-            ondelete="CASCADE",
-        ),
+        _of_campaign(),
         sa.UniqueConstraint("campaign_id", "channel_id", "customer_id", "template_id"),
         # no index on status: a send moves every recipient's status twice (migration 0004 says why)
         sa.Index(None, "campaign_id", "channel_id", "chunk_no"),
@@ -523,11 +526,7 @@ class SendChunk(Base):
     __tablename__ = "send_chunks"
     __table_args__ = (
         _check_in("status", RecipientStatus),
-        sa.ForeignKeyConstraint(
-            ["campaign_id", "channel_id"],
-            ["campaigns.campaign_id", "campaigns.channel_id"],
-            ondelete="CASCADE",
-        ),
+        _of_campaign(),
     )
 
     campaign_id: Mapped[int] = mapped_column(sa.BigInteger(), primary_key=True, autoincrement=False)
@@ -589,13 +588,7 @@ class CampaignMetricReport(Base):
     """
 
     __tablename__ = "campaign_metrics"
-    __table_args__ = (
-        sa.ForeignKeyConstraint(
-            ["campaign_id", "channel_id"],
-            ["campaigns.campaign_id", "campaigns.channel_id"],
-            ondelete="CASCADE",
-        ),
-    )
+    __table_args__ = (_of_campaign(),)
 
     campaign_id: Mapped[int] = mapped_column(sa.BigInteger(), primary_key=True, autoincrement=False)
     channel_id: Mapped[int] = mapped_column(sa.Integer(), primary_key=True, autoincrement=False)
