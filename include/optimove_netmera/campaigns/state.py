@@ -53,6 +53,7 @@ __all__ = [
     "apply_cancel_list",
     "cancel_pending",
     "cancel_status",
+    "lock_chunks",
     "mark_cancelled",
     "record_campaign",
     "record_campaigns",
