@@ -128,8 +128,9 @@ def ledger() -> sa.Subquery:
     )
 
 
-def _mine(campaign_id: int, channel_id: int) -> tuple[Any, Any]:
-    return (_R.c.campaign_id == int(campaign_id), _R.c.channel_id == int(channel_id))
+def _mine(campaign_id: int, channel_id: int, rows: Any = _R) -> tuple[Any, Any]:
+    """SQL: the rows of ``rows`` (``recipients``, or the :func:`ledger` view) of one campaign and channel."""
+    return (rows.c.campaign_id == int(campaign_id), rows.c.channel_id == int(channel_id))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -422,12 +423,7 @@ def plan_chunks(
                 sa.func.min(view.c.scheduled_time).label("scheduled_time"),
                 sa.func.count().label("n"),
             )
-            .where(
-                view.c.campaign_id == cid,
-                view.c.channel_id == ch,
-                view.c.status.in_(statuses),
-                view.c.chunk_no.is_not(None),
-            )
+            .where(*_mine(cid, ch, view), view.c.status.in_(statuses), view.c.chunk_no.is_not(None))
             .group_by(view.c.chunk_no)
             .order_by(view.c.chunk_no)
         ).all()
@@ -648,11 +644,7 @@ def dead_letter(engine: Engine, campaign_id: int, channel_id: int, request_id: s
     with session_scope(engine) as session:
         rows = session.execute(
             sa.select(*columns)
-            .where(
-                view.c.campaign_id == int(campaign_id),
-                view.c.channel_id == int(channel_id),
-                view.c.request_id == request_id,
-            )
+            .where(*_mine(campaign_id, channel_id, view), view.c.request_id == request_id)
             .order_by(view.c.id)
         ).all()
         upsert(
@@ -681,16 +673,14 @@ def dead_letter(engine: Engine, campaign_id: int, channel_id: int, request_id: s
 # --------------------------------------------------------------------------------------------------
 
 
-def _of(view: sa.Subquery, campaign_id: int, channel_id: int) -> tuple[Any, Any]:
-    return (view.c.campaign_id == int(campaign_id), view.c.channel_id == int(channel_id))
-
-
 def status_counts(engine: Engine, campaign_id: int, channel_id: int) -> dict[str, int]:
     """Ledger rows per status."""
     view = ledger()
     with engine.connect() as connection:
         rows = connection.execute(
-            sa.select(view.c.status, sa.func.count()).where(*_of(view, campaign_id, channel_id)).group_by(view.c.status)
+            sa.select(view.c.status, sa.func.count())
+            .where(*_mine(campaign_id, channel_id, view))
+            .group_by(view.c.status)
         ).all()
     return {str(status): int(n) for status, n in rows}
 
@@ -701,7 +691,7 @@ def template_counts(engine: Engine, campaign_id: int, channel_id: int) -> dict[s
     with engine.connect() as connection:
         rows = connection.execute(
             sa.select(view.c.template_id, view.c.status, sa.func.count())
-            .where(*_of(view, campaign_id, channel_id))
+            .where(*_mine(campaign_id, channel_id, view))
             .group_by(view.c.template_id, view.c.status)
         ).all()
     out: dict[str, dict[str, int]] = {}
@@ -717,7 +707,7 @@ def request_count(engine: Engine, campaign_id: int, channel_id: int) -> int:
         return int(
             connection.scalar(
                 sa.select(sa.func.count(sa.distinct(view.c.request_id))).where(
-                    *_of(view, campaign_id, channel_id), view.c.request_id.is_not(None)
+                    *_mine(campaign_id, channel_id, view), view.c.request_id.is_not(None)
                 )
             )
             or 0
@@ -730,7 +720,7 @@ def reason_counts(engine: Engine, campaign_id: int, channel_id: int) -> dict[str
     with engine.connect() as connection:
         rows = connection.execute(
             sa.select(view.c.status, view.c.reason, sa.func.count())
-            .where(*_of(view, campaign_id, channel_id), view.c.reason.is_not(None))
+            .where(*_mine(campaign_id, channel_id, view), view.c.reason.is_not(None))
             .group_by(view.c.status, view.c.reason)
         ).all()
     return {f"{status}: {reason}": int(n) for status, reason, n in rows}
