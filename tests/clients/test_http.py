@@ -51,6 +51,7 @@ class Script:
         self.queues: dict[str, list[Any]] = {}
         self.seen: list[tuple[str, str, dict[str, str]]] = []
         self.arrivals: list[float] = []  # time.monotonic() as each request arrived (compared with each other only)
+        self.peers: list[tuple[str, int]] = []  # the client's address of each request (its connection)
 
     def set(self, path: str, *responses: Any) -> None:
         with self.lock:
@@ -83,7 +84,17 @@ class Handler(BaseHTTPRequestHandler):
         with self.script.lock:
             self.script.seen.append((self.command, self.path, dict(self.headers)))
             self.script.arrivals.append(time.monotonic())
+            self.script.peers.append(self.client_address)
         action = self.script.next(path)
+        if isinstance(action, tuple) and action[0] == "truncate":  # promises the whole body, sends half, closes
+            body = action[1]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
         if action == "reset":
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
@@ -429,6 +440,26 @@ def test_connection_reset_is_retried(server: tuple[str, Script]) -> None:
     assert probe.call() == {"n": 1}
     assert script.count("/x") == 3
     assert probe.stats.errors["transport"] == 2
+
+
+def test_large_bodies_arrive_whole_over_one_connection(server: tuple[str, Script]) -> None:
+    url, script = server
+    rows = [{"CustomerID": f"C{i:07d}", "Attributes": ["x" * 40, i]} for i in range(40_000)]  # ~2.6 MB
+    script.set("/page", (200, {}, json.dumps(rows).encode()))
+    probe = Probe(url)
+    for _ in range(3):
+        assert probe.call(path="/page") == rows
+    assert len(set(script.peers)) == 1, "each body was read to its end and the connection went back to the pool"
+
+
+def test_body_cut_short_is_a_transport_error_and_retried(server: tuple[str, Script]) -> None:
+    url, script = server
+    body = json.dumps({"rows": list(range(50_000))}).encode()
+    script.set("/x", ("truncate", body), (200, {}, body))
+    probe = Probe(url)
+    assert probe.call() == {"rows": list(range(50_000))}
+    assert script.count("/x") == 2
+    assert probe.stats.errors["transport"] == 1
 
 
 def test_read_timeout_is_retried_then_transport_error(server: tuple[str, Script]) -> None:

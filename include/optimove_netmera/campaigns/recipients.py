@@ -47,6 +47,7 @@ from optimove_netmera.campaigns.state import (
     lock_chunks,
     unclaimed,
 )
+from optimove_netmera.gc_passes import fewer_gc_passes
 from optimove_netmera.optimove import OptimoveClient
 from optimove_netmera.read_ahead import read_ahead
 from optimove_netmera.settings import Settings
@@ -158,7 +159,8 @@ def stage_recipients(
     partial send changes nothing that was sent). So memory does not grow with the campaign: across pages only a
     64-bit hash of each key (and its control flag) is kept, for the ``distinct`` / ``duplicates_dropped`` /
     ``control_group`` counts. The next page is fetched (in a thread) while this one is written; pages are paced
-    by the client's rate limiter.
+    by the client's rate limiter. The garbage collector leaves the process's other objects alone meanwhile
+    (:func:`~optimove_netmera.gc_passes.fewer_gc_passes`): its full passes over them took a quarter of the time.
     """
     attributes = list(settings.campaigns.params)
     counts: Counter[str] = Counter()
@@ -166,7 +168,7 @@ def stage_recipients(
     controls: list[np.ndarray] = []
     cid, ch = int(campaign_id), int(channel_id)
     source = client.iter_campaign_recipients(cid, ch, attributes, page_size=page_size)
-    with closing(read_ahead(source, "stage-prefetch")) as pages:
+    with fewer_gc_passes(), closing(read_ahead(source, "stage-prefetch")) as pages:
         for page in pages:
             rows: list[dict[str, Any]] = []
             page_keys: set[tuple[str, int]] = set()
