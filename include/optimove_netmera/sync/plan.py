@@ -125,7 +125,6 @@ _CHANGE_COLUMNS = (
 _TEXTS = ("set_attrs", "present_attrs")  # ~1 KB of a row's JSON: beside the insert's array (sqlite_bulk_insert)
 _CUSTOMER_ID, _EXT_ID, _SET_NO, _UNSET_NO, _STATUS, _REASON, _FRESH = 1, 2, 7, 8, 9, 10, 11  # _FRESH: not stored
 UNNUMBERED = -1  # a part to send whose batch number is not given yet
-_RAW_FORMAT = f":{RAW_VERSION}:%016x"  # that part, in SQLite's printf (a signed 64-bit value prints as unsigned)
 _CHANGE_ROWS = sa.table(SyncChange.__tablename__, *(sa.column(c) for c in _CHANGE_COLUMNS))
 
 
@@ -213,21 +212,24 @@ def _snapshot_differing(
     in the database, one statement a chunk (SQLite: the chunk as one JSON document; PostgreSQL: two arrays).
     """
     table = CustomerSnapshot.__tablename__
-    signed = raw_hashes.view(np.int64).tolist()
     if conn.dialect.name == "sqlite":
-        document = msgspec.json.encode(list(zip(ids, signed, strict=True)))
+        # Each id behind its raw part, which has a fixed width: substr splits them. (``value ->> k`` parses the
+        # element's JSON again for every k: the id and the hash as a pair cost two parses a customer.)
+        keyed = [raw + cid for raw, cid in zip(map(format_raw, raw_hashes.tolist()), ids, strict=True)]
+        document = msgspec.json.encode(keyed)
         if b"\\u0000" in document:  # json_each would cut an id at a NUL: compare in Python
             return _snapshot_differing_keyed(conn, ids, raw_hashes)
         # One row holding every answer: a row at a time, the driver would take the interpreter lock back for each
         # one (and wait for it behind the thread diffing the chunk before).
+        n = RAW_PART_LENGTH
         sql = (
             f"SELECT json_group_array(json_array(j.key, s.attr_hash, json(s.present_attrs))) FROM json_each(?) AS j "
-            f"LEFT JOIN {table} AS s ON s.customer_id = j.value ->> 0 "
-            f"WHERE s.attr_hash IS NULL "
-            f"OR substr(s.attr_hash, -{RAW_PART_LENGTH}) != printf('{_RAW_FORMAT}', j.value ->> 1)"
+            f"LEFT JOIN {table} AS s ON s.customer_id = substr(j.value, {n + 1}) "
+            f"WHERE s.attr_hash IS NULL OR substr(s.attr_hash, -{n}) != substr(j.value, 1, {n})"
         )
         rows = msgspec.json.decode(conn.exec_driver_sql(sql, (document,)).scalar_one())
     else:
+        signed = raw_hashes.view(np.int64).tolist()
         sql = (
             f"SELECT t.i - 1, s.attr_hash, s.present_attrs FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY "
             f"AS t(cid, h, i) LEFT JOIN {table} AS s ON s.customer_id = t.cid WHERE s.attr_hash IS NULL "
