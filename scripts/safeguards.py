@@ -75,16 +75,15 @@ SAFEGUARDS = (
     Safeguard(
         "the claim refuses a cancelled campaign",
         "campaigns/recipients.py",
-        ", not_cancelled)\n",
-        ")\n",
+        "                not_cancelled,\n                key=chunk_key,\n",
+        "                key=chunk_key,\n",
         (f"{SEND_TESTS}::test_cancel_committed_between_the_check_and_the_claim",),
     ),
     Safeguard(
         "the claim takes only a pending chunk (two workers never send one chunk twice)",
         "campaigns/recipients.py",
-        "_K.c.status == RecipientStatus.PENDING.value, not_cancelled",
-        "_K.c.status.in_([RecipientStatus.PENDING.value, RecipientStatus.IN_FLIGHT.value, "
-        "RecipientStatus.SENT.value]), not_cancelled",
+        "from_status=RecipientStatus.PENDING.value,  # two workers never claim one chunk",
+        "from_status=[RecipientStatus.PENDING.value, RecipientStatus.IN_FLIGHT.value, RecipientStatus.SENT.value],",
         (f"{CAMPAIGN_TESTS}::test_two_workers_sending_the_same_chunks_never_double_send",),
     ),
     Safeguard(
@@ -114,9 +113,19 @@ SAFEGUARDS = (
     Safeguard(
         "only the request that holds a chunk settles it (a worker thought dead cannot settle a chunk claimed again)",
         "campaigns/recipients.py",
-        "_K.c.chunk_no == chunk, _K.c.request_id == request_id)\n",
-        "_K.c.chunk_no == chunk)\n",
+        "    holder = _K.c.request_id == request_id\n",
+        "    holder = sa.true()\n",
         ("tests/campaigns/test_chunk_ledger.py::test_only_the_request_that_holds_the_chunk_settles_it",),
+    ),
+    Safeguard(
+        "a chunk in flight when its worker died becomes unknown (never pending again, unless an operator re-sends)",
+        "campaigns/recipients.py",
+        "            to_status=RecipientStatus.UNKNOWN.value,\n"
+        '            values={"reason": ORPHAN_REASON},\n        )\n    return legacy + recipients',
+        "            to_status=RecipientStatus.PENDING.value,\n"
+        '            values={"reason": ORPHAN_REASON},\n        )\n    return legacy + recipients',
+        (f"{CAMPAIGN_TESTS}::test_crash_leaves_rows_in_flight_they_become_unknown_and_resend_on_request",),
+        select="sqlite and chunk",
     ),
     Safeguard(
         "a claim that finds no row left to send gives the chunk back",

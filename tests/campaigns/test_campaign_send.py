@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from api_server import Responder, TimeoutSweeper
 from optimove_netmera.campaigns import state
 from optimove_netmera.campaigns.decision import ACCEPT, RESEND
-from optimove_netmera.campaigns.recipients import ORPHAN_REASON
+from optimove_netmera.campaigns.recipients import ORPHAN_REASON, claim_chunk
 from optimove_netmera.campaigns.send import UNKNOWN_EXT_ID_REASON
 from optimove_netmera.store import Campaign, DeadLetter, Recipient, get_engine
 from sends_helpers import (
@@ -173,9 +173,12 @@ def triggered_runs(campaign_run_id: str) -> list[Any]:
         return [(r.run_id, dict(r.conf or {})) for r in runs]
 
 
+@pytest.mark.parametrize("claimed", ["chunk", "rows"])
 def test_crash_leaves_rows_in_flight_they_become_unknown_and_resend_on_request(
-    env: Any, db_url: str, hitl_api: Any
+    env: Any, db_url: str, hitl_api: Any, claimed: str
 ) -> None:
+    """``chunk``: the worker claimed chunk 2 as every worker does since migration 0005 (the chunk's row in flight);
+    ``rows``: its rows were claimed one by one, as before 0005 (a ledger written by an older release)."""
     box = env
     cid = box.admin.optimove.create_campaign(recipients=300, control_fraction=0.1, templates=[1])["campaign_id"]
     expected = expected_recipients(box, cid)
@@ -185,14 +188,15 @@ def test_crash_leaves_rows_in_flight_they_become_unknown_and_resend_on_request(
     assert send_requests(box) == 0
     engine = get_engine(db_url)
     table = Recipient.__table__
+    chunk_2 = (table.c.campaign_id == cid, table.c.chunk_no == 2, table.c.status == "pending")
     with engine.begin() as conn:  # a worker claimed chunk 2 and died before its request
-        crashed = conn.execute(
-            sa.update(table)
-            .where(table.c.campaign_id == cid, table.c.chunk_no == 2, table.c.status == "pending")
-            .values(status="in_flight", request_id="dead-worker", attempts=1)
-            .returning(table.c.customer_id)
-        ).scalars()
-        crashed = set(crashed)
+        crashed = set(conn.execute(sa.select(table.c.customer_id).where(*chunk_2)).scalars())
+        if claimed == "rows":
+            conn.execute(
+                sa.update(table).where(*chunk_2).values(status="in_flight", request_id="dead-worker", attempts=1)
+            )
+    if claimed == "chunk":
+        assert len(claim_chunk(engine, cid, CHANNEL, 2, "dead-worker", utcnow())) == len(crashed)
     assert crashed
 
     seen: dict[str, Any] = {}

@@ -492,10 +492,14 @@ def mark_orphans_unknown(engine: Engine, campaign_id: int, channel_id: int, chun
         )
         orphans = sa.select(_K.c.chunk_no).where(*in_flight, *chunk_criteria)
         recipients = _count_pending(session, cid, ch, orphans)
-        session.execute(
-            sa.update(_K)
-            .where(*in_flight, *chunk_criteria)
-            .values(status=RecipientStatus.UNKNOWN.value, reason=ORPHAN_REASON)
+        transition(
+            session,
+            _K,
+            *chunk_criteria,
+            key={"campaign_id": cid, "channel_id": ch},
+            from_status=RecipientStatus.IN_FLIGHT.value,
+            to_status=RecipientStatus.UNKNOWN.value,
+            values={"reason": ORPHAN_REASON},
         )
     return legacy + recipients
 
@@ -522,8 +526,14 @@ def release_unknown(engine: Engine, campaign_id: int, channel_id: int, chunks: I
             values={"reason": None},
         )
         recipients = _count_pending(session, cid, ch, sa.select(_K.c.chunk_no).where(*unknown))
-        session.execute(
-            sa.update(_K).where(*unknown).values(status=RecipientStatus.PENDING.value, reason=None, request_id=None)
+        transition(
+            session,
+            _K,
+            _K.c.chunk_no.in_(listed),
+            key={"campaign_id": cid, "channel_id": ch},
+            from_status=RecipientStatus.UNKNOWN.value,
+            to_status=RecipientStatus.PENDING.value,
+            values={"reason": None, "request_id": None},
         )
     return legacy + recipients
 
@@ -576,20 +586,19 @@ def claim_chunk(
     not_cancelled = ~sa.exists().where(
         _C.c.campaign_id == cid, _C.c.channel_id == ch, _C.c.state == CampaignState.CANCELLED.value
     )
-    mine = (_K.c.campaign_id == cid, _K.c.channel_id == ch, _K.c.chunk_no == chunk)
+    chunk_key = {"campaign_id": cid, "channel_id": ch, "chunk_no": chunk}
     with engine.connect() as conn:
         with conn.begin():
-            won = conn.execute(
-                sa.update(_K)
-                .where(*mine, _K.c.status == RecipientStatus.PENDING.value, not_cancelled)
-                .values(
-                    status=RecipientStatus.IN_FLIGHT.value,
-                    request_id=request_id,
-                    sent_at=started_at,
-                    reason=None,
-                    attempts=_K.c.attempts + 1,
-                )
-            ).rowcount
+            won = transition(
+                conn,
+                _K,
+                not_cancelled,
+                key=chunk_key,
+                from_status=RecipientStatus.PENDING.value,  # two workers never claim one chunk
+                to_status=RecipientStatus.IN_FLIGHT.value,
+                values={"request_id": request_id, "sent_at": started_at, "reason": None},
+                increment_attempts=True,
+            )
         if not won:
             return Claim(0, b"[]")
         query = _SQLITE_BODY if conn.dialect.name == "sqlite" else _POSTGRES_BODY
@@ -597,10 +606,14 @@ def claim_chunk(
             count, body = conn.execute(query, {"cid": cid, "ch": ch, "chunk": chunk}).one()
         if not count:
             with conn.begin():
-                conn.execute(
-                    sa.update(_K)
-                    .where(*mine, _K.c.request_id == request_id)
-                    .values(status=RecipientStatus.PENDING.value, request_id=None)
+                transition(
+                    conn,
+                    _K,
+                    _K.c.request_id == request_id,
+                    key=chunk_key,
+                    from_status=RecipientStatus.IN_FLIGHT.value,
+                    to_status=RecipientStatus.PENDING.value,
+                    values={"request_id": None},
                 )
             return Claim(0, b"[]")
     return Claim(int(count), body if isinstance(body, bytes) else str(body).encode())
@@ -622,16 +635,20 @@ def finish_request(
     the claim's, when given: once claimed, no cancel or restore moves a chunk's rows), 0 when this request does not
     hold the chunk."""
     cid, ch, chunk = int(campaign_id), int(channel_id), int(chunk_no)
-    mine = (_K.c.campaign_id == cid, _K.c.channel_id == ch, _K.c.chunk_no == chunk, _K.c.request_id == request_id)
-    settled = {"status": to_status, "reason": reason, **(values or {})}
+    holder = _K.c.request_id == request_id
+    settled = {"reason": reason, **(values or {})}
     if to_status == RecipientStatus.PENDING.value:
         settled["request_id"] = None
     with engine.begin() as conn:
-        moved = conn.execute(
-            sa.update(_K)
-            .where(*mine, _K.c.status.in_([RecipientStatus.IN_FLIGHT.value, RecipientStatus.UNKNOWN.value]))
-            .values(**settled)
-        ).rowcount
+        moved = transition(
+            conn,
+            _K,
+            holder,
+            key={"campaign_id": cid, "channel_id": ch, "chunk_no": chunk},
+            from_status=[RecipientStatus.IN_FLIGHT.value, RecipientStatus.UNKNOWN.value],
+            to_status=to_status,
+            values=settled,
+        )
         if not moved:
             return 0
         return count if count is not None else _count_pending(conn, cid, ch, [chunk])
