@@ -120,10 +120,9 @@ SAFEGUARDS = (
     Safeguard(
         "a chunk in flight when its worker died becomes unknown (never pending again, unless an operator re-sends)",
         "campaigns/recipients.py",
-        "            to_status=RecipientStatus.UNKNOWN.value,\n"
-        '            values={"reason": ORPHAN_REASON},\n        )\n    return legacy + recipients',
-        "            to_status=RecipientStatus.PENDING.value,\n"
-        '            values={"reason": ORPHAN_REASON},\n        )\n    return legacy + recipients',
+        "        transition(session, _K, *chunk_criteria, **orphaned)\n",
+        "        transition(session, _K, *chunk_criteria, "
+        '**{**orphaned, "to_status": RecipientStatus.PENDING.value})\n',
         (f"{CAMPAIGN_TESTS}::test_crash_leaves_rows_in_flight_they_become_unknown_and_resend_on_request",),
         select="sqlite and chunk",
     ),
