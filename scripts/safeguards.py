@@ -273,7 +273,7 @@ SAFEGUARDS = (
     Safeguard(
         "the extId transform on the sync path",
         "sync/plan.py",
-        "    ext_ids = [settings.ext_id.apply(c) for c in customer_ids]",
+        "    ext_ids = settings.ext_id.apply_all(customer_ids)",
         "    ext_ids = list(customer_ids)",
         ("tests/dags/test_user_sync_safeguards.py::test_ext_id_transform_on_the_sync_path",),
     ),
@@ -482,6 +482,20 @@ SAFEGUARDS = (
         (
             "tests/campaigns/test_claim_body.py::test_a_claim_s_body_holds_exactly_the_request_objects_of_the_rows_it_won",
         ),
+    ),
+    Safeguard(
+        "a string holding a character JSON escapes (a control character, a quote, a backslash) is written escaped",
+        "sync/json_text.py",
+        '_ESCAPED_BYTES[[*range(0x20), ord(\'"\'), ord("\\\\")]] = True',
+        "_ESCAPED_BYTES[[ord('\"')]] = True",
+        ("tests/unit/test_json_text.py::test_cells_and_empty_frames",),
+    ),
+    Safeguard(
+        "a customer with no value keeps its place among the set_attrs (Arrow's null-skipping join drops it)",
+        "sync/json_text.py",
+        "joined = pc.binary_join_element_wise(*parts, _NOTHING, options=_NO_NULLS)",
+        "joined = pc.binary_join_element_wise(*parts, _NOTHING, null_handling='skip')",
+        ("tests/unit/test_json_text.py::test_objects_are_what_msgspec_writes_for_each_rows_dict",),
     ),
     Safeguard(
         "a bulk insert's long texts are cut out of the side blob by their byte length, not their character count",

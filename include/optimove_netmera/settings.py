@@ -78,6 +78,18 @@ class ExtIdTransform(_Model):
             value = value.upper()
         return f"{self.prefix}{value}{self.suffix}"
 
+    def apply_all(self, customer_ids: list[str]) -> list[str]:
+        """The extId of each of ``customer_ids`` (:meth:`apply` on each, without its per-call overhead)."""
+        values = [c.strip() for c in customer_ids]
+        if self.case == "lower":
+            values = [v.lower() for v in values]
+        elif self.case == "upper":
+            values = [v.upper() for v in values]
+        if self.prefix or self.suffix:
+            prefix, suffix = self.prefix, self.suffix
+            values = [f"{prefix}{v}{suffix}" for v in values]
+        return values
+
 
 class ConnectionIds(_Model):
     """Airflow Connection ids of the two APIs."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from optimove_netmera.settings import REPO_CONFIG, SettingsError, load_settings
+from optimove_netmera.settings import REPO_CONFIG, ExtIdTransform, SettingsError, load_settings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -82,6 +82,18 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 def test_ext_id_transform(tmp_path: Path) -> None:
     s = load_settings(write(tmp_path, "ext_id: {prefix: 'om-', case: lower}\n"), env={})
     assert s.ext_id.apply(" C0001 ") == "om-c0001"
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [{}, {"case": "lower"}, {"case": "upper", "suffix": "-x"}, {"prefix": "om-", "case": "lower"}, {"prefix": "p"}],
+)
+def test_ext_id_transform_of_many_ids_is_each_ids_own(transform: dict[str, str]) -> None:
+    ids = [" C0001 ", "c0002", "\tMiXeD\u00c9\n", ""]
+    t = ExtIdTransform(**transform)
+    case = {"lower": str.lower, "upper": str.upper}.get(transform.get("case", ""), str)
+    expected = [f"{transform.get('prefix', '')}{case(i.strip())}{transform.get('suffix', '')}" for i in ids]
+    assert t.apply_all(ids) == expected == [t.apply(i) for i in ids]
 
 
 def test_templates_take_a_key_or_a_key_and_name(tmp_path: Path) -> None:

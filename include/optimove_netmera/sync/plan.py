@@ -62,12 +62,12 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import asdict, dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import msgspec
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
@@ -88,6 +88,7 @@ from optimove_netmera.store.models import (
 )
 from optimove_netmera.store.queries import sqlite_bulk_insert
 from optimove_netmera.sync.extract import export_chunk_rows, iter_export
+from optimove_netmera.sync.json_text import object_texts, presence
 from optimove_netmera.sync.transform import (
     RAW_PART_LENGTH,
     RAW_VERSION,
@@ -276,25 +277,6 @@ def _refresh_raw(conn: Connection, pairs: list[tuple[str, str]]) -> None:
             "WHERE s.customer_id = t.cid",
             ([p[0] for p in pairs], [p[1] for p in pairs]),
         )
-
-
-def _native_columns(values: pd.DataFrame) -> list[list[Any]]:
-    """Each coerced column as a list of JSON-ready Python values (None for empty), built column-wise."""
-    cols = []
-    for name in values.columns:
-        col = values[name]
-        if pd.api.types.is_float_dtype(col.dtype):
-            arr = col.to_numpy(dtype="float64")
-            out = arr.astype(object)
-            whole = np.isfinite(arr) & (np.mod(arr, 1) == 0)
-            out[whole] = arr[whole].astype("int64").astype(object)
-            out[np.isnan(arr)] = None
-            cols.append(out.tolist())
-        elif hasattr(col.array, "__arrow_array__"):  # Arrow strings, nullable ints and booleans: nulls are None
-            cols.append(pa.array(col.array).to_pylist())
-        else:
-            cols.append(col.astype(object).where(col.notna(), None).tolist())
-    return cols
 
 
 def _known_customers(engine: Engine) -> int:
@@ -570,13 +552,23 @@ def _diff_chunk(
     names = list(t.values.columns)
     picked = idx.tolist()
     customer_ids = [ids[i] for i in picked]
-    ext_ids = [settings.ext_id.apply(c) for c in customer_ids]
-    new_flags = is_new[idx].tolist()
+    ext_ids = settings.ext_id.apply_all(customer_ids)
     forced_flags = forced[idx].tolist()
+    fresh = (is_new[idx] | forced[idx]).tolist()
     all_names = [a.netmera for a in mapping]
     present_before = [cands.present[i] for i in picked]  # what was delivered to each, where the snapshot said
     changed_values = t.values.iloc[idx]
     del t
+    filled = changed_values.notna().to_numpy()
+    # the set_attrs (the valid non-empty values), and which attributes each row sets: rows share a code exactly
+    # when they set the same ones
+    set_texts = object_texts(changed_values)
+    del changed_values
+    codes, sets = presence(filled, names)
+    encode = JSON_OPTIONS["json_serializer"]  # what the JSON columns would store
+    present_texts = [encode(sorted(names_set)) for names_set in sets]
+    present = [present_texts[c] for c in codes.tolist()]
+    set_nos = [UNNUMBERED if f else None for f in filled.any(axis=1).tolist()]
     # Attribute counts: rows that carry the names Optimove reported count those; the others count what they set
     # (summed per column here) and unset (per row below).
     by_optimove = {a.netmera: a.optimove for a in mapping}
@@ -584,49 +576,30 @@ def _diff_chunk(
     changed_names = cands.changed_names
     reported_rows = [bool(changed_names.get(c)) for c in customer_ids] if changed_names else [False] * len(idx)
     counted = ~np.asarray(reported_rows, dtype=bool)
-    for name, n in zip(names, changed_values.notna().to_numpy()[counted].sum(axis=0).tolist(), strict=True):
+    for name, n in zip(names, filled[counted].sum(axis=0).tolist(), strict=True):
         if n:
             attr_counts[by_optimove[name]] = attr_counts.get(by_optimove[name], 0) + n
-    cols = _native_columns(changed_values)
-    del changed_values
+    for i in np.flatnonzero(~counted).tolist():
+        for optimove_name in changed_names[customer_ids[i]]:
+            attr_counts[optimove_name] = attr_counts.get(optimove_name, 0) + 1
+    # unset: what was delivered before (a resync: any attribute) that is empty or invalid now; an invalid value counts
+    # as empty, never sent
+    no_unset = encode([])
+    unset_texts, unset_nos = [no_unset] * len(idx), [None] * len(idx)
+    code_list = codes.tolist()
+    for i in (i for i, (f, b) in enumerate(zip(forced_flags, present_before, strict=True)) if f or b):
+        before = all_names if forced_flags[i] else present_before[i]
+        unset = sorted(set(before).difference(sets[code_list[i]]))
+        if unset:
+            unset_texts[i], unset_nos[i] = encode(unset), UNNUMBERED
+            if not reported_rows[i]:
+                for name in unset:
+                    attr_counts[by_optimove[name]] = attr_counts.get(by_optimove[name], 0) + 1
     changed_hashes = format_fingerprints(hashes[idx], cands.raw_hashes[idx])
     pending = ChangeStatus.PENDING.value
-    encode = JSON_OPTIONS["json_serializer"]  # what the JSON columns would store
-    no_unset = encode([])
-    present_json: dict[tuple[str, ...], str] = {}  # by the attributes set: few distinct ones
-    changes: list[list[Any]] = []
-    for i, (cid, row) in enumerate(zip(customer_ids, zip(*cols, strict=True), strict=True)):
-        set_attrs = {name: value for name, value in zip(names, row, strict=True) if value is not None}
-        before = all_names if forced_flags[i] else present_before[i]  # a resync may unset any attribute
-        present = set_attrs.keys()  # an invalid value counts as empty: never sent, unset if delivered before
-        unset = sorted(set(before) - present) if before else []
-        if reported_rows[i]:
-            for optimove_name in changed_names[cid]:
-                attr_counts[optimove_name] = attr_counts.get(optimove_name, 0) + 1
-        else:
-            for name in unset:
-                attr_counts[by_optimove[name]] = attr_counts.get(by_optimove[name], 0) + 1
-        key = tuple(present)
-        present_text = present_json.get(key)
-        if present_text is None:
-            present_text = present_json[key] = encode(sorted(present))
-        changes.append(
-            [
-                run_id,
-                cid,
-                ext_ids[i],
-                changed_hashes[i],
-                encode(set_attrs),
-                encode(unset) if unset else no_unset,
-                present_text,
-                UNNUMBERED if set_attrs else None,
-                UNNUMBERED if unset else None,
-                pending,
-                None,
-                new_flags[i] or forced_flags[i],
-            ]
-        )
-    changes.sort(key=lambda r: r[2])
+    columns = (customer_ids, ext_ids, changed_hashes, set_texts, unset_texts, present, set_nos, unset_nos)
+    changes = [[run_id, *row, pending, None, f] for row, f in zip(zip(*columns, strict=True), fresh, strict=True)]
+    changes.sort(key=itemgetter(_EXT_ID))
     return changes, refresh
 
 
@@ -761,8 +734,9 @@ class _Numbering:
 
     def number(self, rows: list[list[Any]]) -> None:
         """Number the pending rows' parts (``UNNUMBERED`` ones), in the rows' order."""
+        pending = ChangeStatus.PENDING.value
         for r in rows:
-            if r[_STATUS] != ChangeStatus.PENDING.value:
+            if r[_STATUS] != pending:
                 continue
             if r[_SET_NO] == UNNUMBERED:
                 r[_SET_NO] = self.set // self.size

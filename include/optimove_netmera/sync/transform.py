@@ -212,11 +212,22 @@ def raw_fingerprints(raw: pd.DataFrame, mapping: Sequence[AttributeMapping]) -> 
         return (text ^ pd.util.hash_array(layout)) * np.uint64(1000003) ^ np.uint64(raw_seed(mapping))
 
 
+def _hex_digits(values: np.ndarray) -> pa.Array:
+    """Each uint64 as 16 lower-case hex digits (a string array), written by one ``bytes.hex`` of the array."""
+    digits = np.asarray(values, dtype=">u8").tobytes().hex().encode()
+    fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(values), [None, pa.py_buffer(digits)])
+    return fixed.cast(pa.binary()).cast(pa.string())
+
+
 def format_fingerprints(coerced: np.ndarray, raw: np.ndarray) -> list[str]:
     """The stored form of each customer's two fingerprints, e.g. ``h1:09af...:r1:77c0...``."""
-    return [
-        f"{HASH_VERSION}:{c:016x}:{RAW_VERSION}:{r:016x}" for c, r in zip(coerced.tolist(), raw.tolist(), strict=True)
-    ]
+    if len(coerced) != len(raw):
+        raise ValueError(f"{len(coerced)} coerced fingerprints for {len(raw)} raw ones")
+    if not len(coerced):
+        return []
+    head, middle = pa.scalar(f"{HASH_VERSION}:"), pa.scalar(f":{RAW_VERSION}:")
+    joined = pc.binary_join_element_wise(head, _hex_digits(coerced), middle, _hex_digits(raw), pa.scalar(""))
+    return joined.to_pylist()
 
 
 def raw_part(stored: str) -> str:
