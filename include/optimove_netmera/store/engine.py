@@ -62,6 +62,7 @@ DEFAULT_SQLITE_FILENAME = "optimove_netmera_state.db"
 VERSION_TABLE = "optimove_netmera_alembic_version"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_WAL_SIZE_LIMIT = 64 * 2**20  # bytes: the log file's size once reset (PRAGMA journal_size_limit)
 POSTGRES_CONNECT_TIMEOUT_S = 10
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 UPGRADE_HINT = (
@@ -192,6 +193,8 @@ def _sqlite_pragmas(dbapi_connection: Any, *, wal: bool, foreign_keys: bool) -> 
         if wal:
             _enable_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")
+            # a log grown past this (checkpoints lagging a bulk writer: store/wal.py) shrinks back when next reset
+            cursor.execute(f"PRAGMA journal_size_limit = {SQLITE_WAL_SIZE_LIMIT}")
         cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
     finally:
         cursor.close()

@@ -87,6 +87,7 @@ from optimove_netmera.store.models import (
     SyncStaging,
 )
 from optimove_netmera.store.queries import sqlite_bulk_insert
+from optimove_netmera.store.wal import BackgroundCheckpoints
 from optimove_netmera.sync.extract import export_chunk_rows, iter_export
 from optimove_netmera.sync.json_text import object_texts, presence
 from optimove_netmera.sync.transform import (
@@ -648,6 +649,7 @@ class _ChangeWriter:
     def __init__(self, engine: Engine, run_id: int) -> None:
         self._engine, self._run_id = engine, run_id
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="plan-writer")
+        self._checkpoints = BackgroundCheckpoints(engine)  # SQLite: the log copied beside the writes, not in them
         self._pending: list[Future[None]] = []
         self._previous: int | None = None  # the run whose not-found changes are carried over
         self._carried_hashes = np.zeros(0, dtype=np.uint64)  # of their customers, sorted
@@ -696,7 +698,7 @@ class _ChangeWriter:
             self._replaced.extend(c for c, h in zip(replacing_carried, hit.tolist(), strict=True) if h)
         if not (rows or fingerprints):
             return
-        with self._engine.begin() as conn:
+        with self._checkpoints.transaction() as conn:
             _insert_changes(conn, rows)
             _refresh_raw(conn, fingerprints or [])
 
@@ -716,6 +718,7 @@ class _ChangeWriter:
         pending, self._pending = self._pending, []
         wait_for(pending)
         self._thread.shutdown()
+        self._checkpoints.close()
 
 
 def _in_sorted(values: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
