@@ -199,7 +199,8 @@ def raw_fingerprints(raw: pd.DataFrame, mapping: Sequence[AttributeMapping]) -> 
                 column = raw[attr.optimove]
                 if not isinstance(column.dtype, pd.StringDtype):
                     column = column.astype("str")
-                arr = pa.array(column, type=pa.large_string(), from_pandas=True)
+                # the column's array, not the Series: pyarrow probing a Series builds its 1M-id index's hash table
+                arr = pa.array(column.array, type=pa.large_string(), from_pandas=True)
             else:
                 arr = pa.nulls(n, pa.large_string())
             columns.append(arr)
