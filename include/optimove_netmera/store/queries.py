@@ -15,7 +15,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -189,22 +190,24 @@ def sqlite_bulk_insert(
     keep = [i for i in range(len(columns)) if i not in cut]
     args: tuple[bytes, ...]
     if cut:
-        pieces: list[str] = []
+        pieces: list[bytes] = []
         small: list[list[Any]] = []
         at = 1  # SQLite's substr counts from 1
+        others = _picker(keep)
         for row in rows:
-            out = [row[i] for i in keep]
+            out = others(row)
             for i in cut:
                 text = row[i]
                 if text is None:
                     out += (None, None)
                     continue
-                size = len(text) if text.isascii() else len(text.encode())  # bytes; isascii() is O(1)
+                data = text.encode()  # each text apart: joined, one non-ASCII text widens them all before encoding
+                size = len(data)
                 out += (at, size)
-                pieces.append(text)
+                pieces.append(data)
                 at += size
             small.append(out)
-        args = (msgspec.json.encode(small), "".join(pieces).encode())  # a NUL in a text is cut out whole
+        args = (msgspec.json.encode(small), b"".join(pieces))  # a NUL in a text is cut out whole
     else:
         args = (msgspec.json.encode(rows),)
     if b"\\u0000" in args[0]:  # a NUL in the array (or a backslash before "u0000"): row by row
@@ -219,6 +222,14 @@ def sqlite_bulk_insert(
             values.append(f"value ->> {keep.index(i)}")
     # "WHERE true": SQLite's parser needs it between a SELECT ... FROM and an ON CONFLICT clause
     conn.exec_driver_sql(f"{head}SELECT {', '.join(values)} FROM json_each(?1) WHERE true {conflict}", args)
+
+
+def _picker(positions: Sequence[int]) -> Callable[[Sequence[Any]], list[Any]]:
+    """A function returning a new list of a row's values at ``positions`` (``itemgetter``: 5x a comprehension)."""
+    if len(positions) > 1:
+        get = itemgetter(*positions)
+        return lambda row: list(get(row))
+    return lambda row: [row[i] for i in positions]
 
 
 def _statuses(value: str | Iterable[str]) -> list[str]:
