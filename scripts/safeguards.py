@@ -508,6 +508,13 @@ SAFEGUARDS = (
         ),
     ),
     Safeguard(
+        "a connection whose checkpoints cannot be turned back on is closed, not pooled",
+        "store/wal.py",
+        "                    conn.invalidate()  # never back in the pool with its checkpoints off\n",
+        "",
+        ("tests/store/test_wal.py::test_a_connection_whose_checkpoints_cannot_be_turned_back_on_is_closed_not_pooled",),
+    ),
+    Safeguard(
         "a bulk insert's long texts are cut out of the side blob by their byte length, not their character count",
         "store/queries.py",
         "                size = len(data)\n",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -96,4 +97,30 @@ def test_the_log_file_shrinks_back_to_a_limit_once_reset(tmp_path: Path) -> None
     engine, _ = setup(tmp_path)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_size_limit").scalar_one() == SQLITE_WAL_SIZE_LIMIT
+    engine.dispose()
+
+
+def test_a_connection_whose_checkpoints_cannot_be_turned_back_on_is_closed_not_pooled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, _ = setup(tmp_path)
+    checkpoints = BackgroundCheckpoints(engine)
+    real = sa.Connection.exec_driver_sql
+
+    def failing_restore(self: sa.Connection, statement: str, *args: object, **kwargs: object) -> object:
+        if statement.startswith("PRAGMA wal_autocheckpoint = ") and not statement.endswith("= 0"):
+            raise sa.exc.OperationalError(statement, None, Exception("disk I/O error"))
+        return real(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(sa.Connection, "exec_driver_sql", failing_restore)
+    with checkpoints.transaction() as conn:
+        raw = conn.connection.dbapi_connection
+        insert(conn, 0)
+    monkeypatch.undo()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        autocheckpoint(raw)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar_one() == ROWS  # the commit stands
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 1000
+    checkpoints.close()
     engine.dispose()

@@ -54,9 +54,9 @@ class BackgroundCheckpoints:
                 try:  # the pooled connection as it was
                     conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint = {int(before)}")
                     conn.commit()
-                except Exception:
+                except Exception as exc:  # the transaction's own outcome stands; this connection is dropped
+                    log.warning("could not turn WAL checkpoints back on (%s): connection closed", type(exc).__name__)
                     conn.invalidate()  # never back in the pool with its checkpoints off
-                    raise
         self._request()
 
     def _request(self) -> None:
