@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,26 @@ from optimove_netmera.store.wal import BackgroundCheckpoints
 ROWS = 6000  # ~6 MB: over the 1000 pages (4 KiB each) a commit checkpoints at by default
 
 
-def setup(tmp_path: Path) -> tuple[sa.Engine, Path]:
-    path = tmp_path / "state.db"
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+@pytest.fixture
+def engine(path: Path) -> Iterator[sa.Engine]:
+    """A state engine on a SQLite file holding one table ``t``."""
     engine = create_state_engine(f"sqlite:///{path}")
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
-    return engine, path
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def checkpoints(engine: sa.Engine) -> Iterator[BackgroundCheckpoints]:
+    checkpoints = BackgroundCheckpoints(engine)
+    yield checkpoints
+    checkpoints.close()
 
 
 def insert(conn: sa.Connection, start: int) -> None:
@@ -31,21 +46,17 @@ def autocheckpoint(raw: object) -> int:
     return raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0]  # type: ignore[attr-defined]
 
 
-def test_a_plain_commit_copies_the_log_into_the_file(tmp_path: Path) -> None:
+def test_a_plain_commit_copies_the_log_into_the_file(engine: sa.Engine, path: Path) -> None:
     """What the class avoids, shown by the same measure its tests use: the database file grows at the commit."""
-    engine, path = setup(tmp_path)
     before = os.path.getsize(path)
     with engine.begin() as conn:
         insert(conn, 0)
     assert os.path.getsize(path) > before + ROWS * 1000
-    engine.dispose()
 
 
 def test_commits_leave_the_copy_to_the_thread_and_the_connection_as_it_was(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: sa.Engine, path: Path, checkpoints: BackgroundCheckpoints, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine, path = setup(tmp_path)
-    checkpoints = BackgroundCheckpoints(engine)
     assert checkpoints.enabled
     requested: list[int] = []
     real_request = checkpoints._request
@@ -63,12 +74,11 @@ def test_commits_leave_the_copy_to_the_thread_and_the_connection_as_it_was(
     real_request()  # the background checkpoint copies them
     checkpoints.close()
     assert os.path.getsize(path) > before + ROWS * 1000
-    engine.dispose()
 
 
-def test_a_failed_transaction_is_rolled_back_and_the_connection_restored(tmp_path: Path) -> None:
-    engine, _ = setup(tmp_path)
-    checkpoints = BackgroundCheckpoints(engine)
+def test_a_failed_transaction_is_rolled_back_and_the_connection_restored(
+    engine: sa.Engine, checkpoints: BackgroundCheckpoints
+) -> None:
     with pytest.raises(RuntimeError, match="boom"), checkpoints.transaction() as conn:
         raw = conn.connection.dbapi_connection
         insert(conn, 0)
@@ -76,8 +86,6 @@ def test_a_failed_transaction_is_rolled_back_and_the_connection_restored(tmp_pat
     assert autocheckpoint(raw) == 1000
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar_one() == 0
-    checkpoints.close()
-    engine.dispose()
 
 
 def test_in_memory_sqlite_is_a_plain_transaction() -> None:
@@ -92,19 +100,15 @@ def test_in_memory_sqlite_is_a_plain_transaction() -> None:
     checkpoints.close()
 
 
-def test_the_log_file_shrinks_back_to_a_limit_once_reset(tmp_path: Path) -> None:
+def test_the_log_file_shrinks_back_to_a_limit_once_reset(engine: sa.Engine) -> None:
     """Checkpoints lagging a bulk writer let the log grow; every SQLite state connection caps the file it keeps."""
-    engine, _ = setup(tmp_path)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_size_limit").scalar_one() == SQLITE_WAL_SIZE_LIMIT
-    engine.dispose()
 
 
 def test_a_connection_whose_checkpoints_cannot_be_turned_back_on_is_closed_not_pooled(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: sa.Engine, checkpoints: BackgroundCheckpoints, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine, _ = setup(tmp_path)
-    checkpoints = BackgroundCheckpoints(engine)
     real = sa.Connection.exec_driver_sql
 
     def failing_restore(self: sa.Connection, statement: str, *args: object, **kwargs: object) -> object:
@@ -122,5 +126,3 @@ def test_a_connection_whose_checkpoints_cannot_be_turned_back_on_is_closed_not_p
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar_one() == ROWS  # the commit stands
         assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 1000
-    checkpoints.close()
-    engine.dispose()
