@@ -1,7 +1,7 @@
 """Coerced columns as JSON text, built column by column in Arrow instead of a Python dict per customer.
 
 A first sync writes a change row for every customer; building each row's ``set_attrs`` as a dict and encoding it
-took about half of the plan's diff. Here each column becomes the JSON text of its cells at once, and the cells of
+took over a third of the plan's diff. Here each column becomes the JSON text of its cells at once, and the cells of
 a row are joined into its object. The text is byte for byte what the JSON columns' encoder (msgspec) writes for
 the dict of the row's non-empty values in column order (``tests/unit/test_json_text.py`` compares the two): the
 few cells Arrow cannot write the same way (strings holding a quote, a backslash or a control character; numbers
