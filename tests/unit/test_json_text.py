@@ -7,8 +7,9 @@ import math
 import msgspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
-from optimove_netmera.sync.json_text import cell_texts, object_texts, presence
+from optimove_netmera.sync.json_text import cell_texts, json_array, object_texts, presence
 
 STRINGS = ['say "hi"', "back\\slash", "tab\there\nnewline", "bell\x07\x1f", "é ü 日本", "\u2028\x7f", "", "plain"]
 
@@ -100,3 +101,13 @@ def test_presence_groups_rows_by_the_columns_filled() -> None:
     names = [f"n{j}" for j in range(70)]
     codes, sets = presence(wide, names)
     assert [sets[c] for c in codes.tolist()] == [("n0", "n69"), ()]
+
+
+def test_a_json_array_is_what_msgspec_writes_for_the_list() -> None:
+    rng = np.random.default_rng(11)
+    many = ["".join(chr(c) for c in rng.integers(0, 0x3000, rng.integers(0, 4))) for _ in range(5000)]
+    for values in ([], [""], ["plain"], STRINGS, *([f"a{c}b"] for c in ("\n", "\x00", "\x1f", '"', "\\")), many):
+        expected_text = msgspec.json.encode(values)
+        assert json_array(pa.array(values, pa.large_string())) == expected_text
+        assert json_array(pa.array(values, pa.string())) == expected_text
+        assert json_array(pa.array(["skipped", *values], pa.large_string()).slice(1)) == expected_text

@@ -21,7 +21,7 @@ from optimove_netmera.settings import Settings, load_settings
 from optimove_netmera.store import get_engine, migrate
 from optimove_netmera.store.models import CustomerSnapshot, SyncChange, SyncRun
 from optimove_netmera.sync import plan
-from optimove_netmera.sync.transform import raw_fingerprints
+from optimove_netmera.sync.transform import format_raw, raw_fingerprints, raw_parts
 from sqlalchemy.engine import Connection, Engine
 from sync_plan_helpers import deliver
 
@@ -183,6 +183,35 @@ def test_ids_holding_a_nul_are_compared_and_stored_whole_on_sqlite(tmp_path: Pat
     with engine.begin() as conn:
         plan._refresh_raw(conn, [("C\x00X", "h1:0000000000000002:r1:0000000000000009")])
     assert snapshot_hashes(engine) == dict(snapshot)  # left for the next run, and "C" untouched
+
+
+def test_raw_parts_are_each_fingerprints_stored_form() -> None:
+    values = np.array([0, 1, 2**63, 2**64 - 1, *np.random.default_rng(3).integers(0, 2**63, 100)], dtype=np.uint64)
+    assert raw_parts(values).to_pylist() == [format_raw(v) for v in values.tolist()]
+
+
+def test_ids_json_escapes_are_compared_whole_on_sqlite(tmp_path: Path) -> None:
+    """The chunk goes to SQLite as one JSON document: an id holding a quote, a backslash, a control character or
+    non-ASCII text is still compared with its own snapshot row."""
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    migrate(url)
+    engine = get_engine(url)
+    ids = ['say "hi"', "back\\slash", "tab\there", "\x1f", "é 日本", "\u2028", "plain"]
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(CustomerSnapshot),
+            [
+                {"customer_id": c, "ext_id": c, "attr_hash": f"h1:{i:016x}{format_raw(i)}", "present_attrs": [c]}
+                for i, c in enumerate(ids)
+            ],
+        )
+    raw = np.arange(len(ids), dtype=np.uint64)
+    raw[[1, 4]] = 99  # their raw values changed
+    with engine.connect() as conn:
+        pos, stored, present = plan._snapshot_differing(conn, [*ids, 'new "one"'], np.append(raw, 7))
+    assert pos.tolist() == [1, 4, 7]
+    assert stored == [f"h1:{1:016x}{format_raw(1)}", f"h1:{4:016x}{format_raw(4)}", None]
+    assert present == [[ids[1]], [ids[4]], None]
 
 
 class _Backwards:

@@ -102,6 +102,16 @@ def object_texts(values: pd.DataFrame) -> list[str]:
     return objects.to_pylist()
 
 
+def json_array(values: pa.Array) -> bytes:
+    """The JSON text of a string array's values (none null) as one array: what msgspec writes for their list."""
+    if not len(values):
+        return b"[]"
+    texts = _string_texts(values, ",")  # each cell ',"…"': the cells' data, end to end, is the array's body
+    offsets = np.frombuffer(texts.buffers()[1], np.int64)[texts.offset : texts.offset + len(texts) + 1]
+    body = memoryview(texts.buffers()[2])[int(offsets[0]) + 1 : int(offsets[-1])]  # without the first comma
+    return b"".join((b"[", body, b"]"))
+
+
 def presence(filled: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, list[tuple[str, ...]]]:
     """The set of non-empty columns of each row of ``filled`` (rows x columns, True where a cell has a value).
 

@@ -68,6 +68,8 @@ from typing import Any
 import msgspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
@@ -89,7 +91,7 @@ from optimove_netmera.store.models import (
 from optimove_netmera.store.queries import sqlite_bulk_insert
 from optimove_netmera.store.wal import BackgroundCheckpoints
 from optimove_netmera.sync.extract import export_chunk_rows, iter_export
-from optimove_netmera.sync.json_text import object_texts, presence
+from optimove_netmera.sync.json_text import json_array, object_texts, presence
 from optimove_netmera.sync.transform import (
     RAW_PART_LENGTH,
     RAW_VERSION,
@@ -99,6 +101,7 @@ from optimove_netmera.sync.transform import (
     parse_fingerprints,
     raw_fingerprints,
     raw_part,
+    raw_parts,
     transform,
 )
 
@@ -127,6 +130,7 @@ _CHANGE_COLUMNS = (
 _TEXTS = ("set_attrs", "present_attrs")  # ~1 KB of a row's JSON: beside the insert's array (sqlite_bulk_insert)
 _CUSTOMER_ID, _EXT_ID, _SET_NO, _UNSET_NO, _STATUS, _REASON, _FRESH = 1, 2, 7, 8, 9, 10, 11  # _FRESH: not stored
 UNNUMBERED = -1  # a part to send whose batch number is not given yet
+_NOTHING = pa.scalar("", pa.large_string())
 _CHANGE_ROWS = sa.table(SyncChange.__tablename__, *(sa.column(c) for c in _CHANGE_COLUMNS))
 
 
@@ -216,9 +220,10 @@ def _snapshot_differing(
     table = CustomerSnapshot.__tablename__
     if conn.dialect.name == "sqlite":
         # Each id behind its raw part, which has a fixed width: substr splits them. (``value ->> k`` parses the
-        # element's JSON again for every k: the id and the hash as a pair cost two parses a customer.)
-        keyed = [raw + cid for raw, cid in zip(map(format_raw, raw_hashes.tolist()), ids, strict=True)]
-        document = msgspec.json.encode(keyed)
+        # element's JSON again for every k: the id and the hash as a pair cost two parses a customer.) Written in
+        # Arrow: a Python string a customer cost as much as the statement.
+        keyed = pc.binary_join_element_wise(raw_parts(raw_hashes), pa.array(ids, pa.large_string()), _NOTHING)
+        document = json_array(keyed)
         if b"\\u0000" in document:  # json_each would cut an id at a NUL: compare in Python
             return _snapshot_differing_keyed(conn, ids, raw_hashes)
         # One row holding every answer: a row at a time, the driver would take the interpreter lock back for each
@@ -359,37 +364,39 @@ class _Compared:
 
     ids: list[str]
     raw_hashes: np.ndarray
-    differing: Future[tuple[np.ndarray, list[str | None], list[list[str] | None]]] | None
+    differing: tuple[np.ndarray, list[str | None], list[list[str] | None]] | None
 
 
 def _compare_ahead(
     engine: Engine, chunks: Iterable[tuple[pd.DataFrame, dict[str, list[str]]]], settings: Settings, known: bool
 ) -> Iterator[tuple[pd.DataFrame, dict[str, list[str]], _Compared]]:
     """Each chunk with its raw fingerprints and its snapshot comparison (:func:`_snapshot_differing`), the next
-    chunk's comparison running in a thread of its own while the caller diffs this one.
+    chunk read, fingerprinted and compared in a thread of its own while the caller diffs this one.
 
-    The comparison is one statement that runs in the database without the interpreter lock; the caller's diff is
-    Python work. At most two chunks are held: the one being diffed and the next.
+    Reading the file, hashing and the comparison's statement run mostly without the interpreter lock; the caller's
+    diff is Python work. At most two chunks are held: the one being diffed and the next.
     """
     thread = ThreadPoolExecutor(1, thread_name_prefix="plan-compare")
+    source = iter(chunks)
 
-    def compare(ids: list[str], raw_hashes: np.ndarray) -> tuple[np.ndarray, list[str | None], list[list[str] | None]]:
+    def read_next() -> tuple[pd.DataFrame, dict[str, list[str]], _Compared] | None:
+        item = next(source, None)
+        if item is None:
+            return None
+        raw, names = item
+        ids = raw.index.astype("str").tolist()
+        raw_hashes = raw_fingerprints(raw, settings.attributes)
+        if not known:
+            return raw, names, _Compared(ids, raw_hashes, None)
         with engine.connect() as conn:
-            return _snapshot_differing(conn, ids, raw_hashes)
+            return raw, names, _Compared(ids, raw_hashes, _snapshot_differing(conn, ids, raw_hashes))
 
     try:
-        ahead: tuple[pd.DataFrame, dict[str, list[str]], _Compared] | None = None
-        for raw, names in chunks:
-            ids = raw.index.astype("str").tolist()
-            raw_hashes = raw_fingerprints(raw, settings.attributes)
-            differing = thread.submit(compare, ids, raw_hashes) if known else None
-            current, ahead = ahead, (raw, names, _Compared(ids, raw_hashes, differing))
-            del raw, names
-            if current is not None:
-                yield current
-                del current  # not held while the next chunk is read
-        if ahead is not None:
-            yield ahead
+        ahead = thread.submit(read_next)
+        while (current := ahead.result()) is not None:
+            ahead = thread.submit(read_next)  # the next chunk while this one is diffed
+            yield current
+            del current  # not held while the next chunk is waited for
     finally:
         thread.shutdown(cancel_futures=True)
 
@@ -483,7 +490,7 @@ def _select(
     # those whose raw values differ from the snapshot's (new ones included), then the resynced ones whose raw values
     # are the ones delivered (``raw_same``)
     if compared.differing is not None:
-        pos, stored, present = compared.differing.result()
+        pos, stored, present = compared.differing
     else:
         pos, stored, present = np.arange(len(customer_list)), [None] * len(customer_list), [None] * len(customer_list)
     differing = len(pos)

@@ -231,6 +231,13 @@ def format_fingerprints(coerced: np.ndarray, raw: np.ndarray) -> list[str]:
     return joined.to_pylist()
 
 
+def raw_parts(values: np.ndarray) -> pa.Array:
+    """:func:`format_raw` of each raw fingerprint in ``values`` (a large string array), written in Arrow."""
+    text = pa.large_string()
+    head, nothing = pa.scalar(f":{RAW_VERSION}:", text), pa.scalar("", text)
+    return pc.binary_join_element_wise(head, _hex_digits(values).cast(text), nothing)
+
+
 def raw_part(stored: str) -> str:
     """The raw fingerprint's part of a stored fingerprint (compare with :func:`format_raw`)."""
     return stored[-RAW_PART_LENGTH:]
