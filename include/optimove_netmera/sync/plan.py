@@ -582,8 +582,10 @@ def _diff_chunk(
     no_unset = encode([])
     unset_texts, unset_nos = [no_unset] * len(idx), [None] * len(idx)
     code_list = codes.tolist()
-    for i in (i for i, (f, b) in enumerate(zip(forced_flags, present_before, strict=True)) if f or b):
-        before = all_names if forced_flags[i] else present_before[i]
+    for i, (forced_row, delivered) in enumerate(zip(forced_flags, present_before, strict=True)):
+        if not (forced_row or delivered):
+            continue  # nothing delivered before: nothing to unset
+        before = all_names if forced_row else delivered
         unset = sorted(set(before).difference(sets[code_list[i]]))
         if unset:
             unset_texts[i], unset_nos[i] = encode(unset), UNNUMBERED
