@@ -16,13 +16,13 @@ but its last.
 
 **Memory.** The customers (the run's staging rows, or for a full refresh the export file itself) are read in
 chunks sized by ``sync.memory_budget_mb`` (:func:`~optimove_netmera.sync.extract.export_chunk_rows`); each chunk is
-read, fingerprinted and compared with the snapshot rows of its own customers (one statement a chunk) in a thread of
-its own while the chunk before is diffed. The customers to coerce (raw values changed, new or resynced) are gathered
-across chunks into sets of up to half a chunk, since coercing a set costs a fixed overhead besides its rows; each
-set's change rows are written to ``sync_changes`` in one bulk insert, in a writer thread while the next chunk is read
-and diffed (at most two sets' change rows wait: one for the probe's answers, one for its write). What follows the
-diff (guard, the carried rows' checks and numbers) runs in the database or over pages of ids, so no step holds more
-than two and a half chunks of customers, whatever the tenant's size.
+compared with the snapshot rows of its own customers (one statement a chunk, in a thread of its own while the chunk
+before is diffed). The customers to coerce (raw values changed, new or resynced) are gathered across chunks into
+sets of up to half a chunk, since coercing a set costs a fixed overhead besides its rows; each set's change rows are
+written to ``sync_changes`` in one bulk insert, in a writer thread while the next chunk is read and diffed (at most
+two sets' change rows wait: one for the probe's answers, one for its write). What follows the diff (guard, the
+carried rows' checks and numbers) runs in the database or over pages of ids, so no step holds more than two and a
+half chunks of customers, whatever the tenant's size.
 In order:
 
 1. the customers of the latest successful run's not-found changes are looked up (8 bytes each);
@@ -75,7 +75,6 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 
 from optimove_netmera.gc_passes import fewer_gc_passes
-from optimove_netmera.read_ahead import read_ahead
 from optimove_netmera.settings import Settings
 from optimove_netmera.store.engine import JSON_OPTIONS
 from optimove_netmera.store.models import (
@@ -365,27 +364,39 @@ class _Compared:
 
     ids: list[str]
     raw_hashes: np.ndarray
-    differing: tuple[np.ndarray, list[str | None], list[list[str] | None]] | None
+    differing: Future[tuple[np.ndarray, list[str | None], list[list[str] | None]]] | None
 
 
-def _compared(
+def _compare_ahead(
     engine: Engine, chunks: Iterable[tuple[pd.DataFrame, dict[str, list[str]]]], settings: Settings, known: bool
 ) -> Iterator[tuple[pd.DataFrame, dict[str, list[str]], _Compared]]:
-    """Each chunk with its raw fingerprints and (``known``: the snapshot holds customers) its snapshot comparison
-    (:func:`_snapshot_differing`).
+    """Each chunk with its raw fingerprints and its snapshot comparison (:func:`_snapshot_differing`), the next
+    chunk's comparison running in a thread of its own while the caller diffs this one.
 
-    :func:`build_plan` reads these one ahead in a thread (:func:`~optimove_netmera.read_ahead.read_ahead`): reading
-    the file, hashing and the comparison's statement run mostly without the interpreter lock while the caller's
-    diff of the chunk before is Python work.
+    The comparison is one statement that runs in the database without the interpreter lock; the caller's diff is
+    Python work. At most two chunks are held: the one being diffed and the next.
     """
-    for raw, names in chunks:
-        ids = raw.index.astype("str").tolist()
-        raw_hashes = raw_fingerprints(raw, settings.attributes)
-        differing = None
-        if known:
-            with engine.connect() as conn:
-                differing = _snapshot_differing(conn, ids, raw_hashes)
-        yield raw, names, _Compared(ids, raw_hashes, differing)
+    thread = ThreadPoolExecutor(1, thread_name_prefix="plan-compare")
+
+    def compare(ids: list[str], raw_hashes: np.ndarray) -> tuple[np.ndarray, list[str | None], list[list[str] | None]]:
+        with engine.connect() as conn:
+            return _snapshot_differing(conn, ids, raw_hashes)
+
+    try:
+        ahead: tuple[pd.DataFrame, dict[str, list[str]], _Compared] | None = None
+        for raw, names in chunks:
+            ids = raw.index.astype("str").tolist()
+            raw_hashes = raw_fingerprints(raw, settings.attributes)
+            differing = thread.submit(compare, ids, raw_hashes) if known else None
+            current, ahead = ahead, (raw, names, _Compared(ids, raw_hashes, differing))
+            del raw, names
+            if current is not None:
+                yield current
+                del current  # not held while the next chunk is read
+        if ahead is not None:
+            yield ahead
+    finally:
+        thread.shutdown(cancel_futures=True)
 
 
 @dataclass
@@ -477,7 +488,7 @@ def _select(
     # those whose raw values differ from the snapshot's (new ones included), then the resynced ones whose raw values
     # are the ones delivered (``raw_same``)
     if compared.differing is not None:
-        pos, stored, present = compared.differing
+        pos, stored, present = compared.differing.result()
     else:
         pos, stored, present = np.arange(len(customer_list)), [None] * len(customer_list), [None] * len(customer_list)
     differing = len(pos)
@@ -967,7 +978,7 @@ def build_plan(
                 while len(outbox) > (1 if probe is not None else 0):
                     send()
 
-        compared_chunks = read_ahead(_compared(engine, chunks, settings, bool(plan.known)), "plan-compare")
+        compared_chunks = _compare_ahead(engine, chunks, settings, bool(plan.known))
         for raw, changed_names, compared in compared_chunks:
             clock.lap("read")
             candidates = _select(raw, changed_names, compared, resync, plan)
@@ -1017,7 +1028,7 @@ def build_plan(
     finally:
         writer.close()
         if compared_chunks is not None:
-            compared_chunks.close()  # stops the reading thread (a failure may leave one chunk compared ahead)
+            compared_chunks.close()  # stops the comparison thread (a failure may leave one chunk compared ahead)
         pool.shutdown(cancel_futures=True)
     if dry_run:
         _delete_changes(engine, run_id)
