@@ -111,3 +111,5 @@ def test_a_json_array_is_what_msgspec_writes_for_the_list() -> None:
         assert json_array(pa.array(values, pa.large_string())) == expected_text
         assert json_array(pa.array(values, pa.string())) == expected_text
         assert json_array(pa.array(["skipped", *values], pa.large_string()).slice(1)) == expected_text
+    with pytest.raises(ValueError, match="null"):  # it would drop out of the array, shifting the rest
+        json_array(pa.array(["a", None, "b"], pa.large_string()))

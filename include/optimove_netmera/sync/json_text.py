@@ -103,7 +103,10 @@ def object_texts(values: pd.DataFrame) -> list[str]:
 
 
 def json_array(values: pa.Array) -> bytes:
-    """The JSON text of a string array's values (none null) as one array: what msgspec writes for their list."""
+    """The JSON text of a string array's values as one array: what msgspec writes for their list. A null has no
+    text here (it would drop out of the array silently): refused."""
+    if values.null_count:
+        raise ValueError(f"json_array: {values.null_count} null value(s); every value must be a string")
     if not len(values):
         return b"[]"
     texts = _string_texts(values, ",")  # each cell ',"…"': the cells' data, end to end, is the array's body
