@@ -226,9 +226,10 @@ def format_fingerprints(coerced: np.ndarray, raw: np.ndarray) -> list[str]:
         raise ValueError(f"{len(coerced)} coerced fingerprints for {len(raw)} raw ones")
     if not len(coerced):
         return []
-    head, middle = pa.scalar(f"{HASH_VERSION}:"), pa.scalar(f":{RAW_VERSION}:")
-    joined = pc.binary_join_element_wise(head, _hex_digits(coerced), middle, _hex_digits(raw), pa.scalar(""))
-    return joined.to_pylist()
+    text = pa.large_string()
+    head, nothing = pa.scalar(f"{HASH_VERSION}:", text), pa.scalar("", text)
+    # the raw part as the snapshot comparison writes it (:func:`raw_parts`): the two must match byte for byte
+    return pc.binary_join_element_wise(head, _hex_digits(coerced).cast(text), raw_parts(raw), nothing).to_pylist()
 
 
 def raw_parts(values: np.ndarray) -> pa.Array:
