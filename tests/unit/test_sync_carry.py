@@ -3,6 +3,8 @@ PostgreSQL). The expected rows are written out here by hand."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import sqlalchemy as sa
@@ -49,8 +51,9 @@ def test_not_found_changes_are_carried_with_the_parts_they_had_to_send(db_url: s
         )
     with engine.begin() as conn:
         assert plan._previous_run(conn, this) == last
-        assert sorted(plan._carried_ids(conn, last)) == ["both", "set-only", "unset-only"]
-        assert plan._carry_over(conn, this, last, []) == 3
+        carried = [row for page in plan._carried_pages(conn, last) for row in page]
+        assert sorted(carried) == [(c, f"x{c}", f"h-{c}") for c in ("both", "set-only", "unset-only")]
+        assert plan._carry_over(conn, this, last) == 3
     with engine.connect() as conn:
         rows = conn.execute(sa.select(SyncChange).where(SyncChange.sync_run_id == this)).all()
     columns = ("ext_id", "new_hash", "set_attrs", "unset_attrs", "present_attrs", "set_batch_no", "unset_batch_no")
@@ -63,9 +66,10 @@ def test_not_found_changes_are_carried_with_the_parts_they_had_to_send(db_url: s
     }
 
 
-def test_a_chunk_deletes_only_its_customers_carried_rows(db_url: str) -> None:
+def test_a_write_deletes_only_its_customers_rows_of_this_run(db_url: str) -> None:
     """The ids go to the database as one value; on SQLite an id with a NUL (which ``json_each`` would cut short, to
-    customer "C") takes the keyed path. Rows of other runs, rows not carried and other customers' rows stay."""
+    customer "C") takes the keyed path. A carried copy is deleted whether or not its check set it not found yet; rows
+    of other runs and other customers' rows stay."""
     migrate(db_url)
     engine = get_engine(db_url)
     sqlite = engine.dialect.name == "sqlite"
@@ -76,7 +80,12 @@ def test_a_chunk_deletes_only_its_customers_carried_rows(db_url: str) -> None:
             ).scalar_one()
             for name in ("this", "other")
         )
-        rows = [(this, "A", plan.CARRIED), (this, "B", None), (this, "C", plan.CARRIED), (other, "A", plan.CARRIED)]
+        rows = [
+            (this, "A", plan.CARRIED),
+            (this, "B", plan.EXT_ID_UNKNOWN),  # checked already
+            (this, "C", plan.CARRIED),
+            (other, "A", plan.CARRIED),
+        ]
         if sqlite:  # PostgreSQL's text refuses a NUL
             rows.append((this, "C\x00X", plan.CARRIED))
         conn.execute(
@@ -88,27 +97,27 @@ def test_a_chunk_deletes_only_its_customers_carried_rows(db_url: str) -> None:
         )
     listed = ["A", "B", "Z", *(["C\x00X"] if sqlite else [])]
     with engine.begin() as conn:
-        assert plan._delete_carried(conn, this, listed) == 1 + sqlite
-        assert plan._delete_carried(conn, this, []) == 0
+        assert plan._delete_replaced(conn, this, listed) == 2 + sqlite
+        assert plan._delete_replaced(conn, this, []) == 0
     with engine.connect() as conn:
         left = set(conn.execute(sa.select(SyncChange.sync_run_id, SyncChange.customer_id)).all())
-    assert left == {(this, "B"), (this, "C"), (other, "A")}
+    assert left == {(this, "C"), (other, "A")}
 
 
 def test_the_customers_the_diff_replaced_are_not_carried(db_url: str) -> None:
-    """The replaced ids go to the database as one value; on SQLite a list with an id with a NUL (which ``json_each``
-    would cut short, to customer "C") is carried whole, then the replaced ones are deleted by keyed queries. Ids that
-    were not carried change nothing."""
+    """The writer copies the last run's not-found changes first; a write that replaces some deletes their copies in
+    the transaction that inserts their new rows (a new row for "A" would collide with its copy). On SQLite an id
+    with a NUL is deleted by its own keyed query. Ids that were not carried change nothing."""
     migrate(db_url)
     engine = get_engine(db_url)
     sqlite = engine.dialect.name == "sqlite"
     nul = ["C\x00X"] if sqlite else []  # PostgreSQL's text refuses a NUL
     with engine.begin() as conn:
-        last, plain, with_nul = (
+        last, this = (
             conn.execute(
                 sa.insert(SyncRun).values(dag_id="d", dag_run_id=name, status=status).returning(SyncRun.id)
             ).scalar_one()
-            for name, status in (("last", "success"), ("plain", "running"), ("with NUL", "running"))
+            for name, status in (("last", "success"), ("this", "running"))
         )
         conn.execute(
             sa.insert(SyncChange),
@@ -118,15 +127,53 @@ def test_the_customers_the_diff_replaced_are_not_carried(db_url: str) -> None:
                 for cid in ["A", "B", "C", *nul]
             ],
         )
+    new_a = [this, "A", "A", "h2", '{"a":2}', "[]", '["a"]', plan.UNNUMBERED, None, "pending", None]
+    writer = plan._ChangeWriter(engine, this)
+    try:
+        writer.carry_over(None)
+        writer.write([new_a], ["A", "Z", *nul])
+        assert writer.carry_rest() == 2
+    finally:
+        writer.close()
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(SyncChange.customer_id, SyncChange.set_attrs, SyncChange.reason).where(
+                SyncChange.sync_run_id == this
+            )
+        ).all()
+    assert sorted(rows) == [("A", {"a": 2}, None), ("B", {"a": 1}, plan.CARRIED), ("C", {"a": 1}, plan.CARRIED)]
+
+
+def test_the_check_never_sets_a_row_the_diff_wrote_meanwhile(db_url: str) -> None:
+    """The carried changes' check runs beside the diff: the diff may replace a copy the check has read and is asking
+    about. Its answer then sets nothing; the diff's row stands (here the diff's own probe found the user)."""
+    migrate(db_url)
+    engine = get_engine(db_url)
     with engine.begin() as conn:
-        assert plan._carry_over(conn, plain, last, ["A", "Z"]) == 2 + len(nul)
-        if sqlite:
-            assert plan._carry_over(conn, with_nul, last, ["A", "Z", *nul]) == 2
+        this = conn.execute(
+            sa.insert(SyncRun).values(dag_id="d", dag_run_id="this", status="running").returning(SyncRun.id)
+        ).scalar_one()
+        conn.execute(
+            sa.insert(SyncChange),
+            [
+                {"sync_run_id": this, "customer_id": cid, "ext_id": cid, "new_hash": "h", "set_attrs": {"a": 1}}
+                | {"set_batch_no": plan.UNNUMBERED, "reason": plan.CARRIED}
+                for cid in ("A", "B")
+            ],
+        )
+    new_a = [this, "A", "A", "h2", '{"a":2}', "[]", '["a"]', 0, None, "pending", None]
 
-    def carried(run: int) -> set[str]:
-        with engine.connect() as conn:
-            return set(conn.execute(sa.select(SyncChange.customer_id).where(SyncChange.sync_run_id == run)).scalars())
+    def probe(ext_ids: list[str]) -> set[str]:
+        with engine.begin() as conn:  # the diff replaces A while the check waits for this answer
+            plan._delete_replaced(conn, this, ["A"])
+            plan._insert_changes(conn, [new_a])
+        return {"A", "B"}
 
-    assert carried(plain) == {"B", "C", *nul}
-    if sqlite:
-        assert carried(with_nul) == {"B", "C"}
+    counts = plan.Plan(sync_run_id=this)
+    with ThreadPoolExecutor(1) as pool:
+        plan._probe_carried(engine, this, probe, counts, pool, 1, threading.Event())
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(SyncChange.customer_id, SyncChange.status, SyncChange.set_batch_no, SyncChange.reason)
+        ).all()
+    assert sorted(rows) == [("A", "pending", 0, None), ("B", "not_found", None, plan.EXT_ID_UNKNOWN)]

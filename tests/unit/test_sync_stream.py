@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -323,3 +324,73 @@ def test_a_failed_write_fails_the_plan_and_leaves_nothing(
     assert change_rows(engine, run_id) == 0
     with engine.connect() as conn:  # and no batches: the plan was not stored
         assert conn.execute(sa.select(sa.func.count()).select_from(SyncBatch)).scalar_one() == 0
+
+
+def test_an_unknown_customer_whose_data_did_not_change_keeps_its_carried_change(
+    db_url: str, tmp_path: Path, instrumented: dict[str, Any]
+) -> None:
+    """A full refresh reads every customer, also the ones Netmera did not know last run: those whose raw values and
+    extId are the ones their carried change was planned from keep that change (carried over, checked again, not
+    coerced, not counted as changed); a changed or resynced one is diffed again, and so is everyone once the extId
+    transform changes."""
+    s = settings()
+    n = 3 * extract.export_chunk_rows(s)
+    ids = [f"C{i:07d}" for i in range(n)]
+    unknown = set(ids[::10])
+    path = tmp_path / "customers.parquet"
+    customers(s, n).to_parquet(path)
+    migrate(db_url)
+    engine = get_engine(db_url)
+    asked: list[str] = []
+    registered: set[str] = set()
+
+    def probe(ext_ids: list[str]) -> set[str]:
+        asked.extend(ext_ids)
+        return {e for e in ext_ids if e.removeprefix("x-") in unknown - registered}
+
+    first = new_run(engine, 1)
+    plan.build_plan(engine, first, s, 1.0, False, probe, str(path))
+    deliver(engine, first)
+
+    known_changed = {i for i in range(1, n, 40) if ids[i] not in unknown}
+    unknown_changed = {i for i in range(0, n, 30) if ids[i] in unknown}
+    resynced, now_known = ids[20], ids[50]  # both unknown last run, their data unchanged
+    customers(s, n, version=1, changed=known_changed | unknown_changed).to_parquet(path)
+    registered.add(now_known)
+    asked.clear()
+    instrumented["coerced"].clear()
+    second = new_run(engine, 2)
+    p = plan.build_plan(engine, second, s, 1.0, False, probe, str(path), resync=[resynced])
+
+    diffed = len(known_changed) + len(unknown_changed) + 1  # the resynced one is diffed again
+    assert sum(instrumented["coerced"]) == diffed  # the unchanged unknown ones are not coerced again
+    assert (p.changed, p.new, p.resynced) == (diffed, len(unknown_changed) + 1, 1)
+    assert p.carried_over == len(unknown) - len(unknown_changed) - 1
+    assert p.guard["changed"] == diffed  # a carried change is no change in the data
+    # every unknown extId is asked about: the carried ones by their check, the diffed ones in the stream (the check
+    # runs beside the diff, so it may have asked about one the diff then replaced)
+    assert set(asked) == unknown
+    assert {e for e, k in Counter(asked).items() if k > 1} <= {ids[i] for i in unknown_changed} | {resynced}
+    assert p.not_found == len(unknown) - 1  # the one who registered is sent
+    with engine.connect() as conn:
+        rows = {(r.sync_run_id, r.customer_id): r for r in conn.execute(sa.select(SyncChange))}
+    stood = unknown - {ids[i] for i in unknown_changed} - {resynced}
+    for cid in stood:
+        before, now = rows[(first, cid)], rows[(second, cid)]
+        assert (now.ext_id, now.new_hash, now.set_attrs) == (before.ext_id, before.new_hash, before.set_attrs)
+    assert rows[(second, now_known)].status == "pending" and rows[(second, now_known)].set_batch_no is not None
+    assert {cid for (run, cid), r in rows.items() if run == second and r.status == "not_found"} == unknown - {now_known}
+    for i in unknown_changed:
+        assert rows[(second, ids[i])].set_attrs["name"] == values(i, "string", 1)
+
+    deliver(engine, second)
+    moved = load_settings(overlay={"sync": {"memory_budget_mb": 8, "batch_size": BATCH}, "ext_id": {"prefix": "x-"}})
+    asked.clear()
+    instrumented["coerced"].clear()
+    third = new_run(engine, 3)
+    p = plan.build_plan(engine, third, moved, 1.0, False, probe, str(path))
+    assert p.carried_over == 0 and sum(instrumented["coerced"]) == len(unknown) - 1  # every unknown one, again
+    assert Counter(a for a in asked if a.startswith("x-")) == Counter(f"x-{c}" for c in unknown - {now_known})
+    with engine.connect() as conn:
+        ext_ids = conn.execute(sa.select(SyncChange.ext_id).where(SyncChange.sync_run_id == third)).scalars().all()
+    assert sorted(ext_ids) == sorted(f"x-{c}" for c in unknown - {now_known})

@@ -25,15 +25,20 @@ carried rows' checks and numbers) runs in the database or over pages of ids, so 
 half chunks of customers, whatever the tenant's size.
 In order:
 
-1. the customers of the latest successful run's not-found changes are looked up (8 bytes each);
+1. the latest successful run's not-found changes are looked up (16 bytes a customer) and copied into this run
+   (marked ``CARRIED``, one ``INSERT ... SELECT``); a thread of their own then checks the copies with the probe, page
+   by page, while the diff goes on;
 2. the chunks are diffed; the new and resynced customers among the changes are checked with the existence probe
    (1000 extIds a call, the calls going out while the next set is diffed) and every change row is numbered into its
-   batches, in the order written, before it is written;
+   batches, in the order written, before it is written. A customer the diff replaces (a changed one, or for a full
+   refresh every customer in the export: its row there is the truth) loses its carried copy in the transaction
+   that writes its new row. But a customer new to the snapshot whose raw values and extId are the ones its carried
+   change was planned from keeps that change: it is not coerced again, nor counted as changed (a full refresh of a
+   tenant many of whose customers Netmera does not know would otherwise coerce and rewrite them all every run);
 3. the guard, on the counts of step 2, is recorded (:func:`guard_check`); when it tripped the plan is still completed
    and stored, and the load waits for a person's decision (:mod:`optimove_netmera.sync.guard`);
-4. the last run's not-found changes are carried over (marked ``CARRIED``), except those of the customers the diff
-   replaced (the changed ones, or for a full refresh every customer in the export: its row there is the truth),
-   then probed page by page and numbered after the others, in extId order, by one ``UPDATE``.
+4. once the carried copies are checked, the known ones are numbered after the others, in extId order, by one
+   ``UPDATE``.
 
 Netmera silently drops writes for extIds it does not know, so customers new to the snapshot are first checked with
 the ``probe`` (``untagUsers`` + ``checkExistence`` of a tag nobody carries: no side effect, the answer lists the
@@ -56,6 +61,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -299,38 +305,35 @@ def _previous_run(conn: Connection, run_id: int) -> int | None:
     ).scalar()
 
 
-def _carried_ids(conn: Connection, previous: int) -> list[str]:
-    """The customers whose changes run ``previous`` found no Netmera user for (the ones to carry over)."""
+def _carried_pages(conn: Connection, previous: int) -> Iterator[list[Any]]:
+    """(customer id, extId, fingerprint) of the changes run ``previous`` found no Netmera user for (the ones to carry
+    over), KEYS_PER_QUERY rows a page."""
     c = SyncChange.__table__.c
     where = (c.sync_run_id == previous, c.status == ChangeStatus.NOT_FOUND.value)
-    return list(conn.execute(sa.select(c.customer_id).where(*where)).scalars())
+    query = sa.select(c.customer_id, c.ext_id, c.new_hash).where(*where)
+    result = conn.execute(query, execution_options={"stream_results": True})
+    yield from result.partitions(KEYS_PER_QUERY)
 
 
-def _carry_over(conn: Connection, run_id: int, previous: int, replaced: list[str]) -> int:
-    """Copy run ``previous``'s not-found changes into this run, marked ``CARRIED`` (pending, batch numbers to come),
-    except those of the customers in ``replaced``; returns how many. One ``INSERT ... SELECT``: the rows never pass
-    through Python.
+def _standing_keys(customer_ids: list[str], ext_ids: list[str], raw_texts: list[str]) -> np.ndarray:
+    """A 64-bit key of each (customer id, extId, raw fingerprint's stored part): equal keys, the same change."""
+    key = _customer_hashes(customer_ids)
+    with np.errstate(over="ignore"):
+        for part in (ext_ids, raw_texts):
+            key = key * np.uint64(1000003) ^ pd.util.hash_array(np.asarray(part, dtype=object), categorize=False)
+    return key
 
-    ``replaced``: the customers of the carried ones that this run's diff read (a full refresh: its export row is
-    the truth) or planned (its new change row replaces the carried one), see :func:`build_plan`. The ids go to the
-    database as one value (SQLite: a JSON array; PostgreSQL: an array); on SQLite, ids with a NUL (which
-    ``json_each`` would cut short) are copied and then deleted by keyed queries (:func:`_delete_carried`).
-    """
+
+def _carry_over(conn: Connection, run_id: int, previous: int) -> int:
+    """Copy run ``previous``'s not-found changes into this run, marked ``CARRIED`` (pending, batch numbers to come);
+    returns how many. One ``INSERT ... SELECT``: the rows never pass through Python. It runs before the diff writes
+    anything: the diff deletes the copy of each customer it replaces (:func:`_delete_replaced`)."""
     c = SyncChange.__table__.c
 
     def to_send(column: Any, empty: str) -> Any:  # UNNUMBERED for a part with something in it, else NULL
         text = sa.cast(column, sa.Text)
         return sa.case((sa.or_(column.is_(None), text.in_([empty, "null"])), sa.null()), else_=sa.literal(UNNUMBERED))
 
-    where = [c.sync_run_id == previous, c.status == ChangeStatus.NOT_FOUND.value]
-    delete_after = False
-    if replaced and conn.dialect.name == "sqlite":
-        document = msgspec.json.encode(replaced)
-        delete_after = b"\\u0000" in document
-        if not delete_after:
-            where.append(c.customer_id.not_in(sa.select(sa.func.json_each(document).table_valued("value").c.value)))
-    elif replaced:
-        where.append(c.customer_id.not_in(sa.select(sa.func.unnest(sa.literal(replaced, ARRAY(sa.Text))))))
     copied = sa.select(
         sa.literal(run_id),
         c.customer_id,
@@ -343,11 +346,31 @@ def _carry_over(conn: Connection, run_id: int, previous: int, replaced: list[str
         to_send(c.unset_attrs, "[]"),
         sa.literal(ChangeStatus.PENDING.value),
         sa.literal(CARRIED),
-    ).where(*where)
-    conn.execute(sa.insert(SyncChange).from_select(list(_CHANGE_COLUMNS), copied))
-    if delete_after:
-        _delete_carried(conn, run_id, replaced)
-    return _count(conn, run_id, SyncChange.reason == CARRIED)
+    ).where(c.sync_run_id == previous, c.status == ChangeStatus.NOT_FOUND.value)
+    return conn.execute(sa.insert(SyncChange).from_select(list(_CHANGE_COLUMNS), copied)).rowcount or 0
+
+
+def _among(conn: Connection, column: Any, ids: list[str]) -> Any:
+    """``column IN ids``, the ids sent as one value (SQLite: a JSON array; PostgreSQL: an array): thousands of bound
+    ids cost more to render than to look up. On SQLite, ids with a NUL (which ``json_each`` would cut short) are
+    bound one by one (callers pass at most KEYS_PER_QUERY)."""
+    if conn.dialect.name != "sqlite":
+        return column == sa.any_(sa.literal(ids, ARRAY(sa.Text)))
+    document = msgspec.json.encode(ids)
+    if b"\\u0000" in document:
+        return column.in_(ids)
+    return column.in_(sa.select(sa.func.json_each(document).table_valued("value").c.value))
+
+
+def _delete_replaced(conn: Connection, run_id: int, customer_ids: list[str]) -> int:
+    """Delete this run's rows of ``customer_ids`` (their carried changes, which the diff replaces: each customer is
+    read once, so the only row it can have yet is the carried one, whatever its probe said); returns how many."""
+    deleted = 0
+    for start in range(0, len(customer_ids), KEYS_PER_QUERY):
+        ids = customer_ids[start : start + KEYS_PER_QUERY]
+        where = (SyncChange.sync_run_id == run_id, _among(conn, SyncChange.customer_id, ids))
+        deleted += conn.execute(sa.delete(SyncChange).where(*where)).rowcount or 0
+    return deleted
 
 
 @dataclass
@@ -473,9 +496,14 @@ def _select(
     compared: _Compared,
     resync: str | list[str] | None,
     plan: Plan,
-) -> _Candidates:
-    """A chunk's candidates (see :class:`_Candidates`); counts the chunk's customers as fetched and the others as
-    unchanged: their raw values are the ones delivered last."""
+    standing: Callable[[list[str], np.ndarray], np.ndarray] | None = None,
+) -> tuple[_Candidates, list[str]]:
+    """A chunk's candidates (see :class:`_Candidates`), and the customers left to their carried change; counts the
+    chunk's customers as fetched and the others as unchanged: their raw values are the ones delivered last.
+
+    ``standing``: given customers new to the snapshot (not resynced) and their raw fingerprints, which of them have
+    a change carried over from the last run that stands as it is (:meth:`_ChangeWriter.standing`): those are not
+    candidates; the carry-over copies their change (counted there)."""
     plan.fetched += len(raw)
     customer_list, raw_hashes = compared.ids, compared.raw_hashes
     if resync == "all":
@@ -497,14 +525,25 @@ def _select(
         pos = np.concatenate([pos, extra])
         stored, present = [*stored, *[None] * len(extra)], [*present, *[None] * len(extra)]
     plan.unchanged += len(customer_list) - len(pos)
-    # the database answers in its own order (a hash join's, on PostgreSQL): the chunk as it is only when in order
-    everyone = len(pos) == len(raw) and bool((pos == np.arange(len(raw))).all())
     is_new = np.zeros(len(pos), dtype=bool)
     is_new[:differing] = np.fromiter((h is None for h in stored[:differing]), dtype=bool, count=differing)
     raw_same = np.zeros(len(pos), dtype=bool)
     raw_same[differing:] = True
+    left: list[str] = []
+    if standing is not None and (look := np.flatnonzero(is_new & ~forced_all[pos])).size:
+        at = pos[look].tolist()
+        hit = standing([customer_list[i] for i in at], raw_hashes[pos[look]])
+        if hit.any():
+            left = [customer_list[i] for i in pos[look[hit]].tolist()]
+            keep = np.ones(len(pos), dtype=bool)
+            keep[look[hit]] = False
+            kept = np.flatnonzero(keep).tolist()
+            pos, is_new, raw_same = pos[keep], is_new[keep], raw_same[keep]
+            stored, present = [stored[i] for i in kept], [present[i] for i in kept]
+    # the database answers in its own order (a hash join's, on PostgreSQL): the chunk as it is only when in order
+    everyone = len(pos) == len(raw) and bool((pos == np.arange(len(raw))).all())
     ids = customer_list if everyone else [customer_list[i] for i in pos.tolist()]
-    return _Candidates(
+    candidates = _Candidates(
         frame=raw if everyone else raw.iloc[pos],
         ids=ids,
         raw_hashes=raw_hashes[pos],
@@ -515,6 +554,7 @@ def _select(
         forced=forced_all[pos],
         changed_names={c: changed_names[c] for c in ids if c in changed_names} if changed_names else {},
     )
+    return candidates, left
 
 
 def _diff_chunk(
@@ -641,47 +681,84 @@ def _customer_hashes(ids: list[str]) -> np.ndarray:
 
 
 class _ChangeWriter:
-    """Writes each set's change rows in one transaction a write, in a thread of its own while the caller reads and
-    diffs, and notes which of the customers read meanwhile had a change carried over from the last run; then
-    carries over the changes of the others (:meth:`carry_rest`).
+    """Carries the last run's not-found changes over, then writes each set's change rows in one transaction a write,
+    in a thread of its own while the caller reads and diffs.
+
+    Its first writes find the last run's not-found changes and copy them into this run (:func:`_carry_over`) while
+    the caller reads the first chunk; a thread of their own then checks the copies with the probe
+    (:func:`_probe_carried`) while the diff goes on. A write deletes the copies of the customers the diff replaces
+    (:func:`_delete_replaced`) in the transaction that writes their new rows, or before it. :meth:`carry_rest`
+    waits for all of it.
 
     A write of rows first waits for the writes before it, so besides the set being diffed at most one set's rows
     are held; a write without rows (a chunk's customers to look up among the carried ones, new fingerprints) is
     queued without waiting. On SQLite an insert is one statement that runs without the interpreter lock: the write
     and the next chunk's diff use both cores. A write's error is raised by the next :meth:`write` of rows or
-    :meth:`wait`. Besides a set's rows it holds 8 bytes for each customer to carry over, and the id of each one the
-    diff replaced.
+    :meth:`wait`. Besides a set's rows it holds 16 bytes for each customer carried over.
     """
 
     def __init__(self, engine: Engine, run_id: int) -> None:
         self._engine, self._run_id = engine, run_id
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="plan-writer")
+        self._checker = ThreadPoolExecutor(1, thread_name_prefix="plan-carried")
+        self._stop = threading.Event()
         self._checkpoints = BackgroundCheckpoints(engine)  # SQLite: the log copied beside the writes, not in them
         self._pending: list[Future[None]] = []
         self._previous: int | None = None  # the run whose not-found changes are carried over
-        self._carried_hashes = np.zeros(0, dtype=np.uint64)  # of their customers, sorted
-        self._replaced: list[str] = []  # the customers among them that the diff read or planned
-        self.carried = 0  # rows carried over (:meth:`carry_rest`)
+        self._carried_hashes = np.zeros(0, dtype=np.uint64)  # of the customers carried over, sorted
+        self._standing_keys = np.zeros(0, dtype=np.uint64)  # of their changes (:func:`_standing_keys`), sorted
+        self._found: Future[None] | None = None
+        self._checked: Future[None] | None = None
+        self.carried = 0  # rows carried over, less those the diff replaced
 
-    def carry_over(self) -> None:
-        """Find the last run's not-found changes as the first write, while the caller reads and compares the first
-        chunk (:meth:`carry_rest` copies them once the diff is done)."""
-        self._pending.append(self._thread.submit(self._find_carried))
+    def carry_over(self, check: Callable[[threading.Event], None] | None) -> None:
+        """Queue the first writes: find the last run's not-found changes (while the caller reads and compares the
+        first chunk), copy them into this run, then ``check`` them (the probe, :func:`_probe_carried`) in a thread
+        of their own while the diff goes on; ``check`` stops early once the event given is set."""
+        self._found = self._thread.submit(self._find_carried)
+        self._pending.append(self._found)
+        self._pending.append(self._thread.submit(self._copy_carried, check))
 
     def _find_carried(self) -> None:
         with self._engine.connect() as conn:
-            self._previous = _previous_run(conn, self._run_id)
-            if self._previous is not None:
-                self._carried_hashes = np.unique(_customer_hashes(_carried_ids(conn, self._previous)))
+            previous = _previous_run(conn, self._run_id)
+            if previous is None:
+                return
+            hashes, keys = [], []
+            for page in _carried_pages(conn, previous):
+                ids, ext_ids, fingerprints = (list(column) for column in zip(*page, strict=True))
+                hashes.append(_customer_hashes(ids))
+                keys.append(_standing_keys(ids, ext_ids, [raw_part(h or "") for h in fingerprints]))
+            if hashes:
+                self._carried_hashes = np.unique(np.concatenate(hashes))
+                self._standing_keys = np.unique(np.concatenate(keys))
+            self._previous = previous
+
+    def _copy_carried(self, check: Callable[[threading.Event], None] | None) -> None:
+        if self._previous is None or not self._carried_hashes.size:
+            return
+        with self._checkpoints.transaction() as conn:
+            self.carried = _carry_over(conn, self._run_id, self._previous)
+        if check is not None and self.carried:
+            self._checked = self._checker.submit(check, self._stop)
+
+    def standing(self, customer_ids: list[str], ext_ids: list[str], raw_hashes: np.ndarray) -> np.ndarray:
+        """Which of these customers (new to the snapshot, not resynced) have a change carried over from the last run
+        planned from the same raw values for the same extId: that change stands as it is, carried over without
+        being coerced again (a 64-bit key each, the risk of the raw fingerprints themselves)."""
+        if self._found is not None:
+            self._found.result()
+        if not (self._standing_keys.size and customer_ids):
+            return np.zeros(len(customer_ids), dtype=bool)
+        keys = _standing_keys(customer_ids, ext_ids, raw_parts(raw_hashes).to_pylist())
+        return _in_sorted(keys, self._standing_keys)
 
     def carry_rest(self) -> int:
-        """Once the last write is queued: wait for the writes, then carry the last run's not-found changes over
-        (:func:`_carry_over`), but not those of the customers the diff read or planned; returns how many."""
+        """Once the last write is queued: wait for the writes and the carried changes' check; returns how many
+        changes were carried over (the diff replaced the others)."""
         self.wait()
-        if self._previous is None:
-            return 0
-        with self._engine.begin() as conn:
-            self.carried = _carry_over(conn, self._run_id, self._previous, self._replaced)
+        if self._checked is not None:
+            self._checked.result()
         return self.carried
 
     def write(
@@ -691,8 +768,9 @@ class _ChangeWriter:
         fingerprints: list[tuple[str, str]] | None = None,
     ) -> None:
         """Queue a write of ``rows`` (with rows, once the writes queued before it have finished);
-        ``replacing_carried``: customers whose changes are not to be carried over (see :meth:`carry_rest`);
-        ``fingerprints``: store those new snapshot fingerprints in the same transaction (:func:`_refresh_raw`)."""
+        ``replacing_carried``: customers whose carried changes the diff replaces (deleted in the same transaction,
+        before the rows go in); ``fingerprints``: store those new snapshot fingerprints in the same transaction
+        (:func:`_refresh_raw`)."""
         if rows:
             self.wait()
         self._pending.append(self._thread.submit(self._write, rows, replacing_carried, fingerprints))
@@ -700,12 +778,14 @@ class _ChangeWriter:
     def _write(
         self, rows: list[list[Any]], replacing_carried: list[str] | None, fingerprints: list[tuple[str, str]] | None
     ) -> None:
+        replaced: list[str] = []
         if replacing_carried and self._carried_hashes.size:  # looked up by their hashes: ids only where one may be
             hit = _in_sorted(_customer_hashes(replacing_carried), self._carried_hashes)
-            self._replaced.extend(c for c, h in zip(replacing_carried, hit.tolist(), strict=True) if h)
-        if not (rows or fingerprints):
+            replaced = [c for c, h in zip(replacing_carried, hit.tolist(), strict=True) if h]
+        if not (rows or fingerprints or replaced):
             return
         with self._checkpoints.transaction() as conn:
+            self.carried -= _delete_replaced(conn, self._run_id, replaced)
             _insert_changes(conn, rows)
             _refresh_raw(conn, fingerprints or [])
 
@@ -720,11 +800,13 @@ class _ChangeWriter:
                 raise
 
     def close(self) -> None:
-        """Wait for the writes queued (without raising: the caller is failing already, or has waited) and stop the
-        thread."""
+        """Wait for the writes queued and stop the carried changes' check (without raising: the caller is failing
+        already, or has waited), and stop the threads."""
         pending, self._pending = self._pending, []
         wait_for(pending)
+        self._stop.set()
         self._thread.shutdown()
+        self._checker.shutdown()
         self._checkpoints.close()
 
 
@@ -795,10 +877,19 @@ def _check_blocks(
 
 
 def _probe_carried(
-    engine: Engine, run_id: int, probe: Probe, plan: Plan, pool: ThreadPoolExecutor, in_flight: int
+    engine: Engine,
+    run_id: int,
+    probe: Probe,
+    plan: Plan,
+    pool: ThreadPoolExecutor,
+    in_flight: int,
+    stop: threading.Event,
 ) -> None:
-    """Check the rows still carried over (no chunk replaced them), PROBE_CHUNK extIds a call, ``in_flight`` calls at
-    once (``pool``), page by page; the unknown ones are set not found."""
+    """Check the rows still carried over, PROBE_CHUNK extIds a call, ``in_flight`` calls at once (``pool``), page by
+    page, until none is left or ``stop`` is set; the unknown ones are set not found (counted in ``plan``).
+
+    It runs while the diff deletes the copies it replaces (:func:`_delete_replaced`): only rows still marked
+    ``CARRIED`` are read and set, never the diff's own."""
     queue: list[list[Any]] = []
     last: str | None = None
     flush_rows = PROBE_CHUNK * in_flight
@@ -810,11 +901,15 @@ def _probe_carried(
                 ids = [c for c, r in gone if r == reason]
                 conn.execute(
                     sa.update(SyncChange)
-                    .where(SyncChange.sync_run_id == run_id, SyncChange.customer_id.in_(ids))
+                    .where(
+                        SyncChange.sync_run_id == run_id,
+                        SyncChange.reason == CARRIED,
+                        _among(conn, SyncChange.customer_id, ids),
+                    )
                     .values(status=ChangeStatus.NOT_FOUND.value, reason=reason, set_batch_no=None, unset_batch_no=None)
                 )
 
-    while True:
+    while not stop.is_set():
         q = (
             sa.select(SyncChange.customer_id, SyncChange.ext_id)
             .where(SyncChange.sync_run_id == run_id, SyncChange.reason == CARRIED)
@@ -832,10 +927,10 @@ def _probe_carried(
             row: list[Any] = [None] * len(_CHANGE_COLUMNS)
             row[_CUSTOMER_ID], row[_EXT_ID] = cid, ext_id
             queue.append(row)
-        while len(queue) >= flush_rows:
+        while len(queue) >= flush_rows and not stop.is_set():
             flush(queue[:flush_rows])
             del queue[:flush_rows]
-    if queue:
+    if queue and not stop.is_set():
         flush(queue)
 
 
@@ -923,8 +1018,12 @@ def build_plan(
     pool = ThreadPoolExecutor(in_flight, thread_name_prefix="netmera-probe")
     writer = _ChangeWriter(engine, run_id)
     compared_chunks: Iterator[tuple[pd.DataFrame, dict[str, list[str]], _Compared]] | None = None
+    checked = Plan(sync_run_id=run_id)  # the carried changes' check counts here: it runs in a thread of its own
     try:
-        writer.carry_over()
+        if probe is not None:
+            writer.carry_over(lambda stop: _probe_carried(engine, run_id, probe, checked, pool, in_flight, stop))
+        else:
+            writer.carry_over(None)
         rows = export_chunk_rows(settings)
         chunks: Iterable[tuple[pd.DataFrame, dict[str, list[str]]]]
         if export_path is not None:
@@ -978,12 +1077,19 @@ def build_plan(
                 while len(outbox) > (1 if probe is not None else 0):
                     send()
 
+        def standing(customer_ids: list[str], raw_hashes: np.ndarray) -> np.ndarray:
+            return writer.standing(customer_ids, settings.ext_id.apply_all(customer_ids), raw_hashes)
+
         compared_chunks = _compare_ahead(engine, chunks, settings, bool(plan.known))
         for raw, changed_names, compared in compared_chunks:
             clock.lap("read")
-            candidates = _select(raw, changed_names, compared, resync, plan)
-            # a full refresh: the chunk's customers replace what would be carried for them (the export is the truth)
+            candidates, left = _select(raw, changed_names, compared, resync, plan, standing)
+            # a full refresh: the chunk's customers replace what would be carried for them (the export is the truth),
+            # but for those whose carried change stands
             covered = compared.ids if export_path is not None else None
+            if covered is not None and left:
+                standing_ids = set(left)
+                covered = [c for c in covered if c not in standing_ids]
             del raw, changed_names, compared
             diff_and_write(buffer.add(candidates), covered)
             del candidates, covered
@@ -998,15 +1104,14 @@ def build_plan(
             clock.lap("probe")
             writer.write(queue)
             del queue
-        carried = writer.carry_rest()
+        writer.wait()
         clock.lap("store")
+        plan.carried_over = writer.carry_rest()  # waits for the carried changes' check
+        plan.existence_unknown += checked.existence_unknown
+        clock.lap("probe")
         plan.guard = guard_check(acc.data_changed, plan.known, max_change_ratio)
-        plan.carried_over = carried
         netmera_of = {a.optimove: a.netmera for a in settings.attributes}
         plan.attributes_changed = {netmera_of[k]: v for k, v in sorted(acc.attr_counts.items()) if k in netmera_of}
-        if probe is not None:
-            _probe_carried(engine, run_id, probe, plan, pool, in_flight)
-            clock.lap("probe")
         with engine.begin() as conn:
             conn.execute(
                 sa.update(SyncChange)
@@ -1048,36 +1153,6 @@ def guard_check(changed: int, known: int, max_change_ratio: float) -> dict[str, 
         "max_change_ratio": max_change_ratio,
         "tripped": bool(known) and ratio > max_change_ratio,
     }
-
-
-def _delete_carried(conn: Connection, run_id: int, customer_ids: list[str]) -> int:
-    """Delete the carried rows of ``customer_ids``; returns how many there were.
-
-    One statement, the ids sent as one value (SQLite: a JSON array; PostgreSQL: an array): thousands of bound ids
-    in an ``IN`` list cost more to render than to delete. Ids with a NUL, which ``json_each`` would cut short, go
-    through ``IN`` lists."""
-    table = SyncChange.__tablename__
-    if not customer_ids:
-        return 0
-    if conn.dialect.name != "sqlite":
-        sql = f"DELETE FROM {table} WHERE sync_run_id = %s AND reason = %s AND customer_id = ANY(%s::text[])"
-        return conn.exec_driver_sql(sql, (run_id, CARRIED, customer_ids)).rowcount or 0
-    document = msgspec.json.encode(customer_ids)
-    if b"\\u0000" not in document:
-        ids = "SELECT value FROM json_each(?)"
-        sql = f"DELETE FROM {table} WHERE sync_run_id = ? AND reason = ? AND customer_id IN ({ids})"
-        return conn.exec_driver_sql(sql, (run_id, CARRIED, document)).rowcount or 0
-    deleted = 0
-    for start in range(0, len(customer_ids), KEYS_PER_QUERY):
-        result = conn.execute(
-            sa.delete(SyncChange).where(
-                SyncChange.sync_run_id == run_id,
-                SyncChange.reason == CARRIED,
-                SyncChange.customer_id.in_(customer_ids[start : start + KEYS_PER_QUERY]),
-            )
-        )
-        deleted += result.rowcount or 0
-    return deleted
 
 
 def _store(conn: Connection, run_id: int, plan: Plan, settings: Settings) -> None:
