@@ -422,6 +422,13 @@ SAFEGUARDS = (
         ("tests/unit/test_sync_carry.py::test_the_check_never_sets_a_row_the_diff_wrote_meanwhile",),
     ),
     Safeguard(
+        "the carried changes' check and the writer write one transaction at a time (no deadlock on PostgreSQL)",
+        "sync/plan.py",
+        "        with self._one_at_a_time, self._checkpoints.transaction() as conn:\n",
+        "        with self._checkpoints.transaction() as conn:\n",
+        ("tests/unit/test_sync_carry.py::test_the_check_writes_only_between_the_writers_transactions",),
+    ),
+    Safeguard(
         "an unknown customer whose raw values and extId are its carried change's keeps that change, not coerced again",
         "sync/plan.py",
         "        return _in_sorted(keys, self._standing_keys)\n",

@@ -171,9 +171,49 @@ def test_the_check_never_sets_a_row_the_diff_wrote_meanwhile(db_url: str) -> Non
 
     counts = plan.Plan(sync_run_id=this)
     with ThreadPoolExecutor(1) as pool:
-        plan._probe_carried(engine, this, probe, counts, pool, 1, threading.Event())
+        plan._probe_carried(engine, this, probe, counts, pool, 1, threading.Event(), engine.begin)
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(SyncChange.customer_id, SyncChange.status, SyncChange.set_batch_no, SyncChange.reason)
         ).all()
     assert sorted(rows) == [("A", "pending", 0, None), ("B", "not_found", None, plan.EXT_ID_UNKNOWN)]
+
+
+def test_the_check_writes_only_between_the_writers_transactions(db_url: str) -> None:
+    """The check and the writer both touch carried copies: their transactions go one at a time (concurrent ones
+    could lock rows in opposite orders, a deadlock on PostgreSQL). The check's answer waits for the write."""
+    migrate(db_url)
+    engine = get_engine(db_url)
+    with engine.begin() as conn:
+        this = conn.execute(
+            sa.insert(SyncRun).values(dag_id="d", dag_run_id="this", status="running").returning(SyncRun.id)
+        ).scalar_one()
+        conn.execute(
+            sa.insert(SyncChange),
+            {"sync_run_id": this, "customer_id": "A", "ext_id": "A", "new_hash": "h", "reason": plan.CARRIED},
+        )
+
+    def status() -> str:
+        with engine.connect() as conn:
+            return conn.execute(sa.select(SyncChange.status)).scalar_one()
+
+    writer = plan._ChangeWriter(engine, this)
+    checked = threading.Event()
+
+    def check() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            plan._probe_carried(
+                engine, this, set, plan.Plan(sync_run_id=this), pool, 1, threading.Event(), writer.transaction
+            )
+        checked.set()
+
+    try:
+        with writer.transaction():  # a write in progress
+            thread = threading.Thread(target=check)
+            thread.start()
+            assert not checked.wait(1) and status() == "pending"
+        assert checked.wait(60)
+        thread.join()
+        assert status() == "not_found"
+    finally:
+        writer.close()

@@ -67,6 +67,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -702,6 +703,7 @@ class _ChangeWriter:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="plan-writer")
         self._checker = ThreadPoolExecutor(1, thread_name_prefix="plan-carried")
         self._stop = threading.Event()
+        self._one_at_a_time = threading.Lock()  # see :meth:`transaction`
         self._checkpoints = BackgroundCheckpoints(engine)  # SQLite: the log copied beside the writes, not in them
         self._pending: list[Future[None]] = []
         self._previous: int | None = None  # the run whose not-found changes are carried over
@@ -711,10 +713,19 @@ class _ChangeWriter:
         self._checked: Future[None] | None = None
         self.carried = 0  # rows carried over, less those the diff replaced
 
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A transaction of the plan's writes: the writer's and the carried changes' check's, one at a time. Both
+        touch carried copies (the writer deletes those the diff replaces, the check sets the unknown ones not found):
+        concurrent transactions could lock the same rows in opposite orders (a deadlock on PostgreSQL)."""
+        with self._one_at_a_time, self._checkpoints.transaction() as conn:
+            yield conn
+
     def carry_over(self, check: Callable[[threading.Event], None] | None) -> None:
         """Queue the first writes: find the last run's not-found changes (while the caller reads and compares the
-        first chunk), copy them into this run, then ``check`` them (the probe, :func:`_probe_carried`) in a thread
-        of their own while the diff goes on; ``check`` stops early once the event given is set."""
+        first chunk), copy them into this run, then ``check`` them (the probe, :func:`_probe_carried`, writing through
+        :meth:`transaction`) in a thread of their own while the diff goes on; ``check`` stops early once the event
+        given is set."""
         self._found = self._thread.submit(self._find_carried)
         self._pending.append(self._found)
         self._pending.append(self._thread.submit(self._copy_carried, check))
@@ -737,7 +748,7 @@ class _ChangeWriter:
     def _copy_carried(self, check: Callable[[threading.Event], None] | None) -> None:
         if self._previous is None or not self._carried_hashes.size:
             return
-        with self._checkpoints.transaction() as conn:
+        with self.transaction() as conn:
             self.carried = _carry_over(conn, self._run_id, self._previous)
         if check is not None and self.carried:
             self._checked = self._checker.submit(check, self._stop)
@@ -784,7 +795,7 @@ class _ChangeWriter:
             replaced = [c for c, h in zip(replacing_carried, hit.tolist(), strict=True) if h]
         if not (rows or fingerprints or replaced):
             return
-        with self._checkpoints.transaction() as conn:
+        with self.transaction() as conn:
             self.carried -= _delete_replaced(conn, self._run_id, replaced)
             _insert_changes(conn, rows)
             _refresh_raw(conn, fingerprints or [])
@@ -802,9 +813,9 @@ class _ChangeWriter:
     def close(self) -> None:
         """Wait for the writes queued and stop the carried changes' check (without raising: the caller is failing
         already, or has waited), and stop the threads."""
+        self._stop.set()
         pending, self._pending = self._pending, []
         wait_for(pending)
-        self._stop.set()
         self._thread.shutdown()
         self._checker.shutdown()
         self._checkpoints.close()
@@ -884,9 +895,11 @@ def _probe_carried(
     pool: ThreadPoolExecutor,
     in_flight: int,
     stop: threading.Event,
+    transaction: Callable[[], AbstractContextManager[Connection]],
 ) -> None:
     """Check the rows still carried over, PROBE_CHUNK extIds a call, ``in_flight`` calls at once (``pool``), page by
-    page, until none is left or ``stop`` is set; the unknown ones are set not found (counted in ``plan``).
+    page, until none is left or ``stop`` is set; the unknown ones are set not found (counted in ``plan``), in a
+    ``transaction`` (:meth:`_ChangeWriter.transaction`).
 
     It runs while the diff deletes the copies it replaces (:func:`_delete_replaced`): only rows still marked
     ``CARRIED`` are read and set, never the diff's own."""
@@ -896,7 +909,7 @@ def _probe_carried(
 
     def flush(rows: list[list[Any]]) -> None:
         gone = _check_blocks([rows[i : i + PROBE_CHUNK] for i in range(0, len(rows), PROBE_CHUNK)], probe, plan, pool)
-        with engine.begin() as conn:
+        with transaction() as conn:
             for reason in {r for _, r in gone}:
                 ids = [c for c, r in gone if r == reason]
                 conn.execute(
@@ -1021,7 +1034,9 @@ def build_plan(
     checked = Plan(sync_run_id=run_id)  # the carried changes' check counts here: it runs in a thread of its own
     try:
         if probe is not None:
-            writer.carry_over(lambda stop: _probe_carried(engine, run_id, probe, checked, pool, in_flight, stop))
+            writer.carry_over(
+                lambda stop: _probe_carried(engine, run_id, probe, checked, pool, in_flight, stop, writer.transaction)
+            )
         else:
             writer.carry_over(None)
         rows = export_chunk_rows(settings)
