@@ -189,8 +189,9 @@ def _staged_chunks(engine: Engine, run_id: int, rows: int) -> Iterator[tuple[pd.
     Optimove attribute), with the attribute names each was reported changed in."""
     last: str | None = None
     while True:
+        # the JSON as text, decoded a page at a time: a decode a row (the column's own) cost a third of the read
         q = (
-            sa.select(SyncStaging.customer_id, SyncStaging.attributes)
+            sa.select(SyncStaging.customer_id, sa.cast(SyncStaging.attributes, sa.Text))
             .where(SyncStaging.sync_run_id == run_id)
             .order_by(SyncStaging.customer_id)
             .limit(rows)
@@ -203,8 +204,9 @@ def _staged_chunks(engine: Engine, run_id: int, rows: int) -> Iterator[tuple[pd.
             return
         last = page[-1][0]
         ids = [r[0] for r in page]
-        frame = pd.DataFrame.from_records([r[1]["v"] for r in page], index=pd.Index(ids, name="customer_id"))
-        yield frame, {r[0]: r[1].get("c", []) for r in page}
+        staged = msgspec.json.decode(f"[{','.join(r[1] for r in page)}]".encode())
+        frame = pd.DataFrame.from_records([a["v"] for a in staged], index=pd.Index(ids, name="customer_id"))
+        yield frame, {c: names for c, a in zip(ids, staged, strict=True) if (names := a.get("c"))}
 
 
 def _keyed(conn: Connection, columns: tuple[Any, ...], key: Any, ids: list[str], *where: Any) -> list[Any]:
