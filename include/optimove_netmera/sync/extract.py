@@ -312,7 +312,8 @@ def iter_export(path: str | Path, names: Sequence[str], rows: int) -> Iterator[p
     offset = 0
     for table in _arrow_chunks(file, [id_col, *names], rows):
         frame = table.to_pandas()
-        frame = frame.astype({c: "str" for c in frame.columns})
+        if other := {c: "str" for c, kind in frame.dtypes.items() if kind != "str"}:  # text columns are already
+            frame = frame.astype(other)
         frame[id_col] = frame[id_col].str.strip()
         lo, hi = np.searchsorted(superseded, [offset, offset + len(frame)])
         if hi > lo:
