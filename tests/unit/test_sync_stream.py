@@ -394,3 +394,23 @@ def test_an_unknown_customer_whose_data_did_not_change_keeps_its_carried_change(
     with engine.connect() as conn:
         ext_ids = conn.execute(sa.select(SyncChange.ext_id).where(SyncChange.sync_run_id == third)).scalars().all()
     assert sorted(ext_ids) == sorted(f"x-{c}" for c in unknown - {now_known})
+
+
+def test_a_carried_change_whose_check_is_not_answered_stays_unknown_and_is_counted(db_url: str, tmp_path: Path) -> None:
+    """The carried changes are checked in a thread of their own: an answer without the unknown list (the probe
+    returns None) leaves them not found, with the reason, and the plan counts them as existence unknown."""
+    s = settings()
+    n = 50
+    path = tmp_path / "customers.parquet"
+    customers(s, n).to_parquet(path)
+    migrate(db_url)
+    engine = get_engine(db_url)
+    first = new_run(engine, 1)
+    plan.build_plan(engine, first, s, 1.0, False, set, str(path))  # everyone unknown
+    deliver(engine, first)
+    second = new_run(engine, 2)
+    p = plan.build_plan(engine, second, s, 1.0, False, lambda ext_ids: None, str(path))
+    assert (p.carried_over, p.changed, p.not_found, p.existence_unknown, p.set_entries) == (n, 0, n, n, 0)
+    with engine.connect() as conn:
+        reasons = conn.execute(sa.select(SyncChange.reason).where(SyncChange.sync_run_id == second)).scalars().all()
+    assert reasons == [plan.EXISTENCE_UNKNOWN] * n
