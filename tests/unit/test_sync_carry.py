@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from optimove_netmera.store import get_engine, migrate
 from optimove_netmera.store.models import SyncChange, SyncRun
 from optimove_netmera.sync import plan
+from sqlalchemy.engine import Engine
 
 
 def test_not_found_changes_are_carried_with_the_parts_they_had_to_send(db_url: str) -> None:
@@ -144,9 +145,9 @@ def test_the_customers_the_diff_replaced_are_not_carried(db_url: str) -> None:
     assert sorted(rows) == [("A", {"a": 2}, None), ("B", {"a": 1}, plan.CARRIED), ("C", {"a": 1}, plan.CARRIED)]
 
 
-def test_the_check_never_sets_a_row_the_diff_wrote_meanwhile(db_url: str) -> None:
-    """The carried changes' check runs beside the diff: the diff may replace a copy the check has read and is asking
-    about. Its answer then sets nothing; the diff's row stands (here the diff's own probe found the user)."""
+def run_with_copies(db_url: str, ids: list[str]) -> tuple[Engine, int]:
+    """A fresh state DB and a running run that holds a carried copy (pending, a set part to number) of each of
+    ``ids``."""
     migrate(db_url)
     engine = get_engine(db_url)
     with engine.begin() as conn:
@@ -158,9 +159,16 @@ def test_the_check_never_sets_a_row_the_diff_wrote_meanwhile(db_url: str) -> Non
             [
                 {"sync_run_id": this, "customer_id": cid, "ext_id": cid, "new_hash": "h", "set_attrs": {"a": 1}}
                 | {"set_batch_no": plan.UNNUMBERED, "reason": plan.CARRIED}
-                for cid in ("A", "B")
+                for cid in ids
             ],
         )
+    return engine, this
+
+
+def test_the_check_never_sets_a_row_the_diff_wrote_meanwhile(db_url: str) -> None:
+    """The carried changes' check runs beside the diff: the diff may replace a copy the check has read and is asking
+    about. Its answer then sets nothing; the diff's row stands (here the diff's own probe found the user)."""
+    engine, this = run_with_copies(db_url, ["A", "B"])
     new_a = [this, "A", "A", "h2", '{"a":2}', "[]", '["a"]', 0, None, "pending", None]
 
     def probe(ext_ids: list[str]) -> set[str]:
@@ -182,16 +190,7 @@ def test_the_check_never_sets_a_row_the_diff_wrote_meanwhile(db_url: str) -> Non
 def test_the_check_writes_only_between_the_writers_transactions(db_url: str) -> None:
     """The check and the writer both touch carried copies: their transactions go one at a time (concurrent ones
     could lock rows in opposite orders, a deadlock on PostgreSQL). The check's answer waits for the write."""
-    migrate(db_url)
-    engine = get_engine(db_url)
-    with engine.begin() as conn:
-        this = conn.execute(
-            sa.insert(SyncRun).values(dag_id="d", dag_run_id="this", status="running").returning(SyncRun.id)
-        ).scalar_one()
-        conn.execute(
-            sa.insert(SyncChange),
-            {"sync_run_id": this, "customer_id": "A", "ext_id": "A", "new_hash": "h", "reason": plan.CARRIED},
-        )
+    engine, this = run_with_copies(db_url, ["A"])
 
     def status() -> str:
         with engine.connect() as conn:
