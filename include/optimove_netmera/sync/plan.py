@@ -82,7 +82,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 
 from optimove_netmera.gc_passes import fewer_gc_passes
-from optimove_netmera.settings import Settings
+from optimove_netmera.settings import ExtIdTransform, Settings
 from optimove_netmera.store.engine import JSON_OPTIONS
 from optimove_netmera.store.models import (
     BatchKind,
@@ -534,10 +534,10 @@ def _select(
     raw_same[differing:] = True
     left: list[str] = []
     if standing is not None and (look := np.flatnonzero(is_new & ~forced_all[pos])).size:
-        at = pos[look].tolist()
-        hit = standing([customer_list[i] for i in at], raw_hashes[pos[look]])
+        at = pos[look]
+        hit = standing([customer_list[i] for i in at.tolist()], raw_hashes[at])
         if hit.any():
-            left = [customer_list[i] for i in pos[look[hit]].tolist()]
+            left = [customer_list[i] for i in at[hit].tolist()]
             keep = np.ones(len(pos), dtype=bool)
             keep[look[hit]] = False
             kept = np.flatnonzero(keep).tolist()
@@ -741,7 +741,7 @@ class _ChangeWriter:
             for page in _carried_pages(conn, previous):
                 ids, ext_ids, fingerprints = (list(column) for column in zip(*page, strict=True))
                 hashes.append(_customer_hashes(ids))
-                keys.append(_standing_keys(ids, ext_ids, [raw_part(h or "") for h in fingerprints]))
+                keys.append(_standing_keys(ids, ext_ids, [raw_part(h) for h in fingerprints]))
             if hashes:
                 self._carried_hashes = np.unique(np.concatenate(hashes))
                 self._standing_keys = np.unique(np.concatenate(keys))
@@ -755,15 +755,19 @@ class _ChangeWriter:
         if check is not None and self.carried:
             self._checked = self._checker.submit(check, self._stop)
 
-    def standing(self, customer_ids: list[str], ext_ids: list[str], raw_hashes: np.ndarray) -> np.ndarray:
+    def carries_over(self) -> bool:
+        """Whether the last run left changes to carry over (waits for their lookup, the first write)."""
+        if self._found is not None:
+            self._found.result()
+        return bool(self._standing_keys.size)
+
+    def standing(self, customer_ids: list[str], raw_hashes: np.ndarray, ext_id: ExtIdTransform) -> np.ndarray:
         """Which of these customers (new to the snapshot, not resynced) have a change carried over from the last run
         planned from the same raw values for the same extId: that change stands as it is, carried over without
         being coerced again (a 64-bit key each, the risk of the raw fingerprints themselves)."""
-        if self._found is not None:
-            self._found.result()
-        if not (self._standing_keys.size and customer_ids):
+        if not (self.carries_over() and customer_ids):
             return np.zeros(len(customer_ids), dtype=bool)
-        keys = _standing_keys(customer_ids, ext_ids, raw_parts(raw_hashes).to_pylist())
+        keys = _standing_keys(customer_ids, ext_id.apply_all(customer_ids), raw_parts(raw_hashes).to_pylist())
         return _in_sorted(keys, self._standing_keys)
 
     def carry_rest(self) -> int:
@@ -1095,12 +1099,15 @@ def build_plan(
                     send()
 
         def standing(customer_ids: list[str], raw_hashes: np.ndarray) -> np.ndarray:
-            return writer.standing(customer_ids, settings.ext_id.apply_all(customer_ids), raw_hashes)
+            return writer.standing(customer_ids, raw_hashes, settings.ext_id)
 
         compared_chunks = _compare_ahead(engine, chunks, settings, bool(plan.known))
         for raw, changed_names, compared in compared_chunks:
             clock.lap("read")
-            candidates, left = _select(raw, changed_names, compared, resync, plan, standing)
+            # no carried changes (a first sync): no new customer's key is worked out
+            candidates, left = _select(
+                raw, changed_names, compared, resync, plan, standing if writer.carries_over() else None
+            )
             # a full refresh: the chunk's customers replace what would be carried for them (the export is the truth),
             # but for those whose carried change stands
             covered = compared.ids if export_path is not None else None
