@@ -167,6 +167,28 @@ def test_invalid_json_is_2009(api: Netmera, op: str) -> None:
     assert error_of(resp)[:2] == (400, 2009)
 
 
+_NOT_STRICT_JSON: dict[str, Any] = {  # a setProfileAttributes body for one extId that Python's json module would take
+    "nan": lambda e: b'[{"extId": "%s", "profile": {"ltv": NaN}}]' % e,  # RFC 8259 has no NaN
+    "lone-surrogate": lambda e: b'[{"extId": "%s", "profile": {"name": "\\ud800"}}]' % e,  # no character
+    "utf-16": lambda e: b'[{"extId": "%s", "profile": {"name": "Ann"}}]'.decode() % e.decode(),  # not UTF-8
+    "bad-utf-8": lambda e: b'[{"extId": "%s", "profile": {"name": "\xff"}}]' % e,
+}
+
+
+@pytest.mark.parametrize("case", list(_NOT_STRICT_JSON))
+def test_a_body_that_is_not_strict_json_is_2009_and_writes_nothing(
+    api: Netmera, users: dict[str, list[str]], case: str
+) -> None:
+    """The sandbox reads bodies as strict JSON, so a client that sends any of these learns it here, not from
+    Netmera."""
+    ext_id = users["known"][0]
+    body = _NOT_STRICT_JSON[case](ext_id.encode())
+    raw = body.encode("utf-16") if isinstance(body, str) else body
+    resp = api.call("setProfileAttributes", raw=raw, valid_request=False)
+    assert error_of(resp)[:2] == (400, 2009)
+    assert api.call("getProfileAttributes", params={"extId": ext_id}).json()["profile"] == {}
+
+
 def test_json_body_needs_json_content_type(api: Netmera) -> None:
     resp = api.call(
         "setProfileAttributes",
