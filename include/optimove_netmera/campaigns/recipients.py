@@ -472,6 +472,15 @@ def _count_pending(conn: Any, campaign_id: int, channel_id: int, chunks: Any) ->
     return int(conn.execute(sa.select(sa.func.count()).select_from(_R).where(*where)).scalar_one())
 
 
+def _count_pending_in_chunks(session: Any, campaign_id: int, channel_id: int, *chunks: Any) -> int:
+    """How many rows are pending on their own in the chunks of ``send_chunks`` that ``chunks`` (its conditions)
+    selects. The chunk numbers are read first, by the primary key, and the rows are counted by number, none when
+    no chunk matches (the usual case). As a subquery, PostgreSQL with no statistics yet on a freshly staged ledger
+    looked ``send_chunks`` up once per ledger row: 1.3 s a call at 100k recipients, at every send task's start."""
+    numbers = list(session.execute(sa.select(_K.c.chunk_no).where(*chunks)).scalars())
+    return _count_pending(session, campaign_id, channel_id, numbers) if numbers else 0
+
+
 def mark_orphans_unknown(engine: Engine, campaign_id: int, channel_id: int, chunks: Iterable[int] | None) -> int:
     """In-flight chunks (of ``chunks``, or all) whose worker died: ``unknown``, and so their recipients. Returns
     how many recipients (rows claimed one by one before migration 0005 included)."""
@@ -488,7 +497,7 @@ def mark_orphans_unknown(engine: Engine, campaign_id: int, channel_id: int, chun
     }
     with session_scope(engine) as session:
         legacy = transition(session, Recipient, *row_criteria, **orphaned)
-        recipients = _count_pending(session, cid, ch, sa.select(_K.c.chunk_no).where(*in_flight, *chunk_criteria))
+        recipients = _count_pending_in_chunks(session, cid, ch, *in_flight, *chunk_criteria)
         transition(session, _K, *chunk_criteria, **orphaned)
     return legacy + recipients
 
@@ -511,7 +520,7 @@ def release_unknown(engine: Engine, campaign_id: int, channel_id: int, chunks: I
     }
     with session_scope(engine) as session:
         legacy = transition(session, Recipient, _R.c.chunk_no.in_(listed), **released, values={"reason": None})
-        recipients = _count_pending(session, cid, ch, sa.select(_K.c.chunk_no).where(*unknown))
+        recipients = _count_pending_in_chunks(session, cid, ch, *unknown)
         transition(session, _K, _K.c.chunk_no.in_(listed), **released, values={"reason": None, "request_id": None})
     return legacy + recipients
 
