@@ -472,12 +472,12 @@ def _count_pending(conn: Any, campaign_id: int, channel_id: int, chunks: Any) ->
     return int(conn.execute(sa.select(sa.func.count()).select_from(_R).where(*where)).scalar_one())
 
 
-def _count_pending_in_chunks(session: Any, campaign_id: int, channel_id: int, *chunks: Any) -> int:
-    """How many rows are pending on their own in the chunks of ``send_chunks`` that ``chunks`` (its conditions)
+def _count_pending_in_chunks(session: Any, campaign_id: int, channel_id: int, *where: Any) -> int:
+    """How many rows are pending on their own in the chunks that ``where`` (conditions on ``send_chunks``)
     selects. The chunk numbers are read first, by the primary key, and the rows are counted by number, none when
     no chunk matches (the usual case). As a subquery, PostgreSQL with no statistics yet on a freshly staged ledger
     looked ``send_chunks`` up once per ledger row: 1.3 s a call at 100k recipients, at every send task's start."""
-    numbers = list(session.execute(sa.select(_K.c.chunk_no).where(*chunks)).scalars())
+    numbers = list(session.execute(sa.select(_K.c.chunk_no).where(*where)).scalars())
     return _count_pending(session, campaign_id, channel_id, numbers) if numbers else 0
 
 
