@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from optimove_netmera.campaigns import recipients
 from optimove_netmera.campaigns.state import CANCEL_REASON, apply_cancel_list, cancel_pending
@@ -191,3 +192,16 @@ def test_orphans_and_unknowns_are_counted_by_chunk_number_never_through_a_subque
     assert not [s for s in counts if "send_chunks" in s]
     assert not [s for s in nothing_in_flight if s.startswith("select count(")]
     assert Counter(s for s, _ in seen(engine).values()) == {"pending": 6}
+
+
+@pytest.mark.parametrize("backend", ["postgres"])  # SQLite's planner does not go by row counts
+def test_a_chunked_ledger_is_analyzed_so_postgresql_plans_for_its_size(db_url: str) -> None:
+    """Without statistics PostgreSQL takes a freshly staged ledger for a row or two and nest-loops the ledger view's
+    join over it (1.3 s at 100k recipients, against 54 ms once analyzed): chunking it ends with ``ANALYZE``."""
+    engine, chunks = staged(db_url, n=40, chunk_size=5)
+    assert len(chunks) == 8
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT relname, reltuples FROM pg_class WHERE relname IN ('recipients', 'send_chunks')"
+        ).all()
+    assert {name: int(n) for name, n in rows} == {"recipients": 40, "send_chunks": 8}

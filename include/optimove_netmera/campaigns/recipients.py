@@ -61,6 +61,7 @@ from optimove_netmera.store import (
     RecipientStatus,
     SendChunk,
     UTCDateTime,
+    refresh_statistics,
     session_scope,
     sqlite_bulk_insert,
     transition,
@@ -414,6 +415,8 @@ def plan_chunks(
     cid, ch = int(campaign_id), int(channel_id)
     with session_scope(engine) as session:
         assigned = _assign_chunks(session, cid, ch, chunk_size)
+    if assigned:  # the ledger was just staged and chunked: plan the reads below, and the send's, for its size
+        refresh_statistics(engine, _R, _K)
     statuses = [RecipientStatus.PENDING.value, RecipientStatus.IN_FLIGHT.value]
     if include_unknown:
         statuses.append(RecipientStatus.UNKNOWN.value)

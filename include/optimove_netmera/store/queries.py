@@ -224,6 +224,18 @@ def sqlite_bulk_insert(
     conn.exec_driver_sql(f"{head}SELECT {', '.join(values)} FROM json_each(?1) WHERE true {conflict}", args)
 
 
+def refresh_statistics(engine: sa.Engine, *tables: TableLike) -> None:
+    """PostgreSQL: ``ANALYZE`` tables just bulk-written, so the next statements are planned for their real size.
+
+    A table written in bulk has no statistics until autovacuum gets to it (a minute or more, never when it is off):
+    the planner then takes it for a handful of rows and may nest-loop a join over it (the send ledger's status
+    view: 1.3 s at 100k recipients instead of 54 ms). No-op on SQLite, whose planner does not use row counts."""
+    if engine.dialect.name != "postgresql" or not tables:
+        return
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE " + ", ".join(_table(t).name for t in tables))
+
+
 def _picker(positions: Sequence[int]) -> Callable[[Sequence[Any]], list[Any]]:
     """A function returning a new list of a row's values at ``positions`` (``itemgetter``: 5x a comprehension)."""
     if len(positions) > 1:
