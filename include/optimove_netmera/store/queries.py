@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
@@ -44,6 +45,7 @@ Bind = Session | sa.Connection
 TableLike = sa.Table | type[Any]
 
 DEFAULT_CHUNK_SIZE = 5000
+COPY_ROWS = 5000  # rows a COPY statement of postgres_copy
 
 
 def _table(target: TableLike) -> sa.Table:
@@ -239,12 +241,15 @@ def postgres_copy(
     and such a column must never hold ``""``. A NUL in a text is refused by PostgreSQL, as by ``INSERT``."""
     if conn.dialect.driver != "psycopg2":
         return False
-    buffer = io.StringIO()
-    csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n").writerows(rows)
-    buffer.seek(0)
     options = "FORMAT csv" + (f", FORCE_NULL ({', '.join(nullable)})" if nullable else "")
+    statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH ({options})"
+    rows = iter(rows)
     with conn.connection.dbapi_connection.cursor() as cursor:  # type: ignore[union-attr]
-        cursor.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH ({options})", buffer)
+        while part := list(itertools.islice(rows, COPY_ROWS)):  # a few MB of CSV at a time, not the whole set
+            buffer = io.StringIO()
+            csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n").writerows(part)
+            buffer.seek(0)
+            cursor.copy_expert(statement, buffer)
     return True
 
 
