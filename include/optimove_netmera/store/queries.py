@@ -238,7 +238,8 @@ def postgres_copy(
 
     Every field is quoted (a carriage return, a lone ``\\.`` or a quote in a text are data, not CSV), so an empty
     string stays one; the ``nullable`` columns' empty fields are NULL (``FORCE_NULL``), so None is written there
-    and such a column must never hold ``""``. A NUL in a text is refused by PostgreSQL, as by ``INSERT``."""
+    and such a column must never hold ``""`` (None in any other column would be stored as ``""``: pass none). A
+    NUL in a text is refused by PostgreSQL, as by ``INSERT``."""
     if conn.dialect.driver != "psycopg2":
         return False
     options = "FORMAT csv" + (f", FORCE_NULL ({', '.join(nullable)})" if nullable else "")
