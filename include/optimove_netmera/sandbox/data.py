@@ -42,8 +42,6 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S40 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(40)
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_ID_RE = re.compile(r"^C\d{7,}$")
-
 #: The sandbox tenant's generic execution channels (Optimove's public sandbox uses these IDs).
 DEFAULT_CHANNELS: dict[int, str] = {
     504: "Email",
@@ -303,12 +301,7 @@ class Dataset:
 
     def customer_index(self, customer_id: str) -> int | None:
         """Zero-based index of ``customer_id`` or None when it is not a customer of this dataset."""
-        if not isinstance(customer_id, str) or not _ID_RE.match(customer_id):
-            return None
-        index = int(customer_id[1:]) - 1
-        if not 0 <= index < self.customers or format_customer_id(index) != customer_id:
-            return None
-        return index
+        return self.customer_indices([customer_id])[0]
 
     def netmera_known(self, ext_id: str) -> bool:
         """Whether the customer ``ext_id`` exists as a Netmera user in the seed (~95% of customers do)."""
@@ -318,10 +311,9 @@ class Dataset:
         return bool(self._netmera_mask(np.array([index], dtype=np.int64))[0])
 
     def customer_indices(self, customer_ids: Iterable[Any]) -> list[int | None]:
-        """:meth:`customer_index` of each id, in a third of its time (a 1000-extId request asks for 1000).
-
-        "C" and seven or more ASCII digits without a superfluous leading zero, naming a customer: exactly the ids
-        whose formatted index is the id again."""
+        """The zero-based index of each id, None for one that is not a customer of this dataset: "C" and seven or
+        more ASCII digits without a superfluous leading zero (exactly the ids :func:`format_customer_id` writes),
+        naming one of the dataset's customers. One pass, no regex: a 1000-extId request asks for 1000."""
         n = self.customers
         out: list[int | None] = []
         for x in customer_ids:
