@@ -19,15 +19,16 @@ PARAMS: list[dict[str, Any]] = [
     {"age": 31, "score": 1.5, "vip": True, "nothing": None},
 ]
 WHEN = dt.datetime(2026, 12, 5, 9, 0, tzinfo=dt.UTC)
+NULLS = 1  # this row has no extId and no notificationKey: written as JSON nulls on both databases, never dropped
 
 
 def row(i: int, params: dict[str, Any]) -> dict[str, Any]:
     return {
         "customer_id": f"C{i:03d}",
         "template_id": 1,
-        "ext_id": f"ext-{i:03d} ü",
+        "ext_id": None if i == NULLS else f"ext-{i:03d} ü",
         "scheduled_time": WHEN,
-        "notification_key": "101",
+        "notification_key": None if i == NULLS else "101",
         "params": params,
         "promo_code": None,
         "status": "pending",
@@ -37,7 +38,10 @@ def row(i: int, params: dict[str, Any]) -> dict[str, Any]:
 
 def expected(i: int, params: dict[str, Any]) -> dict[str, Any]:
     """Written out here, not by the code under test."""
-    out: dict[str, Any] = {"notificationKey": "101", "target": {"extId": f"ext-{i:03d} ü"}}
+    if i == NULLS:
+        out: dict[str, Any] = {"notificationKey": None, "target": {"extId": None}}
+    else:
+        out = {"notificationKey": "101", "target": {"extId": f"ext-{i:03d} ü"}}
     if params:
         out["message"] = {"params": params}
     return out

@@ -61,6 +61,7 @@ from optimove_netmera.store import (
     RecipientStatus,
     SendChunk,
     UTCDateTime,
+    connection,
     refresh_statistics,
     session_scope,
     sqlite_bulk_insert,
@@ -551,17 +552,24 @@ _SQLITE_BODY = sa.text(
     " FROM (SELECT id, notification_key, ext_id, json(params) AS p FROM recipients"
     " WHERE campaign_id = :cid AND channel_id = :ch AND chunk_no = :chunk AND status = 'pending' ORDER BY id))"
 )
+# PostgreSQL: concatenated like SQLite's (``json_build_object`` took 1.6 times as long on the server, ~2.1 against
+# ~1.35 ms a 1000-row chunk); ``to_json`` quotes a text as JSON and gives NULL for NULL, written out as ``null``.
 _POSTGRES_BODY = sa.text(
-    "SELECT count(*), '[' || coalesce(string_agg(CASE WHEN params = '{}'::jsonb"
-    " THEN json_build_object('notificationKey', notification_key, 'target', json_build_object('extId', ext_id))"
-    " ELSE json_build_object('notificationKey', notification_key, 'target', json_build_object('extId', ext_id),"
-    " 'message', json_build_object('params', params)) END::text, ',' ORDER BY id), '') || ']'"
+    "SELECT count(*), '[' || coalesce(string_agg("
+    """'{"notificationKey":' || coalesce(to_json(notification_key)::text, 'null') || ',"target":{"extId":'"""
+    """ || coalesce(to_json(ext_id)::text, 'null') || '}' || CASE WHEN params = '{}'::jsonb THEN ''"""
+    """ ELSE ',"message":{"params":' || params::text || '}' END || '}', ',' ORDER BY id), '') || ']'"""
     " FROM recipients WHERE campaign_id = :cid AND channel_id = :ch AND chunk_no = :chunk AND status = 'pending'"
 )
 
 
 def claim_chunk(
-    engine: Engine, campaign_id: int, channel_id: int, chunk_no: int, request_id: str, started_at: dt.datetime
+    bind: Engine | sa.Connection,
+    campaign_id: int,
+    channel_id: int,
+    chunk_no: int,
+    request_id: str,
+    started_at: dt.datetime,
 ) -> Claim:
     """pending -> in_flight for one chunk, unless the campaign is cancelled; what this caller won (its count and
     request body: see :class:`Claim`).
@@ -570,14 +578,15 @@ def claim_chunk(
     claim time here and the request's start once it is sent). The body is read after the claim commits (a read does
     not hold the SQLite write lock the other workers' claims wait for): once the chunk is claimed no cancel or
     restore moves its rows (:func:`~optimove_netmera.campaigns.state.unclaimed`). A chunk with no row pending any
-    more (cancelled meanwhile) goes back to pending and nothing is won.
+    more (cancelled meanwhile) goes back to pending and nothing is won. ``bind``: an engine, or an idle connection
+    the caller holds (:func:`~optimove_netmera.store.engine.connection`).
     """
     cid, ch, chunk = int(campaign_id), int(channel_id), int(chunk_no)
     not_cancelled = ~sa.exists().where(
         _C.c.campaign_id == cid, _C.c.channel_id == ch, _C.c.state == CampaignState.CANCELLED.value
     )
     chunk_key = {"campaign_id": cid, "channel_id": ch, "chunk_no": chunk}
-    with engine.connect() as conn:
+    with connection(bind) as conn:
         with conn.begin():
             won = transition(
                 conn,

@@ -24,8 +24,10 @@ chunks in order, each doing steps 1-4 for its own request. The first worker to s
 failure) stops the others from claiming; the requests already in flight finish their step 4, then the pending rows
 are cancelled once (a cancel) and the first failure is raised. Narrowing a cancel is done by one worker at a time.
 Each worker thread talks to Netmera through its own ``requests.Session`` (see
-:meth:`~optimove_netmera.http.BaseHttpClient._thread_session`) and to the state DB through its own pooled
-connection (SQLite: WAL and a 30 s busy timeout let the writers queue).
+:meth:`~optimove_netmera.http.BaseHttpClient._thread_session`) and to the state DB through pooled connections: one
+checkout for steps 1-2 (read, claim, body, last look: each its own short transaction), a fresh one for step 4, so
+a connection lost while the request was out is replaced (pinged) before the outcome is written (SQLite: WAL and a
+30 s busy timeout let the writers queue).
 
 A process that dies between claim and step 4 leaves the chunk ``in_flight``; the next attempt marks it
 ``unknown`` (:data:`~optimove_netmera.campaigns.recipients.ORPHAN_REASON`) and re-sends them only with
@@ -44,12 +46,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from optimove_netmera.campaigns import recipients
 from optimove_netmera.campaigns.state import (
     CANCEL_ALL_REASON,
     CANCEL_REASON,
+    CancelStatus,
     apply_cancel_list,
     cancel_pending,
     cancel_status,
@@ -240,21 +243,18 @@ class _Run:
         """Send one chunk (steps 1-4 of the module docstring); False when the run stopped before its request."""
         engine, cid, ch = self.engine, self.cid, self.ch
         while True:
-            status = cancel_status(engine, cid, ch)
+            with engine.connect() as conn:  # one checkout for the steps before the request
+                status, request_id, claim, last = self._claim(conn, chunk)
             if status.cancelled:
                 if self._cancel_is_partial():
                     continue
                 return False
-            if self.stopping.is_set():  # another worker saw a cancel or failed: claim nothing more
+            if claim is None or last is None:  # another worker saw a cancel or failed: nothing was claimed
                 return False
-            request_id = uuid.uuid4().hex
-            started = dt.datetime.now(dt.UTC)
-            claim = recipients.claim_chunk(engine, cid, ch, chunk, request_id, started)
             if not claim:
-                if cancel_status(engine, cid, ch).cancelled:
+                if last.cancelled:
                     continue  # a cancel landed between the check and the claim
                 return True
-            last = cancel_status(engine, cid, ch)
             if last.cancelled or last.cancelled_at != status.cancelled_at:  # the last look, right before the request
                 recipients.finish_request(engine, cid, ch, chunk, request_id, RecipientStatus.PENDING.value)
                 # a cancel that another worker narrowed meanwhile: its listed customers must not go back to pending
@@ -262,6 +262,19 @@ class _Run:
                 continue
             _send_one(engine, self.netmera, cid, ch, chunk, request_id, claim, self.out, self.lock)
             return True  # the claim took every pending row of the chunk: none is left for another look
+
+    def _claim(
+        self, conn: Connection, chunk: int
+    ) -> tuple[CancelStatus, str, recipients.Claim | None, CancelStatus | None]:
+        """Steps 1-2 on one held connection: the cancel read; unless it reads cancelled or the run is stopping, the
+        claim under a new request id and the last look at the cancel right after it (for an empty claim: did a
+        cancel land before it?)."""
+        status = cancel_status(conn, self.cid, self.ch)
+        if status.cancelled or self.stopping.is_set():
+            return status, "", None, None
+        request_id = uuid.uuid4().hex
+        claim = recipients.claim_chunk(conn, self.cid, self.ch, chunk, request_id, dt.datetime.now(dt.UTC))
+        return status, request_id, claim, cancel_status(conn, self.cid, self.ch)
 
     def _cancel_is_partial(self) -> bool:
         """The campaign reads cancelled: narrow it (once, whichever worker gets here first); True when the send

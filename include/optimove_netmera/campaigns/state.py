@@ -39,6 +39,7 @@ from optimove_netmera.store import (
     RecipientStatus,
     SendChunk,
     as_utc,
+    connection,
     insert_if_absent,
     session_scope,
     transition,
@@ -248,11 +249,12 @@ class CancelStatus:
     cancelled_at: dt.datetime | None
 
 
-def cancel_status(engine: Engine, campaign_id: int, channel_id: int) -> CancelStatus:
-    """One indexed primary-key read: is this campaign cancelled, partially, or not at all?"""
+def cancel_status(bind: Engine | sa.Connection, campaign_id: int, channel_id: int) -> CancelStatus:
+    """One indexed primary-key read: is this campaign cancelled, partially, or not at all? (``bind``: an engine, or
+    a connection the caller holds; see :func:`~optimove_netmera.store.engine.connection`.)"""
     table = Campaign.__table__
-    with engine.connect() as connection:
-        row = connection.execute(
+    with connection(bind) as conn:
+        row = conn.execute(
             sa.select(table.c.state, table.c.cancel_scope, table.c.cancel_fetched_at, table.c.cancelled_at).where(
                 table.c.campaign_id == int(campaign_id), table.c.channel_id == int(channel_id)
             )

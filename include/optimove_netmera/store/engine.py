@@ -292,6 +292,26 @@ if hasattr(os, "register_at_fork"):
 
 
 @contextmanager
+def connection(bind: Engine | sa.Connection) -> Iterator[sa.Connection]:
+    """A connection for a few statements: ``bind`` itself when it is one (a caller that holds one for several steps
+    saves a pool checkout, and its ping, per step), else one checked out of the engine's pool for the block.
+
+    A transaction the block's statements began (a read's) ends with it, so a held connection leaves each step idle
+    and the next sees what was committed meanwhile; a write commits its own (``with conn.begin():``).
+    """
+    if isinstance(bind, sa.Connection):
+        began = bind.in_transaction()
+        try:
+            yield bind
+        finally:
+            if not began and bind.in_transaction():
+                bind.rollback()
+    else:
+        with bind.connect() as conn:
+            yield conn
+
+
+@contextmanager
 def session_scope(engine: Engine | str | None = None) -> Iterator[Session]:
     """A transaction as a ``Session``: committed on success, rolled back on error, always closed.
 
