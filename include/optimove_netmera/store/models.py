@@ -332,7 +332,9 @@ class CustomerSnapshot(Base):
         JSONType, nullable=False, default=list, server_default=sa.text("'[]'")
     )
     delivered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), nullable=False, server_default=utcnow())
-    sync_run_id: Mapped[int | None] = mapped_column(sa.BigInteger(), sa.ForeignKey("sync_runs.id", ondelete="SET NULL"))
+    # The run that delivered the row: no foreign key (revision 0006), PostgreSQL checked it for every row a load
+    # advances, which doubled the snapshot upsert; only the loading run's id is written and no run is deleted.
+    sync_run_id: Mapped[int | None] = mapped_column(sa.BigInteger())
 
 
 class SyncStaging(Base):
