@@ -53,14 +53,14 @@ SAFEGUARDS = (
     Safeguard(
         "cancellation check at the top of the send loop",
         "campaigns/send.py",
-        "            status = cancel_status(engine, cid, ch)\n            if status.cancelled:\n",
-        "            status = cancel_status(engine, cid, ch)\n            if False:\n",
+        "        status = cancel_status(conn, self.cid, self.ch)\n        if status.cancelled:\n",
+        "        status = cancel_status(conn, self.cid, self.ch)\n        if False:\n",
         (f"{SEND_TESTS}::test_cancel_seen_at_the_top_of_the_loop",),
     ),
     Safeguard(
         "cancellation check after an empty claim",
         "campaigns/send.py",
-        "                if cancel_status(engine, cid, ch).cancelled:\n"
+        "                if last.cancelled:\n"
         "                    continue  # a cancel landed between the check and the claim",
         "                if False:\n                    continue  # a cancel landed between the check and the claim",
         (f"{SEND_TESTS}::test_cancel_committed_between_the_check_and_the_claim",),
@@ -159,8 +159,8 @@ SAFEGUARDS = (
     Safeguard(
         "no worker claims a chunk once another saw a whole cancel or a failure",
         "campaigns/send.py",
-        "            if self.stopping.is_set():  # another worker",
-        "            if False:  # another worker",
+        "        if self.stopping.is_set():  # another worker",
+        "        if False:  # another worker",
         (f"{IN_FLIGHT_TESTS}::test_failure_in_one_request_stops_claiming_and_raises_after_the_others_finish",),
     ),
     Safeguard(

@@ -1048,7 +1048,7 @@ def test_cli_upgrade_current_history_downgrade(db_url: str, tmp_path: Path) -> N
     assert "0002 -> 0003: The metrics ledger" in proc.stdout
     assert "0003 -> 0004: Drop the send ledger's" in proc.stdout
     assert "0004 -> 0005: The send ledger's chunks" in proc.stdout
-    assert "0005 -> 0006 (head, current): Drop the foreign key from ``customer_snapshot.sync_run_id``" in proc.stdout
+    assert "0005 -> 0006 (head, current): What a load writes and reads" in proc.stdout
 
     proc = _cli("check", "--url", db_url, cwd=tmp_path)
     assert proc.returncode == 0 and "ok" in proc.stdout

@@ -249,7 +249,7 @@ class _Run:
                 if self._cancel_is_partial():
                     continue
                 return False
-            if claim is None or last is None:  # another worker saw a cancel or failed: nothing was claimed
+            if claim is None or last is None:  # the run is stopping: nothing was claimed
                 return False
             if not claim:
                 if last.cancelled:
@@ -270,7 +270,9 @@ class _Run:
         claim under a new request id and the last look at the cancel right after it (for an empty claim: did a
         cancel land before it?)."""
         status = cancel_status(conn, self.cid, self.ch)
-        if status.cancelled or self.stopping.is_set():
+        if status.cancelled:
+            return status, "", None, None
+        if self.stopping.is_set():  # another worker saw a cancel or failed: claim nothing more
             return status, "", None, None
         request_id = uuid.uuid4().hex
         claim = recipients.claim_chunk(conn, self.cid, self.ch, chunk, request_id, dt.datetime.now(dt.UTC))

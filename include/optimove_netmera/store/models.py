@@ -45,6 +45,7 @@ __all__ = [
     "Event",
     "EventSource",
     "EventStatus",
+    "JSONTextType",
     "JSONType",
     "Recipient",
     "RecipientStatus",
@@ -138,6 +139,10 @@ def _utcnow_sqlite(element: utcnow, compiler: Any, **kw: Any) -> str:
 
 JSONType = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 """Portable JSON column type (JSONB on PostgreSQL)."""
+
+JSONTextType = sa.JSON(none_as_null=True).with_variant(postgresql.JSON(none_as_null=True), "postgresql")
+"""JSON kept as the text written (``json`` on PostgreSQL; SQLite keeps every JSON as text): for JSON that is sent on
+as it is, which ``jsonb`` would print again from its binary form each time it is read as text."""
 
 BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 """BIGINT surrogate key that also auto-increments on SQLite."""
@@ -370,8 +375,8 @@ class SyncChange(Base):
     ext_id: Mapped[str] = mapped_column(sa.String(255), nullable=False)
     new_hash: Mapped[str] = mapped_column(sa.String(64), nullable=False)
     set_attrs: Mapped[dict[str, Any]] = mapped_column(
-        JSONType, nullable=False, default=dict, server_default=sa.text("'{}'")
-    )  # Netmera attribute name -> value to write
+        JSONTextType, nullable=False, default=dict, server_default=sa.text("'{}'")
+    )  # Netmera attribute name -> value to write, the text a profile request's body is built from
     unset_attrs: Mapped[list[str]] = mapped_column(
         JSONType, nullable=False, default=list, server_default=sa.text("'[]'")
     )  # Netmera attribute names to remove
