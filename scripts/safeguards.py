@@ -75,8 +75,8 @@ SAFEGUARDS = (
     Safeguard(
         "the claim refuses a cancelled campaign",
         "campaigns/recipients.py",
-        "                not_cancelled,\n                key=chunk_key,\n",
-        "                key=chunk_key,\n",
+        "        not_cancelled,\n        key=_CHUNK,\n",
+        "        key=_CHUNK,\n",
         (f"{SEND_TESTS}::test_cancel_committed_between_the_check_and_the_claim",),
     ),
     Safeguard(
@@ -113,7 +113,7 @@ SAFEGUARDS = (
     Safeguard(
         "only the request that holds a chunk settles it (a worker thought dead cannot settle a chunk claimed again)",
         "campaigns/recipients.py",
-        "    holder = _K.c.request_id == request_id\n",
+        '    holder = _K.c.request_id == sa.bindparam("holder")\n',
         "    holder = sa.true()\n",
         ("tests/campaigns/test_chunk_ledger.py::test_only_the_request_that_holds_the_chunk_settles_it",),
     ),

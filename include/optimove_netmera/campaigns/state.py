@@ -249,16 +249,18 @@ class CancelStatus:
     cancelled_at: dt.datetime | None
 
 
+_CAMPAIGN = Campaign.__table__
+# Built once (a send worker reads it twice a chunk), its key bound per call.
+_CANCEL_STATUS = sa.select(
+    _CAMPAIGN.c.state, _CAMPAIGN.c.cancel_scope, _CAMPAIGN.c.cancel_fetched_at, _CAMPAIGN.c.cancelled_at
+).where(_CAMPAIGN.c.campaign_id == sa.bindparam("cid"), _CAMPAIGN.c.channel_id == sa.bindparam("ch"))
+
+
 def cancel_status(bind: Engine | sa.Connection, campaign_id: int, channel_id: int) -> CancelStatus:
     """One indexed primary-key read: is this campaign cancelled, partially, or not at all? (``bind``: an engine, or
     a connection the caller holds; see :func:`~optimove_netmera.store.engine.connection`.)"""
-    table = Campaign.__table__
     with connection(bind) as conn:
-        row = conn.execute(
-            sa.select(table.c.state, table.c.cancel_scope, table.c.cancel_fetched_at, table.c.cancelled_at).where(
-                table.c.campaign_id == int(campaign_id), table.c.channel_id == int(channel_id)
-            )
-        ).first()
+        row = conn.execute(_CANCEL_STATUS, {"cid": int(campaign_id), "ch": int(channel_id)}).first()
     if row is None:
         return CancelStatus(False, None, False, False, False, None)
     is_cancelled = row.state == CampaignState.CANCELLED.value

@@ -67,6 +67,7 @@ from optimove_netmera.store.queries import (
     refresh_statistics,
     sqlite_bulk_insert,
     transition,
+    transition_statement,
     upsert,
 )
 
@@ -122,6 +123,7 @@ __all__ = [
     "session_scope",
     "sqlite_bulk_insert",
     "transition",
+    "transition_statement",
     "upsert",
     "utcnow",
 ]
