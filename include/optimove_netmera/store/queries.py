@@ -293,17 +293,22 @@ def _criteria(table: sa.Table, key: Mapping[str, Any] | None, extra: Sequence[An
     return clauses
 
 
-def _transition_stmt(
+def transition_statement(
     target: TableLike,
-    key: Mapping[str, Any] | None,
-    criteria: Sequence[Any],
-    *,
+    *criteria: Any,
+    key: Mapping[str, Any] | None = None,
     from_status: str | Iterable[str],
     to_status: str,
-    values: Mapping[str, Any] | None,
-    increment_attempts: bool,
-    status_column: str,
+    values: Mapping[str, Any] | None = None,
+    increment_attempts: bool = False,
+    status_column: str = "status",
 ) -> sa.Update:
+    """The conditional ``UPDATE`` of :func:`transition` and :func:`claim`: rows matching ``key`` (column name ->
+    value) and ``criteria`` whose ``status_column`` is in ``from_status`` get ``to_status`` and ``values``
+    (``attempts`` + 1 with ``increment_attempts``).
+
+    A hot path builds it once and binds its values per execution (``sa.bindparam`` in ``key``, ``criteria`` or
+    ``values``): building the statement cost a send worker more of the interpreter than running it."""
     table = _table(target)
     if status_column not in table.c:
         raise ValueError(f"{table.name} has no status column {status_column!r}")
@@ -335,10 +340,9 @@ def claim(
     """
     if increment_attempts is None:
         increment_attempts = "attempts" in _table(target).c
-    stmt = _transition_stmt(
+    stmt = transition_statement(
         target,
-        key,
-        (),
+        key=key,
         from_status=from_status,
         to_status=to_status,
         values=values,
@@ -349,59 +353,16 @@ def claim(
     return (result.rowcount or 0) > 0  # type: ignore[attr-defined]
 
 
-def transition_statement(
-    target: TableLike,
-    *criteria: Any,
-    key: Mapping[str, Any] | None = None,
-    from_status: str | Iterable[str],
-    to_status: str,
-    values: Mapping[str, Any] | None = None,
-    increment_attempts: bool = False,
-    status_column: str = "status",
-) -> sa.Update:
-    """The conditional ``UPDATE`` that :func:`transition` runs, for a hot path that builds it once and binds its
-    values per execution (``sa.bindparam`` in ``key``, ``criteria`` or ``values``): building the statement cost a
-    send worker more of the interpreter than running it."""
-    return _transition_stmt(
-        target,
-        key,
-        criteria,
-        from_status=from_status,
-        to_status=to_status,
-        values=values,
-        increment_attempts=increment_attempts,
-        status_column=status_column,
-    )
-
-
-def transition(
-    bind: Bind,
-    target: TableLike,
-    *criteria: Any,
-    key: Mapping[str, Any] | None = None,
-    from_status: str | Iterable[str],
-    to_status: str,
-    values: Mapping[str, Any] | None = None,
-    increment_attempts: bool = False,
-    status_column: str = "status",
-) -> int:
-    """Move every row matching ``key``/``criteria`` and ``from_status`` to ``to_status``; return the count.
+def transition(bind: Bind, target: TableLike, *criteria: Any, **how: Any) -> int:
+    """Move every row matching ``key``/``criteria`` and ``from_status`` to ``to_status``; return the count. ``how``:
+    the keywords of :func:`transition_statement` (``key``, ``from_status``, ``to_status``, ``values``,
+    ``increment_attempts``, ``status_column``).
 
     E.g. cancel a campaign's pending recipients:
     ``transition(s, Recipient, key={"campaign_id": 1, "channel_id": 2}, from_status="pending",
     to_status="cancelled", values={"reason": "campaign cancelled"})``.
     """
-    stmt = transition_statement(
-        target,
-        *criteria,
-        key=key,
-        from_status=from_status,
-        to_status=to_status,
-        values=values,
-        increment_attempts=increment_attempts,
-        status_column=status_column,
-    )
-    result = bind.execute(stmt)
+    result = bind.execute(transition_statement(target, *criteria, **how))
     return max(result.rowcount or 0, 0)  # type: ignore[attr-defined]
 
 
