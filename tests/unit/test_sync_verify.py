@@ -53,7 +53,8 @@ def test_first_run_of_a_mapping_and_the_sample(db_url: str) -> None:
             "customer_id": f"C{i:03d}",
             "ext_id": f"C{i:03d}",
             "new_hash": "h",
-            "set_attrs": {"name": "x"} | ({"rare": 1} if i == 77 else {}),
+            # "rare" is also a value of three earlier customers: not a key, they must not take the limit's places
+            "set_attrs": {"name": "rare" if i in (1, 2, 3) else "x"} | ({"rare": 1} if i == 77 else {}),
             "status": ChangeStatus.DELIVERED.value,
         }
         for i in range(100)

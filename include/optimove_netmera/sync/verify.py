@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
@@ -157,7 +158,15 @@ def select_sample(engine: Engine, run_id: int, size: int) -> tuple[list[Written]
 def written_with(engine: Engine, run_id: int, name: str, limit: int = BACKUPS_PER_ATTRIBUTE) -> list[Written]:
     """The first ``limit`` of this run's profile writes (customer order) that set attribute ``name``."""
     if engine.dialect.name == "postgresql":
-        has = sa.cast(SyncChange.set_attrs, postgresql.JSONB).has_key(name)
+        # set_attrs is the text the plan wrote (msgspec's encoding): only a row whose text holds the quoted name is
+        # parsed to check that it is a key. Parsing every row took 10 times ``jsonb``'s ``?`` (1.6 s against
+        # 0.13-0.2 s over 300k rows for a name set nowhere); with the look first, 0.36 s.
+        quoted = msgspec.json.encode(name).decode()
+        text = sa.cast(SyncChange.set_attrs, sa.Text)
+        has = sa.case(
+            (sa.func.strpos(text, quoted) > 0, sa.cast(SyncChange.set_attrs, postgresql.JSONB).has_key(name)),
+            else_=sa.false(),
+        )
     else:  # SQLite: json_type is NULL only where the key is missing
         has = sa.func.json_type(SyncChange.set_attrs, sa.literal(f'$."{name}"', sa.Text)).is_not(None)
     q = (
