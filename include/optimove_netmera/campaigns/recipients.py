@@ -424,8 +424,8 @@ def plan_chunks(
     if include_unknown:
         statuses.append(RecipientStatus.UNKNOWN.value)
     view = ledger()
-    with engine.connect() as connection:
-        work = connection.execute(
+    with engine.connect() as conn:
+        work = conn.execute(
             sa.select(
                 view.c.chunk_no,
                 sa.func.min(view.c.scheduled_time).label("scheduled_time"),
@@ -435,7 +435,7 @@ def plan_chunks(
             .group_by(view.c.chunk_no)
             .order_by(view.c.chunk_no)
         ).all()
-        groups = connection.execute(
+        groups = conn.execute(
             sa.select(_R.c.template_id, sa.func.count(sa.distinct(_R.c.chunk_no)))
             .where(*_mine(cid, ch), _R.c.chunk_no.is_not(None))
             .group_by(_R.c.template_id)
@@ -720,8 +720,8 @@ def dead_letter(engine: Engine, campaign_id: int, channel_id: int, request_id: s
 def status_counts(engine: Engine, campaign_id: int, channel_id: int) -> dict[str, int]:
     """Ledger rows per status."""
     view = ledger()
-    with engine.connect() as connection:
-        rows = connection.execute(
+    with engine.connect() as conn:
+        rows = conn.execute(
             sa.select(view.c.status, sa.func.count())
             .where(*_mine(campaign_id, channel_id, view))
             .group_by(view.c.status)
@@ -732,8 +732,8 @@ def status_counts(engine: Engine, campaign_id: int, channel_id: int) -> dict[str
 def template_counts(engine: Engine, campaign_id: int, channel_id: int) -> dict[str, dict[str, int]]:
     """Ledger rows per template and status (``{"101": {"sent": 480, "skipped": 20}}``)."""
     view = ledger()
-    with engine.connect() as connection:
-        rows = connection.execute(
+    with engine.connect() as conn:
+        rows = conn.execute(
             sa.select(view.c.template_id, view.c.status, sa.func.count())
             .where(*_mine(campaign_id, channel_id, view))
             .group_by(view.c.template_id, view.c.status)
@@ -747,9 +747,9 @@ def template_counts(engine: Engine, campaign_id: int, channel_id: int) -> dict[s
 def request_count(engine: Engine, campaign_id: int, channel_id: int) -> int:
     """Netmera requests that carried this campaign's recipients (the last request of each row)."""
     view = ledger()
-    with engine.connect() as connection:
+    with engine.connect() as conn:
         return int(
-            connection.scalar(
+            conn.scalar(
                 sa.select(sa.func.count(sa.distinct(view.c.request_id))).where(
                     *_mine(campaign_id, channel_id, view), view.c.request_id.is_not(None)
                 )
@@ -761,8 +761,8 @@ def request_count(engine: Engine, campaign_id: int, channel_id: int) -> int:
 def reason_counts(engine: Engine, campaign_id: int, channel_id: int) -> dict[str, int]:
     """Skipped/failed/unknown/cancelled rows per reason (reasons never contain customer data)."""
     view = ledger()
-    with engine.connect() as connection:
-        rows = connection.execute(
+    with engine.connect() as conn:
+        rows = conn.execute(
             sa.select(view.c.status, view.c.reason, sa.func.count())
             .where(*_mine(campaign_id, channel_id, view), view.c.reason.is_not(None))
             .group_by(view.c.status, view.c.reason)
