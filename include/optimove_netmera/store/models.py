@@ -363,9 +363,8 @@ class SyncChange(Base):
     __tablename__ = "sync_changes"
     __table_args__ = (
         _check_in("status", ChangeStatus),
-        # a batch's rows in extId order, the order its request body lists them in (nothing sorted: migration 0007)
-        sa.Index(None, "sync_run_id", "set_batch_no", "ext_id"),
-        sa.Index(None, "sync_run_id", "unset_batch_no", "ext_id"),
+        sa.Index(None, "sync_run_id", "set_batch_no"),
+        sa.Index(None, "sync_run_id", "unset_batch_no"),
         sa.Index(None, "sync_run_id", "status"),
     )
 

@@ -246,15 +246,14 @@ def _body_sql(dialect: str, part: str, column: str) -> str:
     """The query of a batch's request body, built by the state database in one row: no entry passes through
     Python (fetching 1000 rows and encoding them held the interpreter lock, which the load's threads share). Each
     entry is concatenated from the extId, quoted as JSON by the database, and the JSON text the plan stored for
-    the part (not parsed again), in extId order: the aggregate reads an ordered subquery, which the index on
-    ``(sync_run_id, <column>, ext_id)`` serves in order, so nothing is sorted (an ``ORDER BY`` inside PostgreSQL's
-    ``string_agg`` sorted anyway before version 16). Binds ``run`` and ``no`` (the batch number)."""
+    the part (not parsed again), in extId order. Binds ``run`` and ``no`` (the batch number)."""
     entry = "'{\"extId\":' || %s(ext_id) || ',\"profile\":' || %s || '}'"
-    ordered = f"SELECT ext_id, {part} FROM sync_changes WHERE sync_run_id = :run AND {column} = :no ORDER BY ext_id"
+    where = f"sync_run_id = :run AND {column} = :no"
     if dialect == "postgresql":
-        entries = f"string_agg({entry % ('to_json', part + '::text')}, ',')"
-        return f"SELECT count(*), '[' || coalesce({entries}, '') || ']' FROM ({ordered}) AS batch"
-    entries = f"group_concat({entry % ('json_quote', part)}, ',')"
+        entries = f"string_agg({entry % ('to_json', part + '::text')}, ',' ORDER BY ext_id)"
+        return f"SELECT count(*), '[' || coalesce({entries}, '') || ']' FROM sync_changes WHERE {where}"
+    entries = f"group_concat({entry % ('json_quote', part)}, ',')"  # in the subquery's order (SQLite)
+    ordered = f"SELECT ext_id, {part} FROM sync_changes WHERE {where} ORDER BY ext_id"
     return f"SELECT count(*), CAST('[' || coalesce({entries}, '') || ']' AS BLOB) FROM ({ordered})"
 
 
