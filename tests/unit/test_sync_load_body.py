@@ -1,0 +1,75 @@
+"""A profile request's body, built by the state database: every entry of the batch once, its extId quoted as JSON, its
+stored profile text as it is, in extId order, on both databases."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import sqlalchemy as sa
+from optimove_netmera.store import get_engine, migrate
+from optimove_netmera.store.models import SyncBatch, SyncChange, SyncRun
+from optimove_netmera.sync.load import load_batches
+
+# ASCII, so that code-point order is every collation's order; a quote and a backslash must come out escaped
+EXT_IDS = [f"E{i:03d}" for i in range(40)] + ['E"quoted', "E\\slash", "A-first", "z-last"]
+
+
+class _Capturing:
+    """Takes every profile write and keeps its body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[tuple[str, bytes, int]] = []
+
+    def write_encoded_profiles(self, call: str, body: bytes, count: int) -> int:
+        self.bodies.append((call, body, count))
+        return count
+
+
+def _plan(db_url: str) -> tuple[Any, int]:
+    """A run with one set batch and one unset batch over EXT_IDS, its rows inserted in a shuffled order."""
+    migrate(db_url)
+    engine = get_engine(db_url)
+    shuffled = random.Random(7).sample(EXT_IDS, len(EXT_IDS))
+    with engine.begin() as conn:
+        run_id = conn.execute(sa.insert(SyncRun).values(dag_id="d", dag_run_id="r").returning(SyncRun.id)).scalar_one()
+        conn.execute(
+            sa.insert(SyncBatch),
+            [{"sync_run_id": run_id, "kind": kind, "batch_no": 0, "size": len(EXT_IDS)} for kind in ("set", "unset")],
+        )
+        conn.execute(
+            sa.insert(SyncChange),
+            [
+                {
+                    "sync_run_id": run_id,
+                    "customer_id": f"c-{ext_id}",
+                    "ext_id": ext_id,
+                    "new_hash": "h",
+                    "set_attrs": {"n": i},
+                    "unset_attrs": ["gone"],
+                    "present_attrs": ["n"],
+                    "set_batch_no": 0,
+                    "unset_batch_no": 0,
+                }
+                for i, ext_id in enumerate(shuffled)
+            ],
+        )
+    return engine, run_id
+
+
+def test_a_body_lists_the_batch_in_ext_id_order(db_url: str) -> None:
+    engine, run_id = _plan(db_url)
+    with engine.connect() as conn:
+        ids = conn.execute(sa.select(SyncBatch.id).where(SyncBatch.sync_run_id == run_id)).scalars().all()
+    client = _Capturing()
+    assert load_batches(engine, run_id, ids, client)["batches_sent"] == 2  # type: ignore[arg-type]
+    calls = {call: (json.loads(body), count) for call, body, count in client.bodies}
+    assert set(calls) == {"setProfileAttributes", "unsetProfileAttributes"}
+    for call, (entries, count) in calls.items():
+        assert count == len(entries) == len(EXT_IDS)
+        assert [e["extId"] for e in entries] == sorted(EXT_IDS), call
+    profiles = {e["extId"]: e["profile"] for e in calls["setProfileAttributes"][0]}
+    inserted = random.Random(7).sample(EXT_IDS, len(EXT_IDS))
+    assert profiles == {ext_id: {"n": inserted.index(ext_id)} for ext_id in EXT_IDS}
+    assert all(e["profile"] == ["gone"] for e in calls["unsetProfileAttributes"][0])
