@@ -12,8 +12,9 @@ from optimove_netmera.store import get_engine, migrate
 from optimove_netmera.store.models import SyncBatch, SyncChange, SyncRun
 from optimove_netmera.sync.load import load_batches
 
-# ASCII, so that code-point order is every collation's order; a quote and a backslash must come out escaped
-EXT_IDS = [f"E{i:03d}" for i in range(40)] + ['E"quoted', "E\\slash", "A-first", "z-last"]
+# a quote and a backslash must come out escaped; each punctuation mark follows the same prefix, so a collation that
+# compares letters and digits first (en_US) orders them as the code points do (Python's sorted, C.UTF-8)
+EXT_IDS = [f"E{i:03d}" for i in range(40)] + ['E039"q', "E039\\s", "A-first", "z-last"]
 
 
 class _Capturing:
