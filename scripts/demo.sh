@@ -25,8 +25,17 @@ mkdir -p "$AIRFLOW_HOME"
 PIDS=()
 # Each background service runs in its own session (setsid), so stopping it stops its whole process group:
 # `airflow standalone` starts the scheduler, API server, DAG processor and triggerer as children.
+# The scheduler can hang in its shutdown, waiting on an idle LocalExecutor worker (seen after DEMO_EXIT=1: it
+# outlived the demo as an orphan), so whatever is left of a group after 10 s is killed.
 cleanup() {
   for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
+  for _ in $(seq 20); do
+    alive=0
+    for pid in "${PIDS[@]}"; do ! pgrep -g "$pid" >/dev/null || alive=1; done
+    [[ $alive == 0 ]] && break
+    sleep 0.5
+  done
+  for pid in "${PIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
