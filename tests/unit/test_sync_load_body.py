@@ -15,6 +15,7 @@ from optimove_netmera.sync.load import load_batches
 # a quote and a backslash must come out escaped; each punctuation mark follows the same prefix, so a collation that
 # compares letters and digits first (en_US) orders them as the code points do (Python's sorted, C.UTF-8)
 EXT_IDS = [f"E{i:03d}" for i in range(40)] + ['E039"q', "E039\\s", "A-first", "z-last"]
+INSERTED = random.Random(7).sample(EXT_IDS, len(EXT_IDS))  # the rows' insertion order; row i sets {"n": i}
 
 
 class _Capturing:
@@ -32,7 +33,6 @@ def _plan(db_url: str) -> tuple[Any, int]:
     """A run with one set batch and one unset batch over EXT_IDS, its rows inserted in a shuffled order."""
     migrate(db_url)
     engine = get_engine(db_url)
-    shuffled = random.Random(7).sample(EXT_IDS, len(EXT_IDS))
     with engine.begin() as conn:
         run_id = conn.execute(sa.insert(SyncRun).values(dag_id="d", dag_run_id="r").returning(SyncRun.id)).scalar_one()
         conn.execute(
@@ -53,7 +53,7 @@ def _plan(db_url: str) -> tuple[Any, int]:
                     "set_batch_no": 0,
                     "unset_batch_no": 0,
                 }
-                for i, ext_id in enumerate(shuffled)
+                for i, ext_id in enumerate(INSERTED)
             ],
         )
     return engine, run_id
@@ -71,6 +71,5 @@ def test_a_body_lists_the_batch_in_ext_id_order(db_url: str) -> None:
         assert count == len(entries) == len(EXT_IDS)
         assert [e["extId"] for e in entries] == sorted(EXT_IDS), call
     profiles = {e["extId"]: e["profile"] for e in calls["setProfileAttributes"][0]}
-    inserted = random.Random(7).sample(EXT_IDS, len(EXT_IDS))
-    assert profiles == {ext_id: {"n": inserted.index(ext_id)} for ext_id in EXT_IDS}
+    assert profiles == {ext_id: {"n": INSERTED.index(ext_id)} for ext_id in EXT_IDS}
     assert all(e["profile"] == ["gone"] for e in calls["unsetProfileAttributes"][0])
