@@ -508,6 +508,13 @@ SAFEGUARDS = (
         (f"{SETTLE_TESTS}::test_settle_advances_changes_whose_batches_are_all_delivered",),
     ),
     Safeguard(
+        "a group of delivered batches that could not be recorded fails the load (its retry sends them again)",
+        "sync/load.py",
+        "                    if (exc := future.exception()) is not None:\n                        fail(exc)\n",
+        "                    if (exc := future.exception()) is not None:\n                        pass\n",
+        ("tests/unit/test_sync_load_recording.py::test_a_group_not_recorded_fails_the_load_and_the_retry_resends_it",),
+    ),
+    Safeguard(
         "an encoded profile batch or send over Netmera's cap is refused before any request",
         "netmera/client.py",
         '        if count > self.max_batch:\n            raise ValueError(\n                f"{call}: {count} {items}',

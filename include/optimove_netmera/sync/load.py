@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import sqlalchemy as sa
@@ -269,18 +269,31 @@ def _send(engine: Engine, run_id: int, batch: Any, client: NetmeraClient) -> Non
     client.write_encoded_profiles(call, body if isinstance(body, bytes) else body.encode(), count)
 
 
+# Groups of delivered batches recorded at once: PostgreSQL runs two recording transactions side by side (their
+# upserts touch different customers); SQLite has one writer, and a second recorder only waited for the lock.
+RECORDERS = {"postgresql": 2}
+
+
+def _record(engine: Engine, run_id: int, group: Sequence[Any]) -> int:
+    """Record a group of delivered batches in one transaction (:func:`_complete`); returns how many advanced."""
+    with engine.begin() as conn:
+        return _complete(conn, run_id, group)
+
+
 def load_batches(
     engine: Engine, run_id: int, batch_ids: Sequence[int], client: NetmeraClient, concurrency: int = 1
 ) -> dict[str, int]:
     """Deliver the given batches of a run, ``concurrency`` requests in flight at once.
 
-    The batches are claimed in one statement; worker threads only read their batch and send it, while this
-    thread alone writes the outcomes: each group of batches that finished meanwhile is marked delivered and
-    advances the snapshot in one transaction of set-based statements (keyed by batch number). A batch Netmera
-    rejects as invalid (400/413/422) is dead-lettered with the reason; any other failure (after the client's
-    retries, or a 401/403/404 that no retry fixes) marks the batch failed, lets the requests in flight finish and be
-    recorded, puts the batches not started back to pending and raises, so the task fails and its retry (or a clear)
-    resumes from there.
+    The batches are claimed in one statement; worker threads only read their batch and send it, and recording
+    threads (:data:`RECORDERS`) write the outcomes: each group of batches that finished while the recorders were
+    busy is marked delivered and advances the snapshot in one transaction of set-based statements (keyed by batch
+    number). Two groups recorded at once can each miss a customer whose set and unset parts they hold, as two load
+    tasks can: :func:`settle` catches those. A batch Netmera rejects as invalid (400/413/422) is dead-lettered with
+    the reason; any other failure (after the client's retries, or a 401/403/404 that no retry fixes), or a group
+    that could not be recorded, lets the requests in flight finish and be recorded, puts the batches not started
+    back to pending and raises, so the task fails and its retry (or a clear) resumes from there: a batch sent but
+    not recorded is still in flight, and is sent again.
     """
     counts = {"batches_sent": 0, "batches_skipped": 0, "batches_dead": 0, "delivered": 0}
     ids = list(batch_ids)
@@ -289,19 +302,38 @@ def load_batches(
     counts["batches_skipped"] = len(ids) - len(claimed)
     error: BaseException | None = None
     finished: list[Any] = []
+    recorders = RECORDERS.get(engine.dialect.name, 1)
+    recording: dict[Future[int], int] = {}  # a group being recorded -> its number of batches
 
-    def record() -> None:
-        with engine.begin() as conn:
-            counts["delivered"] += _complete(conn, run_id, finished)
-        counts["batches_sent"] += len(finished)
-        finished.clear()
+    def fail(exc: BaseException) -> None:
+        nonlocal error
+        if error is None:
+            error = exc
+            for other in sending:
+                other.cancel()
 
-    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="netmera-load") as pool:
+    with (
+        ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="netmera-load") as pool,
+        ThreadPoolExecutor(max_workers=recorders, thread_name_prefix="netmera-record") as recorder,
+    ):
         futures = {pool.submit(_send, engine, run_id, b, client): b for b in claimed}
-        waiting = set(futures)
-        while waiting:
-            done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+        sending = set(futures)
+        while sending or recording or finished:
+            # a group per transaction: one as soon as enough finished (or the last), while a recorder is free
+            if finished and len(recording) < recorders and (len(finished) >= concurrency or not sending):
+                recording[recorder.submit(_record, engine, run_id, finished)] = len(finished)
+                finished = []
+            done, _ = wait(sending | set(recording), return_when=FIRST_COMPLETED)
             for future in done:
+                if future in recording:
+                    size = recording.pop(future)
+                    if (exc := future.exception()) is not None:
+                        fail(exc)
+                    else:
+                        counts["delivered"] += future.result()
+                        counts["batches_sent"] += size
+                    continue
+                sending.discard(future)
                 batch = futures[future]
                 if future.cancelled():
                     continue
@@ -322,12 +354,7 @@ def load_batches(
                             .where(SyncBatch.id == batch.id)
                             .values(status=BatchStatus.FAILED.value, error=str(exc))
                         )
-                    if error is None:
-                        error = exc
-                        for other in waiting:
-                            other.cancel()
-            if len(finished) >= concurrency or (finished and not waiting):  # a group per statement
-                record()
+                    fail(exc)
         unstarted = [futures[f].id for f in futures if f.cancelled()]
     if unstarted:
         with engine.begin() as conn:
