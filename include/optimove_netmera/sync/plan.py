@@ -95,7 +95,7 @@ from optimove_netmera.store.models import (
     SyncRunStatus,
     SyncStaging,
 )
-from optimove_netmera.store.queries import postgres_copy, sqlite_bulk_insert
+from optimove_netmera.store.queries import postgres_copy, refresh_statistics, sqlite_bulk_insert
 from optimove_netmera.store.wal import BackgroundCheckpoints
 from optimove_netmera.sync.extract import export_chunk_rows, iter_export
 from optimove_netmera.sync.json_text import json_array, object_texts, presence
@@ -1155,6 +1155,11 @@ def build_plan(
             plan.set_batches, plan.unset_batches = math.ceil(numbering.set / size), math.ceil(numbering.unset / size)
             if not dry_run:
                 _store(conn, run_id, plan, settings)
+        if not dry_run:
+            # PostgreSQL: the load's queries pick the run's rows by (run, batch number); statistics that predate
+            # this run take it for a row or so, and then a batch's body was read through the (run, status) index,
+            # every change of the run filtered for each batch (161 against 1.9 ms a body at 300k)
+            refresh_statistics(engine, SyncChange, SyncBatch)
         clock.lap("store")
     except BaseException:
         writer.close()  # no write may follow the delete
