@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import sqlalchemy as sa
+from optimove_netmera.settings import Settings
 from optimove_netmera.store.models import SyncBatch, SyncRun
 from optimove_netmera.sync import load
 from sqlalchemy.engine import Engine
@@ -24,3 +26,21 @@ def deliver(engine: Engine, run_id: int) -> None:
     load.settle(engine, run_id)
     with engine.begin() as conn:
         conn.execute(sa.update(SyncRun).where(SyncRun.id == run_id).values(status="success"))
+
+
+def values(i: int, kind: str, version: int) -> str:
+    """Customer ``i``'s Optimove value of an attribute of type ``kind``, as of ``version``."""
+    return {
+        "string": f"v{version}-{i}",
+        "number": str(i + version),
+        "boolean": "true" if (i + version) % 2 else "false",
+        "date": f"20{10 + version:02d}-01-{1 + i % 28:02d}",
+    }[kind]
+
+
+def customers(s: Settings, n: int, version: int = 0, changed: set[int] = frozenset()) -> pd.DataFrame:  # type: ignore[assignment]
+    """``n`` customers C0000000.. with every mapped attribute; those in ``changed`` get the values of ``version``."""
+    rows = {"CustomerID": [f"C{i:07d}" for i in range(n)]}
+    for a in s.attributes:
+        rows[a.optimove] = [values(i, a.type, version if i in changed else 0) for i in range(n)]
+    return pd.DataFrame(rows)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import sqlalchemy as sa
 from optimove_netmera.settings import Settings, load_settings
@@ -15,7 +14,7 @@ from optimove_netmera.store.models import SyncRun
 from optimove_netmera.sync import extract, plan
 from optimove_netmera.sync.load import _body_sql
 from sqlalchemy.engine import Engine
-from sync_plan_helpers import deliver
+from sync_plan_helpers import customers, deliver
 
 pytestmark = pytest.mark.postgres
 
@@ -25,17 +24,8 @@ BY_NUMBER = "ix_sync_changes_sync_run_id_set_batch_no"
 
 
 def _plan(engine: Engine, s: Settings, tmp_path: Path, version: int) -> int:
-    """A run planned from an export of every customer, each attribute's value of ``version``; its id."""
-    value = {
-        "string": lambda i: f"v{version}-{i}",
-        "number": lambda i: str(i + version),
-        "boolean": lambda i: "true" if (i + version) % 2 else "false",
-        "date": lambda i: f"20{10 + version:02d}-01-{1 + i % 28:02d}",
-    }
-    frame = pd.DataFrame(
-        {"CustomerID": [f"C{i:07d}" for i in range(CUSTOMERS)]}
-        | {a.optimove: [value[a.type](i) for i in range(CUSTOMERS)] for a in s.attributes}
-    )
+    """A run planned from an export of every customer, each with the values of ``version``; its id."""
+    frame = customers(s, CUSTOMERS, version, changed=set(range(CUSTOMERS)))
     path = tmp_path / f"customers-{version}.parquet"
     frame.to_parquet(path)
     with engine.begin() as conn:

@@ -24,7 +24,7 @@ from optimove_netmera.store import get_engine, migrate
 from optimove_netmera.store.models import CustomerSnapshot, SyncBatch, SyncChange, SyncRun, SyncStaging
 from optimove_netmera.sync import extract, plan
 from sqlalchemy.engine import Engine
-from sync_plan_helpers import deliver
+from sync_plan_helpers import customers, deliver, values
 
 BATCH = 100
 CHUNKS = 20
@@ -32,23 +32,6 @@ CHUNKS = 20
 
 def settings() -> Settings:
     return load_settings(overlay={"sync": {"memory_budget_mb": 8, "batch_size": BATCH}})
-
-
-def values(i: int, kind: str, version: int) -> str:
-    return {
-        "string": f"v{version}-{i}",
-        "number": str(i + version),
-        "boolean": "true" if (i + version) % 2 else "false",
-        "date": f"20{10 + version:02d}-01-{1 + i % 28:02d}",
-    }[kind]
-
-
-def customers(s: Settings, n: int, version: int = 0, changed: set[int] = frozenset()) -> pd.DataFrame:  # type: ignore[assignment]
-    """``n`` customers C0000000.. with every mapped attribute; those in ``changed`` get the values of ``version``."""
-    rows = {"CustomerID": [f"C{i:07d}" for i in range(n)]}
-    for a in s.attributes:
-        rows[a.optimove] = [values(i, a.type, version if i in changed else 0) for i in range(n)]
-    return pd.DataFrame(rows)
 
 
 class Tracker:
