@@ -757,6 +757,7 @@ class BaseHttpClient:
         *,
         params: Mapping[str, Any] | None = None,
         json_body: Any = None,
+        encoded_body: bytes | None = None,
         idempotent: bool = True,
         authenticated: bool = True,
         limiter: RateLimiter | bool | None = True,
@@ -766,7 +767,8 @@ class BaseHttpClient:
         ``idempotent=False`` retries only failures where the server certainly did not process the
         request (429, connection never established); 5xx, read timeouts and dropped connections then
         raise with ``ambiguous=True``. ``limiter=True`` uses the client's limiter, ``False``/None none,
-        or pass a specific limiter.
+        or pass a specific limiter. ``encoded_body``: a JSON body encoded already, sent as it is instead of
+        ``json_body`` (a 1 MB profile body is not copied once more).
         """
         method = method.upper()
         pacer = self.limiter if limiter is True else (limiter or None)
@@ -775,7 +777,9 @@ class BaseHttpClient:
         policy = self.retry
         attempt = 0
         reauthed = False
-        body = None if json_body is None else self._encode_body(json_body, endpoint)
+        if json_body is not None and encoded_body is not None:
+            raise ValueError(f"{self.service} {endpoint}: pass json_body or encoded_body, not both")
+        body = encoded_body if json_body is None else self._encode_body(json_body, endpoint)
         self.stats.add(requests=1)
         while True:
             attempt += 1

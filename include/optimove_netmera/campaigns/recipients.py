@@ -63,6 +63,7 @@ from optimove_netmera.store import (
     SendChunk,
     UTCDateTime,
     connection,
+    one_row_bytes,
     refresh_statistics,
     session_scope,
     sqlite_bulk_insert,
@@ -635,7 +636,7 @@ def claim_chunk(
             return Claim(0, b"[]")
         query = _SQLITE_BODY if conn.dialect.name == "sqlite" else _POSTGRES_BODY
         with conn.begin():
-            count, body = conn.execute(query, params).one()
+            count, body = one_row_bytes(conn, query, params)
         if not count:
             with conn.begin():
                 transition(
@@ -648,7 +649,7 @@ def claim_chunk(
                     values={"request_id": None},
                 )
             return Claim(0, b"[]")
-    return Claim(int(count), body if isinstance(body, bytes) else str(body).encode())
+    return Claim(int(count), body)
 
 
 def finish_request(

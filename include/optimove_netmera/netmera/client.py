@@ -157,10 +157,13 @@ class NetmeraClient(BaseHttpClient):
         *,
         params: Mapping[str, Any] | None = None,
         json_body: Any = None,
+        encoded_body: bytes | None = None,
         idempotent: bool = True,
     ) -> Any:
         path = f"{API_PREFIX}/{name}"
-        response = self._request(method, path, params=params, json_body=json_body, idempotent=idempotent)
+        response = self._request(
+            method, path, params=params, json_body=json_body, encoded_body=encoded_body, idempotent=idempotent
+        )
         return self._decode(response, method, path)
 
     def _check_batch(self, what: str, ext_ids: Iterable[Any], tokens: Iterable[Any] = ()) -> None:
@@ -243,7 +246,7 @@ class NetmeraClient(BaseHttpClient):
             return 0
         if not body.lstrip().startswith(b"["):
             raise ValueError(f"{call}: the encoded body must be a JSON array of {items}")
-        self._call("POST", call, json_body=msgspec.Raw(body), idempotent=idempotent)
+        self._call("POST", call, encoded_body=body, idempotent=idempotent)
         return count
 
     def get_profile_attributes(self, ext_id: str) -> ProfileAttributes | None:

@@ -40,7 +40,7 @@ from optimove_netmera.store.models import (
     SyncChange,
     utcnow,
 )
-from optimove_netmera.store.queries import dialect_insert, upsert
+from optimove_netmera.store.queries import dialect_insert, one_row_bytes, upsert
 
 log = logging.getLogger(__name__)
 KEYS = 10_000  # ids in one IN list
@@ -259,14 +259,15 @@ def _body_sql(dialect: str, part: str, column: str) -> str:
 
 def _send(engine: Engine, run_id: int, batch: Any, client: NetmeraClient) -> None:
     """One profile write: the batch's request body, built by the state database from the JSON text the plan
-    stored (:func:`_body_sql`), sent as it is."""
+    stored (:func:`_body_sql`), fetched as bytes (:func:`~optimove_netmera.store.queries.one_row_bytes`) and
+    sent as it is."""
     is_set = batch.kind == BatchKind.SET.value
     part, column = ("set_attrs", "set_batch_no") if is_set else ("unset_attrs", "unset_batch_no")
     with engine.connect() as conn:
-        sql = _body_sql(conn.dialect.name, part, column)
-        count, body = conn.execute(sa.text(sql), {"run": run_id, "no": batch.batch_no}).one()
+        sql = sa.text(_body_sql(conn.dialect.name, part, column))
+        count, body = one_row_bytes(conn, sql, {"run": run_id, "no": batch.batch_no})
     call = "setProfileAttributes" if is_set else "unsetProfileAttributes"
-    client.write_encoded_profiles(call, body if isinstance(body, bytes) else body.encode(), count)
+    client.write_encoded_profiles(call, body, count)
 
 
 # Groups of delivered batches recorded at once: PostgreSQL runs two recording transactions side by side (their
