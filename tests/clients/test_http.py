@@ -377,6 +377,16 @@ def test_5xx_then_success(server: tuple[str, Script]) -> None:
     assert script.seen[0][2]["X-API-KEY"] == SECRET
 
 
+def test_a_body_is_json_or_encoded_not_both(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.set("/x", (200, {}, {"ok": True}))
+    probe = Probe(url)
+    with pytest.raises(ValueError, match="json_body or encoded_body, not both"):
+        probe.call("POST", json_body={"a": 1}, encoded_body=b'{"a":2}')
+    assert script.count("/x") == 0 and probe.stats.calls == 0
+    assert probe.call("POST", encoded_body=b'{"a":2}') == {"ok": True}
+
+
 def test_400_is_not_retried(server: tuple[str, Script]) -> None:
     url, script = server
     script.set("/x", (400, {"Content-Type": "text/plain"}, b"bad parameter"))

@@ -267,8 +267,8 @@ def one_row_bytes(conn: sa.Connection, statement: sa.TextClause, params: Mapping
     psycopg2 on a UTF-8 connection hands the texts over as bytes (its ``BYTES`` typecaster, on this statement's
     cursor only), in the connection's transaction. Decoding a body to a ``str`` and encoding it back made two more
     copies of it, each a fresh allocation the size of the body: in a fresh process (every Airflow task) their page
-    faults were a third of a profile load's CPU. Any other connection's texts are encoded (on a LATIN1 connection
-    psycopg2's bytes would not be UTF-8); SQLite's blobs are bytes already."""
+    faults cost a profile load about a third of its process's CPU. Any other connection's texts are encoded (on a
+    LATIN1 connection psycopg2's bytes would not be UTF-8); SQLite's blobs are bytes already."""
     if conn.dialect.driver == "psycopg2":
         dbapi = conn.connection.dbapi_connection
         if dbapi.encoding in UTF8_ENCODINGS:  # type: ignore[union-attr]
