@@ -36,8 +36,9 @@ def _plan(conn: sa.Connection, run: str) -> tuple[int, list[object]]:
     return run_id, list(batches)
 
 
-def test_a_later_syncs_snapshot_updates_stay_on_their_page(postgres_database: str) -> None:
-    url = postgres_database
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_a_later_syncs_snapshot_updates_stay_on_their_page(db_url: str) -> None:
+    url = db_url  # an empty database: the session's is shared by every test that asks for it
     migrate(url)
     engine = get_engine(url)
     with engine.begin() as conn:

@@ -38,12 +38,11 @@ def _plan(engine: Engine, s: Settings, tmp_path: Path, version: int) -> int:
     return run_id
 
 
-def test_the_load_reads_a_batch_by_its_number_after_a_plan_on_older_statistics(
-    postgres_database: str, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_the_load_reads_a_batch_by_its_number_after_a_plan_on_older_statistics(db_url: str, tmp_path: Path) -> None:
     s = load_settings(overlay={"sync": {"batch_size": BATCH}})
-    migrate(postgres_database)
-    engine = get_engine(postgres_database)
+    migrate(db_url)  # an empty database: the session's is shared by every test that asks for it
+    engine = get_engine(db_url)
     yesterday = _plan(engine, s, tmp_path, 0)
     deliver(engine, yesterday)
     with engine.begin() as conn:  # autovacuum analysed yesterday's rows since
