@@ -890,9 +890,9 @@ class BaseHttpClient:
             body = msgspec.json.encode(value)
         except (TypeError, ValueError, msgspec.EncodeError) as exc:
             raise ValueError(f"{self.service} {endpoint}: invalid request (the body is not JSON: {exc})") from None
-        # an encoded body (``msgspec.Raw``, e.g. built by the state database from stored JSON) holds no float to check;
-        # looking for "null" in it took 0.36 ms a 750 KB profile body
-        if not isinstance(value, msgspec.Raw) and _NULL in body and _has_non_finite(value):
+        # a body encoded already (e.g. built by the state database from stored JSON) goes as ``encoded_body`` and is
+        # not scanned: looking for "null" in it took 0.36 ms a 750 KB profile body
+        if _NULL in body and _has_non_finite(value):
             raise ValueError(f"{self.service} {endpoint}: invalid request (the body holds NaN or an infinity)")
         return body
 

@@ -261,7 +261,7 @@ UTF8_ENCODINGS = ("UTF8", "UNICODE")  # psycopg2's names of a UTF-8 client encod
 
 
 def one_row_bytes(conn: sa.Connection, statement: sa.TextClause, params: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The one row of ``statement``, its text and blob values as UTF-8 ``bytes`` (other values as the driver gives
+    """The one row of ``statement``, its texts as UTF-8 ``bytes`` (blobs and other values as the driver gives
     them): e.g. a ~1 MB request body the state database concatenated, sent as it is.
 
     psycopg2 on a UTF-8 connection hands the texts over as bytes (its ``BYTES`` typecaster, on this statement's
@@ -283,7 +283,7 @@ def one_row_bytes(conn: sa.Connection, statement: sa.TextClause, params: Mapping
                 raise sa.exc.NoResultFound("no row") if not rows else sa.exc.MultipleResultsFound("several rows")
             return tuple(rows[0])
     row = conn.execute(statement, params).one()
-    return tuple(v.encode() if isinstance(v, str) else bytes(v) if isinstance(v, memoryview) else v for v in row)
+    return tuple(v.encode() if isinstance(v, str) else v for v in row)
 
 
 def refresh_statistics(engine: sa.Engine, *tables: TableLike) -> None:
