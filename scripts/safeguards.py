@@ -589,6 +589,21 @@ SAFEGUARDS = (
         ("tests/unit/test_sync_load_body.py::test_a_body_is_utf8_on_a_connection_in_another_encoding",),
         select="postgres",
     ),
+    Safeguard(
+        "a customer planned as new whose snapshot row exists is upserted (the savepoint's fallback)",
+        "sync/load.py",
+        "        except sa.exc.IntegrityError:\n",
+        "        except ZeroDivisionError:\n",
+        ("tests/unit/test_sync_snapshot_insert.py::test_a_customer_planned_new_whose_row_exists_is_upserted",),
+        select="postgres",
+    ),
+    Safeguard(
+        "the plan flags the customers the snapshot lacks, and only them (new_customer: inserted, not upserted)",
+        "sync/plan.py",
+        "    new_flags = is_new[idx].tolist()",
+        "    new_flags = [True] * len(idx)",
+        ("tests/unit/test_sync_stream.py::test_a_changed_share_is_diffed_per_chunk_and_a_tripped_guard_is_recorded",),
+    ),
 )
 
 

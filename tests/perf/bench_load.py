@@ -39,9 +39,10 @@ from optimove_netmera.sync.load import load_batches
 
 BATCH = 1000
 NAMES = [f"Attribute{j:02d}" for j in range(20)]
-INSERT = sa.text(
+INSERT = sa.text(  # new_customer as the plan sets it: no snapshot row (a first sync), or one (a later sync)
     "INSERT INTO sync_changes (sync_run_id, customer_id, ext_id, new_hash, set_attrs, unset_attrs, present_attrs,"
-    " set_batch_no, status) VALUES (:run, :cid, :cid, :hash, :attrs, '[]', :present, :batch, 'pending')"
+    " set_batch_no, status, new_customer) SELECT :run, :cid, :cid, :hash, :attrs, '[]', :present, :batch,"
+    " 'pending', NOT EXISTS (SELECT 1 FROM customer_snapshot WHERE customer_id = :cid)"
 )
 
 

@@ -111,17 +111,17 @@ def _free_port() -> int:
 
 def test_migrate_up_down_up(db_url: str) -> None:
     assert current_revision(db_url) is None
-    assert migrate(db_url) == head_revision() == "0007"
+    assert migrate(db_url) == head_revision() == "0008"
     tables = _tables(db_url)
     assert tables == STATE_TABLES | {VERSION_TABLE}
     assert "alembic_version" not in tables  # a distinct version table: the DB can be shared
 
-    assert migrate(db_url) == "0007"  # idempotent
+    assert migrate(db_url) == "0008"  # idempotent
     assert downgrade(db_url, "base") is None
     assert _tables(db_url) <= {VERSION_TABLE}
-    assert migrate(db_url, "head") == "0007"
+    assert migrate(db_url, "head") == "0008"
     assert _tables(db_url) == STATE_TABLES | {VERSION_TABLE}
-    assert check_database(db_url) == "0007"
+    assert check_database(db_url) == "0008"
 
 
 def test_migrated_schema_matches_models(migrated_url: str) -> None:
@@ -167,16 +167,16 @@ def test_concurrent_migrate_is_serialised(db_url: str, tmp_path: Path) -> None:
     for thread in threads:
         thread.join(timeout=120)
     assert errors == []
-    assert results == ["0007", "0007"]
+    assert results == ["0008", "0008"]
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
-        assert out.strip() == "0007"
+        assert out.strip() == "0008"
     assert _tables(db_url) == STATE_TABLES | {VERSION_TABLE}
 
 
 def test_in_memory_sqlite_can_be_migrated_and_used() -> None:
     url = "sqlite://"
-    assert migrate(url) == "0007"
+    assert migrate(url) == "0008"
     with session_scope(url) as session:
         session.add(Campaign(campaign_id=1, channel_id=2))
     with session_scope(url) as session:
@@ -890,7 +890,7 @@ def test_default_url_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 def test_default_url_is_used_by_get_engine_and_migrate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(ENV_URL, raising=False)
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "new" / "airflow"))  # directory does not exist yet
-    assert migrate() == "0007"
+    assert migrate() == "0008"
     assert (tmp_path / "new" / "airflow" / "optimove_netmera_state.db").is_file()
     assert get_engine() is get_engine(default_state_db_url())
     with session_scope() as session:
@@ -1000,7 +1000,7 @@ def test_not_migrated_error_says_what_to_do(db_url: str) -> None:
         check_database(db_url)
 
     migrate(db_url)
-    assert check_database(db_url) == "0007"
+    assert check_database(db_url) == "0008"
     assert _count_events(get_engine(db_url)) == 0
 
 
@@ -1033,13 +1033,13 @@ def test_cli_upgrade_current_history_downgrade(db_url: str, tmp_path: Path) -> N
     shown = redact_url(db_url)
     proc = _cli("upgrade", "--url", db_url, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert f"{shown}: at 0007 (head)" in proc.stdout
-    assert "Running upgrade  -> 0001" in proc.stderr and "Running upgrade 0006 -> 0007" in proc.stderr
-    assert current_revision(db_url) == "0007"
+    assert f"{shown}: at 0008 (head)" in proc.stdout
+    assert "Running upgrade  -> 0001" in proc.stderr and "Running upgrade 0007 -> 0008" in proc.stderr
+    assert current_revision(db_url) == "0008"
 
     proc = _cli("current", cwd=tmp_path, env={ENV_URL: db_url})  # URL from the environment
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == f"{shown}: 0007 (head)"
+    assert proc.stdout.strip() == f"{shown}: 0008 (head)"
 
     proc = _cli("history", "--url", db_url, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -1049,7 +1049,8 @@ def test_cli_upgrade_current_history_downgrade(db_url: str, tmp_path: Path) -> N
     assert "0003 -> 0004: Drop the send ledger's" in proc.stdout
     assert "0004 -> 0005: The send ledger's chunks" in proc.stdout
     assert "0005 -> 0006: What a load writes and reads" in proc.stdout
-    assert "0006 -> 0007 (head, current): PostgreSQL: ``customer_snapshot`` keeps 40%" in proc.stdout
+    assert "0006 -> 0007: PostgreSQL: ``customer_snapshot`` keeps 40%" in proc.stdout
+    assert "0007 -> 0008 (head, current): ``sync_changes.new_customer``" in proc.stdout
 
     proc = _cli("check", "--url", db_url, cwd=tmp_path)
     assert proc.returncode == 0 and "ok" in proc.stdout
@@ -1082,7 +1083,7 @@ def test_held_events_need_0002_and_downgrade_to_ignored(db_url: str) -> None:
     with pytest.raises(sa.exc.IntegrityError), get_engine(db_url).begin() as conn:  # 0001's CHECK refuses it
         conn.execute(sa.insert(Event.__table__).values(row))
     dispose_engines()
-    assert migrate(db_url) == "0007"
+    assert migrate(db_url) == "0008"
     with get_engine(db_url).begin() as conn:
         conn.execute(sa.insert(Event.__table__).values(row))
     dispose_engines()
@@ -1096,7 +1097,7 @@ def test_held_events_need_0002_and_downgrade_to_ignored(db_url: str) -> None:
 def test_snapshot_run_ids_are_unchecked_from_0006_and_downgrade_clears_the_gone_ones(db_url: str) -> None:
     """From 0006 a snapshot row may name a run that is not (or no longer) there; going back to 0005 clears such
     ids (what its ``ON DELETE SET NULL`` did) and keeps the others, and the key holds again."""
-    assert migrate(db_url) == "0007"
+    assert migrate(db_url) == "0008"
     snapshot, runs = CustomerSnapshot.__table__, SyncRun.__table__
     row = {"ext_id": "E", "attr_hash": "h", "present_attrs": ["a"]}
     with get_engine(db_url).begin() as conn:
@@ -1113,7 +1114,7 @@ def test_snapshot_run_ids_are_unchecked_from_0006_and_downgrade_clears_the_gone_
     with pytest.raises(sa.exc.IntegrityError), get_engine(db_url).begin() as conn:  # 0005's key refuses it again
         conn.execute(sa.insert(snapshot).values({**row, "customer_id": "new", "sync_run_id": 999}))
     dispose_engines()
-    assert migrate(db_url) == "0007"
+    assert migrate(db_url) == "0008"
 
 
 @pytest.mark.parametrize("nul", [False, True], ids=["plain", "a-nul-in-a-text"])

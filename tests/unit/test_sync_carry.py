@@ -37,6 +37,7 @@ def test_not_found_changes_are_carried_with_the_parts_they_had_to_send(db_url: s
                 "present_attrs": sorted(set_attrs),
                 "status": status,
                 "reason": "extId unknown to Netmera",
+                "new_customer": cid == "set-only",  # the plan found no snapshot row for it
             }
 
         conn.execute(
@@ -58,12 +59,23 @@ def test_not_found_changes_are_carried_with_the_parts_they_had_to_send(db_url: s
     with engine.connect() as conn:
         rows = conn.execute(sa.select(SyncChange).where(SyncChange.sync_run_id == this)).all()
     columns = ("ext_id", "new_hash", "set_attrs", "unset_attrs", "present_attrs", "set_batch_no", "unset_batch_no")
+    columns += ("new_customer",)
     got = {r.customer_id: (*(getattr(r, c) for c in columns), r.status, r.reason) for r in rows}
     pending, n = ("pending", plan.CARRIED), plan.UNNUMBERED
     assert got == {
-        "set-only": ("xset-only", "h-set-only", {"name": "Ann", "age": 3}, [], ["age", "name"], n, None, *pending),
-        "unset-only": ("xunset-only", "h-unset-only", {}, ["age"], [], None, n, *pending),
-        "both": ("xboth", "h-both", {"name": "Bo"}, ["city"], ["name"], n, n, *pending),
+        "set-only": (
+            "xset-only",
+            "h-set-only",
+            {"name": "Ann", "age": 3},
+            [],
+            ["age", "name"],
+            n,
+            None,
+            True,
+            *pending,
+        ),
+        "unset-only": ("xunset-only", "h-unset-only", {}, ["age"], [], None, n, False, *pending),
+        "both": ("xboth", "h-both", {"name": "Bo"}, ["city"], ["name"], n, n, False, *pending),
     }
 
 
@@ -128,7 +140,7 @@ def test_the_customers_the_diff_replaced_are_not_carried(db_url: str) -> None:
                 for cid in ["A", "B", "C", *nul]
             ],
         )
-    new_a = [this, "A", "A", "h2", '{"a":2}', "[]", '["a"]', plan.UNNUMBERED, None, "pending", None]
+    new_a = [this, "A", "A", "h2", '{"a":2}', "[]", '["a"]', plan.UNNUMBERED, None, "pending", None, False]
     writer = plan._ChangeWriter(engine, this)
     try:
         writer.carry_over(None)
@@ -169,7 +181,7 @@ def test_the_check_never_sets_a_row_the_diff_wrote_meanwhile(db_url: str) -> Non
     """The carried changes' check runs beside the diff: the diff may replace a copy the check has read and is asking
     about. Its answer then sets nothing; the diff's row stands (here the diff's own probe found the user)."""
     engine, this = run_with_copies(db_url, ["A", "B"])
-    new_a = [this, "A", "A", "h2", '{"a":2}', "[]", '["a"]', 0, None, "pending", None]
+    new_a = [this, "A", "A", "h2", '{"a":2}', "[]", '["a"]', 0, None, "pending", None, False]
 
     def probe(ext_ids: list[str]) -> set[str]:
         with engine.begin() as conn:  # the diff replaces A while the check waits for this answer

@@ -190,8 +190,17 @@ def test_a_changed_share_is_diffed_per_chunk_and_a_tripped_guard_is_recorded(
     assert probed == [new_ids[:20], new_ids[20:40], new_ids[40:]]
     assert instrumented["tracker"].peak <= 2 * chunk
     with engine.connect() as conn:
-        planned = set(conn.execute(sa.select(SyncChange.customer_id).where(SyncChange.sync_run_id == run_id)).scalars())
-    assert planned == {f"C{i:07d}" for i in changed} | set(new_ids)
+        query = sa.select(SyncChange.customer_id, SyncChange.new_customer).where(SyncChange.sync_run_id == run_id)
+        planned = dict(conn.execute(query).all())
+    assert set(planned) == {f"C{i:07d}" for i in changed} | set(new_ids)
+    # only the customers the snapshot lacks are flagged new: the load inserts their rows and upserts the others'
+    assert {c for c, new in planned.items() if new} == set(new_ids)
+    deliver(engine, run_id)
+    with engine.connect() as conn:
+        query = sa.select(CustomerSnapshot.customer_id, CustomerSnapshot.sync_run_id)
+        advanced = dict(conn.execute(query).all())
+    assert len(advanced) == n + extra
+    assert {c for c, run in advanced.items() if run == run_id} == set(planned)
 
 
 def test_staged_customers_are_read_a_chunk_at_a_time(db_url: str, instrumented: dict[str, Any]) -> None:

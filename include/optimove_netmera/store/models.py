@@ -392,6 +392,10 @@ class SyncChange(Base):
         sa.String(16), nullable=False, default=ChangeStatus.PENDING.value, server_default="pending"
     )
     reason: Mapped[str | None] = mapped_column(sa.Text())
+    # The customer had no snapshot row when the plan compared it: its delivery inserts the row rather than upserting
+    # it (PostgreSQL, optimove_netmera.sync.load._advance_snapshot; a row found there after all is upserted). False
+    # says nothing (rows written before revision 0008 are upserted, as every row was).
+    new_customer: Mapped[bool] = mapped_column(sa.Boolean(), nullable=False, default=False, server_default=sa.false())
 
 
 class SyncBatch(Base):

@@ -143,25 +143,68 @@ def change_counts(conn: Connection, run_id: int) -> dict[str, int]:
     return counts
 
 
-def _advance_snapshot(conn: Connection, run_id: int, *where: Any) -> int:
-    """Record the run's pending changes matching ``where`` as what Netmera now holds: one set-based upsert,
-    whatever their number (the change rows are not rewritten). Returns how many advanced."""
-    columns = ["customer_id", "ext_id", "attr_hash", "present_attrs", "delivered_at", "sync_run_id"]
-    rows = sa.select(
-        SyncChange.customer_id,
-        SyncChange.ext_id,
-        SyncChange.new_hash,
-        SyncChange.present_attrs,
-        utcnow(),
-        sa.literal(run_id, sa.BigInteger()),
-    ).where(SyncChange.sync_run_id == run_id, *where)
-    insert = dialect_insert(conn, CustomerSnapshot).from_select(columns, rows)
-    result = conn.execute(
-        insert.on_conflict_do_update(
-            index_elements=["customer_id"], set_={c: insert.excluded[c] for c in columns if c != "customer_id"}
-        )
+_SNAPSHOT_COLUMNS = ["customer_id", "ext_id", "attr_hash", "present_attrs", "delivered_at", "sync_run_id"]
+
+
+def _snapshot_rows(run_id: int, source: Any) -> Any:
+    """The snapshot rows of the changes in ``source`` (``SyncChange``'s table or a selection of its columns)."""
+    c = source.c
+    return sa.select(
+        c.customer_id, c.ext_id, c.new_hash, c.present_attrs, utcnow(), sa.literal(run_id, sa.BigInteger())
     )
-    return result.rowcount or 0
+
+
+def _upsert_snapshot(conn: Connection, rows: Any) -> Any:
+    """``INSERT ... ON CONFLICT DO UPDATE`` of ``rows`` (:func:`_snapshot_rows`) into the snapshot."""
+    insert = dialect_insert(conn, CustomerSnapshot).from_select(_SNAPSHOT_COLUMNS, rows)
+    return insert.on_conflict_do_update(
+        index_elements=["customer_id"], set_={c: insert.excluded[c] for c in _SNAPSHOT_COLUMNS if c != "customer_id"}
+    )
+
+
+def _split_advance(conn: Connection, run_id: int, *where: Any) -> Any:
+    """PostgreSQL: one statement that reads the changes once and inserts the snapshot rows of the customers the plan
+    found new (``SyncChange.new_customer``) with a plain ``INSERT``, upserting the others; returns how many rows it
+    wrote. A third of an upsert is its conflict check (a speculative insertion): a plain insert of 300k rows took
+    0.88-0.93 s against 1.35-1.43 s. Reading the ~1 KB change rows a second time would cost what it saves."""
+    changes = SyncChange.__table__
+    picked = (
+        sa.select(changes.c.customer_id, changes.c.ext_id, changes.c.new_hash, changes.c.present_attrs)
+        .add_columns(changes.c.new_customer)
+        .where(changes.c.sync_run_id == run_id, *where)
+        .cte("picked")
+    )
+    fresh = (
+        dialect_insert(conn, CustomerSnapshot)
+        .from_select(_SNAPSHOT_COLUMNS, _snapshot_rows(run_id, picked).where(picked.c.new_customer))
+        .returning(sa.literal_column("1"))
+        .cte("fresh")
+    )
+    known = (
+        _upsert_snapshot(conn, _snapshot_rows(run_id, picked).where(~picked.c.new_customer))
+        .returning(sa.literal_column("1"))
+        .cte("known")
+    )
+    count = lambda cte: sa.select(sa.func.count()).select_from(cte).scalar_subquery()  # noqa: E731
+    return sa.select(count(fresh) + count(known))
+
+
+def _advance_snapshot(conn: Connection, run_id: int, *where: Any) -> int:
+    """Record the run's pending changes matching ``where`` as what Netmera now holds: set-based, whatever their
+    number (the change rows are not rewritten). Returns how many advanced.
+
+    PostgreSQL inserts the rows of the customers the plan found new and upserts the others (:func:`_split_advance`)
+    under a savepoint: a customer planned as new whose row is there after all (another run delivered it since the
+    plan) fails the insert, and the group is upserted instead. SQLite upserts every row: it has no data-modifying
+    ``WITH``, and a statement per kind of customer would read the change rows twice."""
+    if conn.dialect.name == "postgresql":
+        try:
+            with conn.begin_nested():
+                return int(conn.execute(_split_advance(conn, run_id, *where)).scalar_one())
+        except sa.exc.IntegrityError:
+            log.info("a customer planned as new has a snapshot row already: the group is upserted")
+    rows = _snapshot_rows(run_id, SyncChange.__table__).where(SyncChange.sync_run_id == run_id, *where)
+    return conn.execute(_upsert_snapshot(conn, rows)).rowcount or 0
 
 
 def _complete(conn: Connection, run_id: int, batches: Sequence[Any]) -> int:

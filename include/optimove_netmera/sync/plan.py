@@ -133,10 +133,11 @@ _CHANGE_COLUMNS = (
     "unset_batch_no",
     "status",
     "reason",
+    "new_customer",
 )
 _NULLABLE = ("set_batch_no", "unset_batch_no", "reason")  # COPY reads their empty fields as NULL
 _TEXTS = ("set_attrs", "present_attrs")  # ~1 KB of a row's JSON: beside the insert's array (sqlite_bulk_insert)
-_CUSTOMER_ID, _EXT_ID, _SET_NO, _UNSET_NO, _STATUS, _REASON, _FRESH = 1, 2, 7, 8, 9, 10, 11  # _FRESH: not stored
+_CUSTOMER_ID, _EXT_ID, _SET_NO, _UNSET_NO, _STATUS, _REASON, _FRESH = 1, 2, 7, 8, 9, 10, 12  # _FRESH: not stored
 UNNUMBERED = -1  # a part to send whose batch number is not given yet
 _NOTHING = pa.scalar("", pa.large_string())
 _CHANGE_ROWS = sa.table(SyncChange.__tablename__, *(sa.column(c) for c in _CHANGE_COLUMNS))
@@ -350,6 +351,7 @@ def _carry_over(conn: Connection, run_id: int, previous: int) -> int:
         to_send(c.unset_attrs, "[]"),
         sa.literal(ChangeStatus.PENDING.value),
         sa.literal(CARRIED),
+        c.new_customer,  # not delivered: still without a snapshot row, unless another run delivered it since
     ).where(c.sync_run_id == previous, c.status == ChangeStatus.NOT_FOUND.value)
     return conn.execute(sa.insert(SyncChange).from_select(list(_CHANGE_COLUMNS), copied)).rowcount or 0
 
@@ -604,6 +606,7 @@ def _diff_chunk(
     customer_ids = [ids[i] for i in picked]
     ext_ids = settings.ext_id.apply_all(customer_ids)
     forced_flags = forced[idx].tolist()
+    new_flags = is_new[idx].tolist()  # no snapshot row: the load inserts theirs (SyncChange.new_customer)
     fresh = (is_new[idx] | forced[idx]).tolist()
     all_names = [a.netmera for a in mapping]
     present_before = [cands.present[i] for i in picked]  # what was delivered to each, where the snapshot said
@@ -650,7 +653,8 @@ def _diff_chunk(
     changed_hashes = format_fingerprints(hashes[idx], cands.raw_hashes[idx])
     pending = ChangeStatus.PENDING.value
     columns = (customer_ids, ext_ids, changed_hashes, set_texts, unset_texts, present, set_nos, unset_nos)
-    changes = [[run_id, *row, pending, None, f] for row, f in zip(zip(*columns, strict=True), fresh, strict=True)]
+    flags = zip(new_flags, fresh, strict=True)
+    changes = [[run_id, *row, pending, None, *f] for row, f in zip(zip(*columns, strict=True), flags, strict=True)]
     changes.sort(key=itemgetter(_EXT_ID))
     return changes, refresh
 
