@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import sqlalchemy as sa
 from optimove_netmera.settings import Settings
+from optimove_netmera.store import get_engine, migrate
 from optimove_netmera.store.models import SyncBatch, SyncRun
 from optimove_netmera.sync import load
 from sqlalchemy.engine import Engine
@@ -15,6 +16,15 @@ class _Accepting:
 
     def write_encoded_profiles(self, call: str, body: bytes, count: int) -> int:
         return count
+
+
+def open_run(db_url: str) -> tuple[Engine, int]:
+    """A migrated state DB at ``db_url`` and a new sync run in it: its engine and the run's id."""
+    migrate(db_url)
+    engine = get_engine(db_url)
+    with engine.begin() as conn:
+        run_id = conn.execute(sa.insert(SyncRun).values(dag_id="d", dag_run_id="r").returning(SyncRun.id)).scalar_one()
+    return engine, run_id
 
 
 def deliver(engine: Engine, run_id: int) -> None:

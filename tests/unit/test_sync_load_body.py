@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from optimove_netmera.store import get_engine, migrate
-from optimove_netmera.store.models import SyncBatch, SyncChange, SyncRun
+from optimove_netmera.store import get_engine
+from optimove_netmera.store.models import SyncBatch, SyncChange
 from optimove_netmera.sync.load import load_batches
+from sync_plan_helpers import open_run
 
 # a quote and a backslash must come out escaped; each punctuation mark follows the same prefix, so a collation that
 # compares letters and digits first (en_US) orders them as the code points do (Python's sorted, C.UTF-8)
@@ -33,10 +34,8 @@ class _Capturing:
 def _plan(db_url: str, values: dict[str, Any] | None = None) -> tuple[Any, int]:
     """A run with one set batch and one unset batch over EXT_IDS, its rows inserted in a shuffled order; row i
     sets ``{"n": i}`` and ``values``."""
-    migrate(db_url)
-    engine = get_engine(db_url)
+    engine, run_id = open_run(db_url)
     with engine.begin() as conn:
-        run_id = conn.execute(sa.insert(SyncRun).values(dag_id="d", dag_run_id="r").returning(SyncRun.id)).scalar_one()
         conn.execute(
             sa.insert(SyncBatch),
             [{"sync_run_id": run_id, "kind": kind, "batch_no": 0, "size": len(EXT_IDS)} for kind in ("set", "unset")],

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from optimove_netmera.store import get_engine, migrate
-from optimove_netmera.store.models import CustomerSnapshot, SyncBatch, SyncChange, SyncRun
+from optimove_netmera.store.models import CustomerSnapshot, SyncBatch, SyncChange
 from optimove_netmera.sync import load
+from sync_plan_helpers import open_run
 
 BATCHES = 3
 
@@ -29,10 +29,8 @@ class _Netmera:
 def test_a_group_not_recorded_fails_the_load_and_the_retry_resends_it(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    migrate(db_url)
-    engine = get_engine(db_url)
+    engine, run_id = open_run(db_url)
     with engine.begin() as conn:
-        run_id = conn.execute(sa.insert(SyncRun).values(dag_id="d", dag_run_id="r").returning(SyncRun.id)).scalar_one()
         conn.execute(
             sa.insert(SyncChange),
             [

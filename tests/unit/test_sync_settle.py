@@ -11,6 +11,7 @@ from optimove_netmera.http import ApiError
 from optimove_netmera.store import get_engine, migrate
 from optimove_netmera.store.models import CustomerSnapshot, SyncBatch, SyncChange, SyncRun
 from optimove_netmera.sync.load import change_counts, delivered_changes, load_batches, load_summary, settle
+from sync_plan_helpers import open_run
 
 
 def test_settle_advances_changes_whose_batches_are_all_delivered(db_url: str) -> None:
@@ -99,10 +100,8 @@ class _Netmera:
 
 
 def test_a_customer_advances_once_every_part_is_delivered(db_url: str) -> None:
-    migrate(db_url)
-    engine = get_engine(db_url)
+    engine, run_id = open_run(db_url)
     with engine.begin() as conn:
-        run_id = conn.execute(sa.insert(SyncRun).values(dag_id="d", dag_run_id="r").returning(SyncRun.id)).scalar_one()
         conn.execute(
             sa.insert(SyncBatch),
             [

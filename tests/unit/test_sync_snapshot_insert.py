@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 
 import sqlalchemy as sa
-from optimove_netmera.store import get_engine, migrate
-from optimove_netmera.store.models import CustomerSnapshot, SyncBatch, SyncChange, SyncRun
+from optimove_netmera.store.models import CustomerSnapshot, SyncBatch, SyncChange
 from optimove_netmera.sync import load
 from sqlalchemy.engine import Engine
+from sync_plan_helpers import open_run
 
 
 class _Netmera:
@@ -24,10 +24,8 @@ class _Netmera:
 def planned(db_url: str, new: dict[str, bool], batch_of: dict[str, int]) -> tuple[Engine, int, list[int]]:
     """A run whose plan sets attribute ``a`` of each customer in ``new`` (flagged new as given), in the set batch
     ``batch_of[customer]``; its engine, id and batch ids."""
-    migrate(db_url)
-    engine = get_engine(db_url)
+    engine, run_id = open_run(db_url)
     with engine.begin() as conn:
-        run_id = conn.execute(sa.insert(SyncRun).values(dag_id="d", dag_run_id="r").returning(SyncRun.id)).scalar_one()
         conn.execute(
             sa.insert(SyncChange),
             [
