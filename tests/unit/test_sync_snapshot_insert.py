@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import sqlalchemy as sa
 from optimove_netmera.store.models import CustomerSnapshot, SyncBatch, SyncChange
 from optimove_netmera.sync import load
@@ -92,3 +93,19 @@ def test_a_customer_planned_new_whose_row_exists_is_upserted(db_url: str) -> Non
     with engine.connect() as conn:
         statuses = conn.execute(sa.select(SyncBatch.status).where(SyncBatch.sync_run_id == run_id)).scalars().all()
     assert statuses == ["delivered", "delivered"]
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_a_failure_other_than_a_row_found_is_not_retried_as_an_upsert(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a unique violation means a customer planned as new has a row already; any other integrity error of the
+    group's statement (here a NOT NULL one) fails the load, the batch left in flight for the retry to send again."""
+    engine, run_id, ids = planned(db_url, {"A": True}, {"A": 0})
+    broken = sa.text("INSERT INTO customer_snapshot (customer_id) VALUES ('A') RETURNING 1")
+    monkeypatch.setattr(load, "_split_advance", lambda conn, run, *where: broken)
+    with pytest.raises(sa.exc.IntegrityError, match="not-null"):
+        load.load_batches(engine, run_id, ids, _Netmera())  # type: ignore[arg-type]
+    assert snapshot(engine) == {}
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(SyncBatch.status)).scalars().all() == ["in_flight"]

@@ -189,6 +189,14 @@ def _split_advance(conn: Connection, run_id: int, *where: Any) -> Any:
     return sa.select(count(fresh) + count(known))
 
 
+UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE
+
+
+def _unique_violation(exc: sa.exc.IntegrityError) -> bool:
+    """Whether the driver's error is a unique violation (psycopg2's ``pgcode``, psycopg's ``sqlstate``)."""
+    return UNIQUE_VIOLATION in (getattr(exc.orig, "pgcode", None), getattr(exc.orig, "sqlstate", None))
+
+
 def _advance_snapshot(conn: Connection, run_id: int, *where: Any) -> int:
     """Record the run's pending changes matching ``where`` as what Netmera now holds: set-based, whatever their
     number (the change rows are not rewritten). Returns how many advanced.
@@ -201,7 +209,9 @@ def _advance_snapshot(conn: Connection, run_id: int, *where: Any) -> int:
         try:
             with conn.begin_nested():
                 return int(conn.execute(_split_advance(conn, run_id, *where)).scalar_one())
-        except sa.exc.IntegrityError:
+        except sa.exc.IntegrityError as exc:
+            if not _unique_violation(exc):
+                raise  # not a row found after all: the upsert would not mend it
             log.info("a customer planned as new has a snapshot row already: the group is upserted")
     rows = _snapshot_rows(run_id, SyncChange.__table__).where(SyncChange.sync_run_id == run_id, *where)
     return conn.execute(_upsert_snapshot(conn, rows)).rowcount or 0
