@@ -20,8 +20,10 @@ def parse_args(argv: list[str] | None = None) -> s.SandboxConfig:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--host", default=s.DEFAULT_HOST, help="interface to bind")
-    p.add_argument("--optimove-port", type=int, default=s.DEFAULT_OPTIMOVE_PORT, help="Optimove API port")
-    p.add_argument("--netmera-port", type=int, default=s.DEFAULT_NETMERA_PORT, help="Netmera API port")
+    p.add_argument(
+        "--optimove-port", type=int, default=s.DEFAULT_OPTIMOVE_PORT, help="Optimove API port (0: a free one)"
+    )
+    p.add_argument("--netmera-port", type=int, default=s.DEFAULT_NETMERA_PORT, help="Netmera API port (0: a free one)")
     p.add_argument("--customers", type=int, default=s.DEFAULT_CUSTOMERS, help="number of Optimove customers")
     p.add_argument("--seed", type=int, default=s.DEFAULT_SEED, help="seed for data and faults")
     p.add_argument("--optimove-api-key", default=s.DEFAULT_OPTIMOVE_API_KEY, help="accepted X-API-KEY")
@@ -32,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> s.SandboxConfig:
     a = p.parse_args(argv)
     if a.customers < 0:
         p.error("--customers must be >= 0")
-    if a.optimove_port == a.netmera_port:
+    if a.optimove_port == a.netmera_port != 0:
         p.error("--optimove-port and --netmera-port must differ")
     return s.SandboxConfig(
         host=a.host,

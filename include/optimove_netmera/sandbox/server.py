@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import uvicorn
 from fastapi import FastAPI
@@ -57,6 +58,13 @@ class _Server(uvicorn.Server):
     def capture_signals(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn exits the process when it cannot bind; here the server just stops, and :func:`serve` says why."""
+        try:
+            await super().startup(sockets=sockets)
+        except SystemExit:
+            self.should_exit = True
+
 
 def build_apps(config: SandboxConfig) -> tuple[FastAPI, FastAPI]:
     """Create the dataset, the fault injectors and both apps for ``config``."""
@@ -97,8 +105,16 @@ def _servers(config: SandboxConfig) -> Iterator[_Server]:
         )
 
 
+def _bound_port(server: _Server) -> int:
+    """The port ``server`` listens on (the kernel's pick when it was configured with port 0)."""
+    return int(server.servers[0].sockets[0].getsockname()[1])
+
+
 async def serve(config: SandboxConfig) -> None:
-    """Serve both sandbox APIs until SIGINT/SIGTERM; prints one ``sandbox ready`` line once both listen."""
+    """Serve both sandbox APIs until SIGINT/SIGTERM; prints one ``sandbox ready`` line once both listen.
+
+    A port of 0 lets the kernel pick a free one; the ready line names the ports actually bound.
+    """
     servers = list(_servers(config))
     loop = asyncio.get_running_loop()
 
@@ -116,8 +132,9 @@ async def serve(config: SandboxConfig) -> None:
             break
         await asyncio.sleep(0.05)
     else:
+        bound = replace(config, optimove_port=_bound_port(servers[0]), netmera_port=_bound_port(servers[1]))
         print(
-            f"sandbox ready: optimove={config.optimove_url} netmera={config.netmera_url} "
+            f"sandbox ready: optimove={bound.optimove_url} netmera={bound.netmera_url} "
             f"customers={config.customers} seed={config.seed}",
             flush=True,
         )
