@@ -39,7 +39,10 @@ def planned(db_url: str, new: dict[str, bool], batch_of: dict[str, int]) -> tupl
         numbers = sorted(set(batch_of.values()))
         conn.execute(
             sa.insert(SyncBatch),
-            [{"sync_run_id": run_id, "kind": "set", "batch_no": b, "size": 2} for b in numbers],
+            [
+                {"sync_run_id": run_id, "kind": "set", "batch_no": b, "size": list(batch_of.values()).count(b)}
+                for b in numbers
+            ],
         )
         ids = conn.execute(sa.select(SyncBatch.id).order_by(SyncBatch.batch_no)).scalars().all()
     return engine, run_id, list(ids)
