@@ -612,6 +612,28 @@ SAFEGUARDS = (
         "    new_flags = [True] * len(idx)",
         ("tests/unit/test_sync_stream.py::test_a_changed_share_is_diffed_per_chunk_and_a_tripped_guard_is_recorded",),
     ),
+    Safeguard(
+        "the plan unsets what the snapshot's attribute bits say was delivered (present_bits decoded)",
+        "sync/plan.py",
+        "        delivered = decode(bits) if bits else ()\n",
+        "        delivered = ()\n",
+        ("tests/unit/test_sync_stream.py::test_a_changed_share_is_diffed_per_chunk_and_a_tripped_guard_is_recorded",),
+    ),
+    Safeguard(
+        "revision 0009 writes a stored list's bits most significant digit first (SQLite)",
+        "store/migrations/versions/0009_attribute_sets.py",
+        "FROM k ORDER BY k.k DESC)",
+        "FROM k ORDER BY k.k ASC)",
+        ("tests/store/test_attribute_sets.py::test_stored_lists_become_bits_and_come_back",),
+    ),
+    Safeguard(
+        "a name keeps its bit: only names without one are inserted",
+        "store/attribute_sets.py",
+        "        missing = sorted(set(names) - bits.keys())\n",
+        "        missing = sorted(set(names))\n",
+        ("tests/store/test_attribute_sets.py::test_a_name_keeps_its_bit_and_only_new_names_are_added",),
+        select="postgres",
+    ),
 )
 
 

@@ -32,6 +32,7 @@ from floor import (  # tests/perf/floor.py (the script's own folder is on sys.pa
 )
 from optimove_netmera.netmera import NetmeraClient
 from optimove_netmera.settings import load_settings
+from optimove_netmera.store.attribute_sets import AttributeSets
 from optimove_netmera.store.engine import create_state_engine, migrate
 from optimove_netmera.store.models import SyncBatch, SyncChange, SyncRun
 from optimove_netmera.store.queries import refresh_statistics
@@ -40,7 +41,7 @@ from optimove_netmera.sync.load import load_batches
 BATCH = 1000
 NAMES = [f"Attribute{j:02d}" for j in range(20)]
 INSERT = sa.text(  # new_customer as the plan sets it: no snapshot row (a first sync), or one (a later sync)
-    "INSERT INTO sync_changes (sync_run_id, customer_id, ext_id, new_hash, set_attrs, unset_attrs, present_attrs,"
+    "INSERT INTO sync_changes (sync_run_id, customer_id, ext_id, new_hash, set_attrs, unset_attrs, present_bits,"
     " set_batch_no, status, new_customer) SELECT :run, :cid, :cid, :hash, :attrs, '[]', :present, :batch,"
     " 'pending', NOT EXISTS (SELECT 1 FROM customer_snapshot WHERE customer_id = :cid)"
 )
@@ -55,8 +56,8 @@ def seed(url: str, customers: int) -> tuple[Any, int, list[int]]:
     """A fresh run's plan in the state DB at ``url``: its engine, run id and batch ids."""
     migrate(url)
     engine = create_state_engine(url)
-    present = json.dumps(NAMES)
     with engine.begin() as conn:
+        present = AttributeSets.load(conn, NAMES).encode(NAMES)  # as the plan stores the 20 names: bits
         run_id = conn.execute(
             sa.insert(SyncRun).values(dag_id="bench", dag_run_id=f"load-{time.time_ns()}").returning(SyncRun.id)
         ).scalar_one()

@@ -36,7 +36,7 @@ TRICKY = [
 
 def stored(engine: sa.Engine, run_id: int) -> list[tuple[Any, ...]]:
     c = SyncChange
-    columns = (c.customer_id, c.ext_id, c.new_hash, c.set_attrs, c.unset_attrs, c.present_attrs, c.set_batch_no)
+    columns = (c.customer_id, c.ext_id, c.new_hash, c.set_attrs, c.unset_attrs, c.present_bits, c.set_batch_no)
     with engine.connect() as conn:
         query = sa.select(*columns, c.unset_batch_no, c.status, c.reason, c.new_customer)
         query = query.where(c.sync_run_id == run_id)
@@ -52,13 +52,13 @@ def test_change_rows_are_stored_exactly_as_given(db_url: str, monkeypatch: pytes
     for i, text in enumerate(TRICKY):
         attrs = {"name": text, "n": i}
         number = i if i % 3 else None
-        row = [run_id, f"C{i:02d}{text}", text, f"h1:{i}", json.dumps(attrs), "[]", json.dumps([text]), number, None]
+        row = [run_id, f"C{i:02d}{text}", text, f"h1:{i}", json.dumps(attrs), "[]", f"{i:x}", number, None]
         new = i % 2 == 0  # new_customer
         rows.append([*row, "pending", None, new, not new])  # the last item (fresh) is not stored
-        expected.append((f"C{i:02d}{text}", text, f"h1:{i}", attrs, [], [text], number, None, "pending", None, new))
-    carried = [run_id, "Z", "Z", "h1:z", "{}", '["a"]', "[]", None, 7, "not_found", "", True, False]  # reason ""
+        expected.append((f"C{i:02d}{text}", text, f"h1:{i}", attrs, [], f"{i:x}", number, None, "pending", None, new))
+    carried = [run_id, "Z", "Z", "h1:z", "{}", '["a"]', "0", None, 7, "not_found", "", True, False]  # reason ""
     with engine.begin() as conn:
         plan._insert_changes(conn, rows)
         plan._insert_changes(conn, [carried])
-    expected.append(("Z", "Z", "h1:z", {}, ["a"], [], None, 7, "not_found", "", True))
+    expected.append(("Z", "Z", "h1:z", {}, ["a"], "0", None, 7, "not_found", "", True))
     assert stored(engine, run_id) == sorted(expected)

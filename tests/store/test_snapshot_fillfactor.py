@@ -22,7 +22,7 @@ def _plan(conn: sa.Connection, run: str) -> tuple[int, list[object]]:
         sa.insert(SyncChange),
         [
             {"sync_run_id": run_id, "customer_id": f"C{i:07d}", "ext_id": f"E{i:07d}", "new_hash": f"{run}:{i}",
-             "set_attrs": {"a": i}, "unset_attrs": [], "present_attrs": NAMES, "set_batch_no": i // 1000}
+             "set_attrs": {"a": i}, "unset_attrs": [], "present_bits": "fffff", "set_batch_no": i // 1000}
             for i in range(CUSTOMERS)
         ],
     )  # fmt: skip

@@ -72,6 +72,7 @@ from sqlalchemy.engine import Engine
 
 UTC = dt.UTC
 STATE_TABLES = {
+    "attribute_names",
     "sync_runs",
     "customer_snapshot",
     "sync_staging",
@@ -111,17 +112,17 @@ def _free_port() -> int:
 
 def test_migrate_up_down_up(db_url: str) -> None:
     assert current_revision(db_url) is None
-    assert migrate(db_url) == head_revision() == "0008"
+    assert migrate(db_url) == head_revision() == "0009"
     tables = _tables(db_url)
     assert tables == STATE_TABLES | {VERSION_TABLE}
     assert "alembic_version" not in tables  # a distinct version table: the DB can be shared
 
-    assert migrate(db_url) == "0008"  # idempotent
+    assert migrate(db_url) == "0009"  # idempotent
     assert downgrade(db_url, "base") is None
     assert _tables(db_url) <= {VERSION_TABLE}
-    assert migrate(db_url, "head") == "0008"
+    assert migrate(db_url, "head") == "0009"
     assert _tables(db_url) == STATE_TABLES | {VERSION_TABLE}
-    assert check_database(db_url) == "0008"
+    assert check_database(db_url) == "0009"
 
 
 def test_migrated_schema_matches_models(migrated_url: str) -> None:
@@ -167,16 +168,16 @@ def test_concurrent_migrate_is_serialised(db_url: str, tmp_path: Path) -> None:
     for thread in threads:
         thread.join(timeout=120)
     assert errors == []
-    assert results == ["0008", "0008"]
+    assert results == ["0009", "0009"]
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
-        assert out.strip() == "0008"
+        assert out.strip() == "0009"
     assert _tables(db_url) == STATE_TABLES | {VERSION_TABLE}
 
 
 def test_in_memory_sqlite_can_be_migrated_and_used() -> None:
     url = "sqlite://"
-    assert migrate(url) == "0008"
+    assert migrate(url) == "0009"
     with session_scope(url) as session:
         session.add(Campaign(campaign_id=1, channel_id=2))
     with session_scope(url) as session:
@@ -228,7 +229,7 @@ def test_every_table_round_trips_json_and_timestamps(engine: Engine) -> None:
                     customer_id="C0000001",
                     ext_id="C0000001",
                     attr_hash="ab" * 32,
-                    present_attrs=["firstName", "country"],
+                    present_bits="5",
                     sync_run_id=run.id,
                 ),
                 SyncStaging(sync_run_id=run.id, customer_id="C0000001", ext_id="C0000001", attributes=PAYLOAD),
@@ -239,7 +240,7 @@ def test_every_table_round_trips_json_and_timestamps(engine: Engine) -> None:
                     new_hash="cd" * 32,
                     set_attrs={"firstName": "Ayşe", "age": 31, "vip": True},
                     unset_attrs=["country"],
-                    present_attrs=["firstName", "age", "vip"],
+                    present_bits="1a",
                     set_batch_no=0,
                     unset_batch_no=0,
                 ),
@@ -304,7 +305,7 @@ def test_every_table_round_trips_json_and_timestamps(engine: Engine) -> None:
         server_time(run.updated_at)
 
         snap = session.get(CustomerSnapshot, "C0000001")
-        assert snap is not None and snap.present_attrs == ["firstName", "country"]
+        assert snap is not None and snap.present_bits == "5"
         server_time(snap.delivered_at)
 
         staged = session.get(SyncStaging, (run.id, "C0000001"))
@@ -464,26 +465,24 @@ def test_str_enum_members_bind_as_their_values(engine: Engine) -> None:
 
 
 def test_upsert_inserts_then_updates(engine: Engine) -> None:
-    rows = [
-        {"customer_id": f"C{i}", "ext_id": f"C{i}", "attr_hash": "0" * 64, "present_attrs": ["a"]} for i in range(5)
-    ]
+    rows = [{"customer_id": f"C{i}", "ext_id": f"C{i}", "attr_hash": "0" * 64, "present_bits": "1"} for i in range(5)]
     with session_scope(engine) as session:
         assert upsert(session, CustomerSnapshot, rows, chunk_size=2) == 5
-    changed = [{**row, "attr_hash": "1" * 64, "present_attrs": ["a", "b"]} for row in rows[3:]]
-    changed.append({"customer_id": "C9", "ext_id": "C9", "attr_hash": "2" * 64, "present_attrs": []})
+    changed = [{**row, "attr_hash": "1" * 64, "present_bits": "3"} for row in rows[3:]]
+    changed.append({"customer_id": "C9", "ext_id": "C9", "attr_hash": "2" * 64, "present_bits": "0"})
     with session_scope(engine) as session:
         upsert(session, CustomerSnapshot, changed)
     with session_scope(engine) as session:
         snapshot = {
-            s.customer_id: (s.attr_hash[0], s.present_attrs) for s in session.scalars(sa.select(CustomerSnapshot))
+            s.customer_id: (s.attr_hash[0], s.present_bits) for s in session.scalars(sa.select(CustomerSnapshot))
         }
     assert snapshot == {
-        "C0": ("0", ["a"]),
-        "C1": ("0", ["a"]),
-        "C2": ("0", ["a"]),
-        "C3": ("1", ["a", "b"]),
-        "C4": ("1", ["a", "b"]),
-        "C9": ("2", []),
+        "C0": ("0", "1"),
+        "C1": ("0", "1"),
+        "C2": ("0", "1"),
+        "C3": ("1", "3"),
+        "C4": ("1", "3"),
+        "C9": ("2", "0"),
     }
 
 
@@ -545,7 +544,7 @@ def test_set_based_upsert_from_select(engine: Engine) -> None:
         run = SyncRun()
         session.add(run)
         session.flush()
-        session.add(CustomerSnapshot(customer_id="C1", ext_id="C1", attr_hash="old", present_attrs=["x"]))
+        session.add(CustomerSnapshot(customer_id="C1", ext_id="C1", attr_hash="old", present_bits="1"))
         for i, status in enumerate(["delivered", "delivered", "failed"], start=1):
             session.add(
                 SyncChange(
@@ -553,31 +552,31 @@ def test_set_based_upsert_from_select(engine: Engine) -> None:
                     customer_id=f"C{i}",
                     ext_id=f"C{i}",
                     new_hash=f"h{i}",
-                    present_attrs=["y"],
+                    present_bits="2",
                     status=status,
                 )
             )
         session.flush()
         changes = SyncChange.__table__
         select = sa.select(
-            changes.c.customer_id, changes.c.ext_id, changes.c.new_hash, changes.c.present_attrs, changes.c.sync_run_id
+            changes.c.customer_id, changes.c.ext_id, changes.c.new_hash, changes.c.present_bits, changes.c.sync_run_id
         ).where(changes.c.sync_run_id == run.id, changes.c.status == "delivered")
         stmt = dialect_insert(session, CustomerSnapshot).from_select(
-            ["customer_id", "ext_id", "attr_hash", "present_attrs", "sync_run_id"], select
+            ["customer_id", "ext_id", "attr_hash", "present_bits", "sync_run_id"], select
         )
         stmt = stmt.on_conflict_do_update(
             index_elements=["customer_id"],
             set_={
                 "attr_hash": stmt.excluded.attr_hash,
-                "present_attrs": stmt.excluded.present_attrs,
+                "present_bits": stmt.excluded.present_bits,
                 "delivered_at": sa.func.current_timestamp(),
                 "sync_run_id": stmt.excluded.sync_run_id,
             },
         )
         session.execute(stmt)
     with session_scope(engine) as session:
-        rows = {s.customer_id: (s.attr_hash, s.present_attrs) for s in session.scalars(sa.select(CustomerSnapshot))}
-    assert rows == {"C1": ("h1", ["y"]), "C2": ("h2", ["y"])}
+        rows = {s.customer_id: (s.attr_hash, s.present_bits) for s in session.scalars(sa.select(CustomerSnapshot))}
+    assert rows == {"C1": ("h1", "2"), "C2": ("h2", "2")}
 
 
 def test_insert_if_absent(engine: Engine) -> None:
@@ -890,7 +889,7 @@ def test_default_url_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 def test_default_url_is_used_by_get_engine_and_migrate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(ENV_URL, raising=False)
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "new" / "airflow"))  # directory does not exist yet
-    assert migrate() == "0008"
+    assert migrate() == "0009"
     assert (tmp_path / "new" / "airflow" / "optimove_netmera_state.db").is_file()
     assert get_engine() is get_engine(default_state_db_url())
     with session_scope() as session:
@@ -1000,7 +999,7 @@ def test_not_migrated_error_says_what_to_do(db_url: str) -> None:
         check_database(db_url)
 
     migrate(db_url)
-    assert check_database(db_url) == "0008"
+    assert check_database(db_url) == "0009"
     assert _count_events(get_engine(db_url)) == 0
 
 
@@ -1033,13 +1032,13 @@ def test_cli_upgrade_current_history_downgrade(db_url: str, tmp_path: Path) -> N
     shown = redact_url(db_url)
     proc = _cli("upgrade", "--url", db_url, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert f"{shown}: at 0008 (head)" in proc.stdout
-    assert "Running upgrade  -> 0001" in proc.stderr and "Running upgrade 0007 -> 0008" in proc.stderr
-    assert current_revision(db_url) == "0008"
+    assert f"{shown}: at 0009 (head)" in proc.stdout
+    assert "Running upgrade  -> 0001" in proc.stderr and "Running upgrade 0008 -> 0009" in proc.stderr
+    assert current_revision(db_url) == "0009"
 
     proc = _cli("current", cwd=tmp_path, env={ENV_URL: db_url})  # URL from the environment
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == f"{shown}: 0008 (head)"
+    assert proc.stdout.strip() == f"{shown}: 0009 (head)"
 
     proc = _cli("history", "--url", db_url, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -1050,7 +1049,8 @@ def test_cli_upgrade_current_history_downgrade(db_url: str, tmp_path: Path) -> N
     assert "0004 -> 0005: The send ledger's chunks" in proc.stdout
     assert "0005 -> 0006: What a load writes and reads" in proc.stdout
     assert "0006 -> 0007: PostgreSQL: ``customer_snapshot`` keeps 40%" in proc.stdout
-    assert "0007 -> 0008 (head, current): ``sync_changes.new_customer``" in proc.stdout
+    assert "0007 -> 0008: ``sync_changes.new_customer``" in proc.stdout
+    assert "0008 -> 0009 (head, current): Attribute sets as bits" in proc.stdout
 
     proc = _cli("check", "--url", db_url, cwd=tmp_path)
     assert proc.returncode == 0 and "ok" in proc.stdout
@@ -1083,7 +1083,7 @@ def test_held_events_need_0002_and_downgrade_to_ignored(db_url: str) -> None:
     with pytest.raises(sa.exc.IntegrityError), get_engine(db_url).begin() as conn:  # 0001's CHECK refuses it
         conn.execute(sa.insert(Event.__table__).values(row))
     dispose_engines()
-    assert migrate(db_url) == "0008"
+    assert migrate(db_url) == "0009"
     with get_engine(db_url).begin() as conn:
         conn.execute(sa.insert(Event.__table__).values(row))
     dispose_engines()
@@ -1097,9 +1097,9 @@ def test_held_events_need_0002_and_downgrade_to_ignored(db_url: str) -> None:
 def test_snapshot_run_ids_are_unchecked_from_0006_and_downgrade_clears_the_gone_ones(db_url: str) -> None:
     """From 0006 a snapshot row may name a run that is not (or no longer) there; going back to 0005 clears such
     ids (what its ``ON DELETE SET NULL`` did) and keeps the others, and the key holds again."""
-    assert migrate(db_url) == "0008"
+    assert migrate(db_url) == "0009"
     snapshot, runs = CustomerSnapshot.__table__, SyncRun.__table__
-    row = {"ext_id": "E", "attr_hash": "h", "present_attrs": ["a"]}
+    row = {"ext_id": "E", "attr_hash": "h"}  # the attribute set: its default, in 0005 and 0009 alike
     with get_engine(db_url).begin() as conn:
         run = conn.execute(sa.insert(runs).values(dag_id="d", dag_run_id="r").returning(runs.c.id)).scalar_one()
         conn.execute(
@@ -1114,7 +1114,7 @@ def test_snapshot_run_ids_are_unchecked_from_0006_and_downgrade_clears_the_gone_
     with pytest.raises(sa.exc.IntegrityError), get_engine(db_url).begin() as conn:  # 0005's key refuses it again
         conn.execute(sa.insert(snapshot).values({**row, "customer_id": "new", "sync_run_id": 999}))
     dispose_engines()
-    assert migrate(db_url) == "0008"
+    assert migrate(db_url) == "0009"
 
 
 @pytest.mark.parametrize("nul", [False, True], ids=["plain", "a-nul-in-a-text"])

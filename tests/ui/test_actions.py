@@ -50,7 +50,7 @@ def _change(conn: sa.Connection, run_id: int, customer: str, status: str, name: 
             new_hash="00000000000000ab",
             set_attrs={"name": name},
             unset_attrs=[],
-            present_attrs=["name"],
+            present_bits="1",
             set_batch_no=0,
             status=status,
             reason=reason,

@@ -63,7 +63,7 @@ def _changes(run_id: int, n: int, status: str, reason: str | None = None, prefix
             "new_hash": "00000000000000ab",
             "set_attrs": {"name": "x"},
             "unset_attrs": [],
-            "present_attrs": ["name"],
+            "present_bits": "1",
             "status": status,
             "reason": reason,
         }

@@ -50,7 +50,7 @@ def _plan(db_url: str, values: dict[str, Any] | None = None) -> tuple[Any, int]:
                     "new_hash": "h",
                     "set_attrs": {"n": i, **(values or {})},
                     "unset_attrs": ["gone"],
-                    "present_attrs": ["n"],
+                    "present_bits": "1",
                     "set_batch_no": 0,
                     "unset_batch_no": 0,
                 }

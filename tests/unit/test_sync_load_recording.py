@@ -35,7 +35,7 @@ def test_a_group_not_recorded_fails_the_load_and_the_retry_resends_it(
             sa.insert(SyncChange),
             [
                 {"sync_run_id": run_id, "customer_id": f"c{b}", "ext_id": f"e{b}", "new_hash": f"h:{b}",
-                 "set_attrs": {"a": b}, "unset_attrs": [], "present_attrs": ["a"], "set_batch_no": b}
+                 "set_attrs": {"a": b}, "unset_attrs": [], "present_bits": "1", "set_batch_no": b}
                 for b in range(BATCHES)
             ],
         )  # fmt: skip

@@ -35,7 +35,7 @@ def test_settle_advances_changes_whose_batches_are_all_delivered(db_url: str) ->
             "sync_run_id": run_id,
             "set_attrs": {"a": 1},
             "unset_attrs": [],
-            "present_attrs": ["a"],
+            "present_bits": "1",
             "status": "pending",
             "set_batch_no": 0,
             "unset_batch_no": None,
@@ -109,7 +109,7 @@ def test_a_customer_advances_once_every_part_is_delivered(db_url: str) -> None:
                 {"sync_run_id": run_id, "kind": "unset", "batch_no": 0, "size": 2},
             ],
         )
-        row = {"sync_run_id": run_id, "set_attrs": {"a": 1}, "unset_attrs": [], "present_attrs": ["a"],
+        row = {"sync_run_id": run_id, "set_attrs": {"a": 1}, "unset_attrs": [], "present_bits": "1",
                "set_batch_no": None, "unset_batch_no": None}  # fmt: skip
         conn.execute(
             sa.insert(SyncChange),
@@ -118,7 +118,7 @@ def test_a_customer_advances_once_every_part_is_delivered(db_url: str) -> None:
                 {**row, "customer_id": "both", "ext_id": "e-both", "new_hash": "h:2", "set_batch_no": 0,
                  "unset_batch_no": 0, "unset_attrs": ["b"]},
                 {**row, "customer_id": "unset", "ext_id": "e-unset", "new_hash": "h:3", "set_attrs": {},
-                 "unset_batch_no": 0, "unset_attrs": ["b"], "present_attrs": []},
+                 "unset_batch_no": 0, "unset_attrs": ["b"], "present_bits": "0"},
             ],
         )  # fmt: skip
         ids = conn.execute(sa.select(SyncBatch.id).order_by(SyncBatch.id)).scalars().all()

@@ -31,7 +31,7 @@ def planned(db_url: str, new: dict[str, bool], batch_of: dict[str, int]) -> tupl
             sa.insert(SyncChange),
             [
                 {"sync_run_id": run_id, "customer_id": c, "ext_id": f"x{c}", "new_hash": f"new:{c}",
-                 "set_attrs": {"a": c}, "unset_attrs": [], "present_attrs": ["a"], "set_batch_no": batch_of[c],
+                 "set_attrs": {"a": c}, "unset_attrs": [], "present_bits": "1", "set_batch_no": batch_of[c],
                  "new_customer": is_new}
                 for c, is_new in new.items()
             ],
@@ -58,7 +58,7 @@ def stored_before(engine: Engine, customers: list[str], run_id: int) -> None:
                     "customer_id": c,
                     "ext_id": f"x{c}",
                     "attr_hash": f"old:{c}",
-                    "present_attrs": [],
+                    "present_bits": "0",
                     "sync_run_id": run_id,
                 }
                 for c in customers
@@ -66,10 +66,10 @@ def stored_before(engine: Engine, customers: list[str], run_id: int) -> None:
         )
 
 
-def snapshot(engine: Engine) -> dict[str, tuple[str, str, list[str], int]]:
+def snapshot(engine: Engine) -> dict[str, tuple[str, str, str, int]]:
     s = CustomerSnapshot
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(s.customer_id, s.ext_id, s.attr_hash, s.present_attrs, s.sync_run_id)).all()
+        rows = conn.execute(sa.select(s.customer_id, s.ext_id, s.attr_hash, s.present_bits, s.sync_run_id)).all()
     return {r[0]: tuple(r[1:]) for r in rows}
 
 
@@ -79,7 +79,7 @@ def test_new_and_known_customers_advance_in_one_group_and_are_counted(db_url: st
     stored_before(engine, ["B", "D"], 0)
     counts = load.load_batches(engine, run_id, ids, _Netmera(), concurrency=2)  # type: ignore[arg-type]
     assert counts["delivered"] == 4 and counts["batches_sent"] == 2
-    assert snapshot(engine) == {c: (f"x{c}", f"new:{c}", ["a"], run_id) for c in "ABCD"}
+    assert snapshot(engine) == {c: (f"x{c}", f"new:{c}", "1", run_id) for c in "ABCD"}
 
 
 def test_a_customer_planned_new_whose_row_exists_is_upserted(db_url: str) -> None:
@@ -92,7 +92,7 @@ def test_a_customer_planned_new_whose_row_exists_is_upserted(db_url: str) -> Non
     stored_before(engine, ["C"], run_id + 1)
     counts = load.load_batches(engine, run_id, ids, _Netmera(), concurrency=1)  # type: ignore[arg-type]
     assert counts["delivered"] == 4 and counts["batches_sent"] == 2
-    assert snapshot(engine) == {c: (f"x{c}", f"new:{c}", ["a"], run_id) for c in "ABCD"}
+    assert snapshot(engine) == {c: (f"x{c}", f"new:{c}", "1", run_id) for c in "ABCD"}
     with engine.connect() as conn:
         statuses = conn.execute(sa.select(SyncBatch.status).where(SyncBatch.sync_run_id == run_id)).scalars().all()
     assert statuses == ["delivered", "delivered"]

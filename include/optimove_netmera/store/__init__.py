@@ -29,6 +29,7 @@ from optimove_netmera.store.engine import (
     session_scope,
 )
 from optimove_netmera.store.models import (
+    AttributeName,
     Base,
     BatchKind,
     BatchStatus,
@@ -75,6 +76,7 @@ from optimove_netmera.store.queries import (
 __all__ = [
     "ENV_URL",
     "VERSION_TABLE",
+    "AttributeName",
     "Base",
     "BatchKind",
     "BatchStatus",

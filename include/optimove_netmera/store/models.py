@@ -28,6 +28,7 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "NAMING_CONVENTION",
+    "AttributeName",
     "Base",
     "BatchKind",
     "BatchStatus",
@@ -324,6 +325,19 @@ class SyncRun(Base):
     updated_at: Mapped[dt.datetime] = _updated_at()
 
 
+class AttributeName(Base):
+    """A Netmera attribute name and its bit in the attribute sets the snapshot and the plan store (``present_bits``).
+
+    Append-only: a name keeps its bit for good (``id - 1``), so a set stored years ago still reads back. A set of
+    20 names is 5 hex digits instead of ~300 bytes of JSON in each of a million snapshot and change rows.
+    """
+
+    __tablename__ = "attribute_names"
+
+    id: Mapped[int] = mapped_column(sa.Integer(), primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(sa.String(255), nullable=False, unique=True)
+
+
 class CustomerSnapshot(Base):
     """What Netmera holds for a customer, as last delivered by a sync."""
 
@@ -335,10 +349,9 @@ class CustomerSnapshot(Base):
     customer_id: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
     ext_id: Mapped[str] = mapped_column(sa.String(255), nullable=False)
     attr_hash: Mapped[str] = mapped_column(sa.String(64), nullable=False)  # hex digest of mapped attributes
-    # Netmera attribute names delivered non-empty: an attribute in here that is now empty must be unset.
-    present_attrs: Mapped[list[str]] = mapped_column(
-        JSONType, nullable=False, default=list, server_default=sa.text("'[]'")
-    )
+    # The Netmera attribute names delivered non-empty, as a set of AttributeName bits (hex; revision 0009): an
+    # attribute in here that is now empty must be unset.
+    present_bits: Mapped[str] = mapped_column(sa.Text(), nullable=False, server_default="0")
     delivered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), nullable=False, server_default=utcnow())
     # The run that delivered the row: no foreign key (revision 0006), PostgreSQL checked it for every row a load
     # advances, which doubled the snapshot upsert; only the loading run's id is written and no run is deleted.
@@ -383,9 +396,9 @@ class SyncChange(Base):
     unset_attrs: Mapped[list[str]] = mapped_column(
         JSONType, nullable=False, default=list, server_default=sa.text("'[]'")
     )  # Netmera attribute names to remove
-    present_attrs: Mapped[list[str]] = mapped_column(
-        JSONType, nullable=False, default=list, server_default=sa.text("'[]'")
-    )  # the snapshot's present_attrs once this change is delivered
+    present_bits: Mapped[str] = mapped_column(
+        sa.Text(), nullable=False, server_default="0"
+    )  # the snapshot's present_bits once this change is delivered
     set_batch_no: Mapped[int | None] = mapped_column(sa.Integer())  # NULL: nothing to set
     unset_batch_no: Mapped[int | None] = mapped_column(sa.Integer())  # NULL: nothing to unset
     status: Mapped[str] = mapped_column(

@@ -143,15 +143,13 @@ def change_counts(conn: Connection, run_id: int) -> dict[str, int]:
     return counts
 
 
-_SNAPSHOT_COLUMNS = ["customer_id", "ext_id", "attr_hash", "present_attrs", "delivered_at", "sync_run_id"]
+_SNAPSHOT_COLUMNS = ["customer_id", "ext_id", "attr_hash", "present_bits", "delivered_at", "sync_run_id"]
 
 
 def _snapshot_rows(run_id: int, source: Any) -> Any:
     """The snapshot rows of the changes in ``source`` (``SyncChange``'s table or a selection of its columns)."""
     c = source.c
-    return sa.select(
-        c.customer_id, c.ext_id, c.new_hash, c.present_attrs, utcnow(), sa.literal(run_id, sa.BigInteger())
-    )
+    return sa.select(c.customer_id, c.ext_id, c.new_hash, c.present_bits, utcnow(), sa.literal(run_id, sa.BigInteger()))
 
 
 def _upsert_snapshot(conn: Connection, rows: Any) -> Any:
@@ -170,7 +168,7 @@ def _split_advance(conn: Connection, run_id: int, *where: Any) -> Any:
     changes = SyncChange.__table__
     picked = (
         sa.select(
-            changes.c.customer_id, changes.c.ext_id, changes.c.new_hash, changes.c.present_attrs, changes.c.new_customer
+            changes.c.customer_id, changes.c.ext_id, changes.c.new_hash, changes.c.present_bits, changes.c.new_customer
         )
         .where(changes.c.sync_run_id == run_id, *where)
         .cte("picked")

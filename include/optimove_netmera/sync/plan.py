@@ -59,7 +59,6 @@ started again from scratch. A dry run writes its change rows only to count them,
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -83,6 +82,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from optimove_netmera.gc_passes import fewer_gc_passes
 from optimove_netmera.settings import ExtIdTransform, Settings
+from optimove_netmera.store.attribute_sets import AttributeSets
 from optimove_netmera.store.engine import JSON_OPTIONS
 from optimove_netmera.store.models import (
     BatchKind,
@@ -128,7 +128,7 @@ _CHANGE_COLUMNS = (
     "new_hash",
     "set_attrs",
     "unset_attrs",
-    "present_attrs",
+    "present_bits",
     "set_batch_no",
     "unset_batch_no",
     "status",
@@ -136,7 +136,7 @@ _CHANGE_COLUMNS = (
     "new_customer",
 )
 _NULLABLE = ("set_batch_no", "unset_batch_no", "reason")  # COPY reads their empty fields as NULL
-_TEXTS = ("set_attrs", "present_attrs")  # ~1 KB of a row's JSON: beside the insert's array (sqlite_bulk_insert)
+_TEXTS = ("set_attrs",)  # ~700 bytes of a row's JSON: beside the insert's array (sqlite_bulk_insert)
 _CUSTOMER_ID, _EXT_ID, _SET_NO, _UNSET_NO, _STATUS, _REASON, _FRESH = 1, 2, 7, 8, 9, 10, 12  # _FRESH: not stored
 UNNUMBERED = -1  # a part to send whose batch number is not given yet
 _NOTHING = pa.scalar("", pa.large_string())
@@ -221,7 +221,7 @@ def _keyed(conn: Connection, columns: tuple[Any, ...], key: Any, ids: list[str],
 
 def _snapshot_differing(
     conn: Connection, ids: list[str], raw_hashes: np.ndarray
-) -> tuple[np.ndarray, list[str | None], list[list[str] | None]]:
+) -> tuple[np.ndarray, list[str | None], list[str | None]]:
     """The customers (positions in ``ids``) whose snapshot row is missing or holds another raw fingerprint than
     ``raw_hashes``, with their stored fingerprint and delivered attribute names (None for those not in the snapshot).
 
@@ -241,7 +241,7 @@ def _snapshot_differing(
         # one (and wait for it behind the thread diffing the chunk before).
         n = RAW_PART_LENGTH
         sql = (
-            f"SELECT json_group_array(json_array(j.key, s.attr_hash, json(s.present_attrs))) FROM json_each(?) AS j "
+            f"SELECT json_group_array(json_array(j.key, s.attr_hash, s.present_bits)) FROM json_each(?) AS j "
             f"LEFT JOIN {table} AS s ON s.customer_id = substr(j.value, {n + 1}) "
             f"WHERE s.attr_hash IS NULL OR substr(s.attr_hash, -{n}) != substr(j.value, 1, {n})"
         )
@@ -249,20 +249,20 @@ def _snapshot_differing(
     else:
         signed = raw_hashes.view(np.int64).tolist()
         sql = (
-            f"SELECT t.i - 1, s.attr_hash, s.present_attrs FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY "
+            f"SELECT t.i - 1, s.attr_hash, s.present_bits FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY "
             f"AS t(cid, h, i) LEFT JOIN {table} AS s ON s.customer_id = t.cid WHERE s.attr_hash IS NULL "
             f"OR right(s.attr_hash, {RAW_PART_LENGTH}) <> ':{RAW_VERSION}:' || lpad(to_hex(t.h), 16, '0')"
         )
         rows = conn.exec_driver_sql(sql, (ids, signed)).all()
     pos = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    return pos, [r[1] for r in rows], [json.loads(r[2]) if isinstance(r[2], str) else r[2] for r in rows]
+    return pos, [r[1] for r in rows], [r[2] for r in rows]
 
 
 def _snapshot_differing_keyed(
     conn: Connection, ids: list[str], raw_hashes: np.ndarray
-) -> tuple[np.ndarray, list[str | None], list[list[str] | None]]:
+) -> tuple[np.ndarray, list[str | None], list[str | None]]:
     """:func:`_snapshot_differing` by keyed queries, compared in Python (ids that JSON cannot carry to SQLite)."""
-    columns = (CustomerSnapshot.customer_id, CustomerSnapshot.attr_hash, CustomerSnapshot.present_attrs)
+    columns = (CustomerSnapshot.customer_id, CustomerSnapshot.attr_hash, CustomerSnapshot.present_bits)
     stored = {r[0]: (r[1], r[2]) for r in _keyed(conn, columns, CustomerSnapshot.customer_id, ids)}
     pos, hashes, present = [], [], []
     for i, (cid, raw) in enumerate(zip(ids, raw_hashes.tolist(), strict=True)):
@@ -346,7 +346,7 @@ def _carry_over(conn: Connection, run_id: int, previous: int) -> int:
         c.new_hash,
         c.set_attrs,
         c.unset_attrs,
-        c.present_attrs,
+        c.present_bits,
         to_send(c.set_attrs, "{}"),
         to_send(c.unset_attrs, "[]"),
         sa.literal(ChangeStatus.PENDING.value),
@@ -383,6 +383,7 @@ def _delete_replaced(conn: Connection, run_id: int, customer_ids: list[str]) -> 
 class _Diff:
     """What the diff of every chunk adds up to."""
 
+    sets: AttributeSets  # the attribute names' bits (``present_bits``)
     data_changed: int = 0  # the guard counts changes in the data, never an operator's resync
     attr_counts: dict[str, int] = field(default_factory=dict)
 
@@ -393,7 +394,7 @@ class _Compared:
 
     ids: list[str]
     raw_hashes: np.ndarray
-    differing: Future[tuple[np.ndarray, list[str | None], list[list[str] | None]]] | None
+    differing: Future[tuple[np.ndarray, list[str | None], list[str | None]]] | None
 
 
 def _compare_ahead(
@@ -407,7 +408,7 @@ def _compare_ahead(
     """
     thread = ThreadPoolExecutor(1, thread_name_prefix="plan-compare")
 
-    def compare(ids: list[str], raw_hashes: np.ndarray) -> tuple[np.ndarray, list[str | None], list[list[str] | None]]:
+    def compare(ids: list[str], raw_hashes: np.ndarray) -> tuple[np.ndarray, list[str | None], list[str | None]]:
         with engine.connect() as conn:
             return _snapshot_differing(conn, ids, raw_hashes)
 
@@ -437,7 +438,7 @@ class _Candidates:
     ids: list[str]
     raw_hashes: np.ndarray
     stored: list[str | None]  # the snapshot's fingerprint (None: not in the snapshot, or not read: raw_same)
-    present: list[list[str] | None]  # the attributes delivered to them (likewise)
+    present: list[str | None]  # the attributes delivered to them, as bits (likewise)
     is_new: np.ndarray
     raw_same: np.ndarray  # resynced, raw values the ones delivered: not compared, planned because forced
     forced: np.ndarray
@@ -619,8 +620,8 @@ def _diff_chunk(
     del changed_values
     codes, sets = presence(filled, names)
     encode = JSON_OPTIONS["json_serializer"]  # what the JSON columns would store
-    present_texts = [encode(sorted(names_set)) for names_set in sets]
-    present = [present_texts[c] for c in codes.tolist()]
+    present_bits = [acc.sets.encode(names_set) for names_set in sets]
+    present = [present_bits[c] for c in codes.tolist()]
     set_nos = [UNNUMBERED if f else None for f in filled.any(axis=1).tolist()]
     # Attribute counts: rows that carry the names Optimove reported count those; the others count what they set
     # (summed per column here) and unset (per row below).
@@ -640,7 +641,9 @@ def _diff_chunk(
     no_unset = encode([])
     unset_texts, unset_nos = [no_unset] * len(idx), [None] * len(idx)
     code_list = codes.tolist()
-    for i, (forced_row, delivered) in enumerate(zip(forced_flags, present_before, strict=True)):
+    decode = acc.sets.decode
+    for i, (forced_row, bits) in enumerate(zip(forced_flags, present_before, strict=True)):
+        delivered = decode(bits) if bits else ()
         if not (forced_row or delivered):
             continue  # nothing delivered before: nothing to unset
         before = all_names if forced_row else delivered
@@ -1061,7 +1064,8 @@ def build_plan(
             chunks = ((frame, {}) for frame in iter_export(export_path, settings.optimove_attributes, rows))
         else:
             chunks = _staged_chunks(engine, run_id, rows)
-        acc = _Diff()
+        with engine.begin() as conn:  # every mapped name gets its bit before any set is encoded
+            acc = _Diff(AttributeSets.load(conn, [a.netmera for a in settings.attributes]))
         queue: list[list[Any]] = []  # new and resynced rows waiting for a full probe call (fewer than PROBE_CHUNK)
         buffer = _CandidateBuffer(max(1, rows // 2))  # held between chunks: less than half a chunk
 

@@ -223,7 +223,7 @@ def replay_dead_letters(
                 "new_hash": change.new_hash,
                 "set_attrs": change.set_attrs,
                 "unset_attrs": change.unset_attrs,
-                "present_attrs": change.present_attrs,
+                "present_bits": change.present_bits,
                 "set_batch_no": None,
                 "unset_batch_no": None,
                 "status": ChangeStatus.NOT_FOUND.value,
