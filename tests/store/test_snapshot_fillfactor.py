@@ -12,11 +12,11 @@ from optimove_netmera.sync.load import _complete
 pytestmark = pytest.mark.postgres
 
 CUSTOMERS = 3000
-NAMES = [f"Attribute{j:02d}" for j in range(20)]  # a realistic row: ~20 attribute names delivered
 
 
 def _plan(conn: sa.Connection, run: str) -> tuple[int, list[object]]:
-    """A run whose change rows set every customer, 1000 a batch; its id and batches."""
+    """A run whose change rows set every customer, 1000 a batch (20 attributes delivered: ``fffff``); its id and
+    batches."""
     run_id = conn.execute(sa.insert(SyncRun).values(dag_id="d", dag_run_id=run).returning(SyncRun.id)).scalar_one()
     conn.execute(
         sa.insert(SyncChange),

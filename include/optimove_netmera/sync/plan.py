@@ -223,7 +223,8 @@ def _snapshot_differing(
     conn: Connection, ids: list[str], raw_hashes: np.ndarray
 ) -> tuple[np.ndarray, list[str | None], list[str | None]]:
     """The customers (positions in ``ids``) whose snapshot row is missing or holds another raw fingerprint than
-    ``raw_hashes``, with their stored fingerprint and delivered attribute names (None for those not in the snapshot).
+    ``raw_hashes``, with their stored fingerprint and the set of attributes delivered to them (``present_bits``; None
+    for those not in the snapshot).
 
     The others' raw values are the ones delivered last: unchanged, and never read into Python. The comparison runs
     in the database, one statement a chunk (SQLite: the chunk as one JSON document; PostgreSQL: two arrays).
