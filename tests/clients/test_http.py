@@ -36,6 +36,7 @@ from optimove_netmera.http import (
     get_rate_limiter,
     parse_retry_after,
 )
+from optimove_netmera.sandbox.process import free_port
 
 SECRET = "s3cr3t-api-key-0123456789"
 
@@ -500,10 +501,8 @@ def test_non_idempotent_request_is_not_retried_after_ambiguous_failure(server: t
 
 
 def test_connect_failure_is_unambiguous_and_retried_even_when_not_idempotent() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed as soon as we leave the block: nothing listens
-    probe = Probe(f"http://127.0.0.1:{port}", retry=RetryPolicy(max_attempts=3, base_delay=0.0))
+    nothing_listens = f"http://127.0.0.1:{free_port()}"
+    probe = Probe(nothing_listens, retry=RetryPolicy(max_attempts=3, base_delay=0.0))
     with pytest.raises(TransportError) as info:
         probe.call("POST", "/send", json_body={}, idempotent=False)
     assert not info.value.ambiguous and info.value.attempts == 3

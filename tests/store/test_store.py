@@ -9,7 +9,6 @@ import datetime as dt
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from optimove_netmera.campaigns.recipients import claim_chunk
+from optimove_netmera.sandbox.process import free_port
 from optimove_netmera.store import (
     ENV_URL,
     VERSION_TABLE,
@@ -97,12 +97,6 @@ PAYLOAD = {
 def _tables(url: str) -> set[str]:
     with get_engine(url).connect() as connection:
         return set(sa.inspect(connection).get_table_names())
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -971,7 +965,7 @@ def test_redact_url() -> None:
 
 @pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
 def test_unreachable_postgres_error_names_url_without_password(driver: str) -> None:
-    url = f"postgresql+{driver}://onm_user:S3cr3t-pw@127.0.0.1:{_free_port()}/state"
+    url = f"postgresql+{driver}://onm_user:S3cr3t-pw@127.0.0.1:{free_port()}/state"
     for attempt in (lambda: check_database(url), lambda: _count_events(get_engine(url))):
         with pytest.raises(StateDatabaseError) as info:
             attempt()
@@ -1068,7 +1062,7 @@ def test_cli_upgrade_current_history_downgrade(db_url: str, tmp_path: Path) -> N
 
 
 def test_cli_unreachable_database_exits_1_without_password(tmp_path: Path) -> None:
-    url = f"postgresql+psycopg2://onm:Hunter2-pw@127.0.0.1:{_free_port()}/state"
+    url = f"postgresql+psycopg2://onm:Hunter2-pw@127.0.0.1:{free_port()}/state"
     proc = _cli("upgrade", "--url", url, cwd=tmp_path)
     assert proc.returncode == 1
     assert "cannot connect" in proc.stderr and "onm:***@127.0.0.1" in proc.stderr
