@@ -13,11 +13,8 @@ from collections.abc import Iterable, Mapping
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from optimove_netmera.store.models import AttributeName
+from optimove_netmera.store.models import NO_ATTRIBUTES, AttributeName
 from optimove_netmera.store.queries import dialect_insert
-
-EMPTY = "0"
-"""The empty set's ``present_bits``."""
 
 
 class AttributeSets:
@@ -27,7 +24,7 @@ class AttributeSets:
     def __init__(self, bits: Mapping[str, int]) -> None:
         self._bit = dict(bits)
         self._name = {bit: name for name, bit in self._bit.items()}
-        self._decoded: dict[str, tuple[str, ...]] = {EMPTY: ()}
+        self._decoded: dict[str, tuple[str, ...]] = {NO_ATTRIBUTES: ()}
 
     @classmethod
     def load(cls, conn: Connection, names: Iterable[str] = ()) -> AttributeSets:

@@ -28,6 +28,7 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "NAMING_CONVENTION",
+    "NO_ATTRIBUTES",
     "AttributeName",
     "Base",
     "BatchKind",
@@ -325,6 +326,10 @@ class SyncRun(Base):
     updated_at: Mapped[dt.datetime] = _updated_at()
 
 
+NO_ATTRIBUTES = "0"
+"""``present_bits`` of the empty set of attributes (the columns' default)."""
+
+
 class AttributeName(Base):
     """A Netmera attribute name and its bit in the attribute sets the snapshot and the plan store (``present_bits``).
 
@@ -351,7 +356,7 @@ class CustomerSnapshot(Base):
     attr_hash: Mapped[str] = mapped_column(sa.String(64), nullable=False)  # hex digest of mapped attributes
     # The Netmera attribute names delivered non-empty, as a set of AttributeName bits (hex; revision 0009): an
     # attribute in here that is now empty must be unset.
-    present_bits: Mapped[str] = mapped_column(sa.Text(), nullable=False, server_default="0")
+    present_bits: Mapped[str] = mapped_column(sa.Text(), nullable=False, server_default=NO_ATTRIBUTES)
     delivered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), nullable=False, server_default=utcnow())
     # The run that delivered the row: no foreign key (revision 0006), PostgreSQL checked it for every row a load
     # advances, which doubled the snapshot upsert; only the loading run's id is written and no run is deleted.
@@ -397,7 +402,7 @@ class SyncChange(Base):
         JSONType, nullable=False, default=list, server_default=sa.text("'[]'")
     )  # Netmera attribute names to remove
     present_bits: Mapped[str] = mapped_column(
-        sa.Text(), nullable=False, server_default="0"
+        sa.Text(), nullable=False, server_default=NO_ATTRIBUTES
     )  # the snapshot's present_bits once this change is delivered
     set_batch_no: Mapped[int | None] = mapped_column(sa.Integer())  # NULL: nothing to set
     unset_batch_no: Mapped[int | None] = mapped_column(sa.Integer())  # NULL: nothing to unset
