@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,3 +80,42 @@ def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(process, "_HANDED_OUT", set())
     monkeypatch.setattr(process.socket, "socket", Picked)
     assert [process.free_port(), process.free_port()] == [41001, 41003]
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie nobody reaped yet counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_a_sandbox_stops_when_the_process_that_started_it_is_killed(tmp_path: Path) -> None:
+    """A test session killed hard (SIGKILL: no fixture teardown) used to leave its sandbox running for good."""
+    starter = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from optimove_netmera.sandbox.process import start_sandbox\n"
+        f"box = start_sandbox(customers=3, log_path=Path({str(tmp_path / 'sandbox.log')!r}), timeout=120)\n"
+        "print(box.process.pid, box.netmera_url, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", starter], stdout=subprocess.PIPE, text=True)
+    sandbox_pid = 0
+    try:
+        assert parent.stdout is not None
+        pid, url = parent.stdout.readline().split()
+        sandbox_pid = int(pid)
+        assert requests.get(f"{url}/_sandbox/health", timeout=10).status_code == 200
+        parent.kill()
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while _running(sandbox_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(sandbox_pid), "the sandbox outlived the process that started it"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{url}/_sandbox/health", timeout=10)
+    finally:
+        parent.kill()
+        if sandbox_pid and _running(sandbox_pid):
+            os.kill(sandbox_pid, signal.SIGKILL)

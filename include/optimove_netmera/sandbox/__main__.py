@@ -30,6 +30,11 @@ def parse_args(argv: list[str] | None = None) -> s.SandboxConfig:
     p.add_argument("--optimove-user", default=s.DEFAULT_OPTIMOVE_USER, help="legacy general/login user")
     p.add_argument("--optimove-password", default=s.DEFAULT_OPTIMOVE_PASSWORD, help="legacy login password")
     p.add_argument("--netmera-api-key", default=s.DEFAULT_NETMERA_API_KEY, help="accepted X-netmera-api-key")
+    p.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop when the process that started the sandbox exits (tests and tools that start it use this)",
+    )
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     a = p.parse_args(argv)
     if a.customers < 0:
@@ -47,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> s.SandboxConfig:
         optimove_password=a.optimove_password,
         netmera_api_key=a.netmera_api_key,
         log_level=a.log_level,
+        exit_with_parent=a.exit_with_parent,
     )
 
 

@@ -79,13 +79,14 @@ def start_sandbox(
 
     The sandbox binds port 0 itself and names the ports it got in its ``sandbox ready`` line, so no other process
     can take a port between its choice and its bind. A sandbox that exits before it is ready fails at once, with
-    the end of its log; one that is not ready within ``timeout`` seconds is killed.
+    the end of its log; one that is not ready within ``timeout`` seconds is killed. It stops by itself when this
+    process exits without stopping it (``--exit-with-parent``: a test session killed hard leaves no sandbox).
     """
     if log_path is None:
         fd, name = tempfile.mkstemp(prefix="onm-sandbox-", suffix=".log")
         os.close(fd)
         log_path = Path(name)
-    cmd = [sys.executable, "-m", "optimove_netmera.sandbox", "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "optimove_netmera.sandbox", "--host", "127.0.0.1", "--exit-with-parent"]
     cmd += ["--optimove-port", "0", "--netmera-port", "0"]
     cmd += ["--customers", str(customers), "--seed", str(seed)]
     with open(log_path, "wb") as log:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import uvicorn
@@ -40,6 +41,7 @@ class SandboxConfig:
     optimove_password: str = DEFAULT_OPTIMOVE_PASSWORD
     netmera_api_key: str = DEFAULT_NETMERA_API_KEY
     log_level: str = "warning"
+    exit_with_parent: bool = False
 
     @property
     def optimove_url(self) -> str:
@@ -110,10 +112,24 @@ def _bound_port(server: _Server) -> int:
     return int(server.servers[0].sockets[0].getsockname()[1])
 
 
+PARENT_CHECK_SECONDS = 0.5
+
+
+async def _stop_when_orphaned(stop: Callable[[], None]) -> None:
+    """Call ``stop`` once the process that started this one is gone (this process is then re-parented)."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(PARENT_CHECK_SECONDS)
+    log.warning("the sandbox's parent process %s is gone: stopping", parent)
+    stop()
+
+
 async def serve(config: SandboxConfig) -> None:
     """Serve both sandbox APIs until SIGINT/SIGTERM; prints one ``sandbox ready`` line once both listen.
 
-    A port of 0 lets the kernel pick a free one; the ready line names the ports actually bound.
+    A port of 0 lets the kernel pick a free one; the ready line names the ports actually bound. With
+    ``exit_with_parent`` the sandbox also stops when the process that started it dies, even by SIGKILL (a test
+    session killed hard leaves no sandbox behind).
     """
     servers = list(_servers(config))
     loop = asyncio.get_running_loop()
@@ -125,6 +141,7 @@ async def serve(config: SandboxConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop)
+    watch = asyncio.create_task(_stop_when_orphaned(stop)) if config.exit_with_parent else None
     tasks = [asyncio.create_task(server.serve()) for server in servers]
     while not all(server.started for server in servers):
         if any(task.done() for task in tasks):
@@ -139,6 +156,8 @@ async def serve(config: SandboxConfig) -> None:
             flush=True,
         )
     await asyncio.gather(*tasks)
+    if watch is not None:
+        watch.cancel()
     failed = [s for s in servers if not s.started]
     if failed:
         raise SystemExit(f"sandbox could not listen on {config.host} (port in use?); see the log above")
