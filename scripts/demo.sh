@@ -14,7 +14,15 @@ export AIRFLOW__CORE__TEST_CONNECTION="${AIRFLOW__CORE__TEST_CONNECTION:-Enabled
 export AIRFLOW__API__PORT="${AIRFLOW_PORT:-8080}"
 # Tasks reach the API server here; it defaults to :8080 whatever [api] port says.
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$AIRFLOW__API__PORT/execution/"
-export OPTIMOVE_NETMERA_STATE_DB_URL="${OPTIMOVE_NETMERA_STATE_DB_URL:-sqlite:///$AIRFLOW_HOME/optimove_netmera_state.db}"
+# The sandbox keeps its data in memory and starts empty, and the state database records what Netmera holds. So
+# the demo's own state database starts empty too: one kept from an earlier demo would say every customer was
+# delivered already, and this demo would send nothing. (A state database you name yourself is kept as it is.)
+DEMO_STATE_DB="$AIRFLOW_HOME/optimove_netmera_state.db"
+FRESH_STATE_DB=0
+if [[ -z "${OPTIMOVE_NETMERA_STATE_DB_URL:-}" ]]; then
+  FRESH_STATE_DB=1
+  export OPTIMOVE_NETMERA_STATE_DB_URL="sqlite:///$DEMO_STATE_DB"
+fi
 OPTIMOVE_PORT="${OPTIMOVE_PORT:-8301}"
 NETMERA_PORT="${NETMERA_PORT:-8302}"
 CUSTOMERS="${CUSTOMERS:-1000}"
@@ -65,6 +73,13 @@ wait_http "http://127.0.0.1:$OPTIMOVE_PORT/_sandbox/health" 60 "the sandbox"
 wait_http "http://127.0.0.1:$NETMERA_PORT/_sandbox/health" 60 "the sandbox"
 
 echo "== state database: $OPTIMOVE_NETMERA_STATE_DB_URL"
+if [[ $FRESH_STATE_DB == 1 && -e "$DEMO_STATE_DB" ]]; then
+  # The sandbox started empty, so the state of the last demo no longer describes it: kept aside, not deleted.
+  for suffix in "" -wal -shm; do
+    if [[ -e "$DEMO_STATE_DB$suffix" ]]; then mv -f "$DEMO_STATE_DB$suffix" "$AIRFLOW_HOME/optimove_netmera_state.previous.db$suffix"; fi
+  done
+  echo "   started afresh, as the sandbox did (the last demo's is now optimove_netmera_state.previous.db)"
+fi
 "$BIN/python" -m optimove_netmera.store upgrade
 
 echo "== airflow standalone on :$AIRFLOW__API__PORT (AIRFLOW_HOME=$AIRFLOW_HOME; log: standalone.log)"
