@@ -237,12 +237,12 @@ SAFEGUARDS = (
         "store/queries.py",
         '    if b"\\\\u0000" in args[0]:',
         "    if False:",
-        ("tests/campaigns/test_ledger_insert.py::test_a_nul_is_stored_whole_on_sqlite",),
+        ("tests/store/test_store.py::test_sqlite_bulk_insert_stores_a_nul_in_the_array_whole",),
     ),
     Safeguard(
         "staging skips a recipient whose text holds a NUL and stores it without the NUL",
         "campaigns/personalise.py",
-        "        if nul:  # neither PostgreSQL nor a push can carry it",
+        "        if has_nul:  # neither PostgreSQL nor a push can carry it",
         "        if False:  # neither PostgreSQL nor a push can carry it",
         (
             "tests/campaigns/test_ledger_insert.py::test_a_nul_in_optimove_text_skips_the_recipient_and_is_stored_on_both_databases",
@@ -633,6 +633,20 @@ SAFEGUARDS = (
         "        missing = sorted(set(names))\n",
         ("tests/store/test_attribute_sets.py::test_a_name_keeps_its_bit_and_only_new_names_are_added",),
         select="postgres",
+    ),
+    Safeguard(
+        "a multi-row VALUES insert into SQLite binds no more values a statement than the connection allows",
+        "store/queries.py",
+        "    per = max(1, min(SQLITE_ROWS_PER_INSERT, limit // width))\n",
+        "    per = SQLITE_ROWS_PER_INSERT\n",
+        ("tests/store/test_store.py::test_sqlite_values_insert_fits_each_statement_under_the_variable_limit",),
+    ),
+    Safeguard(
+        "a blank attribute is no param (a recipient whose required param is blank is skipped, not half-rendered)",
+        "campaigns/personalise.py",
+        "                if not value.strip():\n                    continue\n",
+        "",
+        ("tests/unit/test_personalise_rows.py::test_ledger_rows_follow_the_rules_for_every_combination_of_values",),
     ),
 )
 

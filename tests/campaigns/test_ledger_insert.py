@@ -1,5 +1,5 @@
-"""The staging's ledger insert (on SQLite: one ``json_each`` statement, or the driver's executemany for text
-holding a NUL) stores exactly what the ORM's upsert stores."""
+"""The staging's ledger insert (on SQLite: multi-row ``INSERT ... VALUES`` statements of bound values) stores exactly
+what the ORM's upsert stores."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def test_text_json_has_to_escape_is_stored_whole(db_url: str) -> None:
 
 
 def test_a_nul_is_stored_whole_on_sqlite(tmp_path: Path) -> None:
-    """``json_each`` would cut a text at a NUL: such a page is inserted row by row (PostgreSQL refuses NULs in text)."""
+    """A text holding a NUL is stored whole (bound with its length; PostgreSQL refuses NULs in text)."""
     fast = compare_with_the_orm(f"sqlite:///{tmp_path / 'state.db'}", nul=True)
     (row,) = [r for r in fast if "\x00" in r[0]]  # expected values from the input, not from what the ORM stored
     assert row[0] == f"C2{ODD[2]}\x00" and row[6] == f"P\x00{ODD[2]}" and row[5]["name"] == f"{ODD[2]}\x00"

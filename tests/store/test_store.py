@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -65,9 +66,11 @@ from optimove_netmera.store import (
     redact_url,
     session_scope,
     sqlite_bulk_insert,
+    sqlite_values_insert,
     transition,
     upsert,
 )
+from optimove_netmera.store.queries import SQLITE_ROWS_PER_INSERT
 from sqlalchemy.engine import Engine
 
 UTC = dt.UTC
@@ -1130,4 +1133,39 @@ def test_sqlite_bulk_insert_carries_long_texts_beside_the_array(tmp_path: Path, 
         ).all()
     assert [tuple(r[:4]) for r in stored] == [tuple(r) for r in rows]
     assert [r[4] for r in stored] == ["null" if t is None else "text" for t in texts]
+    engine.dispose()
+
+
+def _event_rows(count: int) -> tuple[tuple[str, ...], list[list[object]]]:
+    """Columns and rows of the events table: a NUL, JSON's special characters and an astral character in texts."""
+    columns = ("dedup_key", "event_type_id", "raw_payload", "promo_code")
+    texts = ["a\x00b", '{"q":"\\"}', "Çağla 🚀", "", None]
+    return columns, [[f"k{i}", i, texts[i % len(texts)], f"P{i}\x00"] for i in range(count)]
+
+
+def test_sqlite_bulk_insert_stores_a_nul_in_the_array_whole(tmp_path: Path) -> None:
+    """``json_each`` would cut a text at a NUL: rows with one in the array are inserted row by row instead."""
+    engine = create_state_engine(f"sqlite:///{tmp_path / 'bulk.db'}")
+    migrate(engine.url)
+    columns, rows = _event_rows(7)
+    with engine.begin() as conn:
+        sqlite_bulk_insert(conn, "events", columns, rows)
+        stored = conn.exec_driver_sql(f"SELECT {', '.join(columns)} FROM events ORDER BY event_type_id").all()
+    assert [list(r) for r in stored] == rows
+    engine.dispose()
+
+
+def test_sqlite_values_insert_fits_each_statement_under_the_variable_limit(tmp_path: Path) -> None:
+    """Rows go in several statements, none binding more values than the connection allows (SQLite builds before
+    3.32 allow 999), the last one shorter; texts arrive whole, a NUL included; a conflict clause applies."""
+    engine = create_state_engine(f"sqlite:///{tmp_path / 'values.db'}")
+    migrate(engine.url)
+    columns, rows = _event_rows(2 * SQLITE_ROWS_PER_INSERT + 7)
+    with engine.begin() as conn:
+        conn.connection.driver_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        sqlite_values_insert(conn, "events", columns, rows)
+        again = [["k1", -1, "other", None], ["new", -2, None, None]]
+        sqlite_values_insert(conn, "events", columns, again, "ON CONFLICT (dedup_key) DO NOTHING")
+        stored = conn.exec_driver_sql(f"SELECT {', '.join(columns)} FROM events ORDER BY event_type_id").all()
+    assert [list(r) for r in stored] == [again[1], *rows]
     engine.dispose()

