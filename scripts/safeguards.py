@@ -233,13 +233,6 @@ SAFEGUARDS = (
         ),
     ),
     Safeguard(
-        "a bulk insert into SQLite with a NUL goes row by row (json_each would cut the text at the NUL)",
-        "store/queries.py",
-        '    if b"\\\\u0000" in args[0]:',
-        "    if False:",
-        ("tests/store/test_store.py::test_sqlite_bulk_insert_stores_a_nul_in_the_array_whole",),
-    ),
-    Safeguard(
         "staging skips a recipient whose text holds a NUL and stores it without the NUL",
         "campaigns/personalise.py",
         "        if has_nul:  # neither PostgreSQL nor a push can carry it",
@@ -573,13 +566,6 @@ SAFEGUARDS = (
         "                    conn.invalidate()  # never back in the pool with its checkpoints off\n",
         "",
         ("tests/store/test_wal.py::test_a_connection_whose_checkpoints_cannot_be_turned_back_on_is_closed_not_pooled",),
-    ),
-    Safeguard(
-        "a bulk insert's long texts are cut out of the side blob by their byte length, not their character count",
-        "store/queries.py",
-        "                size = len(data)\n",
-        "                size = len(text)\n",
-        ("tests/store/test_store.py::test_sqlite_bulk_insert_carries_long_texts_beside_the_array",),
     ),
     Safeguard(
         "a body read on a connection not in UTF-8 is sent as UTF-8 (decoded and encoded, not taken as bytes)",

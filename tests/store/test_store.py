@@ -65,7 +65,6 @@ from optimove_netmera.store import (
     migrate,
     redact_url,
     session_scope,
-    sqlite_bulk_insert,
     sqlite_values_insert,
     transition,
     upsert,
@@ -1114,45 +1113,11 @@ def test_snapshot_run_ids_are_unchecked_from_0006_and_downgrade_clears_the_gone_
     assert migrate(db_url) == "0009"
 
 
-@pytest.mark.parametrize("nul", [False, True], ids=["plain", "a-nul-in-a-text"])
-def test_sqlite_bulk_insert_carries_long_texts_beside_the_array(tmp_path: Path, nul: bool) -> None:
-    """Texts cut out of the side blob by byte offset arrive whole, whatever their alphabet; None stays NULL and
-    an empty text stays empty; a text holding a NUL arrives whole too."""
-    engine = create_state_engine(f"sqlite:///{tmp_path / 'bulk.db'}")
-    migrate(engine.url)
-    texts = ['{"name":"Ann"}', "", '{"name":"Çağla 李 🚀","note":"x"}', '["a","b"]', None, "plain ascii " * 100]
-    if nul:
-        texts[3] = "a\x00b"
-    columns = ("dedup_key", "event_type_id", "raw_payload", "promo_code")
-    rows = [[f"k{i}", i, text, texts[-1 - i]] for i, text in enumerate(texts)]
-    with engine.begin() as conn:
-        sqlite_bulk_insert(conn, "events", columns, rows, texts=("raw_payload", "promo_code"))
-        stored = conn.exec_driver_sql(
-            "SELECT dedup_key, event_type_id, raw_payload, promo_code, typeof(raw_payload) FROM events"
-            " ORDER BY event_type_id"
-        ).all()
-    assert [tuple(r[:4]) for r in stored] == [tuple(r) for r in rows]
-    assert [r[4] for r in stored] == ["null" if t is None else "text" for t in texts]
-    engine.dispose()
-
-
 def _event_rows(count: int) -> tuple[tuple[str, ...], list[list[object]]]:
-    """Columns and rows of the events table: a NUL, JSON's special characters and an astral character in texts."""
+    """Columns and rows of the events table: a NUL, JSON's special characters, other alphabets and a long text."""
     columns = ("dedup_key", "event_type_id", "raw_payload", "promo_code")
-    texts = ["a\x00b", '{"q":"\\"}', "Çağla 🚀", "", None]
+    texts = ["a\x00b", '{"q":"\\"}', '{"name":"Çağla 李 🚀"}', "", None, "plain ascii " * 100]
     return columns, [[f"k{i}", i, texts[i % len(texts)], f"P{i}\x00"] for i in range(count)]
-
-
-def test_sqlite_bulk_insert_stores_a_nul_in_the_array_whole(tmp_path: Path) -> None:
-    """``json_each`` would cut a text at a NUL: rows with one in the array are inserted row by row instead."""
-    engine = create_state_engine(f"sqlite:///{tmp_path / 'bulk.db'}")
-    migrate(engine.url)
-    columns, rows = _event_rows(7)
-    with engine.begin() as conn:
-        sqlite_bulk_insert(conn, "events", columns, rows)
-        stored = conn.exec_driver_sql(f"SELECT {', '.join(columns)} FROM events ORDER BY event_type_id").all()
-    assert [list(r) for r in stored] == rows
-    engine.dispose()
 
 
 def test_sqlite_values_insert_fits_each_statement_under_the_variable_limit(tmp_path: Path) -> None:

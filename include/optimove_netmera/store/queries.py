@@ -1,7 +1,7 @@
 """Generic, dialect-aware statements on the state database (SQLite and PostgreSQL).
 
 * :func:`upsert` / :func:`insert_if_absent`: ``INSERT ... ON CONFLICT`` through each dialect's insert.
-* :func:`sqlite_bulk_insert`: many rows into SQLite in one statement that runs without the interpreter lock.
+* :func:`sqlite_values_insert`: many rows into SQLite in few statements that run without the interpreter lock.
 * :func:`one_row_bytes`: one row whose texts (a request body the database built) come back as UTF-8 bytes.
 * :func:`claim`, :func:`transition`: race-safe status changes. Each is a
   single conditional ``UPDATE ... WHERE <key> AND status IN (<from>)``; the database decides who wins,
@@ -20,11 +20,9 @@ import csv
 import io
 import itertools
 import sqlite3
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from operator import itemgetter
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -39,7 +37,7 @@ __all__ = [
     "insert_if_absent",
     "last_successful_sync",
     "one_row_bytes",
-    "sqlite_bulk_insert",
+    "sqlite_values_insert",
     "transition",
     "transition_statement",
     "upsert",
@@ -172,66 +170,6 @@ def insert_if_absent(
     return bind.execute(stmt, dict(values)).first() is not None
 
 
-def sqlite_bulk_insert(
-    conn: sa.Connection,
-    table: str,
-    columns: Sequence[str],
-    rows: Sequence[Sequence[Any]],
-    conflict: str = "",
-    texts: Collection[str] = (),
-) -> None:
-    """Insert ``rows`` (values in ``columns`` order, as SQLite stores them: text, integers, None) into ``table``.
-
-    The rows go to SQLite as one JSON array read by one ``INSERT ... SELECT ... FROM json_each(?)`` (``conflict``:
-    an ``ON CONFLICT`` clause). That statement runs without the interpreter lock, so other threads go on meanwhile;
-    a driver executemany takes the lock back after every row, and waits for it behind any busy thread. A text in
-    the array holding a NUL, which ``json_each`` would cut short, sends the rows through executemany instead.
-
-    ``texts`` names columns of long strings (or None), e.g. JSON documents: they travel beside the array, their
-    UTF-8 bytes joined in one blob and each cut out by its offset. SQLite parses a row's element again for every
-    column it reads from it, so a 1 KB text inside the array cost each of the row's columns a 1 KB parse.
-    """
-    if not rows:
-        return
-    head = f"INSERT INTO {table} ({', '.join(columns)}) "
-    cut = [i for i, c in enumerate(columns) if c in texts]
-    keep = [i for i in range(len(columns)) if i not in cut]
-    args: tuple[bytes, ...]
-    if cut:
-        pieces: list[bytes] = []
-        small: list[list[Any]] = []
-        at = 1  # SQLite's substr counts from 1
-        others = _picker(keep)
-        for row in rows:
-            out = others(row)
-            for i in cut:
-                text = row[i]
-                if text is None:
-                    out += (None, None)
-                    continue
-                data = text.encode()  # each text apart: joined, one non-ASCII text widens them all before encoding
-                size = len(data)
-                out += (at, size)
-                pieces.append(data)
-                at += size
-            small.append(out)
-        args = (msgspec.json.encode(small), b"".join(pieces))  # a NUL in a text is cut out whole
-    else:
-        args = (msgspec.json.encode(rows),)
-    if b"\\u0000" in args[0]:  # a NUL in the array (or a backslash before "u0000"): row by row
-        conn.exec_driver_sql(f"{head}VALUES ({', '.join('?' * len(columns))}) {conflict}", [tuple(r) for r in rows])
-        return
-    values = []
-    for i in range(len(columns)):
-        if i in cut:
-            k = len(keep) + 2 * cut.index(i)
-            values.append(f"CAST(substr(?2, value ->> {k}, value ->> {k + 1}) AS TEXT)")
-        else:
-            values.append(f"value ->> {keep.index(i)}")
-    # "WHERE true": SQLite's parser needs it between a SELECT ... FROM and an ON CONFLICT clause
-    conn.exec_driver_sql(f"{head}SELECT {', '.join(values)} FROM json_each(?1) WHERE true {conflict}", args)
-
-
 SQLITE_ROWS_PER_INSERT = 10_000
 """Rows a statement of :func:`sqlite_values_insert` at most (a recipient page), if the variable limit allows."""
 
@@ -247,9 +185,10 @@ def sqlite_values_insert(
     statements of bound parameters, :data:`SQLITE_ROWS_PER_INSERT` rows each (fewer if the driver's variable
     limit says so); ``conflict``: an ``ON CONFLICT`` clause.
 
-    Each statement runs without the interpreter lock, as :func:`sqlite_bulk_insert`'s does, but SQLite reads the
-    values straight from their bindings instead of parsing a JSON array: a 10,000-row page of the send ledger went
-    in in 55-70 against 80-115 ms. Few statements matter beside a busy thread: after each one the caller waits
+    Each statement runs without the interpreter lock, and SQLite reads the values straight from their bindings: a
+    10,000-row page of the send ledger went in in 55-70 ms, against 80-115 ms as one JSON array read by
+    ``json_each`` (what this replaced; SQLite also parsed a row's element again for each column, and a text with a
+    NUL had to go row by row). Few statements matter beside a busy thread: after each one the caller waits
     for the interpreter lock again (up to the 5 ms switch interval). The variable limit is the build's
     (``SQLITE_MAX_VARIABLE_NUMBER``: 32,766 since SQLite 3.32, 999 before; Debian's 250,000). A text may hold a NUL
     (bound with its length, stored whole). Statements of one size are the same text, which the driver compiles once.
@@ -332,14 +271,6 @@ def refresh_statistics(engine: sa.Engine, *tables: TableLike) -> None:
         return
     with engine.begin() as conn:
         conn.exec_driver_sql("ANALYZE " + ", ".join(_table(t).name for t in tables))
-
-
-def _picker(positions: Sequence[int]) -> Callable[[Sequence[Any]], list[Any]]:
-    """A function returning a new list of a row's values at ``positions`` (``itemgetter``: 5x a comprehension)."""
-    if len(positions) > 1:
-        get = itemgetter(*positions)
-        return lambda row: list(get(row))
-    return lambda row: [row[i] for i in positions]
 
 
 def _statuses(value: str | Iterable[str]) -> list[str]:

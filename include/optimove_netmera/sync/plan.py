@@ -95,7 +95,7 @@ from optimove_netmera.store.models import (
     SyncRunStatus,
     SyncStaging,
 )
-from optimove_netmera.store.queries import postgres_copy, refresh_statistics, sqlite_bulk_insert
+from optimove_netmera.store.queries import postgres_copy, refresh_statistics, sqlite_values_insert
 from optimove_netmera.store.wal import BackgroundCheckpoints
 from optimove_netmera.sync.extract import export_chunk_rows, iter_export
 from optimove_netmera.sync.json_text import json_array, object_texts, presence
@@ -136,7 +136,6 @@ _CHANGE_COLUMNS = (
     "new_customer",
 )
 _NULLABLE = ("set_batch_no", "unset_batch_no", "reason")  # COPY reads their empty fields as NULL
-_TEXTS = ("set_attrs",)  # ~700 bytes of a row's JSON: beside the insert's array (sqlite_bulk_insert)
 _CUSTOMER_ID, _EXT_ID, _SET_NO, _UNSET_NO, _STATUS, _REASON, _FRESH = 1, 2, 7, 8, 9, 10, 12  # _FRESH: not stored
 UNNUMBERED = -1  # a part to send whose batch number is not given yet
 _NOTHING = pa.scalar("", pa.large_string())
@@ -665,14 +664,14 @@ def _diff_chunk(
 
 def _insert_changes(conn: Connection, rows: list[list[Any]]) -> None:
     """Insert change rows (``_CHANGE_COLUMNS`` order, JSON already encoded; an extra last item is ignored): SQLite
-    in one statement (:func:`~optimove_netmera.store.queries.sqlite_bulk_insert`), PostgreSQL with ``COPY``
-    (:func:`~optimove_netmera.store.queries.postgres_copy`, which reads an empty ``reason`` as NULL: a ``reason`` of
-    ``""`` goes through SQLAlchemy's multi-row VALUES, as with any other driver)."""
+    in statements of bound values (:func:`~optimove_netmera.store.queries.sqlite_values_insert`), PostgreSQL with
+    ``COPY`` (:func:`~optimove_netmera.store.queries.postgres_copy`, which reads an empty ``reason`` as NULL: a
+    ``reason`` of ``""`` goes through SQLAlchemy's multi-row VALUES, as with any other driver)."""
     if not rows:
         return
     n = len(_CHANGE_COLUMNS)
     if conn.dialect.name == "sqlite":
-        sqlite_bulk_insert(conn, SyncChange.__tablename__, _CHANGE_COLUMNS, [r[:n] for r in rows], texts=_TEXTS)
+        sqlite_values_insert(conn, SyncChange.__tablename__, _CHANGE_COLUMNS, [r[:n] for r in rows])
         return
     if all(r[_REASON] != "" for r in rows) and postgres_copy(
         conn, SyncChange.__tablename__, _CHANGE_COLUMNS, (r[:n] for r in rows), _NULLABLE
