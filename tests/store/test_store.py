@@ -69,7 +69,7 @@ from optimove_netmera.store import (
     transition,
     upsert,
 )
-from optimove_netmera.store.queries import SQLITE_ROWS_PER_INSERT
+from optimove_netmera.store.queries import SQLITE_MAX_ROWS_PER_INSERT
 from sqlalchemy.engine import Engine
 
 UTC = dt.UTC
@@ -1122,10 +1122,10 @@ def _event_rows(count: int) -> tuple[tuple[str, ...], list[list[object]]]:
 
 def test_sqlite_values_insert_fits_each_statement_under_the_variable_limit(tmp_path: Path) -> None:
     """Rows go in several statements, none binding more values than the connection allows (SQLite builds before
-    3.32 allow 999), the last one shorter; texts arrive whole, a NUL included; a conflict clause applies."""
+    3.32 allow 999); texts arrive whole, a NUL included; a conflict clause applies."""
     engine = create_state_engine(f"sqlite:///{tmp_path / 'values.db'}")
     migrate(engine.url)
-    columns, rows = _event_rows(2 * SQLITE_ROWS_PER_INSERT + 7)
+    columns, rows = _event_rows(2 * SQLITE_MAX_ROWS_PER_INSERT + 7)
     with engine.begin() as conn:
         conn.connection.driver_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
         sqlite_values_insert(conn, "events", columns, rows)
@@ -1133,4 +1133,28 @@ def test_sqlite_values_insert_fits_each_statement_under_the_variable_limit(tmp_p
         sqlite_values_insert(conn, "events", columns, again, "ON CONFLICT (dedup_key) DO NOTHING")
         stored = conn.exec_driver_sql(f"SELECT {', '.join(columns)} FROM events ORDER BY event_type_id").all()
     assert [list(r) for r in stored] == [again[1], *rows]
+    engine.dispose()
+
+
+def test_sqlite_values_insert_compiles_few_distinct_statements_whatever_the_counts(tmp_path: Path) -> None:
+    """The driver keeps every distinct statement it compiled (~1 KB a row): one statement per distinct count once
+    held 944 MiB after 130 counts. Beyond a full statement, sizes are powers of two: a count each from 1 up (with
+    the variable limit of SQLite before 3.32) makes few distinct statements."""
+    engine = create_state_engine(f"sqlite:///{tmp_path / 'values.db'}")
+    migrate(engine.url)
+    statements: set[str] = set()
+    sa.event.listen(engine, "before_cursor_execute", lambda *args: statements.add(args[2]))
+    columns, rows = _event_rows(10_000)
+    inserted = 0
+    with engine.begin() as conn:
+        conn.connection.driver_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # 249 rows of 4
+        for count in range(1, len(rows), 7):
+            if inserted + count > len(rows):
+                break
+            sqlite_values_insert(conn, "events", columns, rows[inserted : inserted + count])
+            inserted += count
+        stored = conn.exec_driver_sql("SELECT count(*) FROM events").scalar_one()
+    assert stored == inserted > 9000  # 53 counts from 1 to 365, 17 of them above 249 rows
+    inserts = {s for s in statements if s.startswith("INSERT INTO events")}
+    assert 1 < len(inserts) <= (999 // len(columns)).bit_length() + 1
     engine.dispose()
