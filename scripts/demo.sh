@@ -110,8 +110,8 @@ while :; do
   if (( SECONDS > deadline )); then echo "!! the sync did not finish within 10 minutes (state: $state)" >&2; exit 1; fi
   sleep 3
 done
-echo "== finished. Unpausing also started the latest scheduled run, so there are two: the initial sync, then"
-echo "   an incremental one that finds nothing new to send."
+echo "== finished. On a new .airflow, unpausing also started the latest scheduled run: an incremental sync after the"
+echo "   initial one, which finds nothing new to send (a later demo finds that run there already, and has one run)."
 "$BIN/python" -m optimove_netmera.sync report --last 2
 echo "   Netmera now holds $(curl -fsS "http://127.0.0.1:$NETMERA_PORT/_sandbox/profiles?limit=1" | "$BIN/python" -c 'import json,sys; print(json.load(sys.stdin)["total"])') profiles."
 PASSWORD_FILE="$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
