@@ -218,9 +218,15 @@ class Load:
 
 
 def run_load(
-    port: int, key: str, bodies: list[bytes], concurrency: int, path: str = f"/rest/optimove/event/{APP_KEY}"
+    port: int,
+    key: str,
+    bodies: list[bytes],
+    concurrency: int,
+    path: str = f"/rest/optimove/event/{APP_KEY}",
+    rate: float | None = None,
 ) -> Load:
-    """POST every body once, ``concurrency`` keep-alive connections at a time."""
+    """POST every body once, ``concurrency`` keep-alive connections at a time; with ``rate``, the ``i``-th body no
+    earlier than ``i / rate`` seconds in."""
     result = Load()
     lock = threading.Lock()
     items = iter(enumerate(bodies))
@@ -235,6 +241,10 @@ def run_load(
                 connection.close()
                 return
             index, body = item
+            if rate:
+                pause = began + index / rate - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
             started = time.perf_counter()
             try:
                 connection.request("POST", path, body, headers)
@@ -256,44 +266,12 @@ def run_load(
                     result.acked[index] = acked_at
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
-    started = time.perf_counter()
+    began = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    result.seconds = time.perf_counter() - started
-    return result
-
-
-def run_paced(port: int, key: str, bodies: list[bytes], rate: float) -> Load:
-    """POST each body in turn on one keep-alive connection, the ``i``-th no earlier than ``i / rate`` s in."""
-    result = Load()
-    headers = {"X-netmera-api-key": key, "Content-Type": "application/json"}
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    started = time.perf_counter()
-    try:
-        for index, body in enumerate(bodies):
-            pause = started + index / rate - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            sent = time.perf_counter()
-            try:
-                connection.request("POST", f"/rest/optimove/event/{APP_KEY}", body, headers)
-                response = connection.getresponse()
-                data = response.read()
-            except (OSError, http.client.HTTPException) as exc:
-                result.errors.append(f"{type(exc).__name__}: {exc}")
-                connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                continue
-            result.latencies.append(time.perf_counter() - sent)
-            label = f"{response.status} {json.loads(data).get('status')}" if data else str(response.status)
-            result.statuses[label] = result.statuses.get(label, 0) + 1
-            if response.status == 200:
-                result.acked[index] = time.time()
-    finally:
-        connection.close()
-    result.seconds = time.perf_counter() - started
+    result.seconds = time.perf_counter() - began
     return result
 
 
@@ -334,15 +312,10 @@ def bulk_bodies(first_campaign: int, n: int, stamp: str) -> list[bytes]:
     ]
 
 
-def stamp_compact(stamp: str) -> str:
-    """``YYYY-MM-DD HH:MM:SS`` as it appears in a campaign run id (``YYYYMMDDTHHMMSS``)."""
-    return stamp.replace("-", "").replace(":", "").replace(" ", "T")
-
-
 def mixed_bodies(base: int, n: int, share13: float, stamp: str) -> tuple[list[bytes], dict[int, str]]:
     """``n`` unique events, every ``1/share13``-th a 13 (campaign ``base + i``), the rest 11; and index -> run id."""
     every = max(1, round(1 / share13)) if share13 > 0 else 0
-    compact = stamp_compact(stamp)
+    compact = stamp.replace("-", "").replace(":", "").replace(" ", "T")
     bodies: list[bytes] = []
     runs: dict[int, str] = {}
     for i in range(n):
@@ -544,10 +517,9 @@ def bench_backend(
             )
 
             paced_first = base + 3 * 10**6
-            paced_bodies, _ = mixed_bodies(paced_first, paced_n, 1.0, stamp)
-            paced_runs = {i: f"optimove_c{paced_first + i}_ch{CHANNEL}_{stamp_compact(stamp)}" for i in range(paced_n)}
+            paced_bodies, paced_runs = mixed_bodies(paced_first, paced_n, 1.0, stamp)  # every one a 13
             print(f"\n  uptime            {uptime()}")
-            paced = run_paced(port, deployment.key, paced_bodies, paced_rate)
+            paced = run_load(port, deployment.key, paced_bodies, 1, rate=paced_rate)
             paced_created = wait_for_runs(deployment, set(paced_runs.values()), drain_timeout)
             paced_delays = [
                 paced_created[run] - paced.acked[i]

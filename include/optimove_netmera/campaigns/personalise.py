@@ -140,7 +140,7 @@ def ledger_rows(details: Iterable[ExecutionDetail], settings: Settings) -> list[
                     has_nul = True
             params[netmera] = value
         promo_code = detail.promo_code
-        if promo_code is not None and not (isinstance(promo_code, str) and not promo_code.strip()):
+        if _present(promo_code):
             params[PROMO_PARAM] = promo_code
             if isinstance(promo_code, str) and NUL in promo_code:
                 has_nul = True
