@@ -8,10 +8,10 @@ event 13 (source ``reconcile``) through the event endpoint's store + dispatch, h
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, task
 from optimove_netmera.campaigns import tasks as campaign
 from optimove_netmera.notify import failure_callbacks
-from optimove_netmera.runtime import default_args
+from optimove_netmera.runtime import default_args, param
 from optimove_netmera.settings import get_settings
 
 settings = get_settings()
@@ -27,8 +27,8 @@ with DAG(
     on_failure_callback=failure_callbacks(settings),  # one message per failed run, if configured
     default_args=default_args(settings),
     params={
-        "day": Param(None, type=["null", "string"], format="date", description="Day to reconcile (default: today)"),
-        "redispatch_held": Param(
+        "day": param(None, type=["null", "string"], format="date", description="Day to reconcile (default: today)"),
+        "redispatch_held": param(
             False,
             type="boolean",
             description="First dispatch the held events (channel or template not configured then) the settings "

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import DAG, Param, XComArg, task
+from airflow.sdk import DAG, XComArg, task
 from optimove_netmera.campaigns import tasks as campaign
 from optimove_netmera.campaigns.decision import UnknownOutcomeDecision
 from optimove_netmera.notify import failure_callbacks
-from optimove_netmera.runtime import default_args
+from optimove_netmera.runtime import default_args, param
 from optimove_netmera.settings import get_settings
 
 settings = get_settings()  # the settings file and env only: no network or database at parse time
@@ -37,36 +37,36 @@ with DAG(
     on_failure_callback=failure_callbacks(settings),  # one message per failed run, if configured
     default_args=default_args(settings),
     params={
-        "campaign_id": Param(type="integer", minimum=1, description="Optimove CampaignID"),
-        "channel_id": Param(
+        "campaign_id": param(type="integer", minimum=1, description="Optimove CampaignID"),
+        "channel_id": param(
             settings.campaigns.channels[0] if settings.campaigns.channels else 506,
             type="integer",
             minimum=1,
             description="Optimove ChannelID (one of campaigns.channels)",
         ),
-        "event_time": Param(
+        "event_time": param(
             None,
             type=["null", "string"],
             pattern=r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$",
             description="The event's timeStamp, YYYY-MM-DD HH:MM:SS (UTC); empty: now",
         ),
-        "resend_unknown": Param(
+        "resend_unknown": param(
             False,
             type="boolean",
             description="Re-send recipients whose request was in flight when its worker died (may duplicate)",
         ),
-        "update_metrics": Param(
+        "update_metrics": param(
             settings.campaigns.report_metrics,
             type="boolean",
             description="Report sent / failed / skipped counts back with integrations/UpdateCampaignMetrics",
         ),
-        "dry_run": Param(
+        "dry_run": param(
             settings.campaigns.dry_run,
             type="boolean",
             description="Stage and report what would be sent (masked sample in the log); no Netmera call, no metrics",
         ),
-        "event_id": Param(None, type=["null", "integer"], description="The stored event (set by the endpoint)"),
-        "source": Param("manual", enum=["webhook", "reconcile", "manual"], description="Who started the run"),
+        "event_id": param(None, type=["null", "integer"], description="The stored event (set by the endpoint)"),
+        "source": param("manual", enum=["webhook", "reconcile", "manual"], description="Who started the run"),
     },
     doc_md=__doc__,
 ) as dag:

@@ -9,10 +9,10 @@ the next run starts at once. Unpause the DAG to start it. Logic lives in ``optim
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG
 from optimove_netmera.campaigns import tasks as campaign
 from optimove_netmera.notify import failure_callbacks
-from optimove_netmera.runtime import default_args
+from optimove_netmera.runtime import default_args, param
 from optimove_netmera.settings import get_settings
 
 settings = get_settings()
@@ -31,13 +31,13 @@ with DAG(
         settings, retry_delay=pendulum.duration(seconds=min(30.0, settings.sync.retry_delay_seconds))
     ),
     params={
-        "run_seconds": Param(3600, type="number", minimum=0, description="Lifetime of one run (0: drain once)"),
-        "idle_seconds": Param(30, type="number", minimum=0, description="Idle time before deferring"),
-        "poll_seconds": Param(0.2, type="number", exclusiveMinimum=0, description="Queue poll interval"),
-        "stale_seconds": Param(
+        "run_seconds": param(3600, type="number", minimum=0, description="Lifetime of one run (0: drain once)"),
+        "idle_seconds": param(30, type="number", minimum=0, description="Idle time before deferring"),
+        "poll_seconds": param(0.2, type="number", exclusiveMinimum=0, description="Queue poll interval"),
+        "stale_seconds": param(
             600, type="number", minimum=0, description="Events processing longer than this are orphans"
         ),
-        "resend_unknown": Param(False, type="boolean", description="Queue again events with an unknown outcome"),
+        "resend_unknown": param(False, type="boolean", description="Queue again events with an unknown outcome"),
     },
     doc_md=__doc__,
 ) as dag:

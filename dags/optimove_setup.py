@@ -10,10 +10,10 @@ and deletes the templates it added that are no longer mapped. A second run chang
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, task
 from optimove_netmera.campaigns import tasks as campaign
 from optimove_netmera.notify import failure_callbacks
-from optimove_netmera.runtime import default_args
+from optimove_netmera.runtime import default_args, param
 from optimove_netmera.settings import get_settings
 
 settings = get_settings()
@@ -29,10 +29,10 @@ with DAG(
     on_failure_callback=failure_callbacks(settings),
     default_args=default_args(settings),
     params={
-        "remove_stale": Param(
+        "remove_stale": param(
             False, type="boolean", description="Unregister listeners of our events and channels that point elsewhere"
         ),
-        "dry_run": Param(False, type="boolean", description="Change nothing; report what would change"),
+        "dry_run": param(False, type="boolean", description="Change nothing; report what would change"),
     },
     doc_md=__doc__,
 ) as dag:

@@ -10,9 +10,9 @@ wait for Optimove's daily data -> open the sync run -> extract changed customers
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, CronTriggerTimetable, Param, get_current_context, task
+from airflow.sdk import DAG, CronTriggerTimetable, get_current_context, task
 from optimove_netmera.notify import failure_callbacks
-from optimove_netmera.runtime import default_args
+from optimove_netmera.runtime import default_args, param
 from optimove_netmera.sensors import OptimoveDataReadySensor
 from optimove_netmera.settings import get_settings
 from optimove_netmera.sync import tasks as sync
@@ -31,11 +31,11 @@ with DAG(
     on_failure_callback=failure_callbacks(settings),  # one message per failed run, if configured
     default_args=default_args(settings),
     params={
-        "full_refresh": Param(False, type="boolean", description="Read every customer from export_path"),
-        "dry_run": Param(False, type="boolean", description="Plan and report only; send nothing"),
-        "since": Param(None, type=["null", "string"], format="date", description="Window start (YYYY-MM-DD)"),
-        "until": Param(None, type=["null", "string"], format="date", description="Window end (YYYY-MM-DD)"),
-        "max_change_ratio": Param(
+        "full_refresh": param(False, type="boolean", description="Read every customer from export_path"),
+        "dry_run": param(False, type="boolean", description="Plan and report only; send nothing"),
+        "since": param(None, type=["null", "string"], format="date", description="Window start (YYYY-MM-DD)"),
+        "until": param(None, type=["null", "string"], format="date", description="Window end (YYYY-MM-DD)"),
+        "max_change_ratio": param(
             settings.sync.max_change_ratio,
             type="number",
             exclusiveMinimum=0,
@@ -43,8 +43,8 @@ with DAG(
             description="Ask in Required Actions before sending if more than this share of known customers would "
             "change",
         ),
-        "export_path": Param(None, type=["null", "string"], description="CSV/Parquet customer export"),
-        "resync": Param(
+        "export_path": param(None, type=["null", "string"], description="CSV/Parquet customer export"),
+        "resync": param(
             None,
             type=["null", "string", "array"],
             description='"all" or a list of CustomerIDs: forget what was delivered to them and send their full '

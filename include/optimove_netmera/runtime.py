@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
 
+from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowFailException
 from sqlalchemy.engine import Engine
 
@@ -45,6 +46,26 @@ def default_args(s: Settings, **overrides: Any) -> dict[str, Any]:
         "max_retry_delay": timedelta(minutes=30),
         **overrides,
     }
+
+
+PARAM_SCHEMA_DRAFT = "http://json-schema.org/draft-07/schema#"
+"""The JSON Schema draft every DAG param of this project declares (see :func:`param`)."""
+
+PARAM_KEYWORDS = frozenset({"type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "pattern", "enum"})
+"""The schema keywords the params use: each means the same in draft 7 as in draft 2020-12 (``format`` is checked by
+jsonschema's ``FormatChecker`` in both)."""
+
+
+def param(*default: Any, **schema: Any) -> Param:
+    """A DAG ``Param`` (same arguments) whose schema declares JSON Schema draft 7 (:data:`PARAM_SCHEMA_DRAFT`).
+
+    Airflow validates every param of a run when it creates the run, in the API server for each campaign event, and
+    jsonschema first checks the schema against its draft's metaschema every time. Without a ``$schema`` that is
+    draft 2020-12, whose metaschema costs ~3.5 times as much to check; for the campaign send's 8 params, draft 7
+    makes creating a run ~2 ms (about a sixth) cheaper. Only keywords in :data:`PARAM_KEYWORDS` (and ``format``)
+    may be used: draft 7 ignores the later drafts' new keywords, which would then validate nothing.
+    """
+    return Param(*default, **{"$schema": PARAM_SCHEMA_DRAFT}, **schema)
 
 
 P = ParamSpec("P")

@@ -123,3 +123,44 @@ def test_bad_params_are_rejected() -> None:
         with pytest.raises(ParamValidationError):
             params.update(bad)
             params.validate()
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_every_param_declares_draft_7_and_uses_only_keywords_that_mean_the_same_there() -> None:
+    """``runtime.param``'s draft 7 makes run creation cheaper; a keyword draft 7 does not know would check nothing."""
+    from airflow.models import DagBag
+    from optimove_netmera.runtime import PARAM_KEYWORDS, PARAM_SCHEMA_DRAFT
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    seen = 0
+    for dag in bag.dags.values():
+        for name in dag.params:
+            schema = dict(dag.params.get_param(name).schema)
+            assert schema.pop("$schema", None) == PARAM_SCHEMA_DRAFT, f"{dag.dag_id}.{name}: not made with param()"
+            unknown = set(schema) - PARAM_KEYWORDS - {"format"}
+            assert not unknown, f"{dag.dag_id}.{name} uses {sorted(unknown)}: add a keyword only if draft 7 has it"
+            seen += 1
+    assert seen >= 20
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_the_campaign_send_refuses_bad_params_where_runs_are_created() -> None:
+    """The API server validates a run's conf against the serialized DAG's params (draft 7): bad values are refused."""
+    from airflow.exceptions import ParamValidationError
+    from airflow.models import DagBag
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    sdk_dag = DagBag(dag_folder=str(REPO / "dags" / "optimove_campaign_send.py")).get_dag("optimove_campaign_send")
+    served = DagSerialization.from_dict(DagSerialization.to_dict(sdk_dag))
+    good = {"campaign_id": 7, "channel_id": 506, "event_time": "2026-12-07 10:00:00", "source": "webhook"}
+    assert served.params.deep_merge(good).validate()["campaign_id"] == 7
+    for bad in (
+        {"campaign_id": 0},  # minimum
+        {"campaign_id": "7"},  # type
+        {"event_time": "2026-12-07T10:00:00"},  # pattern
+        {"source": "optimove"},  # enum
+        {"dry_run": "no"},  # boolean
+        {"event_id": 1.5},  # integer or null
+    ):
+        with pytest.raises(ParamValidationError):
+            served.params.deep_merge({**good, **bad}).validate()

@@ -148,17 +148,17 @@ def store_events(
     if not ordered:
         return []
     table = Event.__table__
+    columns = (table.c.id, table.c.dedup_key, table.c.status, table.c.note, table.c.dag_run_id)
     with _writer(engine), session_scope(engine) as session:
         insert = dialect_insert(session, Event).on_conflict_do_nothing(index_elements=["dedup_key"])
-        inserted = set(session.execute(insert.returning(table.c.dedup_key), [first[key] for key in ordered]).scalars())
-        rows = {
-            row.dedup_key: row
-            for row in session.execute(
-                sa.select(table.c.id, table.c.dedup_key, table.c.status, table.c.note, table.c.dag_run_id).where(
-                    table.c.dedup_key.in_(ordered)
-                )
+        rows = {row.dedup_key: row for row in session.execute(insert.returning(*columns), [first[k] for k in ordered])}
+        inserted = set(rows)
+        earlier = [key for key in ordered if key not in inserted]  # duplicates: their rows were there before
+        if earlier:
+            rows.update(
+                (row.dedup_key, row)
+                for row in session.execute(sa.select(*columns).where(table.c.dedup_key.in_(earlier)))
             )
-        }
     results: list[StoredEvent] = []
     for key, (event, _) in zip(keys, items, strict=True):
         row = rows[key]
