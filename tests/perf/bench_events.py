@@ -109,9 +109,23 @@ class BenchFloorPlugin(AirflowPlugin):
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a process and every live process below it (Linux /proc): the API server's
+    workers included."""
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent pid, CPU seconds)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # exited meanwhile
+                continue
+            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    tree, total = {pid}, 0.0
+    for child, (parent, _) in sorted(stats.items()):
+        if parent in tree:
+            tree.add(child)
+    for member in tree:
+        total += stats.get(member, (0, 0.0))[1]
+    return total
 
 
 @dataclass
@@ -163,12 +177,14 @@ def prepare(home: Path) -> Deployment:
 
 
 @contextmanager
-def api_server(deployment: Deployment, state_url: str, log_path: Path) -> Iterator[tuple[int, subprocess.Popen]]:
-    """``airflow api-server --workers 1`` on a free port, until the block ends."""
+def api_server(
+    deployment: Deployment, state_url: str, log_path: Path, workers: int = 1
+) -> Iterator[tuple[int, subprocess.Popen]]:
+    """``airflow api-server --workers N`` on a free port, until the block ends."""
     port = free_port()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
             env=deployment.env(state_url),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -208,6 +224,7 @@ class Load:
     statuses: dict[str, int] = field(default_factory=dict)  # HTTP code or "<code> <answer status>"
     errors: list[str] = field(default_factory=list)
     acked: dict[int, float] = field(default_factory=dict)  # body index -> wall-clock time its 200 was read
+    client_cpu: float = 0.0  # CPU seconds the load generator itself spent (this process)
 
     def rate(self) -> float:
         return len(self.latencies) / self.seconds if self.seconds else 0.0
@@ -266,12 +283,14 @@ def run_load(
                     result.acked[index] = acked_at
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    cpu = time.process_time()
     began = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     result.seconds = time.perf_counter() - began
+    result.client_cpu = time.process_time() - cpu
     return result
 
 
@@ -389,6 +408,8 @@ def report(name: str, load: Load, extra: dict[str, Any]) -> None:
         f"max {max(load.latencies, default=0) * 1000:.1f} ms"
     )
     print(f"    answers           {dict(sorted(load.statuses.items()))}")
+    if load.latencies:
+        print(f"    client CPU        {load.client_cpu / len(load.latencies) * 1000:.2f} ms per request")
     if load.errors:
         print(f"    client errors     {len(load.errors)} (first: {load.errors[0]})")
     for label, value in extra.items():
@@ -427,6 +448,7 @@ def bench_backend(
     drain_timeout: float,
     paced_n: int,
     paced_rate: float,
+    workers: int = 1,
 ) -> dict[str, Any] | None:
     print(f"\n== state database: {backend}")
     with state_database(backend, deployment.home) as url:
@@ -434,7 +456,7 @@ def bench_backend(
             return None
         migrate(url)
         print(f"  state DB          {redact_url(url)}")
-        with api_server(deployment, url, deployment.home / f"api-{backend}.log") as (port, process):
+        with api_server(deployment, url, deployment.home / f"api-{backend}.log", workers) as (port, process):
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
             base = secrets.randbelow(10**6) * 10_000 + 10**9
             table = Event.__table__
@@ -573,12 +595,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paced", type=int, default=200, help="type-13 events in the paced run")
     parser.add_argument("--paced-rate", type=float, default=20.0, help="type-13 events a second in the paced run")
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--api-workers", type=int, default=1, help="API server worker processes ([api] workers)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary Airflow home (logs)")
     args = parser.parse_args(argv)
     for noisy in ("alembic", "optimove_netmera.store"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    print("Optimove event endpoint benchmark (airflow api-server, 1 worker)")
+    print(f"Optimove event endpoint benchmark (airflow api-server, {args.api_workers} worker(s))")
     for label, value in machine().items():
         print(f"  {label:<9} {value}")
     home = Path(tempfile.mkdtemp(prefix="onm-bench-events-"))
@@ -598,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.drain_timeout,
                 args.paced,
                 args.paced_rate,
+                args.api_workers,
             )
             if result is not None:
                 results.append(result)
