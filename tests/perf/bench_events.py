@@ -4,7 +4,8 @@ Not a test module: pytest never collects it (no ``test_`` name, no test function
 
 Per state-database backend (the embedded default SQLite file under AIRFLOW_HOME, and the local PostgreSQL):
 a throwaway Airflow home (SQLite metadata DB, the repo's DAGs reserialized, the repo's plugin plus a
-benchmark-only plugin with a parse-only route), one ``airflow api-server --workers 1``, then
+benchmark-only plugin with a parse-only route), one ``airflow api-server --workers N`` (``--api-workers``, 1 by
+default as in Airflow; the server CPU printed is summed over its processes), then
 
 1. floor: the mixed stream's bodies POSTed to the parse-only route (``POST /bench/parse/{app_key}``: key
    check, body read, JSON decode, :func:`parse_event`, no database) on the same server: requests/s, p99.
