@@ -69,7 +69,7 @@ from optimove_netmera.store import (
     transition,
     upsert,
 )
-from optimove_netmera.store.queries import SQLITE_MAX_ROWS_PER_INSERT
+from optimove_netmera.store.queries import SQLITE_MAX_ROWS_PER_INSERT, transition_statement
 from sqlalchemy.engine import Engine
 
 UTC = dt.UTC
@@ -1142,8 +1142,8 @@ def test_sqlite_values_insert_compiles_few_distinct_statements_whatever_the_coun
     the variable limit of SQLite before 3.32) makes few distinct statements."""
     engine = create_state_engine(f"sqlite:///{tmp_path / 'values.db'}")
     migrate(engine.url)
-    statements: set[str] = set()
-    sa.event.listen(engine, "before_cursor_execute", lambda *args: statements.add(args[2]))
+    executed: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *args: executed.append(args[2]))
     columns, rows = _event_rows(10_000)
     inserted = 0
     with engine.begin() as conn:
@@ -1151,10 +1151,27 @@ def test_sqlite_values_insert_compiles_few_distinct_statements_whatever_the_coun
         for count in range(1, len(rows), 7):
             if inserted + count > len(rows):
                 break
+            before = len(executed)
             sqlite_values_insert(conn, "events", columns, rows[inserted : inserted + count])
             inserted += count
+            full, rest = divmod(count, 249)  # and the rest by its binary digits: 109 rows = 64 + 32 + 8 + 4 + 1
+            assert len(executed) - before == full + bin(rest).count("1"), f"{count} rows: too many statements"
         stored = conn.exec_driver_sql("SELECT count(*) FROM events").scalar_one()
     assert stored == inserted > 9000  # 53 counts from 1 to 365, 17 of them above 249 rows
-    inserts = {s for s in statements if s.startswith("INSERT INTO events")}
+    inserts = {s for s in executed if s.startswith("INSERT INTO events")}
     assert 1 < len(inserts) <= (999 // len(columns)).bit_length() + 1
     engine.dispose()
+
+
+def test_a_transition_on_a_table_without_its_columns_names_the_table_and_the_column() -> None:
+    with pytest.raises(ValueError, match="sync_runs has no status column 'state'"):
+        transition_statement(SyncRun, key={"id": 1}, from_status="a", to_status="b", status_column="state")
+    with pytest.raises(ValueError, match="campaigns has no attempts column"):
+        transition_statement(
+            Campaign,
+            key={"campaign_id": 1},
+            from_status="a",
+            to_status="b",
+            increment_attempts=True,
+            status_column="state",
+        )
