@@ -120,12 +120,14 @@ def cpu_seconds(pid: int) -> float:
             except OSError:  # exited meanwhile
                 continue
             stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
-    tree, total = {pid}, 0.0
-    for child, (parent, _) in sorted(stats.items()):
-        if parent in tree:
-            tree.add(child)
-    for member in tree:
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in stats.items():
+        children.setdefault(parent, []).append(child)
+    total, todo = 0.0, [pid]
+    while todo:
+        member = todo.pop()
         total += stats.get(member, (0, 0.0))[1]
+        todo.extend(children.get(member, ()))
     return total
 
 
