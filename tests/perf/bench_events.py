@@ -53,6 +53,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from machine import machine  # tests/perf/machine.py (the script's own folder is on sys.path)
+from optimove_netmera.campaigns.events.keys import campaign_run_id
 from optimove_netmera.sandbox.process import free_port, stop_process
 from optimove_netmera.store import Event, dispose_engines, get_engine, migrate, redact_url, scratch
 from sqlalchemy.pool import NullPool
@@ -112,6 +113,7 @@ class BenchFloorPlugin(AirflowPlugin):
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process and every live process below it (Linux /proc): the API server's
     workers included."""
+    tick = os.sysconf("SC_CLK_TCK")
     stats: dict[int, tuple[int, float]] = {}  # pid -> (parent pid, CPU seconds)
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -119,7 +121,7 @@ def cpu_seconds(pid: int) -> float:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:  # exited meanwhile
                 continue
-            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
     children: dict[int, list[int]] = {}
     for child, (parent, _) in stats.items():
         children.setdefault(parent, []).append(child)
@@ -337,12 +339,12 @@ def bulk_bodies(first_campaign: int, n: int, stamp: str) -> list[bytes]:
 def mixed_bodies(base: int, n: int, share13: float, stamp: str) -> tuple[list[bytes], dict[int, str]]:
     """``n`` unique events, every ``1/share13``-th a 13 (campaign ``base + i``), the rest 11; and index -> run id."""
     every = max(1, round(1 / share13)) if share13 > 0 else 0
-    compact = stamp.replace("-", "").replace(":", "").replace(" ", "T")
+    moment = dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.UTC)  # Optimove's times are UTC
     bodies: list[bytes] = []
     runs: dict[int, str] = {}
     for i in range(n):
         if every and i % every == every - 1:
-            runs[i] = f"optimove_c{base + i}_ch{CHANNEL}_{compact}"
+            runs[i] = campaign_run_id(base + i, CHANNEL, moment)
             bodies.append(bulk_bodies(base + i, 1, stamp)[0])
         else:
             body = {"eventTypeId": 11, "timeStamp": stamp, "campaignId": base, "channelId": CHANNEL}

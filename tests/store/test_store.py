@@ -1145,21 +1145,22 @@ def test_sqlite_values_insert_compiles_few_distinct_statements_whatever_the_coun
     executed: list[str] = []
     sa.event.listen(engine, "before_cursor_execute", lambda *args: executed.append(args[2]))
     columns, rows = _event_rows(10_000)
+    largest = 999 // len(columns)  # rows a statement under the variable limit set below: 249 rows of 4
     inserted = 0
     with engine.begin() as conn:
-        conn.connection.driver_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # 249 rows of 4
+        conn.connection.driver_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
         for count in range(1, len(rows), 7):
             if inserted + count > len(rows):
                 break
             before = len(executed)
             sqlite_values_insert(conn, "events", columns, rows[inserted : inserted + count])
             inserted += count
-            full, rest = divmod(count, 249)  # and the rest by its binary digits: 109 rows = 64 + 32 + 8 + 4 + 1
+            full, rest = divmod(count, largest)  # and the rest by its binary digits: 109 = 64 + 32 + 8 + 4 + 1
             assert len(executed) - before == full + bin(rest).count("1"), f"{count} rows: too many statements"
         stored = conn.exec_driver_sql("SELECT count(*) FROM events").scalar_one()
     assert stored == inserted > 9000  # 53 counts from 1 to 365, 17 of them above 249 rows
     inserts = {s for s in executed if s.startswith("INSERT INTO events")}
-    assert 1 < len(inserts) <= (999 // len(columns)).bit_length() + 1
+    assert 1 < len(inserts) <= largest.bit_length() + 1
     engine.dispose()
 
 
