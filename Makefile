@@ -32,8 +32,12 @@ demo: install ## sandbox + Airflow standalone, then a finished user sync
 system-deps: ## Debian packages the tests use (docker-compose, chromium), installed if missing
 	bash scripts/system-deps.sh
 
+# `make test` runs the suite in TEST_WORKERS processes (pytest-xdist): most tests wait on Airflow, HTTP and databases,
+# so two workers on two cores finish in well under the time of one. `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 2
+
 test: install system-deps ## the whole test suite (sandbox over HTTP, SQLite and PostgreSQL, real DAG runs, Celery)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 screenshots: install system-deps ## the browser tests (tests/ui); screenshots of each step (README "Browser tests")
 	$(BIN)/pytest tests/ui

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,14 +17,25 @@ from optimove_netmera.store import dispose_engines, redact_url, scratch  # no Ai
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Airflow reads its configuration at import time: isolate it before anything imports airflow.
+# Airflow reads its configuration at import time: isolate it before anything imports airflow. Every test process
+# gets its own Airflow home, metadata database and state database, whatever the shell exports: a developer's own
+# AIRFLOW_HOME is never written, and each pytest-xdist worker (which inherits the controller's environment) has its
+# own, so two workers never share a SQLite file, a DAG run or a run_id.
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="onm-airflow-home-"))
-os.environ.setdefault("AIRFLOW_HOME", str(_AIRFLOW_HOME))
-os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
-os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(REPO / "plugins"))
-os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
-os.environ.setdefault("OPTIMOVE_NETMERA_STATE_DB_URL", f"sqlite:///{_AIRFLOW_HOME}/optimove_netmera_state.db")
+for _name in ("AIRFLOW_CONFIG", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):  # both would lead outside the home
+    os.environ.pop(_name, None)
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_AIRFLOW_HOME),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+        "OPTIMOVE_NETMERA_STATE_DB_URL": f"sqlite:///{_AIRFLOW_HOME}/optimove_netmera_state.db",
+    }
+)
+if "PYTEST_XDIST_WORKER" not in os.environ:  # one id for the whole run: the workers inherit the controller's
+    os.environ["OPTIMOVE_NETMERA_TEST_RUN"] = uuid.uuid4().hex
 
 
 @pytest.fixture(scope="session")
@@ -123,23 +135,64 @@ def db_url(backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytes
     scratch.empty_schema(url)
 
 
+# --- pytest-xdist: `make test` splits the run across worker processes (`-n`, `--dist loadgroup`) ------------------
+# A test that uses a module-scoped fixture (an API server, a browser) runs on the same worker as the rest of its
+# module, so that fixture starts once; the `slow` modules (whole Airflow deployments: `airflow standalone`, the Celery
+# topology) form one group, so two deployments never compete for the cores at once. In a split run the groups are
+# handed out first, the slow one leading, and the single tests fill in behind them, so no long test starts last
+# (pytest-randomly's order is kept within each of those three classes).
+SLOW_GROUP = "slow-deployments"
+
+
+def _module_scoped(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)  # pytest's own record of the test's fixtures
+    return info is not None and any(defs[-1].scope == "module" for defs in info.name2fixturedefs.values() if defs)
+
+
+def _group(item: pytest.Item) -> str | None:
+    if item.get_closest_marker("slow") is not None:
+        return SLOW_GROUP
+    return item.path.relative_to(REPO).as_posix() if _module_scoped(item) else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups: dict[pytest.Item, str] = {}
+    for item in items:
+        group = _group(item)
+        if group is not None and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group))
+            groups[item] = group
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: (groups.get(item) != SLOW_GROUP, item not in groups))
+
+
 # --- figures and skips ----------------------------------------------------------------------------------------------
 # End-to-end tests record their figures (seconds to finish, recovery times) with ``figures``; they are printed at the
 # end of the run, whatever the capture mode. With OPTIMOVE_NETMERA_FORBID_SKIPS=1 (as .ci/run sets it) a run that
 # skipped any test fails: in CI every service is there, so a skip means a test that did not run.
 
 FORBID_SKIPS_ENV = "OPTIMOVE_NETMERA_FORBID_SKIPS"
-_FIGURES = pytest.StashKey[list[str]]()
+_FIGURE = "figure"  # the user property a test's figures travel in (from a pytest-xdist worker to the controller)
 
 
 @pytest.fixture
-def figures(pytestconfig: pytest.Config) -> list[str]:
+def figures(request: pytest.FixtureRequest) -> Iterator[list[str]]:
     """Append ``"what: figure"`` lines to print in the run's summary."""
-    return pytestconfig.stash.setdefault(_FIGURES, [])
+    lines: list[str] = []
+    yield lines
+    request.node.user_properties.extend((_FIGURE, line) for line in lines)  # sent with the test's teardown report
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
-    lines = config.stash.get(_FIGURES, [])
+    lines = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "teardown"
+        for name, value in getattr(report, "user_properties", ())
+        if name == _FIGURE
+    ]
     if lines:
         terminalreporter.section("figures (measured by the end-to-end tests; benchmarks are in tests/perf)")
         for line in lines:

@@ -1,11 +1,12 @@
 """The browser tests' shared pieces: one chromium (Debian's, driven by Playwright) and the screenshot folder.
 
 Screenshots of every browser step go to ``$OPTIMOVE_NETMERA_SCREENSHOTS`` (default
-``${TMPDIR:-/tmp}/optimove-netmera-screenshots``), emptied once at the start of the session.
+``${TMPDIR:-/tmp}/optimove-netmera-screenshots``), emptied once at the start of the run.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -22,10 +23,20 @@ TIMEOUT_MS = 60_000
 
 @pytest.fixture(scope="session")
 def screenshots() -> Path:
-    """The screenshot folder, emptied once per session (every browser test adds its steps' images)."""
+    """The screenshot folder, emptied once a run (every browser test adds its steps' images).
+
+    The workers of a pytest-xdist run share the folder: the first to get here empties it, under a lock, and stamps
+    it with the run's id (``OPTIMOVE_NETMERA_TEST_RUN``, set once by tests/conftest.py and inherited by the workers).
+    """
     folder = Path(os.environ.get(SCREENSHOTS_ENV) or Path(tempfile.gettempdir()) / "optimove-netmera-screenshots")
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    run, stamp = os.environ["OPTIMOVE_NETMERA_TEST_RUN"], folder / ".run"
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not stamp.is_file() or stamp.read_text() != run:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            stamp.write_text(run)
     return folder
 
 

@@ -95,6 +95,12 @@ class LiveAirflow:
                 "AIRFLOW__API_AUTH__JWT_SECRET": "ui-live-" + self.run_token * 2,
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                # The DAG files do not change during a test: each is parsed once, not every 30 s (CPU the test's
+                # processes need), and a parse slowed by a busy machine is not cut off (one took 32 s on 2 shared
+                # cores, over the 30 s default, and its DAG went missing from the API for the rest of the module).
+                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
+                "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "600",
+                "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "600",
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
                 "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
                 "AIRFLOW_CONN_OPTIMOVE_DEFAULT": json.dumps(self.connection("optimove")),

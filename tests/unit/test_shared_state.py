@@ -4,6 +4,7 @@ installed (non-editable) package finds its settings only through ``OPTIMOVE_NETM
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,13 +94,19 @@ def test_a_task_without_a_shared_state_db_fails_at_once(monkeypatch: pytest.Monk
 @pytest.fixture(scope="module")
 def installed_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The package installed the way an image installs it: a normal, non-editable ``pip install``."""
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
+    # built from a copy of the sources: pip builds in the source tree, and the checkout is not the test's to write
+    source, target = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("site")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    shutil.copytree(REPO / "include", source / "include", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    result = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", target, "."],
-        cwd=REPO,
-        check=True,
+        cwd=source,
         capture_output=True,
+        text=True,
+        check=False,
     )
+    assert result.returncode == 0, f"pip install failed ({result.returncode}):\n{result.stderr[-3000:]}"
     return target
 
 

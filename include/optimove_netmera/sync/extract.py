@@ -31,7 +31,7 @@ from optimove_netmera.optimove import OptimoveClient
 from optimove_netmera.settings import Settings
 from optimove_netmera.store.models import CustomerSnapshot, SyncStaging
 from optimove_netmera.store.queries import upsert
-from optimove_netmera.sync.runs import INITIAL_SINCE
+from optimove_netmera.sync.runs import INITIAL_SINCE, clear_staging
 
 log = logging.getLogger(__name__)
 CUSTOMER_ID_COLUMNS = ("CustomerID", "Client_ID", "ClientID", "customer_id")
@@ -74,12 +74,6 @@ def _write(
         update_columns=[] if mode == "first" else ["attributes"],
     )
     return len(batch)
-
-
-def clear_staging(engine: Engine, run_id: int) -> None:
-    """Drop whatever an earlier attempt of this run staged."""
-    with engine.begin() as conn:
-        conn.execute(sa.delete(SyncStaging).where(SyncStaging.sync_run_id == run_id))
 
 
 def change_windows(since: dt.date, until: dt.date, initial: bool = False) -> list[tuple[dt.date, dt.date]]:

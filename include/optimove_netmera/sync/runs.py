@@ -13,10 +13,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from optimove_netmera.store.engine import session_scope
-from optimove_netmera.store.models import SyncRun, SyncRunStatus
+from optimove_netmera.store.models import SyncRun, SyncRunStatus, SyncStaging
 from optimove_netmera.store.queries import last_successful_sync
 
 INITIAL_SINCE = dt.date(2000, 1, 1)
+
+
+def clear_staging(engine: Engine, run_id: int) -> None:
+    """Drop whatever an earlier attempt of this run staged."""
+    with engine.begin() as conn:
+        conn.execute(sa.delete(SyncStaging).where(SyncStaging.sync_run_id == run_id))
 
 
 @dataclass(frozen=True)

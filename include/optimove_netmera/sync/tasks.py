@@ -22,7 +22,10 @@ from optimove_netmera.runtime import task_settings as settings
 from optimove_netmera.settings import Settings
 from optimove_netmera.store.engine import migrate
 from optimove_netmera.store.models import SyncRunStatus
-from optimove_netmera.sync import extract, guard, load, plan, runs, verify
+from optimove_netmera.sync import guard, load, runs, verify
+
+# extract and plan read and diff with pandas and pyarrow (~0.7 s to import): they are imported by the tasks that use
+# them, not when Airflow parses the DAG file (every parse, and every task's start on a worker)
 
 log = logging.getLogger(__name__)
 PROBE_TAG = "optimove-netmera-existence-probe"  # never set on anyone: untagging it changes nothing
@@ -65,6 +68,8 @@ def check_mapping(s: Settings) -> None:
 @fail_fast_on_config_errors
 def run_extract(run: dict[str, Any]) -> dict[str, int]:
     """Stage the run's customers (changers API, or the export file for a full refresh)."""
+    from optimove_netmera.sync import extract
+
     s = settings()
     engine = state_engine(s)
     run_id = run["sync_run_id"]
@@ -98,6 +103,8 @@ def run_plan(run: dict[str, Any], max_change_ratio: float) -> list[list[int]]:
     The change guard is evaluated and recorded here; when it trips, the ``approve_changes`` task asks a person
     before the load sends anything (:mod:`optimove_netmera.sync.guard`).
     """
+    from optimove_netmera.sync import plan
+
     s = settings()
     engine = state_engine(s)
     run_id = run["sync_run_id"]
@@ -230,7 +237,7 @@ def run_report(run: dict[str, Any]) -> dict[str, Any]:
     if guard.clearance(engine, run_id) is guard.Clearance.REJECTED:  # closed as aborted by the decision
         report = runs.run_report(engine, run_id)
         assert report is not None
-        extract.clear_staging(engine, run_id)
+        runs.clear_staging(engine, run_id)
         log.info("user sync report:\n%s", runs.format_report(report))
         return report
     if not run["dry_run"]:
@@ -247,7 +254,7 @@ def run_report(run: dict[str, Any]) -> dict[str, Any]:
         error = f"{open_batches} batch(es) not delivered" if open_batches else dead
         report = runs.finish_run(engine, run_id, SyncRunStatus.FAILED if error else SyncRunStatus.SUCCESS, error)
     if report["status"] != SyncRunStatus.FAILED.value:
-        extract.clear_staging(engine, run_id)  # the staged copy is no longer needed once the run is closed
+        runs.clear_staging(engine, run_id)  # the staged copy is no longer needed once the run is closed
     undelivered = runs.undelivered_notice(report["counts"])
     if undelivered:
         report["undelivered"] = undelivered
