@@ -32,8 +32,9 @@ demo: install ## sandbox + Airflow standalone, then a finished user sync
 system-deps: ## Debian packages the tests use (docker-compose, chromium), installed if missing
 	bash scripts/system-deps.sh
 
-# `make test` runs the suite in TEST_WORKERS processes (pytest-xdist): most tests wait on Airflow, HTTP and databases,
-# so two workers on two cores finish in well under the time of one. `make test TEST_WORKERS=0` runs in one process.
+# `make test` runs the suite in TEST_WORKERS processes (pytest-xdist): one process keeps ~0.8 of a core busy (its tests
+# wait on Airflow, HTTP and databases); on 2 cores two workers took 24 minutes where one took 38 (2026-12-08).
+# `make test TEST_WORKERS=0` runs in one process.
 TEST_WORKERS ?= 2
 
 test: install system-deps ## the whole test suite (sandbox over HTTP, SQLite and PostgreSQL, real DAG runs, Celery)

@@ -97,7 +97,7 @@ class Topology:
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
                 # The DAG files do not change during a test: each is parsed once, not every 30 s (CPU the test's
                 # processes need), and a parse slowed by a busy machine is not cut off (one took 32 s on 2 shared
-                # cores, over the 30 s default, and its DAG went missing from the API for the rest of the module).
+                # cores, over the 30 s default: its DAG was marked stale and the API answered 404 for it).
                 "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
                 "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "600",
                 "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "600",
